@@ -1,0 +1,3 @@
+from spotpool.cli import main
+
+raise SystemExit(main())

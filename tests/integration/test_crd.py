@@ -1,0 +1,200 @@
+"""The SpotComputeEnvironment CRD on a real kube-apiserver: schema, CEL rules, defaults, printer
+columns, the scale subresource, and RBAC through a TokenRequest token."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import CRD_FILE, REPO, Cluster
+from tests.support.kube import Kubectl, token_kubeconfig, unique_name
+
+pytestmark = pytest.mark.cluster
+
+VALID = {
+    "apiVersion": "spotpool.io/v1alpha1",
+    "kind": "SpotComputeEnvironment",
+    "metadata": {"name": "valid"},
+    "spec": {
+        "expectedCount": 3,
+        "maxPrice": "0.0923",
+        "region": "ap-guangzhou",
+        "zones": ["ap-guangzhou-3", "ap-guangzhou-4"],
+        "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
+        "imageId": "img-pmqg1cw7",
+        "credentialsSecretRef": {"name": "tencentcloud-credentials"},
+    },
+}
+
+
+def with_spec(**changes: object) -> dict:
+    """VALID with spec fields replaced; a value of None removes the field."""
+    obj = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        if value is None:
+            obj["spec"].pop(key, None)
+        else:
+            obj["spec"][key] = value
+    return obj
+
+
+# One invalid object per rule, and the field path the API server's message must name.
+INVALID = [
+    ("negative expectedCount", with_spec(expectedCount=-1), "spec.expectedCount"),
+    ("expectedCount above 10000", with_spec(expectedCount=10001), "spec.expectedCount"),
+    ("missing maxPrice", with_spec(maxPrice=None), "spec.maxPrice"),
+    ("zero maxPrice", with_spec(maxPrice="0"), "spec.maxPrice"),
+    ("non-decimal maxPrice", with_spec(maxPrice="cheap"), "spec.maxPrice"),
+    ("negative maxPrice", with_spec(maxPrice="-0.5"), "spec.maxPrice"),
+    ("malformed region", with_spec(region="Guangzhou"), "spec.region"),
+    ("empty zones", with_spec(zones=[]), "spec.zones"),
+    ("duplicate zones", with_spec(zones=["ap-guangzhou-3", "ap-guangzhou-3"]), "spec.zones"),
+    ("zone outside region", with_spec(zones=["ap-shanghai-2"]), "spec.zones"),
+    ("empty instanceTypes", with_spec(instanceTypes=[]), "spec.instanceTypes"),
+    ("duplicate instanceTypes", with_spec(instanceTypes=["S5.MEDIUM4", "S5.MEDIUM4"]), "spec.instanceTypes"),
+    ("malformed instance type", with_spec(instanceTypes=["s5-medium"]), "spec.instanceTypes"),
+    ("malformed imageId", with_spec(imageId="image-1"), "spec.imageId"),
+    ("unknown allocationStrategy", with_spec(allocationStrategy="Cheapest"), "spec.allocationStrategy"),
+    ("unknown scaleInPolicy", with_spec(scaleInPolicy="Random"), "spec.scaleInPolicy"),
+    ("missing credentialsSecretRef", with_spec(credentialsSecretRef=None), "spec.credentialsSecretRef"),
+    ("invalid Secret name", with_spec(credentialsSecretRef={"name": "Not_A_Name"}), "spec.credentialsSecretRef.name"),
+    ("non-http endpoint", with_spec(endpoint="ftp://cvm.example"), "spec.endpoint"),
+    # 6200 two-byte characters: within maxLength, over the byte budget the CEL rule enforces.
+    ("userData over 12288 bytes", with_spec(userData="\u00e9" * 6200), "spec.userData"),
+    ("reserved tag key", with_spec(tags={"spotpool.io/environment": "x"}), "spec.tags"),
+    ("unknown system disk type", with_spec(systemDisk={"type": "SSD"}), "spec.systemDisk.type"),
+    ("subnet for a zone not in zones", with_spec(network={
+        "vpcId": "vpc-2ari9m7h", "subnetIds": {"ap-guangzhou-7": "subnet-ahv6swf2"}}), "spec.network.subnetIds"),
+    ("subnets without a VPC", with_spec(network={"subnetIds": {"ap-guangzhou-3": "subnet-ahv6swf2"}}),
+     "spec.network.vpcId"),
+    ("six security groups", with_spec(network={"securityGroupIds": [f"sg-0000000{i}" for i in range(6)]}),
+     "spec.network.securityGroupIds"),
+    ("malformed key id", with_spec(loginSettings={"keyIds": ["key-1"]}), "spec.loginSettings.keyIds"),
+]
+
+
+def test_crd_is_established_with_subresources(cluster: Cluster, crd: str) -> None:
+    got = cluster.kubectl.json("get", "crd", crd)
+    assert any(c["type"] == "Established" and c["status"] == "True" for c in got["status"]["conditions"])
+    version = got["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.expectedCount",
+        "statusReplicasPath": ".status.currentCount",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert got["spec"]["names"]["shortNames"] == ["sce"]
+    assert got["spec"]["names"]["categories"] == ["spotpool"]
+
+
+def test_reapplying_the_crd_server_side_is_a_clean_no_op(cluster: Cluster, crd: str) -> None:
+    out = cluster.kubectl.apply(CRD_FILE.read_text()).stdout
+    assert "serverside-applied" in out
+
+
+def test_every_schema_field_has_a_description(crd: str) -> None:
+    schema = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing: list[str] = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            if path == "" and name in ("apiVersion", "kind", "metadata"):
+                continue
+            if "description" not in prop:
+                missing.append(f"{path}.{name}")
+            walk(prop, f"{path}.{name}")
+            if "items" in prop:
+                walk(prop["items"], f"{path}.{name}[]")
+
+    walk(schema, "")
+    assert missing == []
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "deploy" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_accepted(cluster: Cluster, crd: str, namespace: str, example: Path) -> None:
+    out = cluster.kubectl.apply(example.read_text(), f"--namespace={namespace}").stdout
+    for doc in yaml.safe_load_all(example.read_text()):
+        got = cluster.kubectl.get(doc["kind"], doc["metadata"]["name"], namespace)
+        assert got is not None, out
+
+
+def test_defaults_are_filled_in(cluster: Cluster, crd: str, namespace: str) -> None:
+    cluster.kubectl.apply(json.dumps(VALID), f"--namespace={namespace}")
+    spec = cluster.kubectl.get("sce", "valid", namespace)["spec"]  # type: ignore[index]
+    assert spec["allocationStrategy"] == "LowestPrice"
+    assert spec["scaleInPolicy"] == "NewestFirst"
+    assert spec["paused"] is False
+
+
+@pytest.mark.parametrize(("case", "obj", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_objects_are_refused_naming_the_field(
+    cluster: Cluster, crd: str, namespace: str, case: str, obj: dict, field: str
+) -> None:
+    proc = cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}", "--dry-run=server", check=False)
+    assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout}"
+    assert field in proc.stderr, f"{case}: message does not name {field}:\n{proc.stderr}"
+    assert cluster.kubectl.get("sce", "valid", namespace) is None
+
+
+def test_printer_columns(cluster: Cluster, crd: str, namespace: str) -> None:
+    cluster.kubectl.apply(json.dumps(VALID), f"--namespace={namespace}")
+    status = {"status": {
+        "currentCount": 3, "runningCount": 2, "pendingCount": 1, "hourlyCost": "0.0639",
+        "selector": "spotpool.io/environment=valid",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "Scaling", "message": "2 of 3 running",
+                        "lastTransitionTime": "2026-11-26T00:00:00Z"}],
+    }}
+    cluster.kubectl.run("patch", "sce", "valid", f"--namespace={namespace}", "--subresource=status",
+                        "--type=merge", "-p", json.dumps(status))
+    lines = cluster.kubectl.run("get", "sce", "valid", f"--namespace={namespace}").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "EXPECTED", "CURRENT", "RUNNING", "MAXPRICE", "HOURLYCOST", "READY", "AGE"]
+    assert lines[1].split()[:7] == ["valid", "3", "3", "2", "0.0923", "0.0639", "False"]
+    # The category lists it too.
+    assert "valid" in cluster.kubectl.run("get", "spotpool", f"--namespace={namespace}").stdout
+
+
+def test_kubectl_scale_drives_expected_count(cluster: Cluster, crd: str, namespace: str) -> None:
+    cluster.kubectl.apply(json.dumps(VALID), f"--namespace={namespace}")
+    cluster.kubectl.run("patch", "sce", "valid", f"--namespace={namespace}", "--subresource=status",
+                        "--type=merge", "-p", json.dumps({"status": {
+                            "currentCount": 3, "selector": "spotpool.io/environment=valid"}}))
+    cluster.kubectl.run("scale", "sce/valid", "--replicas=7", f"--namespace={namespace}")
+    assert cluster.kubectl.get("sce", "valid", namespace)["spec"]["expectedCount"] == 7  # type: ignore[index]
+    scale = json.loads(cluster.kubectl.run(
+        "get", "--raw", f"/apis/spotpool.io/v1alpha1/namespaces/{namespace}/spotcomputeenvironments/valid/scale"
+    ).stdout)
+    assert scale["spec"]["replicas"] == 7
+    assert scale["status"] == {"replicas": 3, "selector": "spotpool.io/environment=valid"}
+    refused = cluster.kubectl.run("scale", "sce/valid", "--replicas=10001", f"--namespace={namespace}", check=False)
+    assert refused.returncode != 0 and "spec.expectedCount" in refused.stderr
+
+
+def test_token_request_token_is_limited_by_its_role(
+    cluster: Cluster, crd: str, namespace: str, tmp_path: Path
+) -> None:
+    kubectl = cluster.kubectl
+    kubectl.apply(json.dumps(VALID), f"--namespace={namespace}")
+    kubectl.run("create", "serviceaccount", "reader", f"--namespace={namespace}")
+    kubectl.run("create", "role", "sce-reader", "--verb=get,list,watch",
+                "--resource=spotcomputeenvironments.spotpool.io", f"--namespace={namespace}")
+    kubectl.run("create", "rolebinding", "sce-reader", "--role=sce-reader",
+                f"--serviceaccount={namespace}:reader", f"--namespace={namespace}")
+    token = kubectl.run("create", "token", "reader", f"--namespace={namespace}", "--duration=10m").stdout.strip()
+    reader = Kubectl(kubectl.binary, token_kubeconfig(cluster.kubeconfig, token, namespace, tmp_path / "kc"))
+
+    who = reader.json("auth", "whoami")
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    assert "valid" in reader.run("get", "sce").stdout
+    for forbidden in (
+        ("delete", "sce", "valid"),
+        ("get", "secrets"),
+        ("get", "sce", f"--namespace={unique_name('elsewhere')}"),
+    ):
+        proc = reader.run(*forbidden, check=False)
+        assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), (forbidden, proc.stderr)
+    bogus = Kubectl(kubectl.binary, token_kubeconfig(cluster.kubeconfig, token[:-4] + "AAAA", namespace,
+                                                     tmp_path / "bad"))
+    assert "Unauthorized" in bogus.run("get", "sce", check=False).stderr
