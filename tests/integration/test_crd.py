@@ -69,6 +69,8 @@ INVALID = [
     ("unknown system disk type", with_spec(systemDisk={"type": "SSD"}), "spec.systemDisk.type"),
     ("subnet for a zone not in zones", with_spec(network={
         "vpcId": "vpc-2ari9m7h", "subnetIds": {"ap-guangzhou-7": "subnet-ahv6swf2"}}), "spec.network.subnetIds"),
+    ("VPC without a subnet for every zone", with_spec(network={
+        "vpcId": "vpc-2ari9m7h", "subnetIds": {"ap-guangzhou-3": "subnet-ahv6swf2"}}), "spec.network.subnetIds"),
     ("subnets without a VPC", with_spec(network={"subnetIds": {"ap-guangzhou-3": "subnet-ahv6swf2"}}),
      "spec.network.vpcId"),
     ("six security groups", with_spec(network={"securityGroupIds": [f"sg-0000000{i}" for i in range(6)]}),

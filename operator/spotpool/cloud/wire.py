@@ -1,0 +1,214 @@
+"""Translation between typed arguments / models and the CVM API's JSON parameters and responses.
+
+Kept apart from the transport so the API's limits and field layout can be tested without HTTP.
+Request dicts are built in the official Python SDK's model order (the order of the attributes in
+`tencentcloud.cvm.v20170312.models`, which its `_serialize` follows) so that, serialised with
+`json.dumps` defaults, our bodies are byte-identical to the SDK's for the same request.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+from .models import Instance, SpotOffer
+
+# API limits (reference sections 0, 3.1, 4.1, 5, 6.1).
+MAX_IDS_PER_CALL = 100          # DescribeInstances InstanceIds, TerminateInstances batch
+PAGE_LIMIT = 100                # DescribeInstances Limit maximum
+MAX_FILTERS = 10
+MAX_FILTER_VALUES = 5           # DescribeInstances; also the older DescribeZoneInstanceConfigInfos
+MAX_INSTANCE_COUNT = 100        # the lower of the CN (500) and intl (100) RunInstances ranges
+MAX_CLIENT_TOKEN_LENGTH = 64
+MAX_USER_DATA_BYTES = 16 * 1024  # after base64 encoding
+SPOTPAID = "SPOTPAID"
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def unique(items: Sequence[str]) -> list[str]:
+    """The items without repeats, first occurrence order kept."""
+    return list(dict.fromkeys(items))
+
+
+def price_string(value: Decimal | str) -> str:
+    """A MaxPrice as the API wants it: a plain positive decimal string, never `1E+3`."""
+    try:
+        price = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"max_price is not a decimal number: {value!r}") from None
+    if not price.is_finite() or price <= 0:
+        raise ValueError(f"max_price must be a finite decimal > 0, got {value!r}")
+    return format(price, "f")
+
+
+def encode_user_data(text: str) -> str:
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    if len(encoded) > MAX_USER_DATA_BYTES:
+        raise ValueError(
+            f"user_data is {len(encoded)} bytes once base64-encoded; the API accepts at most "
+            f"{MAX_USER_DATA_BYTES}"
+        )
+    return encoded
+
+
+def run_instances_params(
+    *,
+    zone: str,
+    instance_type: str,
+    image_id: str,
+    count: int,
+    max_price: Decimal | str,
+    client_token: str,
+    tags: Mapping[str, str],
+    instance_name: str | None,
+    vpc_id: str | None,
+    subnet_id: str | None,
+    security_group_ids: Sequence[str] | None,
+    system_disk_type: str | None,
+    system_disk_size_gib: int | None,
+    key_ids: Sequence[str] | None,
+    user_data: str | None,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """RunInstances parameters for a one-time spot purchase; raises ValueError before any call."""
+    if not 1 <= count <= MAX_INSTANCE_COUNT:
+        raise ValueError(f"count must be within 1..{MAX_INSTANCE_COUNT}, got {count}")
+    token_ok = client_token.isascii() and 1 <= len(client_token) <= MAX_CLIENT_TOKEN_LENGTH
+    if not token_ok:
+        raise ValueError(
+            f"client_token must be 1..{MAX_CLIENT_TOKEN_LENGTH} ASCII characters, got "
+            f"{client_token!r}"
+        )
+    if (vpc_id is None) != (subnet_id is None):
+        raise ValueError("vpc_id and subnet_id must be given together")
+    params: dict[str, Any] = {
+        "InstanceChargeType": SPOTPAID,
+        "Placement": {"Zone": zone, "ProjectId": 0},
+        "InstanceType": instance_type,
+        "ImageId": image_id,
+    }
+    system_disk = {
+        key: value
+        for key, value in (("DiskType", system_disk_type), ("DiskSize", system_disk_size_gib))
+        if value is not None
+    }
+    if system_disk:
+        params["SystemDisk"] = system_disk
+    if vpc_id is not None:
+        params["VirtualPrivateCloud"] = {"VpcId": vpc_id, "SubnetId": subnet_id}
+    params["InstanceCount"] = count
+    if instance_name:
+        params["InstanceName"] = instance_name
+    if key_ids:
+        params["LoginSettings"] = {"KeyIds": list(key_ids)}
+    if security_group_ids:
+        params["SecurityGroupIds"] = list(security_group_ids)
+    params["ClientToken"] = client_token
+    if tags:
+        # Sorted, so a replay of the same purchase sends the same bytes whatever the dict order.
+        params["TagSpecification"] = [{
+            "ResourceType": "instance",
+            "Tags": [{"Key": key, "Value": tags[key]} for key in sorted(tags)],
+        }]
+    params["InstanceMarketOptions"] = {
+        "SpotOptions": {"MaxPrice": price_string(max_price), "SpotInstanceType": "one-time"},
+        "MarketType": "spot",
+    }
+    if user_data:
+        params["UserData"] = encode_user_data(user_data)
+    if dry_run:
+        params["DryRun"] = True
+    return params
+
+
+def filters_param(
+    filters: Mapping[str, Sequence[str]], *, max_values: int = MAX_FILTER_VALUES
+) -> list[dict[str, Any]]:
+    """`Filters` in API form; raises ValueError where the API would refuse the request."""
+    if len(filters) > MAX_FILTERS:
+        raise ValueError(f"at most {MAX_FILTERS} filters per call, got {len(filters)}")
+    result = []
+    for name, values in filters.items():
+        if isinstance(values, str):
+            raise ValueError(f"filter {name!r}: values must be a list of strings, not a string")
+        if not 1 <= len(values) <= max_values:
+            raise ValueError(
+                f"filter {name!r}: 1..{max_values} values per filter, got {len(values)}"
+            )
+        result.append({"Name": name, "Values": list(values)})
+    return result
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An API timestamp (ISO-8601, UTC, `Z`) as an aware datetime; None when absent or garbled."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def parse_instance(raw: Mapping[str, Any]) -> Instance:
+    placement = raw.get("Placement") or {}
+    tags = {
+        tag["Key"]: tag.get("Value") or ""
+        for tag in raw.get("Tags") or []
+        if isinstance(tag, Mapping) and tag.get("Key")
+    }
+    return Instance(
+        instance_id=raw["InstanceId"],
+        zone=placement.get("Zone") or "",
+        instance_type=raw.get("InstanceType") or "",
+        state=raw.get("InstanceState") or "",
+        charge_type=raw.get("InstanceChargeType") or "",
+        created_time=parse_time(raw.get("CreatedTime")),
+        tags=tags,
+        name=raw.get("InstanceName") or "",
+        cpu=int(raw.get("CPU") or 0),
+        memory_gib=int(raw.get("Memory") or 0),
+    )
+
+
+def _decimal(value: Any) -> Decimal | None:
+    """A JSON number as an exact Decimal (via its shortest repr), None when absent or invalid."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return result if result.is_finite() else None
+
+
+def parse_offer(raw: Mapping[str, Any]) -> SpotOffer:
+    """A DescribeZoneInstanceConfigInfos item as a SpotOffer.
+
+    The reference cannot say which ItemPrice field carries the spot price (open question 5); the
+    discounted price is the natural reading, the list price the fallback when it is absent or not
+    positive (a zero "discount price" would make a pool look free).
+    """
+    price = raw.get("Price") or {}
+    list_price = _decimal(price.get("UnitPrice"))
+    spot_price = _decimal(price.get("UnitPriceDiscount"))
+    if spot_price is None or spot_price <= 0:
+        spot_price = list_price
+    return SpotOffer(
+        zone=raw.get("Zone") or "",
+        instance_type=raw.get("InstanceType") or "",
+        spot_price=spot_price,
+        list_price=list_price,
+        sold_out=raw.get("Status") == "SOLD_OUT",
+        cpu=int(raw.get("Cpu") or 0),
+        memory_gib=int(raw.get("Memory") or 0),
+    )

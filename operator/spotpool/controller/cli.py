@@ -1,0 +1,93 @@
+"""`spotpool operator`: run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+import kopf
+
+from spotpool.controller.config import OperatorConfig
+from spotpool.controller.redaction import REDACTOR
+
+
+def parse(argv: list[str] | None) -> OperatorConfig:
+    parser = argparse.ArgumentParser(prog="spotpool operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
+                       help="watch this namespace (repeatable; globs allowed); default: all namespaces")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics/health port")
+    parser.add_argument("--metrics-port", type=int, default=8080,
+                        help="port serving /metrics, /healthz and /readyz (0 picks a free one)")
+    parser.add_argument("--observe-interval", type=float, default=15.0,
+                        help="seconds between observations of a settled pool (default 15)")
+    parser.add_argument("--progress-interval", type=float, default=2.0,
+                        help="seconds between observations while buying or releasing (default 2)")
+    parser.add_argument("--cluster-id", default=os.environ.get("SPOTPOOL_CLUSTER_ID"),
+                        help="tag value that tells this installation's instances from others' on the same "
+                             "account (default: $SPOTPOOL_CLUSTER_ID, else the kube-system namespace UID)")
+    parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", "plain"),
+                        choices=["plain", "json"])
+    args = parser.parse_args(argv)
+    return OperatorConfig(
+        namespaces=tuple(args.namespaces),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        observe_interval=args.observe_interval,
+        progress_interval=args.progress_interval,
+        cluster_id=args.cluster_id,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    kopf.configure(
+        debug=config.log_level == "debug",
+        quiet=config.log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    root = logging.getLogger()
+    root.setLevel(config.log_level.upper())
+    for handler in root.handlers:
+        handler.addFilter(REDACTOR)
+    # The HTTP client logs request lines at INFO; they add nothing the API metrics do not show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+async def run(config: OperatorConfig) -> None:
+    from spotpool.controller import handlers  # noqa: F401 - registers the kopf handlers
+    from spotpool.controller.health import serve
+    from spotpool.controller.runtime import RUNTIME
+
+    RUNTIME.config = config
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await serve(RUNTIME, config.metrics_host, config.metrics_port)
+    port = runner.addresses[0][1] if runner.addresses else config.metrics_port
+    logging.getLogger(__name__).info("metrics and health on http://%s:%d", config.metrics_host, port)
+    try:
+        await kopf.operator(
+            standalone=True,
+            clusterwide=config.clusterwide,
+            namespaces=config.namespaces,
+            stop_flag=stop,
+        )
+    finally:
+        await runner.cleanup()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    config = parse(argv)
+    configure_logging(config)
+    asyncio.run(run(config))
+    return 0

@@ -1,0 +1,148 @@
+"""Shared access to the cloud for every environment the operator reconciles.
+
+Many environments usually share one account and region. They share one CVM client (one connection
+pool, and the client's process-wide rate limits), one cached market read, and one listing of the
+installation's instances, so N pools cost about one DescribeInstances sweep per interval instead of N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Generic, TypeVar
+
+from spotpool.cloud.client import CvmClient
+from spotpool.cloud.models import Credentials, Instance, SpotOffer
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
+CLUSTER_TAG = "spotpool.io/cluster"
+OWNER_UID_TAG = "spotpool.io/environment-uid"
+ENVIRONMENT_TAG = "spotpool.io/environment"
+
+
+@dataclass(frozen=True)
+class AccountKey:
+    """One account's view of one region through one endpoint. The secret is hashed, never kept."""
+
+    endpoint: str
+    region: str
+    secret_id: str
+    secret_digest: str
+
+    @classmethod
+    def of(cls, endpoint: str | None, region: str, credentials: Credentials) -> AccountKey:
+        digest = hashlib.sha256(
+            f"{credentials.secret_key}\0{credentials.token or ''}".encode()
+        ).hexdigest()[:16]
+        return cls((endpoint or DEFAULT_ENDPOINT).rstrip("/"), region, credentials.secret_id, digest)
+
+
+class _SingleFlight(Generic[T]):
+    """A value computed at most once at a time, reused while younger than `max_age` seconds.
+
+    Concurrent reconciles of many environments then wait on one cloud call instead of each
+    making its own.
+    """
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age
+        self._clock = clock
+        self._value: tuple[float, T] | None = None
+        self._running: asyncio.Future[T] | None = None
+
+    def invalidate(self) -> None:
+        self._value = None
+
+    async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
+        if self._value is not None and self._clock() - self._value[0] < self._max_age:
+            return self._value[1]
+        if self._running is not None:
+            return await asyncio.shield(self._running)
+        started = self._clock()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._running = future
+        try:
+            value = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed here; waiters get it through their own await
+            raise
+        else:
+            future.set_result(value)
+            self._value = (started, value)
+            return value
+        finally:
+            self._running = None
+
+
+class CloudAccess:
+    """Clients, market prices and instance listings, shared across environments per account."""
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        observer: Callable[[str, float, str | None], None] | None = None,
+        offers_max_age: float = 30.0,
+        listing_max_age: float = 1.0,
+        client_factory: Callable[..., CvmClient] = CvmClient,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self._observer = observer
+        self._offers_max_age = offers_max_age
+        self._listing_max_age = listing_max_age
+        self._client_factory = client_factory
+        self._clients: dict[AccountKey, CvmClient] = {}
+        self._offers: dict[tuple[AccountKey, frozenset[str], frozenset[str]], _SingleFlight[list[SpotOffer]]] = {}
+        self._listings: dict[AccountKey, _SingleFlight[list[Instance]]] = {}
+
+    def client(self, key: AccountKey, credentials: Credentials) -> CvmClient:
+        client = self._clients.get(key)
+        if client is None:
+            client = self._client_factory(
+                credentials, key.region, key.endpoint, observer=self._observer
+            )
+            self._clients[key] = client
+        return client
+
+    async def offers(
+        self, key: AccountKey, client: CvmClient, zones: Sequence[str], instance_types: Sequence[str]
+    ) -> dict[tuple[str, str], SpotOffer]:
+        cache_key = (key, frozenset(zones), frozenset(instance_types))
+        flight = self._offers.setdefault(cache_key, _SingleFlight(self._offers_max_age))
+        offers = await flight.get(
+            lambda: client.describe_spot_offers(zones=list(zones), instance_types=list(instance_types))
+        )
+        return {(o.zone, o.instance_type): o for o in offers}
+
+    def forget_offers(self, key: AccountKey) -> None:
+        """Drop cached prices, e.g. after a price refusal: the market moved under us."""
+        for cache_key, flight in self._offers.items():
+            if cache_key[0] == key:
+                flight.invalidate()
+
+    async def owned_instances(self, key: AccountKey, client: CvmClient, owner_uid: str) -> list[Instance]:
+        """The instances of this installation that carry `owner_uid`, from one shared listing."""
+        flight = self._listings.setdefault(key, _SingleFlight(self._listing_max_age))
+        everything = await flight.get(lambda: client.describe_by_tag(CLUSTER_TAG, self.cluster_id))
+        return [i for i in everything if i.tags.get(OWNER_UID_TAG) == owner_uid]
+
+    def changed(self, key: AccountKey) -> None:
+        """This account's instances just changed (bought or released): the next listing is fresh."""
+        flight = self._listings.get(key)
+        if flight is not None:
+            flight.invalidate()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+def price_as_float(price: Decimal | None) -> float | None:
+    return None if price is None else float(price)

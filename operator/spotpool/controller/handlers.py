@@ -1,0 +1,90 @@
+"""kopf glue: which events reconcile what. All decisions live in the planner, all actions in the
+reconciler; this module only schedules them.
+
+One daemon per SpotComputeEnvironment observes and reconciles it in a loop (every observe interval
+when settled, every progress interval while buying or releasing); create, update and resume events
+wake it at once. Deletion releases every owned instance and keeps the finalizer until the cloud
+confirms none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import kopf
+
+from spotpool.controller import GROUP, PLURAL, VERSION
+from spotpool.controller.runtime import RUNTIME
+
+FINALIZER = "spotpool.io/finalizer"
+ANNOTATION_PREFIX = "spotpool.io"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX, v1=False)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration", v1=False)
+    settings.posting.reporting_component = "spotpool"
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.level = logging.INFO
+    settings.posting.event_name_prefix = "spotpool-"
+    # A stopping daemon finishes its current reconcile (bounded by the API timeouts) before it goes.
+    settings.background.cancellation_polling = 0.5
+    await RUNTIME.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    await RUNTIME.stop()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def wake(meta: kopf.Meta, **_: Any) -> None:
+    """A spec change (kubectl apply, kubectl scale) reconciles now instead of at the next tick."""
+    RUNTIME.wake(meta["uid"])
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
+async def keep_pool(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped,
+                    logger: kopf.Logger, **_: Any) -> None:
+    uid = meta["uid"]
+    wakeup = RUNTIME.wakeup(uid)
+    config = RUNTIME.config
+    while not stopped:
+        wakeup.clear()
+        delay = config.observe_interval
+        try:
+            assert RUNTIME.reconciler is not None
+            outcome = await RUNTIME.reconciler.reconcile(body)
+            if outcome.progressing:
+                delay = config.progress_interval
+        except Exception:  # one environment's failure must never stop the others
+            logger.exception("reconcile failed; observing again in %.0f s", delay)
+        await _sleep(stopped, wakeup, delay)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def release_everything(body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
+    assert RUNTIME.reconciler is not None
+    outcome = await RUNTIME.reconciler.reconcile(body, deleting=True)
+    if not outcome.deletion_complete:
+        why = outcome.problem or "waiting for the cloud to confirm every instance is released"
+        raise kopf.TemporaryError(why, delay=RUNTIME.config.progress_interval)
+    RUNTIME.forget(meta["uid"], meta["namespace"], meta["name"])
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wakeup: asyncio.Event, delay: float) -> None:
+    """Sleep `delay` seconds, or less when the daemon is stopped or the object changed."""
+    waiters = {asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wakeup.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

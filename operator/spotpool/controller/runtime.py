@@ -1,0 +1,72 @@
+"""The operator's long-lived parts, created once kopf's event loop runs and shared by its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.controller.config import OperatorConfig
+from spotpool.controller.kube import KubeApi
+from spotpool.controller.reconciler import Reconciler
+from spotpool.metrics import METRICS, Metrics
+
+log = logging.getLogger(__name__)
+
+_TAG_VALUE = re.compile(r"[^A-Za-z0-9._:/=+@-]")
+
+
+def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+    """Kubernetes Events are the activity log; kopf posts them asynchronously with retries."""
+    kopf.event(dict(body), type=type, reason=reason, message=message[:1024])
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.config = OperatorConfig()
+        self.metrics: Metrics = METRICS
+        self.reconciler: Reconciler | None = None
+        self.cloud: CloudAccess | None = None
+        self.ready = asyncio.Event()
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        kube = KubeApi()
+        cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
+            await kube.namespace_uid("kube-system") or "default"
+        cluster_id = _TAG_VALUE.sub("-", cluster_id)[:63]
+        self.cloud = CloudAccess(
+            cluster_id=cluster_id,
+            observer=self.metrics.observe_api_call,
+            offers_max_age=self.config.offers_max_age,
+        )
+        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event)
+        log.info("spotpool operator started: cluster id %s, %s", cluster_id,
+                 "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
+        self.ready.set()
+
+    async def stop(self) -> None:
+        self.ready.clear()
+        if self.cloud is not None:
+            await self.cloud.close()
+
+    def wakeup(self, uid: str) -> asyncio.Event:
+        return self._wakeups.setdefault(uid, asyncio.Event())
+
+    def wake(self, uid: str) -> None:
+        self.wakeup(uid).set()
+
+    def forget(self, uid: str, namespace: str, name: str) -> None:
+        self._wakeups.pop(uid, None)
+        if self.reconciler is not None:
+            self.reconciler.forget(uid)
+        self.metrics.forget_environment(namespace, name)
+
+
+RUNTIME = Runtime()

@@ -1,0 +1,161 @@
+"""Prometheus metrics: the series the Grafana dashboard and a platform team's alerts are built on.
+
+Names follow Prometheus conventions (prefix `spotpool_`, base units, `_total` counters). Labels are
+bounded by the number of environments and their candidate pools; an instance id is never a label.
+The metric names are API: the dashboard test checks that every series it queries is defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from spotpool import __version__
+
+ENV_LABELS = ("namespace", "environment")
+POOL_LABELS = (*ENV_LABELS, "zone", "instance_type")
+
+# CVM calls take tens to hundreds of milliseconds; reconciles up to tens of seconds; fulfilment of a
+# large pool can take many minutes when the market is tight.
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+FULFIL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+
+
+class Metrics:
+    """All of spotpool's series in one registry (one per process; tests may make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if registry is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.build_info = Gauge("spotpool_build_info", "Always 1; the running spotpool version.",
+                                ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+
+        self.expected = Gauge("spotpool_environment_expected_instances",
+                              "Instances the environment asks for (spec.expectedCount).", ENV_LABELS, registry=r)
+        self.current = Gauge("spotpool_environment_current_instances",
+                             "Alive instances (pending plus running).", ENV_LABELS, registry=r)
+        self.running = Gauge("spotpool_environment_running_instances",
+                             "Running instances.", ENV_LABELS, registry=r)
+        self.pending = Gauge("spotpool_environment_pending_instances",
+                             "Instances bought but not yet running.", ENV_LABELS, registry=r)
+        self.hourly_cost = Gauge("spotpool_environment_hourly_cost_usd",
+                                 "Market price of the alive instances, USD per hour.", ENV_LABELS, registry=r)
+        self.ready = Gauge("spotpool_environment_ready",
+                           "1 when every expected instance is running, else 0.", ENV_LABELS, registry=r)
+        self.degraded = Gauge("spotpool_environment_degraded",
+                              "1 when the cloud refuses the environment's purchases, else 0.", ENV_LABELS,
+                              registry=r)
+
+        self.pool_instances = Gauge("spotpool_pool_instances",
+                                    "Alive instances per zone and type, by state (pending, running).",
+                                    (*POOL_LABELS, "state"), registry=r)
+        self.market_price = Gauge("spotpool_pool_market_price_usd",
+                                  "Spot market price of the pool, USD per instance-hour.", POOL_LABELS, registry=r)
+        self.max_price = Gauge("spotpool_pool_max_price_usd",
+                               "The environment's maxPrice applied to the pool, USD per instance-hour.",
+                               POOL_LABELS, registry=r)
+
+        self.launches = Counter("spotpool_instance_launches_total",
+                                "Instances bought (returned by RunInstances).", POOL_LABELS, registry=r)
+        self.refusals = Counter("spotpool_launch_refusals_total",
+                                "RunInstances calls the cloud refused, by Tencent error code.",
+                                (*POOL_LABELS, "code"), registry=r)
+        self.releases = Counter("spotpool_instance_releases_total",
+                                "Instances released by spotpool, by reason (ScaleIn, Delete, Cleanup).",
+                                (*ENV_LABELS, "reason"), registry=r)
+        self.interruptions = Counter("spotpool_instance_interruptions_total",
+                                     "Instances lost without spotpool releasing them: reclaimed or released "
+                                     "outside spotpool (kind=lost), or failed to launch (kind=launch_failed).",
+                                     (*POOL_LABELS, "kind"), registry=r)
+        self.time_to_fulfil = Histogram("spotpool_time_to_fulfil_seconds",
+                                        "Time from a shortfall appearing until every expected instance runs.",
+                                        ENV_LABELS, buckets=FULFIL_BUCKETS, registry=r)
+
+        self.api_latency = Histogram("spotpool_cvm_api_request_duration_seconds",
+                                     "CVM API request latency, per HTTP attempt, by action.",
+                                     ["action"], buckets=API_BUCKETS, registry=r)
+        self.api_errors = Counter("spotpool_cvm_api_errors_total",
+                                  "CVM API errors by action and Tencent error code (ClientNetworkError for "
+                                  "transport failures).", ["action", "code"], registry=r)
+
+        self.reconcile_duration = Histogram("spotpool_reconcile_duration_seconds",
+                                            "Duration of one reconcile of one environment.",
+                                            buckets=RECONCILE_BUCKETS, registry=r)
+        self.reconcile_errors = Counter("spotpool_reconcile_errors_total",
+                                        "Reconciles that ended in an error, by environment.", ENV_LABELS,
+                                        registry=r)
+
+    # -- the CVM client's observer hook ------------------------------------------------------------
+    def observe_api_call(self, action: str, seconds: float, code: str | None) -> None:
+        self.api_latency.labels(action).observe(seconds)
+        if code:
+            self.api_errors.labels(action, code).inc()
+
+    # -- per-environment state ---------------------------------------------------------------------
+    def observe_environment(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        expected: int,
+        current: int,
+        running: int,
+        pending: int,
+        hourly_cost: float,
+        ready: bool,
+        degraded: bool,
+        pools: Iterable[tuple[str, str, int, int, float | None]],
+        max_price: float,
+    ) -> None:
+        """Set every gauge of one environment; `pools` yields (zone, type, running, pending, price)."""
+        env = (namespace, name)
+        self.expected.labels(*env).set(expected)
+        self.current.labels(*env).set(current)
+        self.running.labels(*env).set(running)
+        self.pending.labels(*env).set(pending)
+        self.hourly_cost.labels(*env).set(hourly_cost)
+        self.ready.labels(*env).set(1 if ready else 0)
+        self.degraded.labels(*env).set(1 if degraded else 0)
+        for zone, instance_type, running_n, pending_n, price in pools:
+            pool = (*env, zone, instance_type)
+            self.pool_instances.labels(*pool, "running").set(running_n)
+            self.pool_instances.labels(*pool, "pending").set(pending_n)
+            self.max_price.labels(*pool).set(max_price)
+            if price is not None:
+                self.market_price.labels(*pool).set(price)
+
+    def forget_environment(self, namespace: str, name: str) -> None:
+        """Drop the gauges of a deleted environment so dashboards stop showing it; counters stay."""
+        for gauge in (self.expected, self.current, self.running, self.pending, self.hourly_cost,
+                      self.ready, self.degraded, self.pool_instances, self.market_price, self.max_price):
+            for labels in list(_label_sets(gauge)):
+                if labels[:2] == (namespace, name):
+                    gauge.remove(*labels)
+
+
+def _label_sets(metric: Gauge) -> Iterable[tuple[str, ...]]:
+    # prometheus-client keeps children keyed by label tuples; collect() is the public way to read them.
+    names = metric._labelnames  # noqa: SLF001 - stable attribute, no public accessor
+    seen: set[tuple[str, ...]] = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            key = tuple(sample.labels[n] for n in names)
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+
+METRICS = Metrics()
