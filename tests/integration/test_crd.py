@@ -79,6 +79,13 @@ INVALID = [
 ]
 
 
+def test_names_over_63_characters_are_refused(cluster: Cluster, crd: str, namespace: str) -> None:
+    obj = copy.deepcopy(VALID)
+    obj["metadata"]["name"] = "x" * 64
+    proc = cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}", "--dry-run=server", check=False)
+    assert proc.returncode != 0 and "metadata.name must be at most 63 characters" in proc.stderr, proc.stderr
+
+
 def test_crd_is_established_with_subresources(cluster: Cluster, crd: str) -> None:
     got = cluster.kubectl.json("get", "crd", crd)
     assert any(c["type"] == "Established" and c["status"] == "True" for c in got["status"]["conditions"])

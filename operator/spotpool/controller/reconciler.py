@@ -41,6 +41,7 @@ from spotpool.controller.cloudaccess import (
     price_as_float,
 )
 from spotpool.controller.credentials import CredentialsError, load_credentials
+from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import KubeApi
 from spotpool.metrics import Metrics
 from spotpool.planner import conditions
@@ -290,7 +291,10 @@ class Reconciler:
         pool = (batch.zone, batch.instance_type)
         where = f"{batch.count} {batch.instance_type} in {batch.zone}"
         try:
+            failpoint("before-run-instances")
+            failpoint("run-instances-in-flight")
             ids = await self._run_instances(run, batch.zone, batch.instance_type, batch.count, launch.client_token)
+            failpoint("after-run-instances")
         except CloudError as exc:
             self._metrics.refusals.labels(run.namespace, run.name, *pool, exc.code).inc()
             if exc.retryable:
@@ -363,6 +367,7 @@ class Reconciler:
         for ids in batches:
             try:
                 await run.client.terminate_instances(ids)
+                failpoint("after-terminate-instances")
             except CloudError as exc:
                 run.last_error = _record(exc, run.now)
                 self._event(run, "Warning", "ReleaseFailed",
@@ -462,6 +467,7 @@ class Reconciler:
         if merged == previous and not stale:
             return
         status["lastReconcileTime"] = format_time(run.now)
+        failpoint("status-write")
         await self._patch_status(run, status)
 
     async def _patch_status(self, run: _Run, patch: dict[str, Any]) -> None:

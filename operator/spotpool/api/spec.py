@@ -1,0 +1,314 @@
+"""The `SpotComputeEnvironment` spec as a typed, immutable Python value.
+
+The API server validates objects first (OpenAPI schema plus CEL rules in
+crds/spotpool.io_spotcomputeenvironments.yaml), so this model exists for typing and defaults. It
+still re-checks the same rules, because an object can reach the operator without that validation
+(an older CRD still installed, a CRD edited by hand, a test): a bad value must stop the reconcile
+with a message that names the field, never reach RunInstances. The rules mirror the CRD's exactly:
+stricter here would refuse objects the API server accepted, looser would let through what it
+refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+MAX_EXPECTED_COUNT = 10000
+MAX_CANDIDATES = 20  # zones, and instance types: the CRD's maxItems
+# spotpool's own tags live under this prefix; a user tag there could forge or break ownership.
+RESERVED_TAG_PREFIX = "spotpool.io/"
+MAX_TAGS = 20
+# CVM takes UserData base64-encoded and refuses more than 16 KiB of it: 12288 bytes before encoding.
+MAX_USER_DATA_BYTES = 12288
+# CVM accepts at most 5 security groups per instance.
+MAX_SECURITY_GROUPS = 5
+MAX_KEY_IDS = 10
+# CVM's safe InstanceName limit is 60 bytes; the executor appends a sequence suffix.
+MAX_INSTANCE_NAME_PREFIX = 40
+
+
+class AllocationStrategy(StrEnum):
+    """Where new instances are bought among the buyable candidate pools."""
+
+    LOWEST_PRICE = "LowestPrice"
+    DIVERSIFIED = "Diversified"
+    PRIORITIZED = "Prioritized"
+
+
+class ScaleInPolicy(StrEnum):
+    """Which alive instances go first when the pool is too big (not-yet-running always first)."""
+
+    NEWEST_FIRST = "NewestFirst"
+    OLDEST_FIRST = "OldestFirst"
+    MOST_EXPENSIVE_FIRST = "MostExpensiveFirst"
+
+
+class DiskType(StrEnum):
+    """CVM system disk types (RunInstances `SystemDisk.DiskType`)."""
+
+    LOCAL_BASIC = "LOCAL_BASIC"
+    LOCAL_SSD = "LOCAL_SSD"
+    CLOUD_BASIC = "CLOUD_BASIC"
+    CLOUD_SSD = "CLOUD_SSD"
+    CLOUD_PREMIUM = "CLOUD_PREMIUM"
+    CLOUD_BSSD = "CLOUD_BSSD"
+    CLOUD_HSSD = "CLOUD_HSSD"
+    CLOUD_TSSD = "CLOUD_TSSD"
+
+
+def _resource_id(prefix: str) -> Any:
+    """A Tencent resource id: a fixed prefix and 8 lower-case alphanumerics (`img-pmqg1cw7`)."""
+    return Annotated[str, StringConstraints(strict=True, pattern=rf"^{prefix}-[a-z0-9]{{8}}$")]
+
+
+def _parse_max_price(value: object) -> Decimal:
+    """`maxPrice` is a decimal string (the CRD says string; CVM's SpotOptions.MaxPrice is one too).
+
+    Accepting floats would silently turn "0.1" into 0.1000000000000000055...; accepting Decimal
+    keeps programmatic construction easy. NaN, infinities, exponents and signs are refused, and as
+    in the CRD at most 6 digits stand on either side of the point.
+    """
+    if isinstance(value, Decimal):
+        text = format(value, "f") if value.is_finite() else str(value)
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        raise ValueError('must be a decimal string such as "0.0923"')
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", text):
+        raise ValueError(f'must be a decimal string with at most 6 decimals such as "0.0923", got {text!r}')
+    try:
+        price = Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern above admits only decimals
+        raise ValueError(f"is not a decimal: {text!r}") from exc
+    if price <= 0:
+        raise ValueError("must be greater than 0")
+    return price
+
+
+def _check_user_data(value: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size > MAX_USER_DATA_BYTES:
+        raise ValueError(
+            f"is {size} bytes; at most {MAX_USER_DATA_BYTES} fit CVM's 16 KiB once base64-encoded"
+        )
+    return value
+
+
+def _check_tags(tags: dict[str, str]) -> dict[str, str]:
+    for key in tags:
+        if not 1 <= len(key) <= 127:
+            raise ValueError(f"tag key {key!r} must be 1 to 127 characters")
+        if key.startswith(RESERVED_TAG_PREFIX):
+            raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r}")
+    return tags
+
+
+def _check_endpoint(value: str) -> str:
+    """The client signs requests to `/`, so an endpoint is a host (and port), never a path."""
+    if not re.fullmatch(r"https?://[^/?#]+/?", value):
+        raise ValueError(
+            f"must be an http(s) URL of a host with no path (https://cvm.tencentcloudapi.com), got {value!r}"
+        )
+    return value
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"must not repeat entries: {', '.join(duplicates)}")
+    return values
+
+
+_StrictStr = Annotated[str, StringConstraints(strict=True)]
+_DnsSubdomain = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
+_Region = Annotated[
+    str, StringConstraints(strict=True, max_length=32, pattern=r"^[a-z]{2,3}-[a-z]+(-[a-z]+)?$")
+]
+_Zone = Annotated[
+    str, StringConstraints(strict=True, max_length=40, pattern=r"^[a-z]{2,3}-[a-z]+(-[a-z]+)?-[0-9]+$")
+]
+_InstanceType = Annotated[
+    str, StringConstraints(strict=True, max_length=32, pattern=r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
+]
+_MaxPrice = Annotated[Decimal, BeforeValidator(_parse_max_price)]
+
+
+class _SpecModel(BaseModel):
+    """camelCase on the wire (as the CRD spells it), snake_case in Python; immutable; no extras."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretRef(_SpecModel):
+    """A Secret in the environment's namespace holding `secretId`, `secretKey`, optional `token`."""
+
+    name: _DnsSubdomain
+
+
+class Network(_SpecModel):
+    """VPC placement. Without `vpcId`, CVM uses the default VPC and subnet of each zone."""
+
+    vpc_id: _resource_id("vpc") | None = None  # type: ignore[valid-type]
+    subnet_ids: Annotated[
+        dict[_StrictStr, _resource_id("subnet")],  # type: ignore[valid-type]
+        Field(max_length=MAX_CANDIDATES),
+    ] = Field(default_factory=dict)
+    security_group_ids: Annotated[
+        tuple[_resource_id("sg"), ...],  # type: ignore[valid-type]
+        Field(max_length=MAX_SECURITY_GROUPS),
+        AfterValidator(_unique),
+    ] = ()
+
+    @model_validator(mode="after")
+    def _subnets_need_a_vpc(self) -> Network:
+        if self.subnet_ids and self.vpc_id is None:
+            raise ValueError("subnetIds needs vpcId: a subnet only exists inside a VPC")
+        return self
+
+
+class SystemDisk(_SpecModel):
+    """The system disk of every instance (defaults as in the CRD)."""
+
+    type: DiskType = DiskType.CLOUD_PREMIUM
+    size_gib: Annotated[int, Field(strict=True, ge=20, le=1024)] = Field(default=50, alias="sizeGiB")
+
+
+class LoginSettings(_SpecModel):
+    """SSH key pairs to install (CVM `LoginSettings.KeyIds`); none means CVM's generated password."""
+
+    key_ids: Annotated[
+        tuple[_resource_id("skey"), ...],  # type: ignore[valid-type]
+        Field(max_length=MAX_KEY_IDS),
+        AfterValidator(_unique),
+    ] = ()
+
+
+class EnvironmentSpec(_SpecModel):
+    """`spec` of a SpotComputeEnvironment (see DESIGN.md section 1)."""
+
+    expected_count: Annotated[int, Field(strict=True, ge=0, le=MAX_EXPECTED_COUNT)]
+    max_price: _MaxPrice
+    region: _Region
+    zones: Annotated[
+        tuple[_Zone, ...], Field(min_length=1, max_length=MAX_CANDIDATES), AfterValidator(_unique)
+    ]
+    instance_types: Annotated[
+        tuple[_InstanceType, ...], Field(min_length=1, max_length=MAX_CANDIDATES), AfterValidator(_unique)
+    ]
+    allocation_strategy: AllocationStrategy = AllocationStrategy.LOWEST_PRICE
+    image_id: _resource_id("img")  # type: ignore[valid-type]
+    credentials_secret_ref: SecretRef
+    endpoint: Annotated[_StrictStr, AfterValidator(_check_endpoint)] | None = None
+    instance_name_prefix: (
+        Annotated[
+            str,
+            StringConstraints(
+                strict=True, max_length=MAX_INSTANCE_NAME_PREFIX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+            ),
+        ]
+        | None
+    ) = None
+    network: Network | None = None
+    system_disk: SystemDisk | None = None
+    login_settings: LoginSettings | None = None
+    user_data: Annotated[_StrictStr, AfterValidator(_check_user_data)] | None = None
+    tags: Annotated[
+        dict[_StrictStr, Annotated[str, StringConstraints(strict=True, max_length=255)]],
+        Field(max_length=MAX_TAGS),
+        AfterValidator(_check_tags),
+    ] = Field(default_factory=dict)
+    scale_in_policy: ScaleInPolicy = ScaleInPolicy.NEWEST_FIRST
+    paused: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("zones")
+    @classmethod
+    def _zones_belong_to_region(cls, zones: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """A zone is `<region>-<n>`; a zone of another region fails every RunInstances call."""
+        region = info.data.get("region")
+        if region is None:  # the region itself is invalid and already reported
+            return zones
+        strays = [zone for zone in zones if not zone.startswith(f"{region}-")]
+        if strays:
+            raise ValueError(f"{', '.join(strays)} not zones of region {region} (expected {region}-<n>)")
+        return zones
+
+    @field_validator("network")
+    @classmethod
+    def _every_zone_has_a_subnet(cls, network: Network | None, info: ValidationInfo) -> Network | None:
+        """Subnets are keyed by candidate zones, and with a VPC every zone needs one: RunInstances
+        in a zone without a subnet of the VPC fails every time."""
+        zones = info.data.get("zones")
+        if network is None or zones is None:  # zones invalid: already reported
+            return network
+        strays = [zone for zone in network.subnet_ids if zone not in zones]
+        if strays:
+            raise ValueError(f"subnetIds names zones not in spec.zones: {', '.join(strays)}")
+        missing = [zone for zone in zones if zone not in network.subnet_ids]
+        if network.vpc_id is not None and missing:
+            raise ValueError(f"subnetIds has no subnet for zones {', '.join(missing)}")
+        return network
+
+    @classmethod
+    def from_k8s(cls, spec: Mapping[str, Any]) -> EnvironmentSpec:
+        """Build from the object's `spec` (camelCase, as kopf hands it over).
+
+        Raises `SpecError` (a `ValueError`) whose message names every offending field as
+        `spec.<path>`, ready for a Degraded/InvalidConfig condition.
+        """
+        try:
+            return cls.model_validate(_plain(spec))
+        except ValidationError as exc:
+            raise SpecError(_describe(exc)) from None
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message names each field (`spec.maxPrice: must be ...`)."""
+
+
+def _plain(value: Any) -> Any:
+    """kopf hands over mapping views, not dicts; pydantic validates plain containers."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"spec{path}: {message}")
+    return "; ".join(problems)

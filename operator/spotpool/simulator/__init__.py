@@ -1,0 +1,11 @@
+"""spotpool.simulator: an offline Tencent Cloud CVM endpoint with a spot market model.
+
+It speaks the real signed CVM API (2017-03-12) well enough for Tencent's official SDK, and adds an
+unsigned control API under `/_sim/` to inspect state and script reclaims, market changes and
+faults. The operator's demos and tests use it as their default cloud.
+"""
+
+from spotpool.simulator.config import SimulatorConfig
+from spotpool.simulator.server import RunningSimulator, Simulator, run_simulator, serve
+
+__all__ = ["RunningSimulator", "Simulator", "SimulatorConfig", "run_simulator", "serve"]

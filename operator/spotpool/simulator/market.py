@@ -1,0 +1,530 @@
+"""The spot market model: pools, instances, their lifecycle, quota, reclaims and idempotency.
+
+Pure Python with an injectable clock and a seeded random source, so every rule here can be unit-
+and property-tested by advancing time instead of sleeping. Nothing runs in the background: the
+lifecycle is advanced lazily from the clock at the start of every operation (a heap of timed
+events: boot, random reclaim, disappearance), so a market with 10,000 idle instances costs
+nothing between requests and behaves identically under a fake clock.
+
+Capacity accounting: launching takes one unit of its pool's stock and its vCPUs of the zone's
+spot quota; both come back when the instance is gone (after its TERMINATING phase) or when its
+launch fails. So per pool, stock + instances holding capacity is constant except when the market
+is changed through the control API.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import string
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING
+from spotpool.simulator.api_errors import ApiError
+from spotpool.simulator.config import SimulatorConfig
+from spotpool.simulator.index import RegionIndex
+from spotpool.simulator.naming import expand_names
+from spotpool.simulator.state import Pool, SimInstance
+
+Clock = Callable[[], float]
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_BOOT, _RECLAIM, _GONE = 0, 1, 2
+USER, RECLAIM = "user", "reclaim"
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A validated RunInstances (or InquiryPriceRunInstances) request, as the market needs it.
+
+    `fingerprint` identifies the request parameters other than ClientToken: the same token with
+    another fingerprint is a client bug the market refuses rather than silently answers.
+    """
+
+    region: str
+    zone: str
+    instance_type: str
+    image_id: str
+    count: int
+    fingerprint: str
+    min_count: int | None = None
+    max_price: str | None = None
+    name: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    client_token: str | None = None
+    dry_run: bool = False
+    project_id: int = 0
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    key_ids: tuple[str, ...] = ()
+    system_disk_type: str = "CLOUD_PREMIUM"
+    system_disk_size: int = 50
+
+
+@dataclass(frozen=True)
+class _TokenRecord:
+    token: str
+    fingerprint: str
+    instance_ids: tuple[str, ...]
+    expires_at: float
+
+
+class Market:
+    """The state of the simulated cloud (one account)."""
+
+    def __init__(self, config: SimulatorConfig, clock: Clock = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._zone_region = config.zones()
+        self.reset()
+
+    # ----------------------------------------------------------------------------- set-up
+
+    def reset(self) -> None:
+        """Back to the configured market: no instances, full stock, forgotten client tokens."""
+        config = self.config
+        self._rng = random.Random(config.seed)
+        self._pools: dict[tuple[str, str], Pool] = {}
+        for region, zones in config.regions.items():
+            for zone in zones:
+                for name, spec in config.instance_types.items():
+                    self._pools[(zone, name)] = Pool(
+                        region=region,
+                        zone=zone,
+                        instance_type=name,
+                        cpu=spec.cpu,
+                        memory_gib=spec.memory_gib,
+                        on_demand_price=spec.on_demand_price,
+                        discount_percent=config.market.spot_discount_percent,
+                        stock=config.market.default_stock,
+                        sold_out=False,
+                        offered=True,
+                        reclaim_rate_per_hour=config.market.reclaim_rate_per_hour,
+                    )
+        for override in config.market.pools:
+            pool = self._pools[(override.zone, override.instance_type)]
+            pool.sold_out = override.sold_out
+            pool.offered = override.offered
+            if override.stock is not None:
+                pool.stock = override.stock
+            if override.discount_percent is not None:
+                pool.discount_percent = override.discount_percent
+            if override.on_demand_price is not None:
+                pool.on_demand_price = override.on_demand_price
+            if override.reclaim_rate_per_hour is not None:
+                pool.reclaim_rate_per_hour = override.reclaim_rate_per_hour
+        self._quota = {
+            zone: config.market.zone_quota_vcpus.get(zone, config.market.spot_quota_vcpus)
+            for zone in self._zone_region
+        }
+        self._quota_used = dict.fromkeys(self._zone_region, 0)
+        self._instances: dict[str, SimInstance] = {}
+        self._regions = {region: RegionIndex() for region in config.regions}
+        self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
+        self._issued_ids: set[str] = set()
+        self._events: list[tuple[float, int, int, str, int]] = []
+        self._seq = 0
+        self._tokens: dict[str, _TokenRecord] = {}
+        self._token_order: deque[_TokenRecord] = deque()
+        self._network = {
+            region: (self._resource_id("vpc"), self._resource_id("sg")) for region in config.regions
+        }
+        self._subnets = {zone: self._resource_id("subnet") for zone in self._zone_region}
+        self._ip_counter = dict.fromkeys(self._zone_region, 0)
+        self._zone_octet = {zone: n % 256 for n, zone in enumerate(self._zone_region)}
+
+    def now(self) -> float:
+        return self._clock()
+
+    # ------------------------------------------------------------------------- catalogue
+
+    def has_region(self, region: str) -> bool:
+        return region in self._regions
+
+    def region_of_zone(self, zone: str) -> str | None:
+        return self._zone_region.get(zone)
+
+    def zones_of(self, region: str) -> list[str]:
+        return list(self.config.regions.get(region, ()))
+
+    def pool(self, zone: str, instance_type: str) -> Pool | None:
+        return self._pools.get((zone, instance_type))
+
+    def pools(self, region: str | None = None) -> list[Pool]:
+        return [p for p in self._pools.values() if region is None or p.region == region]
+
+    def zone_quota(self, zone: str) -> int:
+        return self._quota[zone]
+
+    def quota_used(self, zone: str) -> int:
+        return self._quota_used[zone]
+
+    def resolve_pool(self, region: str, zone: str, instance_type: str) -> Pool:
+        """The pool a purchase targets, or the error the API gives for a bad zone or type."""
+        zone_region = self._zone_region.get(zone)
+        if zone_region is None:
+            raise ApiError(
+                "InvalidParameterValue.ZoneNotSupported",
+                f"The zone {zone!r} is not supported. Zones of {region}: "
+                f"{', '.join(self.zones_of(region))}.",
+            )
+        if zone_region != region:
+            raise ApiError(
+                "InvalidZone.MismatchRegion",
+                f"The zone {zone!r} belongs to region {zone_region}, not to {region}.",
+            )
+        if instance_type not in self.config.instance_types:
+            raise ApiError(
+                "InvalidParameterValue.InstanceTypeNotFound",
+                f"The instance type {instance_type!r} does not exist.",
+            )
+        pool = self._pools[(zone, instance_type)]
+        if not pool.offered:
+            raise ApiError(
+                "ResourceUnavailable.InstanceType",
+                f"The instance type {instance_type} is not sold in {zone}.",
+            )
+        return pool
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def advance(self) -> float:
+        """Apply every lifecycle event due by now, in time order; return now."""
+        now = self._clock()
+        events = self._events
+        while events and events[0][0] <= now:
+            at, _, kind, iid, epoch = heapq.heappop(events)
+            inst = self._instances.get(iid)
+            if inst is None:
+                continue
+            if kind == _BOOT:
+                if inst.state == PENDING:
+                    self._boot(inst, at)
+            elif kind == _RECLAIM:
+                if inst.state == RUNNING and epoch == inst.reclaim_epoch:
+                    self._begin_termination(inst, at, RECLAIM, inst.latest_operation_request_id)
+            else:
+                self._remove(inst, at)
+        return now
+
+    def _push(self, at: float, kind: int, inst: SimInstance, epoch: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, kind, inst.instance_id, epoch))
+
+    def _set_state(self, inst: SimInstance, state: str, operation_state: str) -> None:
+        old = inst.state
+        inst.set_state(state, operation_state)
+        self._regions[inst.region].restate(inst, old)
+
+    def _boot(self, inst: SimInstance, at: float) -> None:
+        if inst.will_fail:
+            self._set_state(inst, LAUNCH_FAILED, "FAILED")
+            self._release_capacity(inst)
+            return
+        self._set_state(inst, RUNNING, "SUCCESS")
+        self._schedule_reclaim(inst, at)
+
+    def _schedule_reclaim(self, inst: SimInstance, start: float) -> None:
+        """Random supply reclaim: an exponential lifetime at the pool's rate (memoryless)."""
+        rate = self._pools[(inst.zone, inst.instance_type)].reclaim_rate_per_hour
+        inst.reclaim_epoch += 1
+        if rate > 0:
+            at = start + self._rng.expovariate(rate / 3600.0)
+            self._push(at, _RECLAIM, inst, inst.reclaim_epoch)
+
+    def _begin_termination(
+        self, inst: SimInstance, at: float, reason: str, request_id: str
+    ) -> None:
+        inst.terminated_by = reason
+        inst.terminated_at = at
+        inst.latest_operation = "TerminateInstances"
+        inst.latest_operation_request_id = request_id
+        self._set_state(inst, self.config.lifecycle.terminating_state, "OPERATING")
+        self._push(at + self.config.lifecycle.terminate_delay_seconds, _GONE, inst)
+
+    def _release_capacity(self, inst: SimInstance) -> None:
+        if inst.holds_capacity:
+            inst.holds_capacity = False
+            self._pools[(inst.zone, inst.instance_type)].stock += 1
+            self._quota_used[inst.zone] -= inst.cpu
+
+    def _remove(self, inst: SimInstance, at: float) -> None:
+        self._release_capacity(inst)
+        del self._instances[inst.instance_id]
+        self._regions[inst.region].remove(inst)
+        self._gone[inst.instance_id] = inst.region
+
+    # ------------------------------------------------------------------------ purchases
+
+    def quote(self, req: LaunchRequest) -> Pool:
+        """The pool a purchase would buy from, or the refusal it would get (InquiryPrice)."""
+        self.advance()
+        return self._check_offer(req)[0]
+
+    def _check_offer(self, req: LaunchRequest) -> tuple[Pool, int]:
+        """The pool and how many instances a purchase would get, or the refusal it would get."""
+        pool = self.resolve_pool(req.region, req.zone, req.instance_type)
+        if pool.sold_out or pool.stock == 0:
+            raise ApiError(
+                "ResourcesSoldOut.SpecifiedInstanceType",
+                f"The spot instance type {pool.instance_type} is sold out in {pool.zone}.",
+            )
+        if req.max_price is not None and Decimal(req.max_price) < Decimal(repr(pool.spot_price)):
+            raise ApiError(
+                "InvalidParameterValue.InsufficientPrice",
+                f"The bid {req.max_price} is lower than the market price {pool.spot_price} "
+                f"of {pool.instance_type} in {pool.zone}.",
+            )
+        quota_left = self._quota[pool.zone] - self._quota_used[pool.zone]
+        fits_quota = max(quota_left, 0) // pool.cpu
+        wanted = req.count if req.min_count is None else req.min_count
+        if fits_quota < wanted:
+            raise ApiError(
+                "LimitExceeded.UserSpotQuota",
+                f"The spot quota of {pool.zone} is {self._quota[pool.zone]} vCPUs, "
+                f"{max(quota_left, 0)} left; {wanted} x {pool.instance_type} needs "
+                f"{wanted * pool.cpu}.",
+            )
+        if pool.stock < wanted:
+            code = (
+                self.config.api.insufficient_stock_code
+                if req.min_count is None
+                else "ResourceInsufficient.InsufficientOfferingMinimum"
+            )
+            raise ApiError(
+                code,
+                f"Insufficient resources of {pool.instance_type} in {pool.zone}: "
+                f"{pool.stock} available, {wanted} requested.",
+            )
+        return pool, min(req.count, pool.stock, fits_quota)
+
+    def run_instances(self, req: LaunchRequest, request_id: str) -> list[str]:
+        """Buy spot instances; answers a replayed ClientToken with the ids it bought the first time.
+
+        The token is looked up before the market is consulted: a replay must return the original
+        ids even if the pool has sold out since, and must never buy again.
+        """
+        now = self.advance()
+        if req.client_token is not None:
+            replay = self._replay(req, now)
+            if replay is not None:
+                return replay
+        pool, count = self._check_offer(req)
+        if req.dry_run:
+            return []
+        names = expand_names(req.name, count)
+        ids = [self._launch(pool, req, names[i], now, request_id) for i in range(count)]
+        if req.client_token is not None:
+            record = _TokenRecord(
+                req.client_token,
+                req.fingerprint,
+                tuple(ids),
+                now + self.config.api.client_token_validity_seconds,
+            )
+            self._tokens[req.client_token] = record
+            self._token_order.append(record)
+        return ids
+
+    def _replay(self, req: LaunchRequest, now: float) -> list[str] | None:
+        while self._token_order and self._token_order[0].expires_at <= now:
+            expired = self._token_order.popleft()
+            if self._tokens.get(expired.token) is expired:
+                del self._tokens[expired.token]
+        record = self._tokens.get(req.client_token or "")
+        if record is None:
+            return None
+        if record.fingerprint != req.fingerprint:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"The ClientToken {req.client_token!r} was already used with different request "
+                "parameters; use a new ClientToken for a different request.",
+            )
+        return list(record.instance_ids)
+
+    def _launch(
+        self, pool: Pool, req: LaunchRequest, name: str, now: float, request_id: str
+    ) -> str:
+        vpc_id, sg_id = self._network[pool.region]
+        self._seq += 1
+        inst = SimInstance(
+            instance_id=self._new_instance_id(),
+            uuid=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+            seq=self._seq,
+            region=pool.region,
+            zone=pool.zone,
+            instance_type=pool.instance_type,
+            cpu=pool.cpu,
+            memory_gib=pool.memory_gib,
+            image_id=req.image_id,
+            name=name,
+            tags=dict(req.tags),
+            created_at=now,
+            spot_price=pool.spot_price,
+            max_price=req.max_price,
+            private_ip=self._next_ip(pool.zone),
+            project_id=req.project_id,
+            vpc_id=req.vpc_id or vpc_id,
+            subnet_id=req.subnet_id or self._subnets[pool.zone],
+            security_group_ids=req.security_group_ids or (sg_id,),
+            key_ids=req.key_ids,
+            system_disk_type=req.system_disk_type,
+            system_disk_size=req.system_disk_size,
+            launch_request_id=request_id,
+            will_fail=self._rng.random() < self.config.lifecycle.launch_failure_rate,
+            latest_operation_request_id=request_id,
+        )
+        pool.stock -= 1
+        self._quota_used[pool.zone] += pool.cpu
+        self._instances[inst.instance_id] = inst
+        self._regions[pool.region].add(inst)
+        self._push(now + self.config.lifecycle.boot_delay_seconds, _BOOT, inst)
+        return inst.instance_id
+
+    def _new_instance_id(self) -> str:
+        while True:
+            iid = "ins-" + "".join(self._rng.choices(_ID_ALPHABET, k=8))
+            if iid not in self._issued_ids:
+                self._issued_ids.add(iid)
+                return iid
+
+    def _resource_id(self, prefix: str) -> str:
+        return f"{prefix}-" + "".join(self._rng.choices(_ID_ALPHABET, k=8))
+
+    def _next_ip(self, zone: str) -> str:
+        self._ip_counter[zone] += 1
+        n = self._ip_counter[zone]
+        return f"10.{self._zone_octet[zone]}.{(n >> 8) & 255}.{n & 255}"
+
+    # ---------------------------------------------------------------------- termination
+
+    def terminate_instances(self, region: str, instance_ids: list[str], request_id: str) -> None:
+        """Terminate all or none: every id is checked before any instance is touched."""
+        now = self.advance()
+        targets: list[SimInstance] = []
+        for iid in dict.fromkeys(instance_ids):
+            inst = self._instances.get(iid)
+            if inst is None or inst.region != region:
+                if self._gone.get(iid) == region:
+                    raise ApiError(
+                        "UnsupportedOperation.InstanceStateTerminated",
+                        f"The instance {iid} has already been terminated.",
+                    )
+                raise ApiError("InvalidInstanceId.NotFound", f"The instance {iid} does not exist.")
+            if inst.terminated_by is not None:
+                raise ApiError(
+                    "UnsupportedOperation.InstanceStateTerminating",
+                    f"The instance {iid} is being terminated.",
+                )
+            if inst.state == PENDING and self.config.lifecycle.refuse_terminate_pending:
+                raise ApiError(
+                    "UnsupportedOperation.InstanceStatePending",
+                    f"The instance {iid} is still being created; retry when it is RUNNING.",
+                )
+            targets.append(inst)
+        for inst in targets:
+            if inst.state == LAUNCH_FAILED:
+                self._remove(inst, now)
+            else:
+                self._begin_termination(inst, now, USER, request_id)
+
+    # ------------------------------------------------------------------------- queries
+
+    def describe_instances(
+        self,
+        region: str,
+        *,
+        instance_ids: list[str] | None = None,
+        filters: list[tuple[str, list[str]]] | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> tuple[int, list[SimInstance]]:
+        """(total matches, one page) of the region's visible instances, in launch order."""
+        self.advance()
+        index = self._regions[region]
+        if instance_ids is not None:
+            found = [index.all[i] for i in dict.fromkeys(instance_ids) if i in index.all]
+            return len(found), found[offset : offset + limit]
+        return index.query(filters or [], offset, limit)
+
+    def instances(self) -> list[SimInstance]:
+        """Every visible instance of every region, in launch order."""
+        self.advance()
+        return list(self._instances.values())
+
+    def get(self, instance_id: str) -> SimInstance | None:
+        self.advance()
+        return self._instances.get(instance_id)
+
+    # ------------------------------------------------------------------ market control
+
+    def reclaim(self, instance_ids: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Scripted reclaim of chosen instances: (reclaimed ids, {skipped id: why})."""
+        now = self.advance()
+        reclaimed: list[str] = []
+        skipped: dict[str, str] = {}
+        for iid in dict.fromkeys(instance_ids):
+            inst = self._instances.get(iid)
+            if inst is None:
+                skipped[iid] = "not found"
+            elif not inst.alive:
+                skipped[iid] = f"not alive ({inst.state})"
+            else:
+                self._begin_termination(inst, now, RECLAIM, "")
+                reclaimed.append(iid)
+        return reclaimed, skipped
+
+    def reclaim_pool(self, zone: str, instance_type: str, count: int) -> list[str]:
+        """Reclaim up to `count` alive instances of one pool, chosen at random (as Tencent does)."""
+        self.advance()
+        alive = [
+            i.instance_id
+            for i in self._instances.values()
+            if i.zone == zone and i.instance_type == instance_type and i.alive
+        ]
+        chosen = self._rng.sample(alive, min(count, len(alive)))
+        return self.reclaim(chosen)[0]
+
+    def update_pool(
+        self,
+        zone: str,
+        instance_type: str,
+        *,
+        stock: int | None = None,
+        discount_percent: float | None = None,
+        on_demand_price: float | None = None,
+        sold_out: bool | None = None,
+        offered: bool | None = None,
+        reclaim_rate_per_hour: float | None = None,
+    ) -> Pool:
+        """Change one pool's market; a new reclaim rate applies to its running instances now."""
+        now = self.advance()
+        pool = self._pools[(zone, instance_type)]
+        if stock is not None:
+            pool.stock = stock
+        if discount_percent is not None:
+            pool.discount_percent = discount_percent
+        if on_demand_price is not None:
+            pool.on_demand_price = on_demand_price
+        if sold_out is not None:
+            pool.sold_out = sold_out
+        if offered is not None:
+            pool.offered = offered
+        if reclaim_rate_per_hour is not None:
+            pool.reclaim_rate_per_hour = reclaim_rate_per_hour
+            for inst in self._instances.values():
+                if (
+                    inst.zone == zone
+                    and inst.instance_type == instance_type
+                    and inst.state == RUNNING
+                ):
+                    self._schedule_reclaim(inst, now)
+        return pool
+
+    def set_zone_quota(self, zone: str, vcpus: int) -> None:
+        self._quota[zone] = vcpus

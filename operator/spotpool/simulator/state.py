@@ -1,0 +1,85 @@
+"""The records the market keeps: one per spot pool (zone x instance type) and one per instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spotpool.cloud.models import PENDING, RUNNING
+
+
+@dataclass(slots=True)
+class Pool:
+    """One zone x instance type: its price, the instances still for sale, and its reclaim rate."""
+
+    region: str
+    zone: str
+    instance_type: str
+    cpu: int
+    memory_gib: int
+    on_demand_price: float
+    discount_percent: float
+    stock: int
+    sold_out: bool
+    offered: bool
+    reclaim_rate_per_hour: float
+
+    @property
+    def spot_price(self) -> float:
+        """The documented fixed-discount model: round(list x discount / 100, 5)."""
+        return round(self.on_demand_price * self.discount_percent / 100, 5)
+
+    @property
+    def for_sale(self) -> bool:
+        return self.offered and not self.sold_out and self.stock > 0
+
+
+@dataclass(slots=True, eq=False)
+class SimInstance:
+    """One simulated instance. Identity, placement and tags never change; the state does.
+
+    `rendered` caches the instance's DescribeInstances JSON: describes of thousands of instances
+    are the hot path, and an instance's JSON only changes when its state does (`set_state`).
+    """
+
+    instance_id: str
+    uuid: str
+    seq: int
+    region: str
+    zone: str
+    instance_type: str
+    cpu: int
+    memory_gib: int
+    image_id: str
+    name: str
+    tags: dict[str, str]
+    created_at: float
+    spot_price: float
+    max_price: str | None
+    private_ip: str
+    project_id: int
+    vpc_id: str
+    subnet_id: str
+    security_group_ids: tuple[str, ...]
+    key_ids: tuple[str, ...]
+    system_disk_type: str
+    system_disk_size: int
+    launch_request_id: str
+    will_fail: bool
+    state: str = PENDING
+    holds_capacity: bool = True
+    latest_operation: str = "RunInstances"
+    latest_operation_state: str = "OPERATING"
+    latest_operation_request_id: str = ""
+    terminated_by: str | None = None
+    terminated_at: float | None = None
+    reclaim_epoch: int = 0
+    rendered: str | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (PENDING, RUNNING)
+
+    def set_state(self, state: str, operation_state: str) -> None:
+        self.state = state
+        self.latest_operation_state = operation_state
+        self.rendered = None

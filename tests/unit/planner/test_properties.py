@@ -1,0 +1,345 @@
+"""Property tests: the planner's safety rules hold for any observed state hypothesis can build.
+
+The oracle below recounts owned, alive and in-flight instances independently of the planner's own
+census, so a counting bug cannot hide behind itself.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spotpool.cloud.errors import ErrorCategory
+from spotpool.cloud.models import (
+    LAUNCH_FAILED,
+    PENDING,
+    RUNNING,
+    SHUTDOWN,
+    STOPPED,
+    TERMINATING,
+    Instance,
+    SpotOffer,
+)
+from spotpool.planner import (
+    INFLIGHT_VISIBILITY_GRACE,
+    MAX_LAUNCH_COUNT,
+    MAX_RELEASE_IDS,
+    OWNER_UID_TAG,
+    InflightLaunch,
+    Plan,
+    PoolBackoff,
+    PoolKey,
+    build_status,
+    plan,
+    record_refusal,
+)
+from spotpool.planner.backoff import BACKOFF_BASE, BACKOFF_CAP, BACKOFF_JITTER, ESCALATING
+from spotpool.planner.conditions import REASON_PATTERN
+from tests.unit.planner.plannerkit import NOW, UID, make_spec
+
+ZONES = ["ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6"]
+TYPES = ["S5.MEDIUM4", "SA2.MEDIUM4", "S6.MEDIUM4"]
+OUTSIDE = ("ap-guangzhou-7", "C5.LARGE8")  # never a candidate: instances there still count
+UNIVERSE: list[PoolKey] = [(z, t) for z in ZONES for t in TYPES] + [OUTSIDE]
+STATES = [PENDING, RUNNING, RUNNING, RUNNING, LAUNCH_FAILED, SHUTDOWN, TERMINATING, STOPPED]
+PRICES = [Decimal(f"0.{n:04d}") for n in range(50, 700, 25)]
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything `plan` takes, as hypothesis drew it."""
+
+    spec: Any
+    instances: list[Instance]
+    offers: dict[PoolKey, SpotOffer]
+    inflight: list[InflightLaunch]
+    backoff: dict[PoolKey, PoolBackoff]
+
+    def plan(self, *, deleting: bool = False, instances: list[Instance] | None = None) -> Plan:
+        return plan(
+            spec=self.spec,
+            instances=self.instances if instances is None else instances,
+            offers=self.offers,
+            inflight=self.inflight,
+            backoff=self.backoff,
+            now=NOW,
+            owner_uid=UID,
+            deleting=deleting,
+        )
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    instances = [
+        Instance(
+            instance_id=f"ins-{index:08d}",
+            zone=pool[0],
+            instance_type=pool[1],
+            state=draw(st.sampled_from(STATES)),
+            charge_type="SPOTPAID",
+            created_time=draw(st.none() | st.integers(0, 10_000).map(lambda m: NOW - timedelta(minutes=m))),
+            tags=draw(st.sampled_from([{OWNER_UID_TAG: UID}] * 6 + [{OWNER_UID_TAG: "other"}, {}])),
+        )
+        for index, pool in enumerate(draw(st.lists(st.sampled_from(UNIVERSE), max_size=60)))
+    ]
+    alive = sum(1 for i in instances if i.state in (PENDING, RUNNING))
+    spec = make_spec(
+        # below the alive count makes surplus likely, large counts make multi-batch launches likely
+        expectedCount=draw(st.integers(0, max(0, alive - 1)) | st.integers(0, 250)),
+        maxPrice=str(draw(st.sampled_from(PRICES))),
+        zones=draw(st.lists(st.sampled_from(ZONES), min_size=1, unique=True)),
+        instanceTypes=draw(st.lists(st.sampled_from(TYPES), min_size=1, unique=True)),
+        allocationStrategy=draw(st.sampled_from(["LowestPrice", "Diversified", "Prioritized"])),
+        scaleInPolicy=draw(st.sampled_from(["NewestFirst", "OldestFirst", "MostExpensiveFirst"])),
+        paused=draw(st.integers(0, 5)) == 0,  # mostly unpaused: paused plans are all empty
+    )
+    offers = {}
+    for pool in UNIVERSE:
+        if draw(st.integers(0, 5)) > 0:
+            offers[pool] = SpotOffer(
+                zone=pool[0],
+                instance_type=pool[1],
+                spot_price=draw(st.none() | st.sampled_from(PRICES))
+                if draw(st.integers(0, 8)) == 0
+                else draw(st.sampled_from(PRICES)),
+                list_price=None,
+                sold_out=draw(st.integers(0, 6)) == 0,
+            )
+    known_ids = [i.instance_id for i in instances]
+    inflight = [
+        InflightLaunch(
+            client_token=f"token-{index}",
+            zone=pool[0],
+            instance_type=pool[1],
+            count=draw(st.integers(1, 150)),
+            requested_at=NOW - timedelta(seconds=draw(st.integers(0, 1200))),
+            instance_ids=tuple(
+                draw(
+                    st.just([])
+                    | st.lists(st.sampled_from([*known_ids, "ins-unseen01", "ins-unseen02"]), max_size=4)
+                    if known_ids
+                    else st.just([])
+                )
+            ),
+        )
+        for index, pool in enumerate(draw(st.lists(st.sampled_from(UNIVERSE), max_size=4)))
+    ]
+    backoff = {
+        pool: PoolBackoff(
+            failures=draw(st.integers(1, 6)),
+            retry_after=NOW + timedelta(seconds=draw(st.integers(-300, 300))),
+            last_code="Some.Code",
+            last_message="refused",
+            last_time=NOW,
+            category=draw(st.sampled_from(list(ErrorCategory))),
+        )
+        for pool in draw(st.lists(st.sampled_from(UNIVERSE), max_size=4, unique=True))
+    }
+    return World(spec, instances, offers, inflight, backoff)
+
+
+# -- the independent oracle ---------------------------------------------------------------------
+
+
+def owned(world: World) -> dict[str, Instance]:
+    return {i.instance_id: i for i in world.instances if i.tags.get(OWNER_UID_TAG) == UID}
+
+
+def alive_ids(world: World) -> set[str]:
+    return {i for i, inst in owned(world).items() if inst.state in (PENDING, RUNNING)}
+
+
+def unseen(world: World) -> int:
+    mine = owned(world)
+    total = 0
+    for launch in world.inflight:
+        if launch.requested_at + INFLIGHT_VISIBILITY_GRACE <= NOW:
+            continue
+        total += len(set(launch.instance_ids) - set(mine)) if launch.instance_ids else launch.count
+    return total
+
+
+def buyable(world: World, pool: PoolKey) -> bool:
+    offer = world.offers.get(pool)
+    entry = world.backoff.get(pool)
+    return (
+        pool[0] in world.spec.zones
+        and pool[1] in world.spec.instance_types
+        and offer is not None
+        and not offer.sold_out
+        and offer.spot_price is not None
+        and offer.spot_price <= world.spec.max_price
+        and (entry is None or entry.retry_after is None or entry.retry_after <= NOW)
+    )
+
+
+def released(p: Plan) -> list[str]:
+    return [i for batch in p.releases for i in batch]
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+
+@given(worlds())
+def test_never_plans_more_alive_than_expected(world: World) -> None:
+    p = world.plan()
+    launched = sum(b.count for b in p.launches)
+    on_the_way = len(alive_ids(world)) + unseen(world)
+    assert launched == 0 or on_the_way + launched <= world.spec.expected_count
+    assert launched <= max(0, world.spec.expected_count - on_the_way)
+
+
+@given(worlds())
+def test_buys_the_whole_deficit_when_some_pool_is_buyable(world: World) -> None:
+    p = world.plan()
+    if world.spec.paused or not any(buyable(world, pool) for pool in UNIVERSE):
+        assert p.launches == []
+    else:
+        assert sum(b.count for b in p.launches) == max(
+            0, world.spec.expected_count - len(alive_ids(world)) - unseen(world)
+        )
+
+
+@given(worlds())
+def test_never_buys_where_it_may_not(world: World) -> None:
+    for batch in world.plan().launches:
+        assert buyable(world, batch.pool)
+        assert batch.max_price == world.spec.max_price
+        assert batch.market_price is not None and batch.market_price <= world.spec.max_price
+
+
+@given(worlds(), st.booleans())
+def test_never_releases_an_instance_it_does_not_own(world: World, deleting: bool) -> None:
+    p = world.plan(deleting=deleting)
+    ids = released(p) + [i for batch in p.cleanup for i in batch]
+    assert set(ids) <= set(owned(world))
+    assert len(ids) == len(set(ids))
+
+
+@given(worlds(), st.booleans())
+def test_batches_stay_within_the_api_limits(world: World, deleting: bool) -> None:
+    p = world.plan(deleting=deleting)
+    assert all(1 <= b.count <= MAX_LAUNCH_COUNT for b in p.launches)
+    assert all(1 <= len(batch) <= MAX_RELEASE_IDS for batch in p.releases + p.cleanup)
+
+
+@given(worlds())
+def test_releases_exactly_the_surplus_and_never_when_paused(world: World) -> None:
+    p = world.plan()
+    surplus = max(0, len(alive_ids(world)) - world.spec.expected_count)
+    if world.spec.paused:
+        assert p.releases == [] and p.cleanup == [] and p.launches == []
+    else:
+        assert len(released(p)) == surplus
+        assert set(released(p)) <= alive_ids(world)
+    assert bool(p.releases) == (p.release_reason is not None)
+    mine = owned(world)
+    assert all(mine[i].state in (LAUNCH_FAILED, SHUTDOWN) for batch in p.cleanup for i in batch)
+
+
+@given(worlds(), st.booleans())
+def test_pending_is_released_before_running(world: World, deleting: bool) -> None:
+    mine = owned(world)
+    states = [mine[i].state for i in released(world.plan(deleting=deleting))]
+    if RUNNING in states:
+        assert PENDING not in states[states.index(RUNNING) :]
+
+
+@given(worlds())
+def test_deletion_releases_everything_owned_and_buys_nothing(world: World) -> None:
+    p = world.plan(deleting=True)
+    assert p.launches == [] and p.cleanup == []
+    assert set(released(p)) == {i for i, inst in owned(world).items() if inst.state != TERMINATING}
+
+
+@given(worlds(), st.randoms(use_true_random=False), st.booleans())
+def test_same_inputs_give_the_same_plan_in_any_listing_order(
+    world: World, rng: random.Random, deleting: bool
+) -> None:
+    shuffled = list(world.instances)
+    rng.shuffle(shuffled)
+    assert world.plan(deleting=deleting) == world.plan(deleting=deleting)
+    assert world.plan(deleting=deleting, instances=shuffled) == world.plan(deleting=deleting)
+
+
+@given(worlds(), st.booleans())
+def test_status_is_always_writable_and_consistent(world: World, deleting: bool) -> None:
+    status = build_status(
+        spec=world.spec,
+        generation=1,
+        instances=world.instances,
+        offers=world.offers,
+        inflight=world.inflight,
+        backoff=world.backoff,
+        now=NOW,
+        previous_conditions=[],
+        environment_label="env",
+        owner_uid=UID,
+        deleting=deleting,
+    )
+    assert status["currentCount"] == len(alive_ids(world))
+    assert status["currentCount"] == status["runningCount"] + status["pendingCount"]
+    assert len(status["pools"]) == len(world.spec.zones) * len(world.spec.instance_types)
+    assert sum(pool["running"] for pool in status["pools"]) <= status["runningCount"]
+    assert all(REASON_PATTERN.fullmatch(c["reason"]) for c in status["conditions"])
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"] == "True") == (
+        not deleting and status["runningCount"] == world.spec.expected_count
+    )
+
+
+# -- backoff ----------------------------------------------------------------------------------------
+
+
+def lower_bound(failures: int, category: ErrorCategory) -> timedelta:
+    nominal = (
+        min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 40)) if category in ESCALATING else BACKOFF_CAP
+    )
+    return nominal * (1 - BACKOFF_JITTER)
+
+
+class FixedRandom(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(list(ErrorCategory)), st.integers(1, 40), st.floats(0, 1, exclude_max=True))
+def test_backoff_is_monotone_for_a_given_jitter_and_capped(
+    category: ErrorCategory, refusals: int, jitter: float
+) -> None:
+    backoff: dict[PoolKey, PoolBackoff] = {}
+    delays = []
+    for _ in range(refusals):
+        backoff = record_refusal(
+            backoff, UNIVERSE[0], code="C", message="m", category=category, now=NOW, rng=FixedRandom(jitter)
+        )
+        retry_after = backoff[UNIVERSE[0]].retry_after
+        assert retry_after is not None
+        delays.append(retry_after - NOW)
+    assert delays == sorted(delays)
+    assert all(timedelta(0) < delay <= BACKOFF_CAP for delay in delays)
+
+
+@given(st.sampled_from(list(ErrorCategory)), st.integers(1, 40), st.randoms(use_true_random=False))
+def test_backoff_never_drops_below_its_monotone_lower_bound(
+    category: ErrorCategory, refusals: int, rng: random.Random
+) -> None:
+    backoff: dict[PoolKey, PoolBackoff] = {}
+    for failures in range(1, refusals + 1):
+        backoff = record_refusal(
+            backoff, UNIVERSE[0], code="C", message="m", category=category, now=NOW, rng=rng
+        )
+        entry = backoff[UNIVERSE[0]]
+        assert entry.failures == failures and entry.retry_after is not None
+        assert lower_bound(failures, category) <= entry.retry_after - NOW <= BACKOFF_CAP

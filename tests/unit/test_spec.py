@@ -1,0 +1,250 @@
+"""EnvironmentSpec: typing, defaults, and a ValueError naming the field for anything invalid."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from spotpool.api.spec import (
+    AllocationStrategy,
+    DiskType,
+    EnvironmentSpec,
+    ScaleInPolicy,
+    SecretRef,
+    SpecError,
+)
+
+MINIMAL: dict[str, Any] = {
+    "expectedCount": 10,
+    "maxPrice": "0.0923",
+    "region": "ap-guangzhou",
+    "zones": ["ap-guangzhou-3", "ap-guangzhou-4"],
+    "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
+    "imageId": "img-pmqg1cw7",
+    "credentialsSecretRef": {"name": "tencentcloud-credentials"},
+}
+
+
+def spec_with(**changes: Any) -> dict[str, Any]:
+    return {**MINIMAL, **changes}
+
+
+def without(key: str) -> dict[str, Any]:
+    return {k: v for k, v in MINIMAL.items() if k != key}
+
+
+def test_minimal_spec_gets_the_documented_defaults() -> None:
+    spec = EnvironmentSpec.from_k8s(MINIMAL)
+    assert spec.expected_count == 10
+    assert spec.max_price == Decimal("0.0923")
+    assert spec.zones == ("ap-guangzhou-3", "ap-guangzhou-4")
+    assert spec.instance_types == ("S5.MEDIUM4", "SA2.MEDIUM4")
+    assert spec.allocation_strategy is AllocationStrategy.LOWEST_PRICE
+    assert spec.scale_in_policy is ScaleInPolicy.NEWEST_FIRST
+    assert spec.paused is False
+    assert spec.credentials_secret_ref.name == "tencentcloud-credentials"
+    assert (spec.endpoint, spec.network, spec.system_disk, spec.login_settings, spec.user_data) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert spec.instance_name_prefix is None
+    assert spec.tags == {}
+
+
+def test_full_spec_from_the_design_example() -> None:
+    spec = EnvironmentSpec.from_k8s(
+        spec_with(
+            allocationStrategy="Diversified",
+            endpoint="http://127.0.0.1:9000",
+            instanceNamePrefix="render-farm",
+            network={
+                "vpcId": "vpc-2zehk4c3",
+                "subnetIds": {"ap-guangzhou-3": "subnet-aaaa1111", "ap-guangzhou-4": "subnet-bbbb2222"},
+                "securityGroupIds": ["sg-8jlk3f3r"],
+            },
+            systemDisk={"type": "CLOUD_PREMIUM", "sizeGiB": 50},
+            loginSettings={"keyIds": ["skey-3glfot13"]},
+            userData="#!/bin/sh\necho hello\n",
+            tags={"team": "render"},
+            scaleInPolicy="MostExpensiveFirst",
+            paused=True,
+        )
+    )
+    assert spec.allocation_strategy is AllocationStrategy.DIVERSIFIED
+    assert spec.endpoint == "http://127.0.0.1:9000"
+    assert spec.network is not None and spec.network.subnet_ids["ap-guangzhou-4"] == "subnet-bbbb2222"
+    assert spec.network.security_group_ids == ("sg-8jlk3f3r",)
+    assert spec.system_disk is not None
+    assert (spec.system_disk.type, spec.system_disk.size_gib) == (DiskType.CLOUD_PREMIUM, 50)
+    assert spec.login_settings is not None and spec.login_settings.key_ids == ("skey-3glfot13",)
+    assert spec.user_data == "#!/bin/sh\necho hello\n"
+    assert spec.tags == {"team": "render"}
+    assert spec.scale_in_policy is ScaleInPolicy.MOST_EXPENSIVE_FIRST
+    assert spec.paused is True
+
+
+def test_accepts_mapping_views_as_kopf_hands_them_over() -> None:
+    view = MappingProxyType({**MINIMAL, "credentialsSecretRef": MappingProxyType({"name": "creds"})})
+    assert EnvironmentSpec.from_k8s(view).credentials_secret_ref.name == "creds"
+
+
+def test_snake_case_names_work_for_programmatic_construction() -> None:
+    spec = EnvironmentSpec(
+        expected_count=1,
+        max_price=Decimal("0.05"),
+        region="ap-guangzhou",
+        zones=("ap-guangzhou-3",),
+        instance_types=("S5.MEDIUM4",),
+        image_id="img-pmqg1cw7",
+        credentials_secret_ref=SecretRef(name="creds"),
+    )
+    assert spec.max_price == Decimal("0.05")
+
+
+def test_spec_is_immutable() -> None:
+    spec = EnvironmentSpec.from_k8s(MINIMAL)
+    with pytest.raises(ValueError):
+        spec.expected_count = 3
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (without("expectedCount"), "spec.expectedCount"),
+        (spec_with(expectedCount=-1), "spec.expectedCount"),
+        (spec_with(expectedCount=10001), "spec.expectedCount"),
+        (spec_with(expectedCount="10"), "spec.expectedCount"),
+        (spec_with(expectedCount=True), "spec.expectedCount"),
+        (spec_with(maxPrice="0"), "spec.maxPrice"),
+        (spec_with(maxPrice="-0.1"), "spec.maxPrice"),
+        (spec_with(maxPrice="abc"), "spec.maxPrice"),
+        (spec_with(maxPrice="NaN"), "spec.maxPrice"),
+        (spec_with(maxPrice="1e-3"), "spec.maxPrice"),
+        (spec_with(maxPrice="0.0000001"), "spec.maxPrice"),
+        (spec_with(maxPrice="1234567"), "spec.maxPrice"),
+        (spec_with(maxPrice=0.05), "spec.maxPrice"),
+        (without("maxPrice"), "spec.maxPrice"),
+        (spec_with(region="Guangzhou"), "spec.region"),
+        (spec_with(zones=[]), "spec.zones"),
+        (spec_with(zones=["ap-guangzhou-3", "ap-guangzhou-3"]), "spec.zones"),
+        (spec_with(zones=["ap-shanghai-2"]), "spec.zones"),
+        (spec_with(instanceTypes=[]), "spec.instanceTypes"),
+        (spec_with(instanceTypes=["S5 MEDIUM4"]), "spec.instanceTypes[0]"),
+        (spec_with(instanceTypes=["s5.medium4"]), "spec.instanceTypes[0]"),
+        (spec_with(instanceTypes=[f"S{i}.MEDIUM4" for i in range(21)]), "spec.instanceTypes"),
+        (spec_with(zones=["guangzhou"]), "spec.zones[0]"),
+        (spec_with(instanceTypes=["S5.MEDIUM4", "S5.MEDIUM4"]), "spec.instanceTypes"),
+        (spec_with(allocationStrategy="Cheapest"), "spec.allocationStrategy"),
+        (spec_with(imageId="ubuntu"), "spec.imageId"),
+        (spec_with(imageId="img-pmqg1cw"), "spec.imageId"),
+        (without("credentialsSecretRef"), "spec.credentialsSecretRef"),
+        (spec_with(credentialsSecretRef={"name": "Not_A_Name"}), "spec.credentialsSecretRef.name"),
+        (spec_with(endpoint="cvm.tencentcloudapi.com"), "spec.endpoint"),
+        (spec_with(endpoint="https://cvm.tencentcloudapi.com/v3"), "spec.endpoint"),
+        (spec_with(instanceNamePrefix="x" * 41), "spec.instanceNamePrefix"),
+        (spec_with(instanceNamePrefix="-render"), "spec.instanceNamePrefix"),
+        (spec_with(network={"vpcId": "vpc-2zehk4c3"}), "spec.network"),
+        (
+            spec_with(network={"vpcId": "vpc-2zehk4c3", "subnetIds": {"ap-guangzhou-3": "subnet-aaaa1111"}}),
+            "spec.network",
+        ),
+        (spec_with(network={"subnetIds": {"ap-guangzhou-3": "subnet-aaaa1111"}}), "spec.network"),
+        (
+            spec_with(
+                network={
+                    "vpcId": "vpc-2zehk4c3",
+                    "subnetIds": {
+                        "ap-guangzhou-3": "subnet-aaaa1111",
+                        "ap-guangzhou-4": "subnet-bbbb2222",
+                        "ap-guangzhou-6": "subnet-cccc3333",
+                    },
+                }
+            ),
+            "spec.network",
+        ),
+        (
+            spec_with(network={"subnetIds": {"ap-guangzhou-3": "subnet-a"}}),
+            "spec.network.subnetIds.ap-guangzhou-3",
+        ),
+        (spec_with(network={"securityGroupIds": ["sg-8jlk3f3r"] * 2}), "spec.network.securityGroupIds"),
+        (
+            spec_with(network={"securityGroupIds": [f"sg-{i:08d}" for i in range(6)]}),
+            "spec.network.securityGroupIds",
+        ),
+        (spec_with(systemDisk={"type": "FLOPPY"}), "spec.systemDisk.type"),
+        (spec_with(systemDisk={"sizeGiB": 19}), "spec.systemDisk.sizeGiB"),
+        (spec_with(systemDisk={"sizeGiB": 1025}), "spec.systemDisk.sizeGiB"),
+        (spec_with(loginSettings={"keyIds": ["skey-3glfot13"] * 2}), "spec.loginSettings.keyIds"),
+        (spec_with(userData="x" * 12289), "spec.userData"),
+        (spec_with(userData="é" * 6145), "spec.userData"),
+        (spec_with(tags={"spotpool.io/environment": "x"}), "spec.tags"),
+        (spec_with(tags={"k" * 128: "x"}), "spec.tags"),
+        (spec_with(tags={"team": "x" * 256}), "spec.tags.team"),
+        (spec_with(tags={f"t{i}": "x" for i in range(21)}), "spec.tags"),
+        (spec_with(tags={"team": 3}), "spec.tags.team"),
+        (spec_with(scaleInPolicy="Random"), "spec.scaleInPolicy"),
+        (spec_with(paused="yes"), "spec.paused"),
+        (spec_with(replicas=3), "spec.replicas"),
+    ],
+)
+def test_invalid_values_raise_a_value_error_naming_the_field(document: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        EnvironmentSpec.from_k8s(document)
+    assert isinstance(caught.value, SpecError)
+    assert str(caught.value).startswith(f"{field}:"), str(caught.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SpecError) as caught:
+        EnvironmentSpec.from_k8s(spec_with(expectedCount=-1, imageId="bad"))
+    assert "spec.expectedCount:" in str(caught.value)
+    assert "spec.imageId:" in str(caught.value)
+
+
+def test_user_data_limit_is_12288_bytes_of_utf8() -> None:
+    assert EnvironmentSpec.from_k8s(spec_with(userData="x" * 12288)).user_data == "x" * 12288
+    assert EnvironmentSpec.from_k8s(spec_with(userData="é" * 6144)).user_data == "é" * 6144
+
+
+def test_system_disk_fields_default_as_in_the_crd() -> None:
+    spec = EnvironmentSpec.from_k8s(spec_with(systemDisk={}))
+    assert spec.system_disk is not None
+    assert (spec.system_disk.type, spec.system_disk.size_gib) == (DiskType.CLOUD_PREMIUM, 50)
+
+
+def test_login_settings_without_keys_are_accepted() -> None:
+    spec = EnvironmentSpec.from_k8s(spec_with(loginSettings={}))
+    assert spec.login_settings is not None and spec.login_settings.key_ids == ()
+
+
+def test_endpoint_may_carry_a_port_and_a_trailing_slash() -> None:
+    assert (
+        EnvironmentSpec.from_k8s(spec_with(endpoint="http://127.0.0.1:9000/")).endpoint
+        == "http://127.0.0.1:9000/"
+    )
+
+
+def test_max_price_keeps_its_exact_decimal_value() -> None:
+    assert str(EnvironmentSpec.from_k8s(spec_with(maxPrice="0.10")).max_price) == "0.10"
+
+
+def test_zone_check_is_skipped_when_the_region_itself_is_wrong() -> None:
+    with pytest.raises(SpecError) as caught:
+        EnvironmentSpec.from_k8s(spec_with(region="Bad"))
+    assert "spec.zones" not in str(caught.value)
+
+
+def test_zones_must_start_with_the_region() -> None:
+    with pytest.raises(SpecError, match=r"^spec.zones: ap-shanghai-2 not zones of region ap-guangzhou"):
+        EnvironmentSpec.from_k8s(spec_with(zones=["ap-shanghai-2"]))
+
+
+def test_finance_region_zones_are_accepted() -> None:
+    spec = EnvironmentSpec.from_k8s(spec_with(region="ap-shanghai-fsi", zones=["ap-shanghai-fsi-1"]))
+    assert spec.zones == ("ap-shanghai-fsi-1",)
