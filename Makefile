@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv binaries system-deps test test-unit test-integration test-e2e demo bench sync-crds clean
+.PHONY: all venv binaries system-deps test test-unit test-integration test-e2e demo bench sync-crds dashboard manifests generate clean
 
 all: test
 
@@ -49,10 +49,19 @@ demo: venv binaries
 bench: venv binaries
 	$(PY) benchmarks/run_all.py
 
-# Copy the CRD into the Helm chart (a test fails when the two differ).
+# Generated files, each checked by a test that fails when it is stale: the chart's copy of the CRD,
+# the Grafana dashboard, and the plain manifests rendered from the chart.
 sync-crds:
 	mkdir -p charts/spotpool/files/crds
 	cp crds/*.yaml charts/spotpool/files/crds/
+
+dashboard: venv
+	$(PY) -m spotpool.dashboard charts/spotpool/dashboards/spotpool.json
+
+manifests: sync-crds binaries
+	tools/render-manifests.sh
+
+generate: sync-crds dashboard manifests
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis

@@ -121,13 +121,14 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
 @pytest.fixture
 def operator_factory(cluster: Cluster, crd: str, namespace: str, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
+    cluster_id = unique_name("cluster")  # one installation per test: restarts keep the same id
 
     def start(*, namespace_: str | None = None, kubeconfig: Path | None = None, **kwargs: Any) -> OperatorProcess:
         proc = OperatorProcess(
             workdir=tmp_path / f"operator-{len(started)}",
             kubeconfig=kubeconfig or cluster.kubeconfig,
             namespace=namespace_ or namespace,
-            cluster_id=unique_name("cluster"),
+            cluster_id=cluster_id,
             **kwargs,
         )
         started.append(proc)

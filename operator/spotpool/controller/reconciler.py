@@ -219,32 +219,41 @@ class Reconciler:
 
         Either the first call bought instances (CVM answers the replay with the same ids) or it never
         reached the cloud (the replay buys them now, as was intended). A refusal means nothing was
-        bought under the token, so the record goes.
+        bought under the token, so the record goes. A parameter mismatch means the spec changed
+        since the record was made; whatever the first call bought carries the ownership tag and is
+        counted (or released) through observation like any other instance.
         """
         assert run.spec is not None and run.client is not None
-        for index, launch in enumerate(list(run.inflight)):
+        kept: list[InflightLaunch] = []
+        for launch in run.inflight:
             if launch.instance_ids:
+                kept.append(launch)
                 continue
             try:
                 ids = await self._run_instances(run, launch.zone, launch.instance_type, launch.count,
                                                 launch.client_token)
             except CloudError as exc:
                 if exc.retryable:
-                    continue  # outcome still unknown: keep the record, replay next time
-                run.inflight = [i for i in run.inflight if i.client_token != launch.client_token]
-                log.info("replay of launch %s refused (%s): nothing was bought under it",
-                         launch.client_token, exc.code)
+                    kept.append(launch)  # outcome still unknown: replay next time
+                else:
+                    log.info("replay of launch %s refused (%s): dropping its record", launch.client_token, exc.code)
                 continue
-            run.inflight[index] = replace(launch, instance_ids=tuple(ids))
+            kept.append(replace(launch, instance_ids=tuple(ids)))
             run.acted = True
             log.info("replayed launch %s: %s", launch.client_token, ", ".join(ids))
+        run.inflight = kept
 
     # -- observe ----------------------------------------------------------------------------------------
     async def _observe(self, run: _Run, *, offers: bool = True) -> None:
         assert run.spec is not None and run.key is not None and run.client is not None
-        run.instances = await self._cloud.owned_instances(run.key, run.client, run.uid)
-        if offers:
-            run.offers = await self._cloud.offers(run.key, run.client, run.spec.zones, run.spec.instance_types)
+        if not offers:
+            run.instances = await self._cloud.owned_instances(run.key, run.client, run.uid)
+            return
+        # Two independent reads: one round trip instead of two before the first purchase.
+        run.instances, run.offers = await asyncio.gather(
+            self._cloud.owned_instances(run.key, run.client, run.uid),
+            self._cloud.offers(run.key, run.client, run.spec.zones, run.spec.instance_types),
+        )
 
     # -- act: buy ---------------------------------------------------------------------------------------
     async def _launch_until_placed(self, run: _Run):  # noqa: ANN202 - returns the last planner Plan

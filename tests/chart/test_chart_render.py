@@ -1,0 +1,329 @@
+"""The Helm chart as rendered by the real helm: lint, values schema, what each values variant renders,
+the restricted security context, labels, RBAC rules and the CRD copy. No cluster needed."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import yaml
+
+import spotpool
+from tests.chart.helm import CHART, Helm, find, one
+from tests.conftest import REPO
+
+VARIANTS = {
+    "default": [],
+    "limited-namespaces": ["--set", "rbac.namespaces={team-a,team-b}"],
+    "service-monitor": ["--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.additionalLabels.release=kps"],
+    "pdb": ["--set", "podDisruptionBudget.enabled=true"],
+    "credentials": ["--set", "credentials.create=true", "--set", "credentials.secretId=AKIDEXAMPLE",
+                    "--set", "credentials.secretKey=example-key"],
+}
+# What `helm template` needs to render as for a cluster running the Prometheus Operator.
+PROMETHEUS_OPERATOR_API = ["--api-versions", "monitoring.coreos.com/v1"]
+
+SELECTOR = {"app.kubernetes.io/name": "spotpool", "app.kubernetes.io/instance": "spotpool"}
+STANDARD_LABELS = {
+    **SELECTOR,
+    "helm.sh/chart": "spotpool-0.1.0",
+    "app.kubernetes.io/version": "0.1.0",
+    "app.kubernetes.io/managed-by": "Helm",
+    "app.kubernetes.io/part-of": "spotpool",
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_strict(helm: Helm, variant: str) -> None:
+    proc = helm.run("lint", "--strict", CHART, *VARIANTS[variant])
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert chart["appVersion"] == spotpool.__version__ == "0.1.0"
+
+
+def test_default_render(helm: Helm) -> None:
+    objects = helm.template()
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted([
+        "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+        "ClusterRoleBinding", "Service", "Deployment", "ConfigMap", "Pod",
+    ])
+    deployment = one(objects, "Deployment", "spotpool")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.0"
+    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=json",
+                                 "--log-level=info", "--observe-interval=15", "--progress-interval=2"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert container["ports"] == [{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "spotpool"
+
+
+def test_operator_values_reach_the_command_line(helm: Helm) -> None:
+    objects = helm.template(
+        "--set", "operator.clusterId=prod-gz", "--set", "operator.observeInterval=30",
+        "--set-json", "operator.progressInterval=0.5",
+        "--set", "operator.logLevel=debug", "--set", "operator.logFormat=plain",
+        "--set", "image.tag=0.1.1", "--set", "image.pullPolicy=Always",
+        "--set", "imagePullSecrets[0].name=registry", "--set", "nodeSelector.pool=system",
+        "--set", "tolerations[0].key=dedicated", "--set", "tolerations[0].operator=Exists",
+        "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                 ".nodeSelectorTerms[0].matchExpressions[0].key=zone",
+        "--set", "podAnnotations.team=platform", "--set", "priorityClassName=system-cluster-critical",
+    )
+    pod = one(objects, "Deployment")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=plain",
+                                 "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
+                                 "--cluster-id=prod-gz"]
+    assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"
+    assert container["imagePullPolicy"] == "Always"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["spec"]["nodeSelector"] == {"pool": "system"}
+    assert pod["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert "nodeAffinity" in pod["spec"]["affinity"]
+    assert pod["metadata"]["annotations"] == {"team": "platform"}
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+
+
+def test_limited_namespaces(helm: Helm) -> None:
+    objects = helm.template(*VARIANTS["limited-namespaces"])
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
+    assert "--all-namespaces" not in args
+    # Namespaced permissions only in the listed namespaces...
+    roles = find(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = find(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
+    # ...and cluster-wide only the reads kopf needs for discovery.
+    (cluster_role,) = find(objects, "ClusterRole")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
+                                                                               "namespaces"}
+
+
+def _rules(objects: list[dict]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb)
+            for role in find(objects, "ClusterRole") + find(objects, "Role")
+            for rule in role["rules"]
+            for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+LEAST_PRIVILEGE = {
+    *{("spotpool.io", "spotcomputeenvironments", v) for v in ("get", "list", "watch", "patch")},
+    *{("spotpool.io", "spotcomputeenvironments/status", v) for v in ("get", "patch")},
+    ("", "events", "create"),
+    ("", "secrets", "get"),
+    *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
+    *{("", "namespaces", v) for v in ("get", "list", "watch")},
+}
+
+
+@pytest.mark.parametrize("variant", ["default", "limited-namespaces"])
+def test_rbac_grants_exactly_what_the_operator_needs(helm: Helm, variant: str) -> None:
+    objects = helm.template(*VARIANTS[variant])
+    assert _rules(objects) == LEAST_PRIVILEGE
+    for role in find(objects, "ClusterRole") + find(objects, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+
+
+def test_service_monitor(helm: Helm) -> None:
+    objects = helm.template(*VARIANTS["service-monitor"], *PROMETHEUS_OPERATOR_API)
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["selector"]["matchLabels"] == SELECTOR
+    assert SELECTOR.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["spotpool-system"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "http-metrics"
+    assert endpoint["path"] == "/metrics"
+
+
+def test_service_monitor_needs_the_prometheus_operator_api(helm: Helm) -> None:
+    # enabled, but the cluster does not serve monitoring.coreos.com/v1: nothing that would fail to apply
+    objects = helm.template(*VARIANTS["service-monitor"])
+    assert not find(objects, "ServiceMonitor")
+
+
+def test_pod_disruption_budget(helm: Helm) -> None:
+    assert not find(helm.template(), "PodDisruptionBudget")
+    pdb = one(helm.template(*VARIANTS["pdb"]), "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
+
+
+def test_credentials_secret(helm: Helm) -> None:
+    assert not find(helm.template(), "Secret")
+    (secret,) = find(helm.template(*VARIANTS["credentials"]), "Secret")
+    assert secret["metadata"]["name"] == "tencentcloud-credentials"
+    assert secret["metadata"]["namespace"] == "spotpool-system"
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {"secretId": "AKIDEXAMPLE", "secretKey": "example-key"}
+
+    secrets = find(helm.template(*VARIANTS["credentials"], "--set", "credentials.token=session-token",
+                                 "--set", "credentials.name=cam-key",
+                                 "--set", "credentials.namespaces={team-a,team-b}"), "Secret")
+    assert [(s["metadata"]["name"], s["metadata"]["namespace"]) for s in secrets] == [("cam-key", "team-a"),
+                                                                                      ("cam-key", "team-b")]
+    assert base64.b64decode(secrets[0]["data"]["token"]).decode() == "session-token"
+
+
+def test_credentials_create_requires_the_key_pair(helm: Helm) -> None:
+    proc = helm.run("template", "spotpool", CHART, "--set", "credentials.create=true",
+                    "--set", "credentials.secretId=AKIDEXAMPLE", check=False)
+    assert proc.returncode != 0
+    assert "/credentials" in proc.stderr and "secretKey" in proc.stderr
+
+
+@pytest.mark.parametrize(("setting", "where", "key"), [
+    ("tpyo=1", "at ''", "tpyo"),
+    ("operator.obseveInterval=30", "at '/operator'", "obseveInterval"),
+    ("serviceMonitor.additonalLabels.release=kps", "at '/serviceMonitor'", "additonalLabels"),
+    ("crds.keepp=false", "at '/crds'", "keepp"),
+])
+def test_schema_rejects_unknown_keys(helm: Helm, setting: str, where: str, key: str) -> None:
+    proc = helm.run("template", "spotpool", CHART, "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert f"{where}: additional properties '{key}' not allowed" in proc.stderr
+
+
+@pytest.mark.parametrize("setting", ["operator.logFormat=yaml", "operator.observeInterval=0",
+                                     "image.pullPolicy=Sometimes", "rbac.namespaces={Not_A_Namespace}"])
+def test_schema_rejects_bad_values(helm: Helm, setting: str) -> None:
+    proc = helm.run("template", "spotpool", CHART, "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+
+
+# Objects whose keys are free by nature: string maps (labels, annotations, nodeSelector), resource
+# lists, Kubernetes API objects passed through to the API server, and Helm's own `global`.
+OPEN_OBJECTS = {"#/definitions/stringMap", "#/definitions/resourceList", "#/definitions/kubernetesObject",
+                "#/properties/global"}
+
+
+def test_schema_closes_every_object() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: object, pointer: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and pointer not in OPEN_OBJECTS:
+                assert node.get("additionalProperties") is False, f"{pointer} accepts unknown keys"
+            for key, child in node.items():
+                walk(child, f"{pointer}/{key}")
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                walk(child, f"{pointer}/{i}")
+
+    walk(schema, "#")
+    # and every key of values.yaml is described by the schema
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) <= set(schema["properties"])
+
+
+def _restricted(pod_spec: dict) -> None:
+    assert pod_spec["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod_spec.get(key)
+    for container in pod_spec["containers"]:
+        assert container["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "privileged": False,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert not any("hostPort" in p for p in container.get("ports", []))
+    for volume in pod_spec.get("volumes", []):
+        assert set(volume) - {"name"} <= {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
+
+
+def test_restricted_security_context(helm: Helm) -> None:
+    objects = helm.template()
+    pod_spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    _restricted(pod_spec)
+    # read-only root filesystem: a writable /tmp from an emptyDir
+    assert pod_spec["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod_spec["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    _restricted(one(objects, "Pod")["spec"])
+
+
+def test_labels(helm: Helm) -> None:
+    objects = helm.template(*VARIANTS["pdb"], *VARIANTS["credentials"])
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        if obj["kind"] == "Pod":  # the helm test Pod must not be selected by the metrics Service
+            assert "app.kubernetes.io/name" not in labels
+            continue
+        assert STANDARD_LABELS.items() <= labels.items(), f"{obj['kind']} {obj['metadata']['name']}"
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
+    assert SELECTOR.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert one(objects, "Service")["spec"]["selector"] == SELECTOR
+
+
+def test_helm_test_pod_checks_healthz_through_the_service(helm: Helm) -> None:
+    objects = helm.template()
+    pod = one(objects, "Pod")
+    service = one(objects, "Service")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    url = f"http://{service['metadata']['name']}.spotpool-system.svc:{service['spec']['ports'][0]['port']}/healthz"
+    assert f'url = "{url}"' in container["command"][2]
+    compile(container["command"][2], "helm-test", "exec")  # the probe script is valid Python
+
+
+def test_crd_copy_in_chart_is_byte_identical() -> None:
+    source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    copy = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").glob("*.yaml")}
+    assert source, "no CRD in crds/"
+    assert copy.keys() == source.keys(), "run `make sync-crds`"
+    for name in source:
+        assert copy[name] == source[name], f"charts/spotpool/files/crds/{name} differs from crds/: run `make sync-crds`"
+
+
+def test_rendered_crd_is_the_crd_with_chart_metadata(helm: Helm) -> None:
+    crd = one(helm.template(), "CustomResourceDefinition")
+    source = yaml.safe_load((REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml").read_text())
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert STANDARD_LABELS.items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_crd_switches(helm: Helm) -> None:
+    not_kept = one(helm.template("--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in not_kept["metadata"]
+    assert not find(helm.template("--set", "crds.install=false"), "CustomResourceDefinition")
+
+
+def test_dashboard_configmap(helm: Helm) -> None:
+    dashboard = (CHART / "dashboards" / "spotpool.json").read_text()
+    configmap = one(helm.template(), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "spotpool-system"
+    assert configmap["data"]["spotpool.json"] == dashboard.rstrip("\n")
+    assert json.loads(configmap["data"]["spotpool.json"])["uid"] == "spotpool-pools"
+
+    configmap = one(helm.template("--set", "dashboards.label=grafana_dashboards", "--set-string",
+                                  "dashboards.labelValue=spotpool", "--set", "dashboards.namespace=monitoring",
+                                  "--set", "dashboards.annotations.grafana_folder=Spot"), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboards"] == "spotpool"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Spot"}
+    assert not find(helm.template("--set", "dashboards.enabled=false"), "ConfigMap")

@@ -1,0 +1,196 @@
+"""The Grafana dashboard shipped in the chart: generated, provisioning-safe, and built only from series
+the operator exports. The rules re-implement grafana/dashboard-linter's (datasource variable, panel
+datasource, units, $__rate_interval) plus our own (every spotpool_* series exists)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from spotpool import dashboard as generator
+from spotpool.metrics import Metrics
+from tests.chart.helm import CHART
+
+DASHBOARD_FILE = CHART / "dashboards" / "spotpool.json"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+ENV_FILTER = ('namespace=~"$namespace"', 'environment=~"$environment"')
+# Series without namespace/environment labels: their panels cover the whole operator.
+OPERATOR_WIDE = {"spotpool_cvm_api_request_duration_seconds_bucket", "spotpool_cvm_api_errors_total",
+                 "spotpool_reconcile_duration_seconds_bucket"}
+
+
+@pytest.fixture(scope="module")
+def board() -> dict[str, Any]:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def exprs(board: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in panels(board) for t in p["targets"]]
+
+
+def exported_series() -> set[str]:
+    """Every series name the operator's registry can expose."""
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        if family.type == "counter":
+            names |= {f"{family.name}_total", f"{family.name}_created"}
+        elif family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_count", f"{family.name}_sum",
+                      f"{family.name}_created"}
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_committed_dashboard_is_the_generated_one() -> None:
+    assert DASHBOARD_FILE.read_text() == generator.render(), (
+        "charts/spotpool/dashboards/spotpool.json is stale: "
+        "run `python -m spotpool.dashboard charts/spotpool/dashboards/spotpool.json`")
+
+
+def test_identity(board: dict[str, Any]) -> None:
+    assert board["uid"] == "spotpool-pools"
+    assert board["title"] == "spotpool: spot pools"
+
+
+def test_no_inputs_and_no_hard_wired_datasource(board: dict[str, Any]) -> None:
+    text = DASHBOARD_FILE.read_text()
+    assert "__inputs" not in board
+    assert "${DS_" not in text
+
+
+def test_variables(board: dict[str, Any]) -> None:
+    variables = board["templating"]["list"]
+    assert [v["name"] for v in variables] == ["datasource", "namespace", "environment"]
+    datasource_variables = [v for v in variables if v["type"] == "datasource"]
+    assert len(datasource_variables) == 1
+    assert datasource_variables[0]["name"] == "datasource"
+    assert datasource_variables[0]["query"] == "prometheus"
+    namespace, environment = variables[1:]
+    assert namespace["query"] == "label_values(spotpool_environment_expected_instances, namespace)"
+    assert environment["query"].startswith("label_values(spotpool_environment_expected_instances{")
+    assert '$namespace' in environment["query"]
+    for variable in (namespace, environment):
+        assert variable["type"] == "query"
+        assert variable["datasource"] == DATASOURCE
+        assert variable["refresh"] == 2  # on time range change
+
+
+def test_every_panel_uses_the_datasource_variable(board: dict[str, Any]) -> None:
+    for panel in panels(board):
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", DATASOURCE) == DATASOURCE, panel["title"]
+
+
+def test_every_panel_has_a_unit_and_a_description(board: dict[str, Any]) -> None:
+    for panel in panels(board):
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        assert len(panel.get("description", "")) > 40, panel["title"]
+
+
+def test_unique_panel_ids(board: dict[str, Any]) -> None:
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(i, int) and i > 0 for i in ids)
+
+
+def test_unique_ref_ids_per_panel(board: dict[str, Any]) -> None:
+    for panel in panels(board):
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)) and all(refs), panel["title"]
+
+
+def test_rates_use_rate_interval(board: dict[str, Any]) -> None:
+    for expr in exprs(board):
+        ranges = re.findall(r"\[([^\]]*)\]", expr)
+        assert all(r == "$__rate_interval" for r in ranges), expr
+        if re.search(r"\b(rate|irate|increase)\(", expr):
+            assert ranges, expr
+
+
+def test_every_series_exists_in_the_registry(board: dict[str, Any]) -> None:
+    exported = exported_series()
+    used = {name for expr in exprs(board) for name in re.findall(r"\bspotpool_[a-z0-9_]+", expr)}
+    assert used, "no spotpool series in the dashboard"
+    assert used <= exported, f"not exported by spotpool.metrics: {sorted(used - exported)}"
+    # the variables too
+    for variable in board["templating"]["list"][1:]:
+        assert set(re.findall(r"\bspotpool_[a-z0-9_]+", variable["query"])) <= exported
+
+
+def test_environment_series_are_filtered_by_the_variables(board: dict[str, Any]) -> None:
+    for expr in exprs(board):
+        for name, selector in re.findall(r"\b(spotpool_[a-z0-9_]+)(\{[^}]*\})?", expr):
+            if name in OPERATOR_WIDE:
+                assert not selector, expr
+            else:
+                assert all(f in selector for f in ENV_FILTER), expr
+
+
+def test_operator_wide_series_really_have_no_environment_label() -> None:
+    metrics = Metrics()
+    for metric in (metrics.api_latency, metrics.api_errors, metrics.reconcile_duration):
+        assert "environment" not in metric._labelnames  # noqa: SLF001 - no public accessor
+
+
+# The panels the on-call engineer relies on, and a series each must show.
+REQUIRED_PANELS = {
+    "Expected vs current vs running": ["spotpool_environment_expected_instances",
+                                       "spotpool_environment_current_instances",
+                                       "spotpool_environment_running_instances"],
+    "Fulfilment ratio": ["spotpool_environment_running_instances", "spotpool_environment_expected_instances"],
+    "Pending instances": ["spotpool_environment_pending_instances"],
+    "Launch refusals by code": ["spotpool_launch_refusals_total"],
+    "Interruptions by zone x type": ["spotpool_instance_interruptions_total"],
+    "Market price per pool vs max price": ["spotpool_pool_market_price_usd", "spotpool_pool_max_price_usd"],
+    "Hourly cost": ["spotpool_environment_hourly_cost_usd"],
+    "Instances per pool": ["spotpool_pool_instances"],
+    "CVM API latency by action (p50, p95, p99)": ["spotpool_cvm_api_request_duration_seconds_bucket"],
+    "CVM API errors by action x code": ["spotpool_cvm_api_errors_total"],
+    "Reconcile duration (p95)": ["spotpool_reconcile_duration_seconds_bucket"],
+    "Reconcile errors": ["spotpool_reconcile_errors_total"],
+    "Time to fulfil (p95)": ["spotpool_time_to_fulfil_seconds_bucket"],
+}
+
+
+def test_required_panels(board: dict[str, Any]) -> None:
+    by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels(board)}
+    for title, series in REQUIRED_PANELS.items():
+        assert title in by_title, f"missing panel {title!r}"
+        for name in series:
+            assert name in by_title[title], f"{title!r} does not show {name}"
+    latency = by_title["CVM API latency by action (p50, p95, p99)"]
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (le, action)" in latency
+    assert "sum by (code) (rate(spotpool_launch_refusals_total" in by_title["Launch refusals by code"]
+    assert "sum by (action, code)" in by_title["CVM API errors by action x code"]
+    assert "by (zone, instance_type" in by_title["Interruptions by zone x type"]
+
+
+def test_panels_fit_the_grid_without_overlap(board: dict[str, Any]) -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+
+
+def test_dashboard_queries_are_runnable_promql(board: dict[str, Any]) -> None:
+    queries = generator.dashboard_queries(rate_interval="5m")
+    assert len(queries) == len(exprs(board))
+    assert {title for title, _ in queries} == {p["title"] for p in panels(board)}
+    for title, expr in queries:
+        assert "$" not in expr, (title, expr)
+    assert ('Pending instances', 'sum by (namespace, environment) (spotpool_environment_pending_instances'
+            '{namespace=~".*", environment=~".*"})') in queries
+    assert any("[5m]" in expr for _, expr in queries)
