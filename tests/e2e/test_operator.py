@@ -260,3 +260,19 @@ def test_kubectl_get_shows_the_pool(operator: OperatorProcess, pools: Pools) -> 
     out = pools.kubectl.run("get", "sce", "glance", f"--namespace={pools.namespace}").stdout.splitlines()
     assert out[1].split()[:7] == ["glance", "2", "2", "2", "0.0923", json.loads(json.dumps(
         status(pools.get("glance"))["hourlyCost"])), "True"]
+
+
+def test_deleting_the_namespace_releases_the_pool_even_though_its_secret_goes_too(
+    operator: OperatorProcess, pools: Pools, simulator: SimulatorProcess
+) -> None:
+    pools.create("tenant", expectedCount=3)
+    pools.wait_ready("tenant", 3)
+    uid = pools.uid("tenant")
+    # The worst order the namespace controller can pick: the Secret goes first.
+    pools.kubectl.run("delete", "secret", "cvm", f"--namespace={pools.namespace}")
+    pools.kubectl.run("delete", "namespace", pools.namespace, "--wait=false")
+    # The namespace controller deletes the Secret and the pool together; the operator releases
+    # with the key pair it last used, and only then lets the object (and the namespace) go.
+    wait_for(lambda: pools.kubectl.get("sce", "tenant", pools.namespace) is None, timeout=90,
+             what="the pool to be deleted with its namespace")
+    assert simulator.alive(uid) == []

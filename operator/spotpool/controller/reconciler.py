@@ -29,6 +29,7 @@ from spotpool.cloud.models import (
     LAUNCH_FAILED,
     PENDING,
     RUNNING,
+    Credentials,
     Instance,
     SpotOffer,
 )
@@ -75,6 +76,7 @@ class _Memory:
 
     alive: dict[str, Instance] | None = None
     status: dict[str, Any] | None = None  # the status as last written by this process
+    credentials: Credentials | None = None  # the last key pair that loaded, for deletion (below)
     released: dict[str, datetime] = field(default_factory=dict)
     shortfall_since: float | None = None
 
@@ -175,12 +177,19 @@ class Reconciler:
             run.spec = EnvironmentSpec.from_k8s(run.body.get("spec") or {})
         except SpecError as exc:
             return await self._blocked(run, "InvalidConfig", str(exc))
+        memory = self._memory.setdefault(run.uid, _Memory())
         try:
             credentials = await load_credentials(
                 self._kube, run.namespace, run.spec.credentials_secret_ref.name
             )
         except CredentialsError as exc:
-            return await self._blocked(run, "InvalidConfig", str(exc))
+            # Deleting a namespace deletes the Secret alongside the pool: release the pool's
+            # instances with the key pair that last worked rather than leak them.
+            if not (run.deleting and memory.credentials is not None):
+                return await self._blocked(run, "InvalidConfig", str(exc))
+            log.info("%s/%s: %s; releasing with the last known credentials", run.namespace, run.name, exc)
+            credentials = memory.credentials
+        memory.credentials = credentials
 
         run.key = AccountKey.of(run.spec.endpoint, run.spec.region, credentials)
         run.client = self._cloud.client(run.key, credentials)
