@@ -14,6 +14,10 @@ from spotpool.controller.config import OperatorConfig
 from spotpool.controller.redaction import REDACTOR
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("plain", "json")
+
+
 def parse(argv: list[str] | None) -> OperatorConfig:
     parser = argparse.ArgumentParser(prog="spotpool operator", description=__doc__)
     scope = parser.add_mutually_exclusive_group()
@@ -31,10 +35,15 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         help="tag value that tells this installation's instances from others' on the same "
                              "account (default: $SPOTPOOL_CLUSTER_ID, else the kube-system namespace UID)")
     parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
+                        choices=LOG_LEVELS)
     parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", "plain"),
-                        choices=["plain", "json"])
+                        choices=LOG_FORMATS)
     args = parser.parse_args(argv)
+    # argparse checks `choices` only for values given on the command line, not for env defaults.
+    for flag, value, allowed in (("--log-level / SPOTPOOL_LOG_LEVEL", args.log_level, LOG_LEVELS),
+                                 ("--log-format / SPOTPOOL_LOG_FORMAT", args.log_format, LOG_FORMATS)):
+        if value not in allowed:
+            parser.error(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
     return OperatorConfig(
         namespaces=tuple(args.namespaces),
         metrics_host=args.metrics_host,

@@ -47,38 +47,38 @@ class _SingleFlight(Generic[T]):
     """A value computed at most once at a time, reused while younger than `max_age` seconds.
 
     Concurrent reconciles of many environments then wait on one cloud call instead of each
-    making its own.
+    making its own. The computation runs in its own task, so cancelling one waiter (a daemon being
+    stopped) never cancels the others. `invalidate()` also disowns a computation already running:
+    it may predate the change, so callers after it start a fresh one and its result is not kept.
     """
 
     def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_age = max_age
         self._clock = clock
         self._value: tuple[float, T] | None = None
-        self._running: asyncio.Future[T] | None = None
+        self._running: tuple[int, asyncio.Task[T]] | None = None
+        self._generation = 0
 
     def invalidate(self) -> None:
         self._value = None
+        self._generation += 1
 
     async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
         if self._value is not None and self._clock() - self._value[0] < self._max_age:
             return self._value[1]
-        if self._running is not None:
-            return await asyncio.shield(self._running)
-        started = self._clock()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._running = future
-        try:
-            value = await compute()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # consumed here; waiters get it through their own await
-            raise
-        else:
-            future.set_result(value)
-            self._value = (started, value)
-            return value
-        finally:
-            self._running = None
+        if self._running is None or self._running[0] != self._generation:
+            generation, started = self._generation, self._clock()
+            task: asyncio.Task[T] = asyncio.ensure_future(compute())  # type: ignore[arg-type]
+            self._running = (generation, task)
+
+            def finished(done: asyncio.Task[T]) -> None:
+                if self._running is not None and self._running[1] is done:
+                    self._running = None
+                if not done.cancelled() and done.exception() is None and generation == self._generation:
+                    self._value = (started, done.result())
+
+            task.add_done_callback(finished)
+        return await asyncio.shield(self._running[1])
 
 
 class CloudAccess:

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from spotpool.cloud.client import warm_up
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.kube import KubeApi
@@ -37,6 +38,7 @@ class Runtime:
         self._wakeups: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
+        warm_up()  # before any environment waits on its first CVM client and request
         kube = KubeApi()
         cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
             await kube.namespace_uid("kube-system") or "default"

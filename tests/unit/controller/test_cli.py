@@ -1,0 +1,78 @@
+"""`spotpool operator` flags: defaults, every flag, environment defaults, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from spotpool.controller.cli import parse
+from spotpool.controller.config import OperatorConfig
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SPOTPOOL_CLUSTER_ID", "SPOTPOOL_LOG_LEVEL", "SPOTPOOL_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    config = parse([])
+    assert config == OperatorConfig(
+        namespaces=(), metrics_host="0.0.0.0", metrics_port=8080, observe_interval=15.0,
+        progress_interval=2.0, cluster_id=None, log_level="info", log_format="plain",
+    )
+    assert config.clusterwide
+
+
+def test_every_flag() -> None:
+    config = parse([
+        "--namespace=batch", "-n", "render-*", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+        "--observe-interval", "7.5", "--progress-interval=0.25", "--cluster-id", "prod-eu",
+        "--log-level", "debug", "--log-format", "json",
+    ])
+    assert config.namespaces == ("batch", "render-*")
+    assert not config.clusterwide
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 0)
+    assert (config.observe_interval, config.progress_interval) == (7.5, 0.25)
+    assert config.cluster_id == "prod-eu"
+    assert (config.log_level, config.log_format) == ("debug", "json")
+
+
+def test_all_namespaces_is_cluster_wide() -> None:
+    config = parse(["-A"])
+    assert config.namespaces == () and config.clusterwide
+    assert parse(["--all-namespaces"]).clusterwide
+
+
+def test_environment_supplies_defaults_and_flags_override_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTPOOL_CLUSTER_ID", "from-env")
+    monkeypatch.setenv("SPOTPOOL_LOG_LEVEL", "warning")
+    monkeypatch.setenv("SPOTPOOL_LOG_FORMAT", "json")
+    config = parse([])
+    assert (config.cluster_id, config.log_level, config.log_format) == ("from-env", "warning", "json")
+    config = parse(["--cluster-id=flag", "--log-level=error", "--log-format=plain"])
+    assert (config.cluster_id, config.log_level, config.log_format) == ("flag", "error", "plain")
+
+
+@pytest.mark.parametrize("argv", [
+    ["-n", "batch", "-A"],  # a namespace list and all namespaces exclude each other
+    ["--log-level", "verbose"],
+    ["--log-format", "xml"],
+    ["--metrics-port", "http"],
+    ["--observe-interval", "soon"],
+    ["--no-such-flag"],
+])
+def test_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse(argv)
+    assert caught.value.code == 2
+    assert "spotpool operator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "value"), [("SPOTPOOL_LOG_LEVEL", "verbose"), ("SPOTPOOL_LOG_FORMAT", "xml")])
+def test_invalid_log_settings_from_the_environment_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit):
+        parse([])
+    assert variable in capsys.readouterr().err

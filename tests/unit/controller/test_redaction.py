@@ -1,0 +1,103 @@
+"""`Redactor`: registered secrets are scrubbed from a log record's message, its arguments and its
+exception text, through a real logger and handler; strings shorter than 4 are never registered."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from spotpool.controller.redaction import MASK, Redactor
+
+SECRET = "kT9vR2mQ7xW4pL8sN3bH6jF1"
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor()
+
+
+@pytest.fixture
+def capture(redactor: Redactor) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger whose one handler carries the filter, as `configure_logging` installs it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(redactor)
+    logger = logging.getLogger(f"test-redaction-{id(redactor)}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield logger, out
+    logger.removeHandler(handler)
+
+
+def test_secret_in_the_message_is_masked(redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, out = capture
+    redactor.add(SECRET)
+    logger.info(f"signing with {SECRET} now")
+    assert out.getvalue() == f"INFO signing with {MASK} now\n"
+
+
+def test_secret_in_the_arguments_is_masked(redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, out = capture
+    redactor.add(SECRET)
+    logger.warning("headers: %s, attempt %d", {"Authorization": f"key={SECRET}"}, 2)
+    text = out.getvalue()
+    assert SECRET not in text
+    assert text == f"WARNING headers: {{'Authorization': 'key={MASK}'}}, attempt 2\n"
+
+
+def test_secret_in_the_exception_text_is_masked(redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, out = capture
+    redactor.add(SECRET)
+    try:
+        raise ValueError(f"bad key {SECRET}")
+    except ValueError:
+        logger.exception("call failed")
+    text = out.getvalue()
+    assert SECRET not in text
+    assert f"ValueError: bad key {MASK}" in text
+    assert "Traceback" in text and text.startswith("ERROR call failed\n")
+
+
+def test_every_registered_secret_is_masked(redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, out = capture
+    other = "tokenValue-5566778899"
+    redactor.add(SECRET)
+    redactor.add(other)
+    logger.info("%s and %s and %s again", SECRET, other, SECRET)
+    assert out.getvalue() == f"INFO {MASK} and {MASK} and {MASK} again\n"
+
+
+def test_records_without_secrets_are_left_as_they_are(redactor: Redactor) -> None:
+    redactor.add(SECRET)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "count %d of %s", (3, "pool"), None)
+    assert redactor.filter(record) is True
+    assert (record.msg, record.args) == ("count %d of %s", (3, "pool"))
+    assert record.getMessage() == "count 3 of pool"
+
+
+def test_filter_never_drops_a_record(redactor: Redactor) -> None:
+    redactor.add(SECRET)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, SECRET, None, None)
+    assert redactor.filter(record) is True
+    assert record.getMessage() == MASK
+
+
+@pytest.mark.parametrize("short", ["", "a", "ab", "abc"])
+def test_strings_shorter_than_four_are_ignored(
+    redactor: Redactor, capture: tuple[logging.Logger, io.StringIO], short: str
+) -> None:
+    logger, out = capture
+    redactor.add(short)
+    logger.info("a cab and abc stay readable")
+    assert out.getvalue() == "INFO a cab and abc stay readable\n"
+    assert redactor.scrub("abc abc") == "abc abc"
+
+
+def test_a_four_character_secret_is_masked(redactor: Redactor) -> None:
+    redactor.add("abcd")
+    assert redactor.scrub("xabcdx abcd") == f"x{MASK}x {MASK}"
