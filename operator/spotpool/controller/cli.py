@@ -34,6 +34,9 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     parser.add_argument("--cluster-id", default=os.environ.get("SPOTPOOL_CLUSTER_ID"),
                         help="tag value that tells this installation's instances from others' on the same "
                              "account (default: $SPOTPOOL_CLUSTER_ID, else the kube-system namespace UID)")
+    parser.add_argument("--cvm-rate-limit", action="append", default=[], metavar="ACTION=PER_SECOND",
+                        help="client-side CVM rate limit for an action (repeatable), e.g. RunInstances=5; "
+                             "default: the documented limits (RunInstances 10/s, DescribeInstances 40/s, ...)")
     parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", "info"),
                         choices=LOG_LEVELS)
     parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", "plain"),
@@ -44,8 +47,18 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                                  ("--log-format / SPOTPOOL_LOG_FORMAT", args.log_format, LOG_FORMATS)):
         if value not in allowed:
             parser.error(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
+    rate_limits: dict[str, float] = {}
+    for item in args.cvm_rate_limit:
+        action, _, rate = item.partition("=")
+        try:
+            rate_limits[action.strip()] = float(rate)
+        except ValueError:
+            parser.error(f"--cvm-rate-limit {item!r}: expected ACTION=PER_SECOND, e.g. RunInstances=5")
+        if not action.strip() or rate_limits[action.strip()] <= 0:
+            parser.error(f"--cvm-rate-limit {item!r}: the action must be named and the rate positive")
     return OperatorConfig(
         namespaces=tuple(args.namespaces),
+        rate_limits=rate_limits,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         observe_interval=args.observe_interval,

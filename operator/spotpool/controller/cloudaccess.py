@@ -91,6 +91,7 @@ class CloudAccess:
         observer: Callable[[str, float, str | None], None] | None = None,
         offers_max_age: float = 30.0,
         listing_max_age: float = 1.0,
+        rate_limits: dict[str, float] | None = None,
         client_factory: Callable[..., CvmClient] = CvmClient,
     ) -> None:
         self.cluster_id = cluster_id
@@ -98,6 +99,7 @@ class CloudAccess:
         self._offers_max_age = offers_max_age
         self._listing_max_age = listing_max_age
         self._client_factory = client_factory
+        self._rate_limits = dict(rate_limits or {})
         self._clients: dict[AccountKey, CvmClient] = {}
         self._offers: dict[tuple[AccountKey, frozenset[str], frozenset[str]], _SingleFlight[list[SpotOffer]]] = {}
         self._listings: dict[AccountKey, _SingleFlight[list[Instance]]] = {}
@@ -106,7 +108,8 @@ class CloudAccess:
         client = self._clients.get(key)
         if client is None:
             client = self._client_factory(
-                credentials, key.region, key.endpoint, observer=self._observer
+                credentials, key.region, key.endpoint, observer=self._observer,
+                rate_limits=self._rate_limits or None,
             )
             self._clients[key] = client
         return client

@@ -47,6 +47,7 @@ class Runtime:
             cluster_id=cluster_id,
             observer=self.metrics.observe_api_call,
             offers_max_age=self.config.offers_max_age,
+            rate_limits=self.config.rate_limits,
         )
         self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,

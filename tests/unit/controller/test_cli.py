@@ -76,3 +76,15 @@ def test_invalid_log_settings_from_the_environment_are_refused(
     with pytest.raises(SystemExit):
         parse([])
     assert variable in capsys.readouterr().err
+
+
+def test_cvm_rate_limits_are_parsed_per_action() -> None:
+    config = parse(["--cvm-rate-limit", "RunInstances=5", "--cvm-rate-limit", "DescribeInstances=12.5"])
+    assert config.rate_limits == {"RunInstances": 5.0, "DescribeInstances": 12.5}
+
+
+@pytest.mark.parametrize("bad", ["RunInstances", "RunInstances=fast", "=3", "RunInstances=0"])
+def test_malformed_cvm_rate_limits_are_refused(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--cvm-rate-limit", bad])
+    assert "--cvm-rate-limit" in capsys.readouterr().err

@@ -29,8 +29,9 @@ class FakeCvm:
     """Records how it was built and how often it was asked to list."""
 
     def __init__(self, credentials: Credentials, region: str, endpoint: str, *, observer: Any = None,
-                 instances: list[Instance] | None = None) -> None:
+                 rate_limits: dict[str, float] | None = None, instances: list[Instance] | None = None) -> None:
         self.credentials = credentials
+        self.rate_limits = rate_limits
         self.region = region
         self.endpoint = endpoint
         self.observer = observer
@@ -225,3 +226,10 @@ async def test_offers_are_cached_per_account_and_forgotten_on_request() -> None:
     cloud.forget_offers(key)
     await cloud.offers(key, client, ["ap-guangzhou-3"], ["S5.MEDIUM4", "SA2.MEDIUM4"])
     assert client.offer_reads == 2
+
+
+def test_configured_rate_limits_reach_every_client() -> None:
+    factory = Factory()
+    cloud = access(factory, rate_limits={"RunInstances": 5.0})
+    cloud.client(AccountKey.of(None, "ap-guangzhou", Credentials("AKID1", "key-one")), Credentials("AKID1", "key-one"))
+    assert factory.built[0].rate_limits == {"RunInstances": 5.0}
