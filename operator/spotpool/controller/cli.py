@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 
 import kopf
 
@@ -90,20 +89,12 @@ async def run(config: OperatorConfig) -> None:
     from spotpool.controller.runtime import RUNTIME
 
     RUNTIME.config = config
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     runner = await serve(RUNTIME, config.metrics_host, config.metrics_port)
     port = runner.addresses[0][1] if runner.addresses else config.metrics_port
     logging.getLogger(__name__).info("metrics and health on http://%s:%d", config.metrics_host, port)
     try:
-        await kopf.operator(
-            standalone=True,
-            clusterwide=config.clusterwide,
-            namespaces=config.namespaces,
-            stop_flag=stop,
-        )
+        # kopf installs its own SIGTERM/SIGINT handlers and stops gracefully on them.
+        await kopf.operator(standalone=True, clusterwide=config.clusterwide, namespaces=config.namespaces)
     finally:
         await runner.cleanup()
 

@@ -12,8 +12,6 @@ run leaves no stray processes behind.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -31,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from spotpool.devcluster import pki as pki_mod
+from spotpool.devcluster.processes import Child, spawn
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +95,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the thread that started it dies."""
-    os.setpgrp()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver (+ kube-controller-manager) on loopback, with an admin kubeconfig.
@@ -128,7 +107,7 @@ class ControlPlane:
     with_controller_manager: bool = True
     startup_timeout: float = 180.0
     api_port: int = 0
-    procs: list[_Proc] = field(default_factory=list)
+    procs: list[Child] = field(default_factory=list)
     _owns_workdir: bool = False
 
     @property
@@ -231,24 +210,18 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         assert self.workdir is not None and self.binaries is not None
-        log_path = self.workdir / f"{name}.log"
-        out = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
-        popen = subprocess.Popen(
-            [str(self.binaries / name), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        out.close()
-        self.procs.append(_Proc(name, popen, log_path))
-        log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
+        # SIGKILL on parent death: an apiserver whose etcd dies at the same moment would hang in
+        # its graceful shutdown, and the data is throw-away.
+        child = spawn(name, [str(self.binaries / name), *args], self.workdir / f"{name}.log",
+                      death_signal=signal.SIGKILL)
+        self.procs.append(child)
+        log.info("started %s (pid %d), log %s", name, child.pid, child.log)
 
     def _wait(self, ready: callable, what: str) -> None:  # type: ignore[valid-type]
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             for proc in self.procs:
-                if proc.popen.poll() is not None:
+                if not proc.running:
                     raise ControlPlaneError(
                         f"{proc.name} exited with {proc.popen.returncode} while waiting for "
                         f"{what}; last log lines:\n{proc.tail()}"
@@ -319,14 +292,7 @@ class ControlPlane:
         instead of exiting.
         """
         for proc in reversed(self.procs):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.popen.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=5)
+            proc.stop(timeout=10)
         self.procs.clear()
         if self._owns_workdir and self.workdir is not None and not os.environ.get("SPOTPOOL_KEEP_CLUSTER"):
             shutil.rmtree(self.workdir, ignore_errors=True)
