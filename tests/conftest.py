@@ -16,6 +16,7 @@ import pytest
 
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from tests.support.kube import Kubectl, unique_name, wait_for
+from tests.support.processes import SimulatorProcess, simulator_config
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml"
@@ -63,3 +64,11 @@ def namespace(cluster: Cluster) -> Iterator[str]:
              timeout=30, what=f"namespace {name} to be set up")
     yield name
     cluster.kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    """`spotpool simulator` as a process of its own, on a free port, with a quick lifecycle."""
+    sim = SimulatorProcess(tmp_path / "simulator", simulator_config()).start()
+    yield sim
+    sim.stop()

@@ -27,6 +27,8 @@ POOL_LABELS = (*ENV_LABELS, "zone", "instance_type")
 # large pool can take many minutes when the market is tight.
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup")
+INTERRUPTION_KINDS = ("lost", "launch_failed")
 FULFIL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
@@ -129,8 +131,13 @@ class Metrics:
         self.hourly_cost.labels(*env).set(hourly_cost)
         self.ready.labels(*env).set(1 if ready else 0)
         self.degraded.labels(*env).set(1 if degraded else 0)
+        for reason in RELEASE_REASONS:
+            self.releases.labels(*env, reason)  # series exist from the start: rate() sees the first
         for zone, instance_type, running_n, pending_n, price in pools:
             pool = (*env, zone, instance_type)
+            self.launches.labels(*pool)
+            for kind in INTERRUPTION_KINDS:
+                self.interruptions.labels(*pool, kind)
             self.pool_instances.labels(*pool, "running").set(running_n)
             self.pool_instances.labels(*pool, "pending").set(pending_n)
             self.max_price.labels(*pool).set(max_price)

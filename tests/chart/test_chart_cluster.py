@@ -162,13 +162,14 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
     operator = f"system:serviceaccount:{namespace}:{name}-spotpool"
     anywhere = f"--namespace={extra_namespaces[0]}"
     allowed = [
-        ("get", SCE, anywhere), ("list", SCE, "--all-namespaces"), ("watch", SCE, "--all-namespaces"),
-        ("patch", SCE, anywhere), ("get", SCE, "--subresource=status", anywhere),
+        ("list", SCE, "--all-namespaces"), ("watch", SCE, "--all-namespaces"),
+        ("patch", SCE, anywhere),
         ("patch", SCE, "--subresource=status", anywhere), ("create", "events", anywhere),
         ("get", "secrets", anywhere), ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("watch", "namespaces"), ("get", "namespaces/kube-system"),
     ]
     denied = [
+        ("get", SCE, anywhere), ("get", SCE, "--subresource=status", anywhere),
         ("delete", SCE, anywhere), ("create", SCE, anywhere), ("update", SCE, anywhere),
         ("update", SCE, "--subresource=status", anywhere), ("list", "secrets", anywhere),
         ("create", "secrets", anywhere), ("create", "pods", anywhere), ("patch", "events", anywhere),

@@ -121,8 +121,8 @@ def _rules(objects: list[dict]) -> set[tuple[str, str, str]]:
 
 
 LEAST_PRIVILEGE = {
-    *{("spotpool.io", "spotcomputeenvironments", v) for v in ("get", "list", "watch", "patch")},
-    *{("spotpool.io", "spotcomputeenvironments/status", v) for v in ("get", "patch")},
+    *{("spotpool.io", "spotcomputeenvironments", v) for v in ("list", "watch", "patch")},
+    ("spotpool.io", "spotcomputeenvironments/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},

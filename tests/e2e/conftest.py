@@ -21,7 +21,6 @@ from tests.support.processes import (
     DEMO_SECRET_KEY,
     OperatorProcess,
     SimulatorProcess,
-    simulator_config,
 )
 
 pytestmark = pytest.mark.cluster
@@ -109,13 +108,6 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def ready(obj: dict[str, Any]) -> bool:
     return condition(obj, "Ready").get("status") == "True"
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(tmp_path / "simulator", simulator_config()).start()
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

@@ -117,13 +117,14 @@ class OperatorProcess:
 
     workdir: Path
     kubeconfig: Path
-    namespace: str
-    cluster_id: str
+    namespace: str = ""
+    cluster_id: str = ""
     extra_args: tuple[str, ...] = ()
     observe_interval: float = 2.0
     progress_interval: float = 0.5
     metrics_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] | None = None  # exact operator flags (e.g. a Deployment's), instead of ours
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -141,12 +142,15 @@ class OperatorProcess:
         self.starts += 1
         with open(self.log, "a") as out:
             out.write(f"\n===== start #{self.starts} =====\n")
-        self.proc = _spawn([
-            *SPOTPOOL, "operator", f"--namespace={self.namespace}", "--metrics-host=127.0.0.1",
-            f"--metrics-port={self.metrics_port}", f"--observe-interval={self.observe_interval}",
-            f"--progress-interval={self.progress_interval}", f"--cluster-id={self.cluster_id}",
-            "--log-level=debug", *self.extra_args,
-        ], self.log, env={"KUBECONFIG": str(self.kubeconfig), **self.env})
+        if self.args is None:
+            flags = [f"--namespace={self.namespace}", f"--observe-interval={self.observe_interval}",
+                     f"--progress-interval={self.progress_interval}", f"--cluster-id={self.cluster_id}",
+                     "--log-level=debug", *self.extra_args]
+        else:  # the given command line, but on a free loopback port
+            flags = [a for a in self.args if not a.startswith(("--metrics-port=", "--metrics-host="))]
+        self.proc = _spawn([*SPOTPOOL, "operator", *flags, "--metrics-host=127.0.0.1",
+                            f"--metrics-port={self.metrics_port}"],
+                           self.log, env={"KUBECONFIG": str(self.kubeconfig), **self.env})
         wait_for(self._ready, timeout=60, what="the operator to report /readyz")
         return self
 

@@ -74,13 +74,15 @@ seccompProfile:
 
 {{/* What the operator does to SpotComputeEnvironments, Events and Secrets: granted cluster-wide
 (ClusterRole) or per watched namespace (Role). */}}
+{{- /* Each rule is proven necessary by tests/chart/test_rbac_proof.py: the operator fails without it.
+     No "get": the operator reads its objects only through kopf's list and watch. */ -}}
 {{- define "spotpool.namespacedRules" -}}
 - apiGroups: [spotpool.io]
   resources: [spotcomputeenvironments]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [spotpool.io]
   resources: [spotcomputeenvironments/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -70,7 +70,7 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStoppe
         await _sleep(stopped, wakeup, delay)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
 async def release_everything(body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
     assert RUNTIME.reconciler is not None
     outcome = await RUNTIME.reconciler.reconcile(body, deleting=True)

@@ -49,7 +49,15 @@ from spotpool.planner import conditions
 from spotpool.planner.backoff import record_refusal, record_success
 from spotpool.planner.degraded import REASON_BY_CATEGORY, Problem
 from spotpool.planner.formatting import format_price, format_time
-from spotpool.planner.model import ErrorRecord, InflightLaunch, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason
+from spotpool.planner.model import (
+    ErrorRecord,
+    InflightLaunch,
+    LaunchBatch,
+    Plan,
+    PoolBackoff,
+    PoolKey,
+    ReleaseReason,
+)
 from spotpool.planner.persistence import backoff_from_status, inflight_from_status, inflight_to_status
 from spotpool.planner.plan import plan as make_plan
 from spotpool.planner.status import build_status
@@ -233,6 +241,8 @@ class Reconciler:
         counted (or released) through observation like any other instance.
         """
         assert run.spec is not None and run.client is not None
+        if run.spec.paused and not run.deleting:
+            return  # a replay may buy; the records wait (observation or the grace period resolves them)
         kept: list[InflightLaunch] = []
         for launch in run.inflight:
             if launch.instance_ids:
@@ -265,7 +275,7 @@ class Reconciler:
         )
 
     # -- act: buy ---------------------------------------------------------------------------------------
-    async def _launch_until_placed(self, run: _Run):  # noqa: ANN202 - returns the last planner Plan
+    async def _launch_until_placed(self, run: _Run) -> Plan:
         """Plan, record, buy; when a pool refuses, back it off and plan again, so the remainder moves
         to the next pool in this same reconcile. Bounded by the number of candidate pools."""
         assert run.spec is not None
@@ -292,7 +302,11 @@ class Reconciler:
                 # The market moved above the bid under us: read prices again before replanning.
                 run.price_refused = False
                 self._cloud.forget_offers(run.key)  # type: ignore[arg-type]
-                await self._observe(run)
+                try:
+                    await self._observe(run)
+                except CloudError as exc:
+                    run.last_error = _record(exc, run.now)
+                    return plan
         return plan
 
     def _record_intent(self, run: _Run, batches: list[LaunchBatch]) -> list[InflightLaunch]:
@@ -314,7 +328,6 @@ class Reconciler:
             ids = await self._run_instances(run, batch.zone, batch.instance_type, batch.count, launch.client_token)
             failpoint("after-run-instances")
         except CloudError as exc:
-            self._metrics.refusals.labels(run.namespace, run.name, *pool, exc.code).inc()
             if exc.retryable:
                 # Unknown outcome (the call may have bought): keep the record and replay it later.
                 self._event(run, "Warning", "LaunchPending",
@@ -322,6 +335,7 @@ class Reconciler:
                             f"with the same client token, which cannot buy twice")
                 return False
             run.inflight = [i for i in run.inflight if i.client_token != launch.client_token]
+            self._metrics.refusals.labels(run.namespace, run.name, *pool, exc.code).inc()
             if exc.category in REFUSALS:
                 run.backoff = record_refusal(
                     run.backoff, pool, code=exc.code, message=exc.message, category=exc.category,

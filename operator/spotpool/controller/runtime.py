@@ -41,7 +41,14 @@ class Runtime:
         warm_up()  # before any environment waits on its first CVM client and request
         kube = KubeApi()
         cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
-            await kube.namespace_uid("kube-system") or "default"
+            await kube.namespace_uid("kube-system")
+        if not cluster_id:
+            # A shared fallback id would let two clusters on one account release each other's
+            # instances: refuse to start rather than guess.
+            raise kopf.PermanentError(
+                "cannot tell this installation's instances from others': the kube-system namespace "
+                "is not readable (grant get on namespaces) and no --cluster-id / SPOTPOOL_CLUSTER_ID "
+                "is set")
         cluster_id = _TAG_VALUE.sub("-", cluster_id)[:63]
         self.cloud = CloudAccess(
             cluster_id=cluster_id,
