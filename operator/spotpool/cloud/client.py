@@ -76,6 +76,7 @@ def warm_up() -> None:
 
 # Instances in these states need no TerminateInstances (absent ones neither).
 _GONE_STATES = frozenset({TERMINATING})
+_LISTING_ATTEMPTS = 3  # reads of a listing whose set keeps changing under it
 _SNIPPET = 300  # characters of an unexpected response body kept in an error message
 
 
@@ -367,9 +368,26 @@ class CvmClient:
         return await self.describe_instances(filters={f"tag:{key}": [value]})
 
     async def _describe_pages(self, base: dict[str, Any]) -> list[Instance]:
-        """All pages: the first one alone (it gives TotalCount and the page size), then the rest
-        concurrently (the rate limiter spaces them), then on one by one if the set grew meanwhile."""
+        """Every page of a listing, read again when the set changed while it was being read.
+
+        Paging is by offset: an instance that disappears between two page reads shifts a later one
+        onto a page already read, and the listing misses it. A caller that counts instances would
+        then buy a replacement for one that still runs. Pages that disagree on TotalCount reveal
+        the change; a fresh read is then the better view (the freshest is kept if the set never
+        holds still).
+        """
+        for _ in range(_LISTING_ATTEMPTS):
+            found, totals = await self._read_listing(base)
+            if len(totals) == 1:
+                break
+        return found
+
+    async def _read_listing(self, base: dict[str, Any]) -> tuple[list[Instance], set[int]]:
+        """The first page alone (it gives TotalCount and the page size), then the rest concurrently
+        (the rate limiter spaces them), then on one by one if the set grew meanwhile. Returns the
+        instances and every TotalCount the pages reported."""
         found: dict[str, Instance] = {}
+        totals: set[int] = set()
 
         async def read(offset: int) -> tuple[int, int]:
             response = await self.call(
@@ -379,12 +397,14 @@ class CvmClient:
             for raw in page:
                 instance = wire.parse_instance(raw)
                 found[instance.instance_id] = instance
-            return len(page), int(response.get("TotalCount") or 0)
+            total = int(response.get("TotalCount") or 0)
+            totals.add(total)
+            return len(page), total
 
         size, total = await read(0)
         # TotalCount, not a short page, ends the listing: a server may cap pages below Limit.
         if not size or size >= total:
-            return list(found.values())
+            return list(found.values()), totals
         offsets = range(size, total, size)
         pages = await asyncio.gather(*(read(offset) for offset in offsets))
         offset = offsets[-1] + pages[-1][0]
@@ -394,7 +414,7 @@ class CvmClient:
             if not size:
                 break
             offset += size
-        return list(found.values())
+        return list(found.values()), totals
 
     async def terminate_instances(self, instance_ids: Sequence[str]) -> None:
         """Release instances, in batches of 100; instances already gone count as released.

@@ -408,7 +408,9 @@ async def test_pagination_exact_multiple_and_empty() -> None:
 
 
 async def test_pagination_drops_duplicates_when_pages_shift() -> None:
-    """An instance created between pages shifts the later ones forward: no duplicate."""
+    """An instance created between pages shifts the later ones forward: no duplicate. The pages
+    disagree on TotalCount, so the listing is read again; this server never holds still, and the
+    last read is returned."""
     pages = {0: (150, [raw_instance(n) for n in range(100)]),
              100: (151, [raw_instance(n) for n in range(99, 150)])}
 
@@ -420,7 +422,27 @@ async def test_pagination_drops_duplicates_when_pages_shift() -> None:
     async with client:
         found = await client.describe_instances()
     assert [i.instance_id for i in found] == [f"ins-{n:08d}" for n in range(150)]
-    assert [b["Offset"] for b in fake.bodies()] == [0, 100]
+    assert [b["Offset"] for b in fake.bodies()] == [0, 100] * 3
+
+
+async def test_a_listing_that_missed_an_instance_is_read_again() -> None:
+    """ins-0 is terminated between the two page reads: ins-100 slides onto page one, already read,
+    and the first listing misses it. TotalCount 150 then 149 gives it away; the re-read is whole."""
+    before = [raw_instance(n) for n in range(150)]
+    after = before[1:]
+    reads: list[int] = []
+
+    def handler(action: str, body: dict[str, Any], req: httpx.Request) -> httpx.Response:
+        reads.append(body["Offset"])
+        current = before if len(reads) == 1 else after
+        page = current[body["Offset"]:body["Offset"] + body["Limit"]]
+        return reply({"TotalCount": len(current), "InstanceSet": page})
+
+    client, fake, _ = make_client(handler)
+    async with client:
+        found = await client.describe_instances()
+    assert {i.instance_id for i in found} == {i["InstanceId"] for i in after}
+    assert reads == [0, 100, 0, 100]
 
 
 async def test_ids_are_deduplicated_and_chunked_by_100() -> None:
