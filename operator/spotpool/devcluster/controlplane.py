@@ -266,25 +266,6 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(config))
         self.kubeconfig.chmod(0o600)
 
-    def token_kubeconfig(self, path: Path, token: str, namespace: str = "default") -> Path:
-        """A kubeconfig that authenticates with a bearer token (e.g. a ServiceAccount's)."""
-        import base64
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "spotpool-dev", "cluster": {
-                "server": self.server,
-                "certificate-authority-data": base64.b64encode(self.ca_cert.read_bytes()).decode()}}],
-            "users": [{"name": "token", "user": {"token": token}}],
-            "contexts": [{"name": "token", "context": {
-                "cluster": "spotpool-dev", "user": "token", "namespace": namespace}}],
-            "current-context": "token",
-        }
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return path
-
     def stop(self) -> None:
         """Stop in reverse start order, each given time to exit before SIGKILL.
 

@@ -35,7 +35,7 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
 
 @dataclass(frozen=True)
 class Pki:
-    """Paths of the generated material, plus PEM bytes for embedding in kubeconfigs."""
+    """Paths of the generated material."""
 
     ca_cert: Path
     serving_cert: Path
@@ -44,9 +44,6 @@ class Pki:
     admin_key: Path
     sa_key: Path
     sa_pub: Path
-
-    def read(self, path: Path) -> bytes:
-        return path.read_bytes()
 
 
 class _Issuer:
