@@ -334,11 +334,12 @@ async def test_version_action_region_and_method_errors(simulator: RunningSimulat
         ("RunInstances", purchase(InstanceCount=101), "InvalidParameterValue.Range"),
         ("RunInstances", purchase(InstanceCount=0), "InvalidParameterValue.Range"),
         ("RunInstances", purchase(InstanceCount="1"), "InvalidParameter"),
-        (
+        (  # the documented default charge type is POSTPAID_BY_HOUR: no market options there
             "RunInstances",
             {k: v for k, v in GUIDE_PURCHASE.items() if k != "InstanceChargeType"},
-            "UnsupportedOperation",
+            "InvalidParameterCombination",
         ),
+        ("RunInstances", purchase(InstanceChargeType="PREPAID"), "UnsupportedOperation"),
         ("RunInstances", purchase(InstanceChargeType="FREE"), "InvalidParameterValue"),
         (
             "RunInstances",
@@ -546,9 +547,8 @@ async def test_client_token_replay_over_http(simulator: RunningSimulator) -> Non
     assert len(simulator.market.instances()) == 2
 
 
-async def test_dry_run_answers_an_empty_id_set(simulator: RunningSimulator) -> None:
-    response = await ok(simulator, "RunInstances", purchase(DryRun=True))
-    assert response["InstanceIdSet"] == []
+async def test_a_passing_dry_run_answers_dry_run_operation(simulator: RunningSimulator) -> None:
+    assert await error_code(simulator, "RunInstances", purchase(DryRun=True)) == "DryRunOperation"
     assert simulator.market.instances() == []
 
 
@@ -703,15 +703,67 @@ async def test_control_market_changes_what_the_api_sells(simulator: RunningSimul
         == "LimitExceeded.UserSpotQuota"
     )
     _, market = await control(simulator, "GET", "market")
-    assert market["zoneQuotas"][ZONE] == {"quotaVcpus": 2, "usedVcpus": 0}
+    assert market["zoneQuotas"][ZONE] == {
+        "quotaVcpus": 2,
+        "usedVcpus": 0,
+        "onDemandQuotaVcpus": 20000,
+        "onDemandUsedVcpus": 0,
+    }
     for bad in (
         {"zone": "nowhere", "instanceType": "S2.MEDIUM4"},
         {"zone": ZONE, "instanceType": "S2.MEDIUM4", "stock": -1},
+        {"zone": ZONE, "instanceType": "S2.MEDIUM4", "onDemandStock": -1},
         {"zoneQuotas": {"nowhere": 1}},
+        {"onDemandZoneQuotas": {ZONE: -1}},
         {"pools": "x"},
     ):
         status, error = await control(simulator, "POST", "market", bad)
         assert status == 400 and error["error"]
+
+
+def on_demand(**changes: Any) -> dict[str, Any]:
+    fields = {k: v for k, v in GUIDE_PURCHASE.items() if k != "InstanceMarketOptions"}
+    return {**fields, "InstanceChargeType": "POSTPAID_BY_HOUR", **changes}
+
+
+async def test_control_sells_out_and_restocks_on_demand_apart_from_spot(
+    simulator: RunningSimulator,
+) -> None:
+    pool = {"zone": ZONE, "instanceType": "S2.MEDIUM4"}
+    status, result = await control(
+        simulator, "POST", "market", {**pool, "soldOut": True, "onDemandStock": 3}
+    )
+    assert status == 200
+    view = result["pools"][0]
+    assert view["statusCategory"] == "WithoutStock" and view["onDemandStock"] == 3
+    assert view["onDemandStatusCategory"] == "UnderStock"
+    assert await error_code(simulator, "RunInstances", purchase()) == (
+        "ResourcesSoldOut.SpecifiedInstanceType"
+    )
+    bought = await ok(simulator, "RunInstances", on_demand(InstanceCount=2))
+    _, listed = await control(simulator, "GET", "instances?chargeType=POSTPAID_BY_HOUR")
+    assert sorted(i["instanceId"] for i in listed["instances"]) == sorted(bought["InstanceIdSet"])
+    await control(simulator, "POST", "market", {**pool, "soldOut": False, "onDemandSoldOut": True})
+    assert await error_code(simulator, "RunInstances", on_demand()) == (
+        "ResourcesSoldOut.SpecifiedInstanceType"
+    )
+    await ok(simulator, "RunInstances", purchase())
+    status, result = await control(
+        simulator,
+        "POST",
+        "market",
+        {"pools": [{**pool, "onDemandSoldOut": False}], "onDemandZoneQuotas": {ZONE: 5}},
+    )
+    assert result["zoneQuotas"][ZONE]["onDemandQuotaVcpus"] == 5
+    assert result["zoneQuotas"][ZONE]["onDemandUsedVcpus"] == 4
+    assert await error_code(simulator, "RunInstances", on_demand()) == (
+        "LimitExceeded.InstanceQuota"
+    )
+    quota = await ok(
+        simulator, "DescribeAccountQuota", {"Filters": [{"Name": "zone", "Values": [ZONE]}]}
+    )
+    [row] = quota["AccountQuotaOverview"]["AccountQuota"]["PostPaidQuotaSet"]
+    assert row == {"UsedQuota": 4, "RemainingQuota": 1, "TotalQuota": 5, "Zone": ZONE}
 
 
 async def test_control_reset_and_unknown_endpoints(simulator: RunningSimulator) -> None:
@@ -859,6 +911,7 @@ _ACTIONS = [
     "DescribeZoneInstanceConfigInfos",
     "DescribeZones",
     "InquiryPriceRunInstances",
+    "DescribeAccountQuota",
 ]
 _JSON = st.recursive(
     st.none()

@@ -21,6 +21,7 @@ from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.index import is_describe_filter
 from spotpool.simulator.market import LaunchRequest, Market
 from spotpool.simulator.params import (
+    DescribeAccountQuotaParams,
     DescribeInstancesParams,
     DescribeInstancesStatusParams,
     DescribeZoneInstanceConfigInfosParams,
@@ -31,6 +32,7 @@ from spotpool.simulator.params import (
     TerminateInstancesParams,
 )
 from spotpool.simulator.render import config_item, describe_instances_body, success_body
+from spotpool.simulator.state import POSTPAID_BY_HOUR, SPOTPAID
 
 MAX_IDS_PER_CALL = 100
 MAX_PAGE = 100
@@ -43,6 +45,14 @@ MAX_INSTANCE_NAME_BYTES = 60  # the TooLong error text says 60 bytes; the field 
 MAX_TAGS = 50
 MAX_SECURITY_GROUPS = 5
 CHARGE_TYPES = ("PREPAID", "POSTPAID_BY_HOUR", "CDHPAID", "SPOTPAID", "CDCPAID")
+SOLD_CHARGE_TYPES = (SPOTPAID, POSTPAID_BY_HOUR)  # the ones the simulator sells
+QUOTA_TYPES = (
+    "PostPaidQuotaSet",
+    "PrePaidQuotaSet",
+    "SpotPaidQuotaSet",
+    "ImageQuotaSet",
+    "DisasterRecoverGroupQuotaSet",
+)
 TAG_RESOURCE_TYPES = ("instance", "host", "image", "keypair", "ps", "hpc")
 RESERVED_TAG_PREFIXES = ("qcloud:", "tencent:", "project:")
 
@@ -75,29 +85,53 @@ class Action:
 
 
 def run_instances(ctx: CallContext, params: RunInstancesParams) -> bytes:
-    if params.instance_charge_type != "SPOTPAID":
-        _refuse_charge_type(params.instance_charge_type, "RunInstances")
+    """Buy spot (SPOTPAID) or pay-as-you-go (POSTPAID_BY_HOUR, the documented default) instances.
+
+    DryRun runs every check a purchase would (parameters, sold-out, price, quota, stock) and
+    buys nothing; a pass answers as `api.dry_run_answer` says (DryRunOperation by default).
+    """
+    charge_type = params.instance_charge_type or POSTPAID_BY_HOUR
+    if charge_type not in SOLD_CHARGE_TYPES:
+        _refuse_charge_type(charge_type, "RunInstances")
     _check_user_data(params.user_data)
-    if params.min_count is not None and not 1 <= params.min_count <= params.instance_count:
-        raise ApiError(
-            "InvalidParameterValue.InvalidParameterMinCount",
-            f"MinCount must be between 1 and InstanceCount ({params.instance_count}).",
-        )
-    request = _launch_request(ctx, params, min_count=params.min_count, dry_run=params.dry_run)
+    if params.min_count is not None:
+        if charge_type != SPOTPAID:
+            raise ApiError(
+                "UnsupportedOperation.MinCountUnsupportedChargeType",
+                f"MinCount is not supported for InstanceChargeType {charge_type}.",
+            )
+        if not 1 <= params.min_count <= params.instance_count:
+            raise ApiError(
+                "InvalidParameterValue.InvalidParameterMinCount",
+                f"MinCount must be between 1 and InstanceCount ({params.instance_count}).",
+            )
+    request = _launch_request(
+        ctx, params, min_count=params.min_count, dry_run=params.dry_run, charge_type=charge_type
+    )
     ids = ctx.market.run_instances(request, ctx.request_id)
+    if params.dry_run and ctx.market.config.api.dry_run_answer == "DryRunOperation":
+        raise ApiError(
+            "DryRunOperation",
+            "The request would have succeeded, but DryRun was set: nothing was bought.",
+        )
     return success_body({"InstanceIdSet": ids}, ctx.request_id)
 
 
 def inquiry_price_run_instances(ctx: CallContext, params: InquiryPriceRunInstancesParams) -> bytes:
-    charge_type = params.instance_charge_type or "POSTPAID_BY_HOUR"
-    if charge_type not in ("SPOTPAID", "POSTPAID_BY_HOUR"):
+    """The price of a purchase, refused as the purchase itself would be (sold out, price, quota).
+
+    SPOTPAID: UnitPrice is the list price, UnitPriceDiscount the spot price, Discount the spot
+    percentage; POSTPAID_BY_HOUR (the default): the list price in both, Discount 100. Both are
+    per hour for the whole InstanceCount.
+    """
+    charge_type = params.instance_charge_type or POSTPAID_BY_HOUR
+    if charge_type not in SOLD_CHARGE_TYPES:
         _refuse_charge_type(charge_type, "InquiryPriceRunInstances")
-    request = _launch_request(ctx, params, min_count=None, dry_run=True)
-    if charge_type == "SPOTPAID":
-        pool = ctx.market.quote(request)
+    request = _launch_request(ctx, params, min_count=None, dry_run=True, charge_type=charge_type)
+    pool = ctx.market.quote(request)
+    if charge_type == SPOTPAID:
         unit, discount = pool.spot_price, pool.discount_percent
     else:
-        pool = ctx.market.resolve_pool(request.region, request.zone, request.instance_type)
         unit, discount = pool.on_demand_price, 100.0
     count = request.count
     price = {
@@ -117,13 +151,7 @@ def inquiry_price_run_instances(ctx: CallContext, params: InquiryPriceRunInstanc
     return success_body({"Price": price}, ctx.request_id)
 
 
-def _refuse_charge_type(charge_type: str | None, action: str) -> None:
-    if charge_type is None:
-        raise ApiError(
-            "UnsupportedOperation",
-            f"The simulator sells spot instances only; set InstanceChargeType=SPOTPAID ({action} "
-            "defaults to POSTPAID_BY_HOUR).",
-        )
+def _refuse_charge_type(charge_type: str, action: str) -> None:
     if charge_type not in CHARGE_TYPES:
         raise ApiError(
             "InvalidParameterValue",
@@ -131,7 +159,8 @@ def _refuse_charge_type(charge_type: str | None, action: str) -> None:
         )
     raise ApiError(
         "UnsupportedOperation",
-        f"The simulator does not simulate InstanceChargeType {charge_type} for {action}.",
+        f"The simulator does not simulate InstanceChargeType {charge_type} for {action}; "
+        f"it sells {' and '.join(SOLD_CHARGE_TYPES)}.",
     )
 
 
@@ -141,6 +170,7 @@ def _launch_request(
     *,
     min_count: int | None,
     dry_run: bool,
+    charge_type: str,
 ) -> LaunchRequest:
     """The checks RunInstances and InquiryPriceRunInstances share, in a LaunchRequest."""
     if params.launch_template is not None:
@@ -234,6 +264,7 @@ def _launch_request(
         key_ids=tuple(params.login_settings.key_ids or ()) if params.login_settings else (),
         system_disk_type=(disk.disk_type if disk and disk.disk_type else "CLOUD_PREMIUM"),
         system_disk_size=(disk.disk_size if disk and disk.disk_size else 50),
+        charge_type=charge_type,
     )
 
 
@@ -242,7 +273,7 @@ def _max_price(params: RunInstancesParams | InquiryPriceRunInstancesParams) -> s
     options = params.instance_market_options
     if options is None:
         return None
-    if params.instance_charge_type != "SPOTPAID":
+    if params.instance_charge_type != SPOTPAID:
         raise ApiError(
             "InvalidParameterCombination",
             "InstanceMarketOptions is only valid with InstanceChargeType=SPOTPAID.",
@@ -453,14 +484,18 @@ def describe_zone_instance_config_infos(
             )
     charge_types = [
         c
-        for c in wanted.get("instance-charge-type", ["SPOTPAID", "POSTPAID_BY_HOUR"])
-        if c in ("SPOTPAID", "POSTPAID_BY_HOUR")
+        for c in wanted.get("instance-charge-type", list(SOLD_CHARGE_TYPES))
+        if c in SOLD_CHARGE_TYPES
     ]
     ctx.market.advance()
     catalogue = ctx.market.config.instance_types
+    thresholds = ctx.market.config.market.stock_status
     items = [
         config_item(
-            pool, charge, catalogue[pool.instance_type].type_name or _type_name(pool.instance_type)
+            pool,
+            charge,
+            catalogue[pool.instance_type].type_name or _type_name(pool.instance_type),
+            thresholds,
         )
         for pool in ctx.market.pools(ctx.region)
         if _matches(wanted, "zone", pool.zone)
@@ -488,6 +523,81 @@ def _type_name(instance_type: str) -> str:
     family = instance_type.split(".", 1)[0]
     letters = family.rstrip("0123456789")
     return f"{_FAMILY_NAMES.get(letters, letters)} {family}"
+
+
+def describe_account_quota(ctx: CallContext, params: DescribeAccountQuotaParams) -> bytes:
+    """The account's quotas in the region, in the documented AccountQuotaOverview shape.
+
+    PostPaidQuotaSet and SpotPaidQuotaSet are per zone in vCPU cores (the SDK states the unit for
+    spot; the simulator uses it for pay-as-you-go too) and are the very numbers RunInstances
+    enforces: UsedQuota counts the vCPUs of instances not yet gone. PrePaid, image and placement
+    group quotas are fixed, plausible values: nothing here sells those. Filters: `zone`,
+    `quota-type` (values ANDed across filters, ORed within one).
+    """
+    wanted: dict[str, list[str]] = {}
+    for name, values in _check_filters(params.filters or [], MAX_DESCRIBE_FILTER_VALUES):
+        if name not in ("zone", "quota-type"):
+            raise ApiError(
+                "InvalidFilter", f"The filter {name!r} is not supported by DescribeAccountQuota."
+            )
+        wanted.setdefault(name, []).extend(values)
+    for zone in wanted.get("zone", []):
+        if ctx.market.region_of_zone(zone) != ctx.region:
+            raise ApiError(
+                "InvalidZone.MismatchRegion", f"The zone {zone!r} is not in region {ctx.region}."
+            )
+    for kind in wanted.get("quota-type", []):
+        if kind not in QUOTA_TYPES:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"quota-type {kind!r} is not one of {', '.join(QUOTA_TYPES)}.",
+            )
+    market = ctx.market
+    market.advance()
+    zones = [z for z in market.zones_of(ctx.region) if _matches(wanted, "zone", z)]
+
+    def per_zone(charge: str) -> list[dict[str, Any]]:
+        rows = []
+        for zone in zones:
+            total, used = market.zone_quota(zone, charge), market.quota_used(zone, charge)
+            rows.append(
+                {
+                    "UsedQuota": used,
+                    "RemainingQuota": max(total - used, 0),
+                    "TotalQuota": total,
+                    "Zone": zone,
+                }
+            )
+        return rows
+
+    sets: dict[str, Any] = {
+        "PostPaidQuotaSet": per_zone(POSTPAID_BY_HOUR),
+        "PrePaidQuotaSet": [
+            {"UsedQuota": 0, "OnceQuota": 300, "RemainingQuota": 300, "TotalQuota": 300, "Zone": z}
+            for z in zones
+        ],
+        "SpotPaidQuotaSet": per_zone(SPOTPAID),
+        "ImageQuotaSet": [{"UsedQuota": 0, "TotalQuota": 10}],
+        "DisasterRecoverGroupQuotaSet": [
+            {
+                "GroupQuota": 10,
+                "CurrentNum": 0,
+                "CvmInHostGroupQuota": 50,
+                "CvmInSwitchGroupQuota": 20,
+                "CvmInRackGroupQuota": 30,
+            }
+        ],
+    }
+    account_quota = {
+        kind: (rows if _matches(wanted, "quota-type", kind) else []) for kind, rows in sets.items()
+    }
+    return success_body(
+        {
+            "AppId": market.config.api.app_id,
+            "AccountQuotaOverview": {"Region": ctx.region, "AccountQuota": account_quota},
+        },
+        ctx.request_id,
+    )
 
 
 def describe_zones(ctx: CallContext, params: DescribeZonesParams) -> bytes:
@@ -540,4 +650,5 @@ ACTIONS: dict[str, Action] = {
         DescribeZoneInstanceConfigInfosParams, describe_zone_instance_config_infos
     ),
     "DescribeZones": Action(DescribeZonesParams, describe_zones),
+    "DescribeAccountQuota": Action(DescribeAccountQuotaParams, describe_account_quota),
 }

@@ -29,7 +29,11 @@ DEFAULT_RATE_LIMITS: dict[str, float] = {
     "DescribeZoneInstanceConfigInfos": 40,
     "InquiryPriceRunInstances": 10,
     "DescribeZones": 20,
+    "DescribeAccountQuota": 20,  # not published (reference §9); the common 20/s
 }
+
+
+DEFAULT_ACCOUNT_ID = "100000000001"
 
 
 class _Strict(BaseModel):
@@ -43,6 +47,9 @@ class Credential(_Strict):
 
     secret_id: str = Field(min_length=1)
     secret_key: str = Field(min_length=1, repr=False)
+    # The root account (UIN) the key pair acts in, as STS GetCallerIdentity reports it. Key pairs
+    # of one account share it (key rotation); another account's pairs name another.
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[0-9]{1,20}$")
 
 
 class InstanceTypeSpec(_Strict):
@@ -65,10 +72,41 @@ class PoolSpec(_Strict):
     sold_out: bool = False
     reclaim_rate_per_hour: float | None = Field(default=None, ge=0)
     offered: bool = Field(default=True, description="False: the type is not sold in this zone")
+    on_demand_stock: int | None = Field(default=None, ge=0)
+    on_demand_sold_out: bool = False
+
+
+class StockStatusSpec(_Strict):
+    """Where DescribeZoneInstanceConfigInfos' StatusCategory changes, in instances left for sale.
+
+    Tencent documents the four words (EnoughStock, NormalStock, UnderStock, WithoutStock) but not
+    the thresholds behind them; these are the simulator's, so a test can move a pool between
+    categories by setting its stock.
+    """
+
+    enough_from: int = Field(default=100, ge=1, description="stock >= this: EnoughStock")
+    normal_from: int = Field(default=10, ge=1, description="stock >= this: NormalStock")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StockStatusSpec:
+        if self.normal_from > self.enough_from:
+            raise ValueError("stock_status.normal_from must not exceed enough_from")
+        return self
+
+    def category(self, stock: int, sold_out: bool) -> str:
+        """The StatusCategory word for `stock` instances left (WithoutStock when sold out)."""
+        if sold_out or stock <= 0:
+            return "WithoutStock"
+        if stock >= self.enough_from:
+            return "EnoughStock"
+        if stock >= self.normal_from:
+            return "NormalStock"
+        return "UnderStock"
 
 
 class MarketSpec(_Strict):
-    """The spot market: a fixed discount off the on-demand price, finite stock, a vCPU quota."""
+    """The spot market (a fixed discount off the list price, finite stock, a vCPU quota per zone)
+    and the pay-as-you-go one beside it (list price, its own plentiful stock and vCPU quota)."""
 
     spot_discount_percent: float = Field(
         default=20.0,
@@ -78,7 +116,19 @@ class MarketSpec(_Strict):
     )
     default_stock: int = Field(default=500, ge=0, description="instances per zone x type")
     spot_quota_vcpus: int = Field(default=20000, ge=0, description="per zone, all spot types")
-    zone_quota_vcpus: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    zone_quota_vcpus: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="per-zone overrides of spot_quota_vcpus"
+    )
+    default_on_demand_stock: int = Field(
+        default=10000, ge=0, description="pay-as-you-go instances per zone x type"
+    )
+    on_demand_quota_vcpus: int = Field(
+        default=20000, ge=0, description="per zone, all pay-as-you-go types (PostPaidQuotaSet)"
+    )
+    zone_on_demand_quota_vcpus: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="per-zone overrides of on_demand_quota_vcpus"
+    )
+    stock_status: StockStatusSpec = Field(default_factory=StockStatusSpec)
     reclaim_rate_per_hour: float = Field(
         default=0.0, ge=0, description="random reclaims per running instance-hour"
     )
@@ -115,6 +165,12 @@ class ApiSpec(_Strict):
     ] = "ResourceInsufficient.SpecifiedInstanceType"
     allow_remote_control: bool = False
     ledger_size: int = Field(default=10000, ge=0)
+    dry_run_answer: Literal["DryRunOperation", "RequestId"] = Field(
+        default="DryRunOperation",
+        description="how a RunInstances DryRun that passes answers: the DryRunOperation error, "
+        "or a success with an empty InstanceIdSet (the API page says 'returns RequestId')",
+    )
+    app_id: int = Field(default=1250000000, ge=0, description="DescribeAccountQuota AppId")
 
     @field_validator("rate_limits")
     @classmethod
@@ -155,9 +211,10 @@ class SimulatorConfig(_Strict):
                 raise ValueError(f"market.pools: unknown zone {pool.zone!r}")
             if pool.instance_type not in self.instance_types:
                 raise ValueError(f"market.pools: unknown instance type {pool.instance_type!r}")
-        for zone in self.market.zone_quota_vcpus:
-            if zone not in known_zones:
-                raise ValueError(f"market.zone_quota_vcpus: unknown zone {zone!r}")
+        for field in ("zone_quota_vcpus", "zone_on_demand_quota_vcpus"):
+            for zone in getattr(self.market, field):
+                if zone not in known_zones:
+                    raise ValueError(f"market.{field}: unknown zone {zone!r}")
         return self
 
     def zones(self) -> dict[str, str]:

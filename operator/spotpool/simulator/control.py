@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from spotpool.simulator.faults import FaultSpec
-from spotpool.simulator.render import iso_time
-from spotpool.simulator.state import Pool, SimInstance
+from spotpool.simulator.render import iso_time, stock_category
+from spotpool.simulator.state import POSTPAID_BY_HOUR, SPOTPAID, Pool, SimInstance
 
 if TYPE_CHECKING:
     from spotpool.simulator.server import Simulator
@@ -59,11 +59,16 @@ class PoolUpdate(_Body):
     sold_out: bool | None = None
     offered: bool | None = None
     reclaim_rate_per_hour: float | None = Field(default=None, ge=0)
+    on_demand_stock: int | None = Field(default=None, ge=0)
+    on_demand_sold_out: bool | None = None
 
 
 class MarketBody(_Body):
+    """`zoneQuotas` sets spot vCPU quotas, `onDemandZoneQuotas` pay-as-you-go ones."""
+
     pools: list[PoolUpdate] = Field(default_factory=list)
     zone_quotas: dict[str, int] = Field(default_factory=dict)
+    on_demand_zone_quotas: dict[str, int] = Field(default_factory=dict)
 
 
 def add_control_routes(app: web.Application, sim: Simulator) -> None:
@@ -162,6 +167,7 @@ def _instance_view(inst: SimInstance) -> dict[str, Any]:
         "region": inst.region,
         "zone": inst.zone,
         "instanceType": inst.instance_type,
+        "chargeType": inst.charge_type,
         "state": inst.state,
         "name": inst.name,
         "tags": inst.tags,
@@ -175,7 +181,8 @@ def _instance_view(inst: SimInstance) -> dict[str, Any]:
 
 
 async def _instances(sim: Simulator, request: web.Request) -> web.Response:
-    """All visible instances; optional filters region, zone, instanceType, state, tag=key=value."""
+    """All visible instances; optional filters region, zone, instanceType, chargeType, state,
+    tag=key=value."""
     query = request.query
     tags = []
     for tag in query.getall("tag", []):
@@ -189,6 +196,7 @@ async def _instances(sim: Simulator, request: web.Request) -> web.Response:
             ("region", "region"),
             ("zone", "zone"),
             ("instanceType", "instance_type"),
+            ("chargeType", "charge_type"),
             ("state", "state"),
         )
         if param in query
@@ -229,7 +237,8 @@ async def _reclaim(sim: Simulator, request: web.Request) -> web.Response:
     )
 
 
-def _pool_view(pool: Pool) -> dict[str, Any]:
+def _pool_view(sim: Simulator, pool: Pool) -> dict[str, Any]:
+    thresholds = sim.config.market.stock_status
     return {
         "region": pool.region,
         "zone": pool.zone,
@@ -241,6 +250,10 @@ def _pool_view(pool: Pool) -> dict[str, Any]:
         "spotPrice": pool.spot_price,
         "stock": pool.stock,
         "soldOut": pool.sold_out,
+        "statusCategory": stock_category(pool, SPOTPAID, thresholds),
+        "onDemandStock": pool.on_demand_stock,
+        "onDemandSoldOut": pool.on_demand_sold_out,
+        "onDemandStatusCategory": stock_category(pool, POSTPAID_BY_HOUR, thresholds),
         "offered": pool.offered,
         "reclaimRatePerHour": pool.reclaim_rate_per_hour,
     }
@@ -249,7 +262,12 @@ def _pool_view(pool: Pool) -> dict[str, Any]:
 def _quota_view(sim: Simulator) -> dict[str, dict[str, int]]:
     market = sim.market
     return {
-        zone: {"quotaVcpus": market.zone_quota(zone), "usedVcpus": market.quota_used(zone)}
+        zone: {
+            "quotaVcpus": market.zone_quota(zone),
+            "usedVcpus": market.quota_used(zone),
+            "onDemandQuotaVcpus": market.zone_quota(zone, POSTPAID_BY_HOUR),
+            "onDemandUsedVcpus": market.quota_used(zone, POSTPAID_BY_HOUR),
+        }
         for region in sim.config.regions
         for zone in market.zones_of(region)
     }
@@ -258,13 +276,14 @@ def _quota_view(sim: Simulator) -> dict[str, dict[str, int]]:
 async def _market(sim: Simulator) -> web.Response:
     sim.market.advance()
     return _json(
-        {"pools": [_pool_view(p) for p in sim.market.pools()], "zoneQuotas": _quota_view(sim)}
+        {"pools": [_pool_view(sim, p) for p in sim.market.pools()], "zoneQuotas": _quota_view(sim)}
     )
 
 
 async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
-    """Body: `{"pools": [{zone, instanceType, stock?, ...}], "zoneQuotas": {zone: vCPUs}}`,
-    or a single pool update at the top level."""
+    """Body: `{"pools": [{zone, instanceType, stock?, onDemandStock?, ...}], "zoneQuotas":
+    {zone: vCPUs}, "onDemandZoneQuotas": {zone: vCPUs}}`, or a single pool update at the top
+    level. Everything is checked before anything changes."""
     data = await _read_json(request)
     if isinstance(data, dict) and "zone" in data:
         data = {"pools": [data]}
@@ -273,23 +292,26 @@ async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
     for update in body.pools:
         if market.pool(update.zone, update.instance_type) is None:
             raise _BadRequest(f"no pool {update.zone} x {update.instance_type}")
-    for zone, vcpus in body.zone_quotas.items():
+    for zone, vcpus in (*body.zone_quotas.items(), *body.on_demand_zone_quotas.items()):
         if market.region_of_zone(zone) is None:
             raise _BadRequest(f"unknown zone {zone!r}")
         if vcpus < 0:
             raise _BadRequest(f"the quota of {zone} must not be negative")
     changed = [
         _pool_view(
+            sim,
             market.update_pool(
                 update.zone,
                 update.instance_type,
                 **update.model_dump(exclude={"zone", "instance_type"}, exclude_none=True),
-            )
+            ),
         )
         for update in body.pools
     ]
     for zone, vcpus in body.zone_quotas.items():
         market.set_zone_quota(zone, vcpus)
+    for zone, vcpus in body.on_demand_zone_quotas.items():
+        market.set_zone_quota(zone, vcpus, POSTPAID_BY_HOUR)
     return _json({"pools": changed, "zoneQuotas": _quota_view(sim)})
 
 

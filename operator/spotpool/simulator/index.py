@@ -192,7 +192,7 @@ def _predicate(name: str, values: list[str]) -> Predicate:
     """A test for the filters no index serves (rare in practice: they scan the candidates)."""
     wanted = frozenset(values)
     if name == "instance-charge-type":
-        return lambda i: "SPOTPAID" in wanted
+        return lambda i: i.charge_type in wanted
     if name == "project-id":
         return lambda i: str(i.project_id) in wanted
     if name == "vpc-id":

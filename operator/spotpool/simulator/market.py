@@ -7,9 +7,10 @@ events: boot, random reclaim, disappearance), so a market with 10,000 idle insta
 nothing between requests and behaves identically under a fake clock.
 
 Capacity accounting: launching takes one unit of its pool's stock and its vCPUs of the zone's
-spot quota; both come back when the instance is gone (after its TERMINATING phase) or when its
-launch fails. So per pool, stock + instances holding capacity is constant except when the market
-is changed through the control API.
+quota, both of its charge type (spot, or pay-as-you-go "on-demand", counted apart); both come back
+when the instance is gone (after its TERMINATING phase) or when its launch fails. So per pool and
+charge type, stock + instances holding capacity is constant except when the market is changed
+through the control API. On-demand instances are never reclaimed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.config import SimulatorConfig
 from spotpool.simulator.index import RegionIndex
 from spotpool.simulator.naming import expand_names
-from spotpool.simulator.state import Pool, SimInstance
+from spotpool.simulator.state import POSTPAID_BY_HOUR, SPOTPAID, Pool, SimInstance
 
 Clock = Callable[[], float]
 
@@ -65,6 +66,7 @@ class LaunchRequest:
     key_ids: tuple[str, ...] = ()
     system_disk_type: str = "CLOUD_PREMIUM"
     system_disk_size: int = 50
+    charge_type: str = SPOTPAID  # or POSTPAID_BY_HOUR
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Market:
                         sold_out=False,
                         offered=True,
                         reclaim_rate_per_hour=config.market.reclaim_rate_per_hour,
+                        on_demand_stock=config.market.default_on_demand_stock,
                     )
         for override in config.market.pools:
             pool = self._pools[(override.zone, override.instance_type)]
@@ -119,11 +122,23 @@ class Market:
                 pool.on_demand_price = override.on_demand_price
             if override.reclaim_rate_per_hour is not None:
                 pool.reclaim_rate_per_hour = override.reclaim_rate_per_hour
-        self._quota = {
-            zone: config.market.zone_quota_vcpus.get(zone, config.market.spot_quota_vcpus)
-            for zone in self._zone_region
+            if override.on_demand_stock is not None:
+                pool.on_demand_stock = override.on_demand_stock
+            pool.on_demand_sold_out = override.on_demand_sold_out
+        market = config.market
+        self._quotas: dict[str, dict[str, int]] = {
+            SPOTPAID: {
+                zone: market.zone_quota_vcpus.get(zone, market.spot_quota_vcpus)
+                for zone in self._zone_region
+            },
+            POSTPAID_BY_HOUR: {
+                zone: market.zone_on_demand_quota_vcpus.get(zone, market.on_demand_quota_vcpus)
+                for zone in self._zone_region
+            },
         }
-        self._quota_used = dict.fromkeys(self._zone_region, 0)
+        self._quotas_used = {
+            charge: dict.fromkeys(self._zone_region, 0) for charge in (SPOTPAID, POSTPAID_BY_HOUR)
+        }
         self._instances: dict[str, SimInstance] = {}
         self._regions = {region: RegionIndex() for region in config.regions}
         self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
@@ -159,11 +174,13 @@ class Market:
     def pools(self, region: str | None = None) -> list[Pool]:
         return [p for p in self._pools.values() if region is None or p.region == region]
 
-    def zone_quota(self, zone: str) -> int:
-        return self._quota[zone]
+    def zone_quota(self, zone: str, charge_type: str = SPOTPAID) -> int:
+        """The zone's vCPU quota for a charge type (SpotPaidQuota / PostPaidQuota TotalQuota)."""
+        return self._quotas[charge_type][zone]
 
-    def quota_used(self, zone: str) -> int:
-        return self._quota_used[zone]
+    def quota_used(self, zone: str, charge_type: str = SPOTPAID) -> int:
+        """vCPUs of that charge type held in the zone (instances not yet gone)."""
+        return self._quotas_used[charge_type][zone]
 
     def resolve_pool(self, region: str, zone: str, instance_type: str) -> Pool:
         """The pool a purchase targets, or the error the API gives for a bad zone or type."""
@@ -228,7 +245,8 @@ class Market:
             self._release_capacity(inst)
             return
         self._set_state(inst, RUNNING, "SUCCESS")
-        self._schedule_reclaim(inst, at)
+        if inst.spot:
+            self._schedule_reclaim(inst, at)
 
     def _schedule_reclaim(self, inst: SimInstance, start: float) -> None:
         """Random supply reclaim: an exponential lifetime at the pool's rate (memoryless)."""
@@ -251,8 +269,12 @@ class Market:
     def _release_capacity(self, inst: SimInstance) -> None:
         if inst.holds_capacity:
             inst.holds_capacity = False
-            self._pools[(inst.zone, inst.instance_type)].stock += 1
-            self._quota_used[inst.zone] -= inst.cpu
+            pool = self._pools[(inst.zone, inst.instance_type)]
+            if inst.spot:
+                pool.stock += 1
+            else:
+                pool.on_demand_stock += 1
+            self._quotas_used[inst.charge_type][inst.zone] -= inst.cpu
 
     def _remove(self, inst: SimInstance, at: float) -> None:
         self._release_capacity(inst)
@@ -268,56 +290,76 @@ class Market:
         return self._check_offer(req)[0]
 
     def _check_offer(self, req: LaunchRequest) -> tuple[Pool, int]:
-        """The pool and how many instances a purchase would get, or the refusal it would get."""
+        """The pool and how many instances a purchase would get, or the refusal it would get.
+
+        The checks run in one order for both charge types: sold out, price (spot only), quota,
+        stock. Spot and on-demand differ in their codes: a spot quota refusal is the documented
+        LimitExceeded.UserSpotQuota, a pay-as-you-go one LimitExceeded.InstanceQuota ("the quota
+        cannot produce that many instances"); a short spot stock answers the configured
+        insufficient_stock_code (the intl API has a spot-only InsufficientOffering), a short
+        on-demand stock ResourceInsufficient.SpecifiedInstanceType.
+        """
         pool = self.resolve_pool(req.region, req.zone, req.instance_type)
-        if pool.sold_out or pool.stock == 0:
+        charge = req.charge_type
+        spot = charge == SPOTPAID
+        kind = "spot" if spot else "pay-as-you-go"
+        if pool.sold_out_for(charge):
             raise ApiError(
                 "ResourcesSoldOut.SpecifiedInstanceType",
-                f"The spot instance type {pool.instance_type} is sold out in {pool.zone}.",
+                f"The {kind} instance type {pool.instance_type} is sold out in {pool.zone}.",
             )
-        if req.max_price is not None and Decimal(req.max_price) < Decimal(repr(pool.spot_price)):
+        if (
+            spot
+            and req.max_price is not None
+            and Decimal(req.max_price) < Decimal(repr(pool.spot_price))
+        ):
             raise ApiError(
                 "InvalidParameterValue.InsufficientPrice",
                 f"The bid {req.max_price} is lower than the market price {pool.spot_price} "
                 f"of {pool.instance_type} in {pool.zone}.",
             )
-        quota_left = self._quota[pool.zone] - self._quota_used[pool.zone]
-        fits_quota = max(quota_left, 0) // pool.cpu
+        quota = self._quotas[charge][pool.zone]
+        quota_left = max(quota - self._quotas_used[charge][pool.zone], 0)
+        fits_quota = quota_left // pool.cpu
         wanted = req.count if req.min_count is None else req.min_count
         if fits_quota < wanted:
             raise ApiError(
-                "LimitExceeded.UserSpotQuota",
-                f"The spot quota of {pool.zone} is {self._quota[pool.zone]} vCPUs, "
-                f"{max(quota_left, 0)} left; {wanted} x {pool.instance_type} needs "
-                f"{wanted * pool.cpu}.",
+                "LimitExceeded.UserSpotQuota" if spot else "LimitExceeded.InstanceQuota",
+                f"The {kind} quota of {pool.zone} is {quota} vCPUs, {quota_left} left; "
+                f"{wanted} x {pool.instance_type} needs {wanted * pool.cpu}.",
             )
-        if pool.stock < wanted:
-            code = (
-                self.config.api.insufficient_stock_code
-                if req.min_count is None
-                else "ResourceInsufficient.InsufficientOfferingMinimum"
-            )
+        stock = pool.stock_of(charge)
+        if stock < wanted:
+            if req.min_count is not None:
+                code = "ResourceInsufficient.InsufficientOfferingMinimum"
+            elif spot:
+                code = self.config.api.insufficient_stock_code
+            else:
+                code = "ResourceInsufficient.SpecifiedInstanceType"
             raise ApiError(
                 code,
                 f"Insufficient resources of {pool.instance_type} in {pool.zone}: "
-                f"{pool.stock} available, {wanted} requested.",
+                f"{stock} available, {wanted} requested.",
             )
-        return pool, min(req.count, pool.stock, fits_quota)
+        return pool, min(req.count, stock, fits_quota)
 
     def run_instances(self, req: LaunchRequest, request_id: str) -> list[str]:
-        """Buy spot instances; answers a replayed ClientToken with the ids it bought the first time.
+        """Buy instances; answers a replayed ClientToken with the ids it bought the first time.
 
         The token is looked up before the market is consulted: a replay must return the original
-        ids even if the pool has sold out since, and must never buy again.
+        ids even if the pool has sold out since, and must never buy again. A dry run neither
+        consults nor records the token: it checks whether this purchase would pass now, and
+        returns [] when it would.
         """
         now = self.advance()
+        if req.dry_run:
+            self._check_offer(req)
+            return []
         if req.client_token is not None:
             replay = self._replay(req, now)
             if replay is not None:
                 return replay
         pool, count = self._check_offer(req)
-        if req.dry_run:
-            return []
         names = expand_names(req.name, count)
         ids = [self._launch(pool, req, names[i], now, request_id) for i in range(count)]
         if req.client_token is not None:
@@ -365,7 +407,7 @@ class Market:
             name=name,
             tags=dict(req.tags),
             created_at=now,
-            spot_price=pool.spot_price,
+            spot_price=pool.price_of(req.charge_type),
             max_price=req.max_price,
             private_ip=self._next_ip(pool.zone),
             project_id=req.project_id,
@@ -378,9 +420,13 @@ class Market:
             launch_request_id=request_id,
             will_fail=self._rng.random() < self.config.lifecycle.launch_failure_rate,
             latest_operation_request_id=request_id,
+            charge_type=req.charge_type,
         )
-        pool.stock -= 1
-        self._quota_used[pool.zone] += pool.cpu
+        if inst.spot:
+            pool.stock -= 1
+        else:
+            pool.on_demand_stock -= 1
+        self._quotas_used[req.charge_type][pool.zone] += pool.cpu
         self._instances[inst.instance_id] = inst
         self._regions[pool.region].add(inst)
         self._push(now + self.config.lifecycle.boot_delay_seconds, _BOOT, inst)
@@ -464,7 +510,10 @@ class Market:
     # ------------------------------------------------------------------ market control
 
     def reclaim(self, instance_ids: list[str]) -> tuple[list[str], dict[str, str]]:
-        """Scripted reclaim of chosen instances: (reclaimed ids, {skipped id: why})."""
+        """Scripted reclaim of chosen instances: (reclaimed ids, {skipped id: why}).
+
+        Only spot instances can be reclaimed; a pay-as-you-go one is skipped, as Tencent never
+        interrupts those."""
         now = self.advance()
         reclaimed: list[str] = []
         skipped: dict[str, str] = {}
@@ -474,18 +523,21 @@ class Market:
                 skipped[iid] = "not found"
             elif not inst.alive:
                 skipped[iid] = f"not alive ({inst.state})"
+            elif not inst.spot:
+                skipped[iid] = f"not a spot instance ({inst.charge_type})"
             else:
                 self._begin_termination(inst, now, RECLAIM, "")
                 reclaimed.append(iid)
         return reclaimed, skipped
 
     def reclaim_pool(self, zone: str, instance_type: str, count: int) -> list[str]:
-        """Reclaim up to `count` alive instances of one pool, chosen at random (as Tencent does)."""
+        """Reclaim up to `count` alive spot instances of one pool, chosen at random (as Tencent
+        does)."""
         self.advance()
         alive = [
             i.instance_id
             for i in self._instances.values()
-            if i.zone == zone and i.instance_type == instance_type and i.alive
+            if i.zone == zone and i.instance_type == instance_type and i.alive and i.spot
         ]
         chosen = self._rng.sample(alive, min(count, len(alive)))
         return self.reclaim(chosen)[0]
@@ -501,8 +553,11 @@ class Market:
         sold_out: bool | None = None,
         offered: bool | None = None,
         reclaim_rate_per_hour: float | None = None,
+        on_demand_stock: int | None = None,
+        on_demand_sold_out: bool | None = None,
     ) -> Pool:
-        """Change one pool's market; a new reclaim rate applies to its running instances now."""
+        """Change one pool's market; a new reclaim rate applies to its running spot instances
+        now."""
         now = self.advance()
         pool = self._pools[(zone, instance_type)]
         if stock is not None:
@@ -515,6 +570,10 @@ class Market:
             pool.sold_out = sold_out
         if offered is not None:
             pool.offered = offered
+        if on_demand_stock is not None:
+            pool.on_demand_stock = on_demand_stock
+        if on_demand_sold_out is not None:
+            pool.on_demand_sold_out = on_demand_sold_out
         if reclaim_rate_per_hour is not None:
             pool.reclaim_rate_per_hour = reclaim_rate_per_hour
             for inst in self._instances.values():
@@ -522,9 +581,12 @@ class Market:
                     inst.zone == zone
                     and inst.instance_type == instance_type
                     and inst.state == RUNNING
+                    and inst.spot
                 ):
                     self._schedule_reclaim(inst, now)
         return pool
 
-    def set_zone_quota(self, zone: str, vcpus: int) -> None:
-        self._quota[zone] = vcpus
+    def set_zone_quota(self, zone: str, vcpus: int, charge_type: str = SPOTPAID) -> None:
+        """Set a zone's vCPU quota for a charge type; instances over it keep running, as a
+        lowered quota only refuses new purchases."""
+        self._quotas[charge_type][zone] = vcpus

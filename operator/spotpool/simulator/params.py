@@ -153,6 +153,10 @@ class DescribeZonesParams(_Wire):
     pass
 
 
+class DescribeAccountQuotaParams(_Wire):
+    filters: list[Filter] | None = None
+
+
 Params = TypeVar("Params", bound=BaseModel)
 
 

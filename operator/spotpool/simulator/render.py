@@ -11,7 +11,8 @@ import json
 import time
 from typing import Any
 
-from spotpool.simulator.state import Pool, SimInstance
+from spotpool.simulator.config import StockStatusSpec
+from spotpool.simulator.state import SPOTPAID, Pool, SimInstance
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
@@ -56,7 +57,7 @@ def _instance_fields(inst: SimInstance) -> dict[str, Any]:
         "Memory": inst.memory_gib,
         "RestrictState": "NORMAL",
         "InstanceName": inst.name,
-        "InstanceChargeType": "SPOTPAID",
+        "InstanceChargeType": inst.charge_type,
         "SystemDisk": {
             "DiskType": inst.system_disk_type,
             "DiskId": "disk-" + inst.uuid[:8],
@@ -84,7 +85,9 @@ def _instance_fields(inst: SimInstance) -> dict[str, Any]:
         "LoginSettings": {"KeyIds": list(inst.key_ids) or None},
         "InstanceState": inst.state,
         "Tags": [{"Key": key, "Value": value} for key, value in inst.tags.items()],
-        "StopChargingMode": "NOT_APPLICABLE",
+        # Spot instances cannot stop charging when shut down (reference §8); pay-as-you-go ones
+        # keep charging unless asked otherwise at stop time.
+        "StopChargingMode": "NOT_APPLICABLE" if inst.spot else "KEEP_CHARGING",
         "Uuid": inst.uuid,
         "LatestOperation": inst.latest_operation,
         "LatestOperationState": inst.latest_operation_state,
@@ -106,22 +109,25 @@ def _instance_fields(inst: SimInstance) -> dict[str, Any]:
     }
 
 
-def stock_category(pool: Pool) -> str:
-    """StatusCategory as DescribeZoneInstanceConfigInfos words it, from the remaining stock."""
-    if not pool.for_sale:
-        return "WithoutStock"
-    if pool.stock < 10:
-        return "UnderStock"
-    if pool.stock < 100:
-        return "NormalStock"
-    return "EnoughStock"
+def stock_category(
+    pool: Pool, charge_type: str = SPOTPAID, thresholds: StockStatusSpec | None = None
+) -> str:
+    """StatusCategory as DescribeZoneInstanceConfigInfos words it, from the stock left for sale
+    under that charge type (thresholds: the market's `stock_status`)."""
+    spec = thresholds or StockStatusSpec()
+    return spec.category(pool.stock_of(charge_type), pool.sold_out_for(charge_type))
 
 
-def config_item(pool: Pool, charge_type: str, type_name: str) -> dict[str, Any]:
-    """One InstanceTypeQuotaItem: SPOTPAID items carry list price, spot price and discount."""
-    spot = charge_type == "SPOTPAID"
-    sold_out = not pool.for_sale if spot else not pool.offered
+def config_item(
+    pool: Pool, charge_type: str, type_name: str, thresholds: StockStatusSpec | None = None
+) -> dict[str, Any]:
+    """One InstanceTypeQuotaItem: SPOTPAID items carry list price, spot price and discount;
+    POSTPAID_BY_HOUR items the list price twice at Discount 100. Status and StatusCategory
+    follow the stock of the item's own charge type."""
+    spot = charge_type == SPOTPAID
+    sold_out = pool.sold_out_for(charge_type)
     discount = pool.discount_percent if spot else 100.0
+    reason = "Spot stock is exhausted." if spot else "Pay-as-you-go stock is exhausted."
     return {
         "Zone": pool.zone,
         "InstanceType": pool.instance_type,
@@ -140,7 +146,7 @@ def config_item(pool: Pool, charge_type: str, type_name: str) -> dict[str, Any]:
             "Discount": discount,
             "ChargeUnit": "HOUR",
         },
-        "SoldOutReason": "Spot stock is exhausted." if sold_out else "",
+        "SoldOutReason": reason if sold_out else "",
         "InstanceBandwidth": 1.5,
         "InstancePps": 30,
         "StorageBlockAmount": 0,
@@ -150,5 +156,5 @@ def config_item(pool: Pool, charge_type: str, type_name: str) -> dict[str, Any]:
         "Remark": "",
         "GpuCount": 0.0,
         "Frequency": "2.5/3.1GHz",
-        "StatusCategory": stock_category(pool) if spot else "EnoughStock",
+        "StatusCategory": stock_category(pool, charge_type, thresholds),
     }

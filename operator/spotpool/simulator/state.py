@@ -1,4 +1,4 @@
-"""The records the market keeps: one per spot pool (zone x instance type) and one per instance."""
+"""The records the market keeps: one per pool (zone x instance type) and one per instance."""
 
 from __future__ import annotations
 
@@ -6,10 +6,19 @@ from dataclasses import dataclass, field
 
 from spotpool.cloud.models import PENDING, RUNNING
 
+SPOTPAID = "SPOTPAID"
+POSTPAID_BY_HOUR = "POSTPAID_BY_HOUR"
+
 
 @dataclass(slots=True)
 class Pool:
-    """One zone x instance type: its price, the instances still for sale, and its reclaim rate."""
+    """One zone x instance type: its prices, the instances still for sale, and its reclaim rate.
+
+    Spot and on-demand (pay-as-you-go) capacity are counted apart: `stock`/`sold_out` are the
+    spot market, `on_demand_stock`/`on_demand_sold_out` the pay-as-you-go one. CVM reports them
+    apart too (one DescribeZoneInstanceConfigInfos item per charge type), and a test that sells
+    out spot to force a fallback must still find on-demand for sale.
+    """
 
     region: str
     zone: str
@@ -22,6 +31,8 @@ class Pool:
     sold_out: bool
     offered: bool
     reclaim_rate_per_hour: float
+    on_demand_stock: int = 0
+    on_demand_sold_out: bool = False
 
     @property
     def spot_price(self) -> float:
@@ -31,6 +42,19 @@ class Pool:
     @property
     def for_sale(self) -> bool:
         return self.offered and not self.sold_out and self.stock > 0
+
+    def stock_of(self, charge_type: str) -> int:
+        """Instances still for sale under a charge type (SPOTPAID or POSTPAID_BY_HOUR)."""
+        return self.stock if charge_type == SPOTPAID else self.on_demand_stock
+
+    def sold_out_for(self, charge_type: str) -> bool:
+        """Whether nothing can be bought under a charge type (not offered, sold out, no stock)."""
+        flag = self.sold_out if charge_type == SPOTPAID else self.on_demand_sold_out
+        return not self.offered or flag or self.stock_of(charge_type) <= 0
+
+    def price_of(self, charge_type: str) -> float:
+        """USD per instance-hour: the spot price, or the list price for pay-as-you-go."""
+        return self.spot_price if charge_type == SPOTPAID else self.on_demand_price
 
 
 @dataclass(slots=True, eq=False)
@@ -53,7 +77,7 @@ class SimInstance:
     name: str
     tags: dict[str, str]
     created_at: float
-    spot_price: float
+    spot_price: float  # the price it was bought at: spot price, or list price for on-demand
     max_price: str | None
     private_ip: str
     project_id: int
@@ -73,11 +97,17 @@ class SimInstance:
     terminated_by: str | None = None
     terminated_at: float | None = None
     reclaim_epoch: int = 0
+    charge_type: str = SPOTPAID
     rendered: str | None = field(default=None, repr=False)
 
     @property
     def alive(self) -> bool:
         return self.state in (PENDING, RUNNING)
+
+    @property
+    def spot(self) -> bool:
+        """Spot instances are reclaimed at random; pay-as-you-go ones never are."""
+        return self.charge_type == SPOTPAID
 
     def set_state(self, state: str, operation_state: str) -> None:
         self.state = state

@@ -69,6 +69,7 @@ def launch(
     min_count: int | None = None,
     dry_run: bool = False,
     fingerprint: str | None = None,
+    charge_type: str = "SPOTPAID",
 ) -> list[str]:
     request = LaunchRequest(
         region=region,
@@ -76,12 +77,14 @@ def launch(
         instance_type=instance_type,
         image_id="img-pmqg1cw7",
         count=count,
-        fingerprint=fingerprint or f"{zone}/{instance_type}/{count}/{max_price}/{tags}",
+        fingerprint=fingerprint
+        or f"{zone}/{instance_type}/{count}/{max_price}/{tags}/{charge_type}",
         min_count=min_count,
         max_price=max_price,
         tags=tags,
         client_token=token,
         dry_run=dry_run,
+        charge_type=charge_type,
     )
     return market.run_instances(request, "req-1")
 
@@ -517,10 +520,14 @@ def test_same_seed_same_market() -> None:
 POOLS = [(z, t) for z in ("ap-guangzhou-3", "ap-guangzhou-4") for t in ("S5.MEDIUM4", "S5.LARGE8")]
 STOCK = 6
 QUOTA = 20
+OD_STOCK = 9
+OD_QUOTA = 24
+CHARGES = ["SPOTPAID", "POSTPAID_BY_HOUR"]
 
 
 class MarketMachine(RuleBasedStateMachine):
-    """Random purchases, terminations, reclaims and time; the accounting must always hold."""
+    """Random spot and on-demand purchases, terminations, reclaims and time; the accounting of
+    each charge type must always hold, and no on-demand instance is ever reclaimed."""
 
     @initialize(
         failure_rate=st.sampled_from([0.0, 0.3]),
@@ -535,6 +542,8 @@ class MarketMachine(RuleBasedStateMachine):
                 market={
                     "default_stock": STOCK,
                     "spot_quota_vcpus": QUOTA,
+                    "default_on_demand_stock": OD_STOCK,
+                    "on_demand_quota_vcpus": OD_QUOTA,
                     "reclaim_rate_per_hour": reclaim_rate,
                 },
                 lifecycle={
@@ -554,16 +563,26 @@ class MarketMachine(RuleBasedStateMachine):
         pool=st.sampled_from(POOLS),
         count=st.integers(1, 8),
         token=st.sampled_from([None, "t1", "t2"]),
+        charge=st.sampled_from(CHARGES),
     )
-    def buy(self, pool: tuple[str, str], count: int, token: str | None) -> None:
+    def buy(self, pool: tuple[str, str], count: int, token: str | None, charge: str) -> None:
         zone, instance_type = pool
         try:
-            ids = launch(self.market, count, zone=zone, instance_type=instance_type, token=token)
+            ids = launch(
+                self.market,
+                count,
+                zone=zone,
+                instance_type=instance_type,
+                token=token,
+                charge_type=charge,
+            )
         except ApiError as exc:
             assert exc.code in {
                 "ResourcesSoldOut.SpecifiedInstanceType",
                 "ResourceInsufficient.SpecifiedInstanceType",
-                "LimitExceeded.UserSpotQuota",
+                "LimitExceeded.UserSpotQuota"
+                if charge == "SPOTPAID"
+                else "LimitExceeded.InstanceQuota",
                 "InvalidParameterValue",  # a token reused with other parameters
             }
             if exc.code == "InvalidParameterValue":
@@ -610,8 +629,8 @@ class MarketMachine(RuleBasedStateMachine):
         if not hasattr(self, "market"):
             return
         visible = {inst.instance_id: inst for inst in self.market.instances()}
-        holding: dict[tuple[str, str], int] = {pool: 0 for pool in POOLS}
-        used: dict[str, int] = {}
+        holding = {(pool, charge): 0 for pool in POOLS for charge in CHARGES}
+        used: dict[tuple[str, str], int] = {}
         for inst in visible.values():
             assert inst.instance_id in self.launched
             assert inst.instance_id not in self.gone, "an instance came back after it was gone"
@@ -619,18 +638,22 @@ class MarketMachine(RuleBasedStateMachine):
                 assert not inst.alive, "a terminated or failed instance became alive again"
             if inst.state in (TERMINATING, LAUNCH_FAILED):
                 self.ended.add(inst.instance_id)
+            if inst.terminated_by == "reclaim":
+                assert inst.charge_type == "SPOTPAID", "an on-demand instance was reclaimed"
             if inst.state in (PENDING, RUNNING, TERMINATING):
-                holding[(inst.zone, inst.instance_type)] += 1
-                used[inst.zone] = used.get(inst.zone, 0) + inst.cpu
+                holding[((inst.zone, inst.instance_type), inst.charge_type)] += 1
+                key = (inst.zone, inst.charge_type)
+                used[key] = used.get(key, 0) + inst.cpu
         self.gone |= set(self.launched) - set(visible)
-        for (zone, instance_type), count in holding.items():
+        for ((zone, instance_type), charge), count in holding.items():
             pool = self.market.pool(zone, instance_type)
-            assert pool is not None and pool.stock >= 0
-            assert pool.stock + count == STOCK, (
-                "stock + instances holding capacity must be constant"
+            assert pool is not None and pool.stock_of(charge) >= 0
+            assert pool.stock_of(charge) + count == (STOCK if charge == "SPOTPAID" else OD_STOCK), (
+                "stock + instances holding capacity must be constant, per charge type"
             )
         for zone in ("ap-guangzhou-3", "ap-guangzhou-4"):
-            assert self.market.quota_used(zone) == used.get(zone, 0) <= QUOTA
+            for charge, quota in (("SPOTPAID", QUOTA), ("POSTPAID_BY_HOUR", OD_QUOTA)):
+                assert self.market.quota_used(zone, charge) == used.get((zone, charge), 0) <= quota
 
 
 MarketMachine.TestCase.settings = settings(
