@@ -10,6 +10,7 @@ import os
 import kopf
 
 from spotpool.controller.config import OperatorConfig
+from spotpool.controller.leadership import Timing
 from spotpool.controller.redaction import REDACTOR
 
 
@@ -36,6 +37,21 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     parser.add_argument("--cvm-rate-limit", action="append", default=[], metavar="ACTION=PER_SECOND",
                         help="client-side CVM rate limit for an action (repeatable), e.g. RunInstances=5; "
                              "default: the documented limits (RunInstances 10/s, DescribeInstances 40/s, ...)")
+    election = parser.add_argument_group(
+        "leader election", "several replicas (or installations) elect one leader on a Lease; only it acts")
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+                          help="act only while holding the Lease named from the cluster id (default: off)")
+    election.add_argument("--leader-election-namespace", default=None,
+                          help="namespace of the Lease; installations that must not act at once share it "
+                               "(default: the operator's own: $POD_NAMESPACE, else the service account's)")
+    election.add_argument("--lease-duration", type=int, default=15,
+                          help="whole seconds a follower waits, from its last sight of a renewal, before "
+                               "taking over (default 15)")
+    election.add_argument("--renew-deadline", type=float, default=10.0,
+                          help="seconds after its last successful renewal a leader stops acting; less than "
+                               "the lease duration (default 10)")
+    election.add_argument("--retry-period", type=float, default=2.0,
+                          help="seconds between attempts to acquire or renew (default 2)")
     parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", "info"),
                         choices=LOG_LEVELS)
     parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", "plain"),
@@ -46,6 +62,10 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                                  ("--log-format / SPOTPOOL_LOG_FORMAT", args.log_format, LOG_FORMATS)):
         if value not in allowed:
             parser.error(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
+    try:
+        Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    except (TypeError, ValueError) as exc:
+        parser.error(f"leader election: {exc}")
     rate_limits: dict[str, float] = {}
     for item in args.cvm_rate_limit:
         action, _, rate = item.partition("=")
@@ -65,6 +85,11 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         cluster_id=args.cluster_id,
         log_level=args.log_level,
         log_format=args.log_format,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
     )
 
 

@@ -17,6 +17,14 @@ class OperatorConfig:
     log_level: str = "info"
     log_format: str = "plain"
     rate_limits: dict[str, float] = field(default_factory=dict)
+    # Leader election (controller/leadership.py): off by default for a lone operator run by hand; the
+    # chart turns it on. Every installation that could act on the same pools must use the same
+    # namespace (the Lease's name comes from the cluster id).
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None  # None: the namespace the operator runs in
+    lease_duration: int = 15  # seconds followers wait, from their last sight of a renewal
+    renew_deadline: float = 10.0  # seconds after its last renewal a leader stops acting
+    retry_period: float = 2.0  # seconds between attempts to acquire or renew
 
     @property
     def clusterwide(self) -> bool:

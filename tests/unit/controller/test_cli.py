@@ -88,3 +88,25 @@ def test_malformed_cvm_rate_limits_are_refused(bad: str, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         parse(["--cvm-rate-limit", bad])
     assert "--cvm-rate-limit" in capsys.readouterr().err
+
+
+def test_leader_election_flags() -> None:
+    assert not parse([]).leader_elect
+    config = parse(["--leader-elect", "--leader-election-namespace=spotpool-system", "--lease-duration=30",
+                    "--renew-deadline=20", "--retry-period=4"])
+    assert (config.leader_elect, config.leader_election_namespace, config.lease_duration, config.renew_deadline,
+            config.retry_period) == (True, "spotpool-system", 30, 20.0, 4.0)
+    assert not parse(["--leader-elect", "--no-leader-elect"]).leader_elect
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lease-duration=10"], "greater than the renew deadline"),
+    (["--renew-deadline=2"], "greater than jitter"),
+    (["--lease-duration=1.5"], "invalid int value"),
+])
+def test_unsafe_leader_election_timings_are_refused(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--leader-elect", *args])
+    assert message in capsys.readouterr().err
