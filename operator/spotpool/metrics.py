@@ -7,7 +7,7 @@ The metric names are API: the dashboard test checks that every series it queries
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -99,6 +99,16 @@ class Metrics:
         self.reconcile_errors = Counter("spotpool_reconcile_errors_total",
                                         "Reconciles that ended in an error, by environment.", ENV_LABELS,
                                         registry=r)
+        self.leader = Gauge("spotpool_leader",
+                            "1 while this replica may act: it holds the leader Lease within its renew "
+                            "deadline, or runs without leader election; else 0.", registry=r)
+        # A lone operator (no --leader-elect) always acts; track_leader() replaces this.
+        self.track_leader(lambda: True)
+
+    def track_leader(self, is_leader: Callable[[], bool]) -> None:
+        """Read the leader gauge from `is_leader` (LeaderElector.is_leader) at every scrape, so a
+        replica that was paused past its renew deadline reports 0 at once, before its loop has run."""
+        self.leader.set_function(lambda: 1.0 if is_leader() else 0.0)
 
     # -- the CVM client's observer hook ------------------------------------------------------------
     def observe_api_call(self, action: str, seconds: float, code: str | None) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from spotpool.controller.leadership import (
     Action,
     InMemoryLeaseStore,
@@ -24,6 +25,7 @@ from spotpool.controller.leadership import (
     lease_name,
     released,
 )
+from spotpool.metrics import Metrics
 
 ME, OTHER = "me_1", "other_2"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -350,3 +352,16 @@ def test_someone_leads_once_attempts_are_regular(pauses: list[float]) -> None:
         raise AssertionError("no leader")
 
     asyncio.run(play())
+
+
+async def test_the_leader_gauge_reads_is_leader_at_scrape_time() -> None:
+    metrics = Metrics(CollectorRegistry())
+    assert metrics.registry.get_sample_value("spotpool_leader") == 1.0  # no election: it acts
+    clock, store = FakeClock(), InMemoryLeaseStore()
+    a = elector(store, clock, "a")
+    metrics.track_leader(a.is_leader)
+    assert metrics.registry.get_sample_value("spotpool_leader") == 0.0
+    await a.step()
+    assert metrics.registry.get_sample_value("spotpool_leader") == 1.0
+    clock.now += FAST.renew_deadline  # paused past its deadline: 0 before its loop runs again
+    assert metrics.registry.get_sample_value("spotpool_leader") == 0.0
