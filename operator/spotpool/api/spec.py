@@ -123,9 +123,10 @@ def _check_tags(tags: dict[str, str]) -> dict[str, str]:
 
 def _check_endpoint(value: str) -> str:
     """The client signs requests to `/`, so an endpoint is a host (and port), never a path."""
-    if not re.fullmatch(r"https?://[^/?#]+/?", value):
+    if not re.fullmatch(r"https?://[^/?#@\s]+/?", value):
         raise ValueError(
-            f"must be an http(s) URL of a host with no path (https://cvm.tencentcloudapi.com), got {value!r}"
+            "must be an http(s) URL of a host with no path, user info, query or fragment "
+            f"(https://cvm.tencentcloudapi.com), got {value[:100]!r}"
         )
     return value
 

@@ -3,6 +3,8 @@
 Many environments usually share one account and region. They share one CVM client (one connection
 pool, and the client's process-wide rate limits), one cached market read, and one listing of the
 installation's instances, so N pools cost about one DescribeInstances sweep per interval instead of N.
+The account behind each key pair is asked once (`identity`), so the executor can refuse to act
+when a pool's credentials move to another account.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
 
+from spotpool.api.names import CLUSTER_TAG, DEFAULT_ENDPOINT, OWNER_UID_TAG, sts_endpoint
 from spotpool.cloud.client import CvmClient
-from spotpool.cloud.models import Credentials, Instance, SpotOffer
+from spotpool.cloud.models import CallerIdentity, Credentials, Instance, SpotOffer
 
 T = TypeVar("T")
 
-DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
-CLUSTER_TAG = "spotpool.io/cluster"
-OWNER_UID_TAG = "spotpool.io/environment-uid"
-ENVIRONMENT_TAG = "spotpool.io/environment"
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,11 @@ class CloudAccess:
         listing_max_age: float = 1.0,
         rate_limits: dict[str, float] | None = None,
         client_factory: Callable[..., CvmClient] = CvmClient,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster_id = cluster_id
+        self._clock = clock
+        self._identities: dict[AccountKey, CallerIdentity] = {}
         self._observer = observer
         self._offers_max_age = offers_max_age
         self._listing_max_age = listing_max_age
@@ -114,11 +116,31 @@ class CloudAccess:
             self._clients[key] = client
         return client
 
+    async def identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
+        """The account a key pair belongs to (STS GetCallerIdentity), asked once per key pair.
+
+        A key pair never changes account, so the answer is kept for the process; a rotated key
+        pair is a new `AccountKey` and is asked again.
+        """
+        known = self._identities.get(key)
+        if known is not None:
+            return known
+        sts = self._client_factory(
+            credentials, key.region, sts_endpoint(key.endpoint), observer=self._observer,
+            rate_limits=self._rate_limits or None, service="sts",
+        )
+        try:
+            identity = await sts.get_caller_identity()
+        finally:
+            await sts.close()
+        self._identities[key] = identity
+        return identity
+
     async def offers(
         self, key: AccountKey, client: CvmClient, zones: Sequence[str], instance_types: Sequence[str]
     ) -> dict[tuple[str, str], SpotOffer]:
         cache_key = (key, frozenset(zones), frozenset(instance_types))
-        flight = self._offers.setdefault(cache_key, _SingleFlight(self._offers_max_age))
+        flight = self._offers.setdefault(cache_key, _SingleFlight(self._offers_max_age, self._clock))
         offers = await flight.get(
             lambda: client.describe_spot_offers(zones=list(zones), instance_types=list(instance_types))
         )
@@ -132,9 +154,17 @@ class CloudAccess:
 
     async def owned_instances(self, key: AccountKey, client: CvmClient, owner_uid: str) -> list[Instance]:
         """The instances of this installation that carry `owner_uid`, from one shared listing."""
-        flight = self._listings.setdefault(key, _SingleFlight(self._listing_max_age))
+        flight = self._listings.setdefault(key, _SingleFlight(self._listing_max_age, self._clock))
         everything = await flight.get(lambda: client.describe_by_tag(CLUSTER_TAG, self.cluster_id))
         return [i for i in everything if i.tags.get(OWNER_UID_TAG) == owner_uid]
+
+    async def look_up(self, client: CvmClient, instance_ids: Sequence[str]) -> dict[str, Instance | None]:
+        """Instances by id (DescribeInstances `InstanceIds`, 100 per call): None for an id the
+        cloud does not know. Confirms purchases the shared listing does not show yet."""
+        if not instance_ids:
+            return {}
+        found = {i.instance_id: i for i in await client.describe_instances(instance_ids=instance_ids)}
+        return {instance_id: found.get(instance_id) for instance_id in instance_ids}
 
     def changed(self, key: AccountKey) -> None:
         """This account's instances just changed (bought or released): the next listing is fresh."""

@@ -1,8 +1,15 @@
-"""CAM credentials from the Secret a SpotComputeEnvironment names.
+"""CAM credentials from the Secret a SpotComputeEnvironment names, and keeping that Secret alive.
 
 A missing Secret or key is a configuration problem the user fixes in Kubernetes, not a crash: it
 becomes Degraded/InvalidConfig naming the Secret and key, and the pool recovers by itself on the
 next observation once the Secret is right.
+
+Deleting a namespace deletes the pool and its Secret together, and releasing the pool's instances
+needs the Secret. So the Secret carries a finalizer (`SecretGuard`) from before the first purchase
+until no environment of the namespace that names it still exists: Kubernetes then keeps it
+readable (with a deletion timestamp) for as long as a release may need it, across any number of
+operator restarts. Chosen over a copy of the key pair in the operator's namespace because the key
+pair stays in exactly one place, owned by its team, and rotates as the team rotates it.
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 
+import logging
+
+from spotpool.api.names import SECRET_FINALIZER
 from spotpool.cloud.models import Credentials
 from spotpool.controller.kube import KubeApi
 from spotpool.controller.redaction import REDACTOR
@@ -43,3 +53,34 @@ async def load_credentials(kube: KubeApi, namespace: str, secret_name: str) -> C
     if values.get("token"):
         REDACTOR.add(values["token"])
     return Credentials(values["secretId"], values["secretKey"], values.get("token") or None)
+
+
+log = logging.getLogger(__name__)
+
+
+class SecretGuard:
+    """Adds and removes `SECRET_FINALIZER` on credentials Secrets (see the module docstring).
+
+    Remembers which Secrets it has protected, so a settled pool costs no API call for this.
+    """
+
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
+        self._protected: set[tuple[str, str]] = set()
+
+    async def protect(self, namespace: str, name: str) -> None:
+        if (namespace, name) in self._protected:
+            return
+        if await self._kube.add_secret_finalizer(namespace, name, SECRET_FINALIZER):
+            log.info("Secret %s/%s: added finalizer %s", namespace, name, SECRET_FINALIZER)
+        self._protected.add((namespace, name))
+
+    async def release(self, namespace: str, name: str, *, leaving_uid: str) -> None:
+        """The environment `leaving_uid` no longer needs Secret `name`: drop the finalizer unless
+        another environment of the namespace still names it."""
+        users = await self._kube.environments_naming_secret(namespace, name)
+        if any(uid != leaving_uid for uid in users):
+            return
+        self._protected.discard((namespace, name))
+        if await self._kube.remove_secret_finalizer(namespace, name, SECRET_FINALIZER):
+            log.info("Secret %s/%s: removed finalizer %s", namespace, name, SECRET_FINALIZER)

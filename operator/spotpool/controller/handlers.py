@@ -16,11 +16,12 @@ from typing import Any
 
 import kopf
 
+from spotpool.api.names import FINALIZER, PREFIX
 from spotpool.controller import GROUP, PLURAL, VERSION
+from spotpool.controller.reporting import PoolMemory
 from spotpool.controller.runtime import RUNTIME
 
-FINALIZER = "spotpool.io/finalizer"
-ANNOTATION_PREFIX = "spotpool.io"
+ANNOTATION_PREFIX = PREFIX
 
 
 @kopf.on.startup()
@@ -51,10 +52,20 @@ async def wake(meta: kopf.Meta, **_: Any) -> None:
     RUNTIME.wake(meta["uid"])
 
 
+def _state(memo: kopf.Memo) -> tuple[PoolMemory, asyncio.Lock]:
+    """The object's own memory and lock, in kopf's per-object memo (shared by its daemon and its
+    delete handler, gone with the object)."""
+    if "pool" not in memo:
+        memo["pool"] = PoolMemory()
+        memo["lock"] = asyncio.Lock()
+    return memo["pool"], memo["lock"]
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
-async def keep_pool(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped,
+async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                     logger: kopf.Logger, **_: Any) -> None:
     uid = meta["uid"]
+    memory, lock = _state(memo)
     wakeup = RUNTIME.wakeup(uid)
     config = RUNTIME.config
     while not stopped:
@@ -62,7 +73,7 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStoppe
         delay = config.observe_interval
         try:
             assert RUNTIME.reconciler is not None
-            outcome = await RUNTIME.reconciler.reconcile(body)
+            outcome = await RUNTIME.reconciler.reconcile(body, memory, lock)
             if outcome.progressing:
                 delay = config.progress_interval
         except Exception:  # one environment's failure must never stop the others
@@ -71,9 +82,10 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStoppe
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
-async def release_everything(body: kopf.Body, meta: kopf.Meta, **_: Any) -> None:
+async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     assert RUNTIME.reconciler is not None
-    outcome = await RUNTIME.reconciler.reconcile(body, deleting=True)
+    memory, lock = _state(memo)
+    outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)
     if not outcome.deletion_complete:
         why = outcome.problem or "waiting for the cloud to confirm every instance is released"
         raise kopf.TemporaryError(why, delay=RUNTIME.config.progress_interval)

@@ -1,13 +1,15 @@
 """The few Kubernetes calls the executor makes itself (kopf does the watching).
 
 The official client is synchronous; every call runs in a worker thread so the event loop that
-serves every pool never blocks on the API server.
+serves every pool never blocks on the API server. `KubeApi` is the interface the executor needs;
+tests run the executor against an in-memory implementation with the same semantics
+(merge-patch, resourceVersion preconditions, finalizers).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -15,7 +17,37 @@ from kubernetes.client.exceptions import ApiException
 from spotpool.controller import GROUP, PLURAL, VERSION
 
 
-class KubeApi:
+class Conflict(Exception):
+    """A write's resourceVersion precondition failed: someone else wrote first. The pass stops
+    without acting; the next one starts from the newer object."""
+
+
+class KubeApi(Protocol):
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, base64-encoded as stored; None when it does not exist."""
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> str:
+        """Merge-patch `status` through the status subresource (lists are replaced whole; null
+        removes a field); with `resource_version`, only if the object still has it (else
+        `Conflict`). Returns the object's new resourceVersion."""
+
+    async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        """Add `finalizer` to the Secret if missing; True if it was added."""
+
+    async def remove_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        """Remove `finalizer` from the Secret if present; True if it was removed."""
+
+    async def environments_naming_secret(self, namespace: str, secret: str) -> list[str]:
+        """UIDs of the SpotComputeEnvironments of `namespace` whose credentialsSecretRef is `secret`."""
+
+    async def namespace_uid(self, name: str) -> str | None: ...
+
+
+class ClusterKubeApi:
+    """`KubeApi` over the official client."""
+
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         if api_client is None:
             kubernetes.config.load_config()
@@ -24,7 +56,6 @@ class KubeApi:
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The Secret's data, base64-encoded as stored; None when it does not exist."""
         try:
             secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
         except ApiException as exc:
@@ -33,12 +64,68 @@ class KubeApi:
             raise
         return dict(secret.data or {})
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch `status` through the status subresource (lists are replaced whole)."""
-        await asyncio.to_thread(
-            self._custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}  # a precondition in a patch
+        try:
+            result = await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, PLURAL, name, body,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from None
+            raise
+        return str(result["metadata"]["resourceVersion"])
+
+    async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        return await self._edit_finalizers(namespace, name, lambda f: [*f, finalizer] if finalizer not in f else f)
+
+    async def remove_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        return await self._edit_finalizers(namespace, name, lambda f: [x for x in f if x != finalizer])
+
+    async def _edit_finalizers(self, namespace: str, name: str, change: Any) -> bool:
+        """Read, change, and write the finalizer list with a resourceVersion test (JSON patch), so a
+        concurrent edit by anyone else is never overwritten; retried on conflict."""
+        for _ in range(5):
+            try:
+                secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            before = list(secret.metadata.finalizers or [])
+            after = change(before)
+            if after == before:
+                return False
+            patch = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": secret.metadata.resource_version},
+                {"op": "replace" if secret.metadata.finalizers is not None else "add",
+                 "path": "/metadata/finalizers", "value": after},
+            ]
+            try:
+                await asyncio.to_thread(self._core.patch_namespaced_secret, name, namespace, patch)
+                return True
+            except ApiException as exc:
+                if exc.status in (409, 422):  # the test op failed: read again
+                    continue
+                if exc.status == 404:
+                    return False
+                raise
+        raise Conflict(f"Secret {namespace}/{name} kept changing while its finalizers were edited")
+
+    async def environments_naming_secret(self, namespace: str, secret: str) -> list[str]:
+        listing = await asyncio.to_thread(
+            self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
         )
+        return [
+            item["metadata"]["uid"]
+            for item in listing.get("items", [])
+            if ((item.get("spec") or {}).get("credentialsSecretRef") or {}).get("name") == secret
+        ]
 
     async def namespace_uid(self, name: str) -> str | None:
         try:
@@ -47,4 +134,4 @@ class KubeApi:
             if exc.status in (403, 404):
                 return None
             raise
-        return namespace.metadata.uid
+        return str(namespace.metadata.uid)

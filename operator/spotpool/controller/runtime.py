@@ -14,7 +14,7 @@ import kopf
 from spotpool.cloud.client import warm_up
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.config import OperatorConfig
-from spotpool.controller.kube import KubeApi
+from spotpool.controller.kube import ClusterKubeApi
 from spotpool.controller.reconciler import Reconciler
 from spotpool.metrics import METRICS, Metrics
 
@@ -39,7 +39,7 @@ class Runtime:
 
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
-        kube = KubeApi()
+        kube = ClusterKubeApi()
         cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
             await kube.namespace_uid("kube-system")
         if not cluster_id:
@@ -74,8 +74,6 @@ class Runtime:
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._wakeups.pop(uid, None)
-        if self.reconciler is not None:
-            self.reconciler.forget(uid)
         self.metrics.forget_environment(namespace, name)
 
 

@@ -1,37 +1,52 @@
-"""Counting: which observed instances are ours, which are alive, what in-flight launches add.
+"""Counting: which observed instances are ours, which are alive, what launch records add.
 
-Both the plan and the status are built on this one count, so they can never disagree about how
+The plan and the status are both built on this one count, so they can never disagree about how
 many instances an environment has.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
-from spotpool.planner.formatting import as_utc
-from spotpool.planner.model import INFLIGHT_VISIBILITY_GRACE, OWNER_UID_TAG, InflightLaunch, PoolKey
+from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, PoolKey
+
+
+@dataclass(frozen=True)
+class RecordCount:
+    """One launch record against what was observed.
+
+    - `unseen`: instances of the launch not observed at all; they may be alive, so they count
+      toward the deficit. Before RunInstances answered, the whole count (it may have bought it).
+    - `unlisted`: ids the listing lacked but an `InstanceIds` lookup found, tagged as ours.
+    - `accounted`: every returned id is listed or proven gone: the record has done its job.
+    """
+
+    launch: InflightLaunch
+    unseen: int
+    unlisted: int
+    accounted: bool
 
 
 @dataclass(frozen=True)
 class Census:
-    """The environment as observed, with in-flight launches accounted for.
+    """The environment as observed, with launch records accounted for.
 
     - `owned`: observed instances carrying our ownership tag, each id once (any state).
     - `alive`: the owned instances that are PENDING or RUNNING.
-    - `foreign`: how many observed instances were dropped because the tag is not ours.
-    - `unseen_by_pool`: instances launched but not observed yet, per pool; they will be alive.
-    - `resolved_inflight`: tokens of launches whose instances are all observed, or that stayed
-      invisible past `INFLIGHT_VISIBILITY_GRACE`; they count for nothing any more.
+    - `foreign`: observed instances dropped because the tag is not ours.
+    - `unlisted`: owned instances known only from an `InstanceIds` lookup.
+    - `records`: each launch record's count against the observation.
     """
 
     owned: tuple[Instance, ...]
     alive: tuple[Instance, ...]
     foreign: int
-    unseen_by_pool: dict[PoolKey, int]
-    resolved_inflight: tuple[str, ...]
+    unlisted: tuple[Instance, ...]
+    records: tuple[RecordCount, ...]
+    gone: frozenset[str] = frozenset()
 
     @property
     def alive_count(self) -> int:
@@ -46,8 +61,15 @@ class Census:
         return sum(1 for instance in self.alive if instance.state == PENDING)
 
     @property
+    def unseen_by_pool(self) -> Counter[PoolKey]:
+        counts: Counter[PoolKey] = Counter()
+        for record in self.records:
+            counts[record.launch.pool] += record.unseen
+        return +counts
+
+    @property
     def inflight_unseen(self) -> int:
-        return sum(self.unseen_by_pool.values())
+        return sum(record.unseen for record in self.records)
 
     @property
     def remaining(self) -> int:
@@ -55,11 +77,11 @@ class Census:
         return sum(1 for instance in self.owned if instance.state != TERMINATING)
 
     def deficit(self, expected: int) -> int:
-        """Instances to buy: in-flight launches count, they will be alive (see `planner.plan`)."""
+        """Instances to buy: unseen launches count, they may be alive (see `planner.plan`)."""
         return max(0, expected - self.alive_count - self.inflight_unseen)
 
     def surplus(self, expected: int) -> int:
-        """Instances to release: in-flight launches do not count (see `planner.plan`)."""
+        """Instances to release: unseen launches do not count (see `planner.plan`)."""
         return max(0, self.alive_count - expected)
 
     def alive_by_pool(self, state: str | None = None) -> Counter[PoolKey]:
@@ -70,16 +92,68 @@ class Census:
             if state is None or instance.state == state
         )
 
+    def keeping(self, launches: Iterable[InflightLaunch]) -> Census:
+        """This census counting only `launches` (the records the plan keeps), each as given.
+
+        A record the plan changed (a replay) is recounted from the same observation.
+        """
+        by_token = {r.launch.client_token: r for r in self.records}
+        owned = {i.instance_id: i for i in self.owned}
+        unlisted = frozenset(i.instance_id for i in self.unlisted)
+        kept = []
+        for launch in launches:
+            counted = by_token.get(launch.client_token)
+            if counted is None or counted.launch != launch:
+                counted = _count(launch, owned, unlisted, self.gone)
+            kept.append(counted)
+        return replace(self, records=tuple(kept))
+
+    def after(
+        self,
+        *,
+        journal: Iterable[InflightLaunch],
+        bought: Iterable[InflightLaunch],
+        released: Iterable[str],
+        owner_uid: str,
+    ) -> Census:
+        """The census once this pass's actions took effect, from the API's own answers: ids that
+        RunInstances just returned count as PENDING at once (they are bought and billed), released
+        instances as TERMINATING. For the status only: decisions wait for an observation.
+        """
+        gone_now = set(released)
+        owned = {
+            i.instance_id: (replace(i, state=TERMINATING) if i.instance_id in gone_now else i)
+            for i in self.owned
+        }
+        for launch in bought:
+            for instance_id in launch.instance_ids:
+                owned.setdefault(instance_id, Instance(
+                    instance_id, launch.zone, launch.instance_type, PENDING, "SPOTPAID", None,
+                    {OWNER_UID_TAG: owner_uid},
+                ))
+        unlisted = frozenset(i.instance_id for i in self.unlisted)
+        return replace(
+            self,
+            owned=tuple(owned.values()),
+            alive=tuple(i for i in owned.values() if i.state in ALIVE_STATES),
+            records=tuple(_count(launch, owned, unlisted, self.gone) for launch in journal),
+        )
+
 
 def take_census(
-    *, instances: list[Instance], inflight: list[InflightLaunch], owner_uid: str, now: datetime
+    *,
+    instances: Iterable[Instance],
+    inflight: Iterable[InflightLaunch],
+    owner_uid: str,
+    confirmed: Mapping[str, Instance | None] | None = None,
 ) -> Census:
     """Count what the environment has and what is on its way.
 
-    Instances without our ownership tag are ignored even if the caller passed them: the planner
-    must never count, let alone release, an instance it does not own. Duplicate ids (offset
-    pagination can return an instance twice while the set changes) are kept once, first wins.
+    Instances without our ownership tag are ignored, listed or looked up: the planner must never
+    count, let alone release, an instance it does not own. Duplicate ids (offset pagination can
+    return an instance twice while the set changes) are kept once, the listing first.
     """
+    confirmed = confirmed or {}
     owned: dict[str, Instance] = {}
     foreign = 0
     for instance in instances:
@@ -87,35 +161,43 @@ def take_census(
             foreign += 1
         elif instance.instance_id not in owned:
             owned[instance.instance_id] = instance
-    alive = tuple(instance for instance in owned.values() if instance.state in ALIVE_STATES)
-
-    unseen_by_pool: Counter[PoolKey] = Counter()
-    resolved: list[str] = []
-    now = as_utc(now)
-    for launch in inflight:
-        unseen = _unseen(launch, owned)
-        expired = as_utc(launch.requested_at) + INFLIGHT_VISIBILITY_GRACE <= now
-        if unseen == 0 or expired:
-            resolved.append(launch.client_token)
-        else:
-            unseen_by_pool[launch.pool] += unseen
+    unlisted_ids: set[str] = set()
+    for instance_id, instance in confirmed.items():
+        if instance is None or instance_id in owned:
+            continue
+        if instance.tags.get(OWNER_UID_TAG) != owner_uid:
+            foreign += 1
+            continue
+        owned[instance_id] = instance
+        unlisted_ids.add(instance_id)
+    gone = frozenset(instance_id for instance_id, instance in confirmed.items() if instance is None)
+    records = tuple(_count(launch, owned, unlisted_ids, gone) for launch in inflight)
     return Census(
         owned=tuple(owned.values()),
-        alive=alive,
+        alive=tuple(instance for instance in owned.values() if instance.state in ALIVE_STATES),
         foreign=foreign,
-        unseen_by_pool=dict(unseen_by_pool),
-        resolved_inflight=tuple(resolved),
+        unlisted=tuple(owned[i] for i in sorted(unlisted_ids)),
+        records=records,
+        gone=gone,
     )
 
 
-def _unseen(launch: InflightLaunch, owned: dict[str, Instance]) -> int:
-    """Instances of a launch not observed yet, in any state.
+def _count(
+    launch: InflightLaunch,
+    owned: Mapping[str, Instance],
+    unlisted: set[str] | frozenset[str],
+    gone: frozenset[str],
+) -> RecordCount:
+    """A launch record against the observation.
 
-    Before RunInstances returned we do not know the ids: count the whole request (it may have
-    bought all of it). Afterwards count only ids we have not seen; an id seen in any state (even
-    LAUNCH_FAILED) is accounted for by observation, and fewer ids than requested (partial delivery)
-    means the rest was never bought.
+    An id seen in any state (even LAUNCH_FAILED) is accounted for by observation; fewer ids than
+    requested (partial delivery) means the rest was never bought.
     """
     if not launch.instance_ids:
-        return launch.count
-    return sum(1 for instance_id in set(launch.instance_ids) if instance_id not in owned)
+        return RecordCount(launch, unseen=launch.count, unlisted=0, accounted=False)
+    ids = set(launch.instance_ids)
+    unseen = sum(1 for i in ids if i not in owned and i not in gone)
+    in_lookup_only = sum(1 for i in ids if i in unlisted)
+    return RecordCount(
+        launch, unseen=unseen, unlisted=in_lookup_only, accounted=unseen == 0 and in_lookup_only == 0
+    )

@@ -26,7 +26,9 @@ class DegradedReason(StrEnum):
     """Degraded reasons, worst first: the order decides which one names the condition."""
 
     AUTH_FAILURE = "AuthFailure"
+    ACCOUNT_CHANGED = "AccountChanged"  # the credentials now name another account than the one bought in
     INVALID_CONFIG = "InvalidConfig"
+    INSTANCES_UNLISTED = "InstancesUnlisted"  # bought instances the tag listing keeps missing
     QUOTA_EXCEEDED = "QuotaExceeded"
     PRICE_ABOVE_MAX = "PriceAboveMax"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
@@ -70,6 +72,7 @@ def find_problems(
     deficit: int,
     last_error: ErrorRecord | None,
     config_error: tuple[str, str] | None,
+    unlisted_overdue: int = 0,
 ) -> list[Problem]:
     """Every current problem, worst first (ties keep config, then errors, then pool order).
 
@@ -82,6 +85,12 @@ def find_problems(
         problems.append(
             Problem(REASON_BY_CATEGORY[last_error.category], f"{last_error.code}: {last_error.message}")
         )
+    if unlisted_overdue:
+        problems.append(Problem(
+            DegradedReason.INSTANCES_UNLISTED,
+            f"{unlisted_overdue} bought instances are still missing from the tag-filtered listing "
+            f"(found by id): counted and released by id; check the cloud's tag service",
+        ))
     if deficit > 0:
         for pool in pools:
             if pool.backoff is not None and pool.backoff.last_code is not None:

@@ -6,18 +6,24 @@ object's status) before it calls RunInstances; the planner only reads them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
+from spotpool.api.names import OWNER_UID_TAG
 from spotpool.cloud.errors import ErrorCategory
+from spotpool.cloud.models import Instance
+
+if TYPE_CHECKING:
+    from spotpool.planner.census import Census
 
 PoolKey = tuple[str, str]
 """A spot pool: (zone, instance_type)."""
 
-OWNER_UID_TAG = "spotpool.io/environment-uid"
-"""The tag naming the owning object's UID: the single source of ownership (DESIGN.md)."""
+__all__ = ["OWNER_UID_TAG"]  # re-exported: the planner's tests and callers name it from here
 
 MAX_LAUNCH_COUNT = 100
 """Instances per RunInstances call. The China SDK allows 500, the international API 100: the
@@ -27,13 +33,18 @@ MAX_RELEASE_IDS = 100
 """Instance ids per TerminateInstances call (CVM limit)."""
 
 INFLIGHT_VISIBILITY_GRACE = timedelta(minutes=10)
-"""How long a launch may stay invisible before the planner stops counting it.
+"""How long a launch record whose outcome is unknown (RunInstances never answered with ids) is
+held when it may not be replayed (deleting, pool removed, deficit shrunk).
 
-Instances are observed by their ownership tag, so anything a launch created shows up in the
-observation within seconds. A launch whose instances are still unseen this long after it was
-requested created nothing (or what it created is gone): counting it longer would only delay the
-replacement. Deletion waits this long for unresolved launches before it declares itself done.
+Whatever such a call bought carries the ownership tag and shows up in the listing within seconds;
+a record still unresolved this long after it was made bought nothing. Records whose ids are known
+never expire: their ids are looked up by `InstanceIds` until they are listed or proven gone.
+It also bounds how long a deletion waits for such a record before it declares itself done.
 """
+
+MAX_JOURNAL_RECORDS = 200
+"""Records read back from status at most: a deficit of 10,000 is 100 batches of 100, and replays
+double that at worst. Anything beyond is not a record this operator wrote."""
 
 
 class ReleaseReason(StrEnum):
@@ -60,6 +71,22 @@ class PoolBackoff:
     category: ErrorCategory | None
     market_price: Decimal | None = None
     max_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the cloud said about one environment this pass.
+
+    - `listed`: the instances of the installation's listing (by cluster tag), any owner: the
+      planner keeps only those carrying this environment's ownership tag.
+    - `confirmed`: ids of journal records that the listing lacked, looked up by `InstanceIds`;
+      `None` when the cloud does not know the id (the instance is gone). A looked-up instance
+      counts as owned only if it carries the ownership tag, so an id forged into status can never
+      make the operator count or release an instance it does not own.
+    """
+
+    listed: tuple[Instance, ...] = ()
+    confirmed: Mapping[str, Instance | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,28 +140,52 @@ class ErrorRecord:
     time: datetime
 
 
+class DropReason(StrEnum):
+    """Why a launch record leaves the journal without having been accounted for."""
+
+    MALFORMED = "Malformed"  # unreadable, or outside what this operator ever writes
+    EXPIRED = "Expired"  # outcome unknown, held past the grace, nothing showed up
+    REFUSED = "Refused"  # the cloud refused the (re)play: nothing was bought under its token
+
+
+@dataclass(frozen=True)
+class DroppedRecord:
+    """A launch record the planner or the executor dropped, with the reason for a Warning event."""
+
+    client_token: str
+    reason: DropReason
+    detail: str
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What to do now. Launch batches first, then releases; an empty plan means "nothing to do".
+    """What to do now, decided once per pass. The executor carries it out in this order:
+    record `journal` plus new intents, replay, buy, release, report.
 
-    - `releases`: id batches (each 1..MAX_RELEASE_IDS, in policy order) released for
-      `release_reason` (ScaleIn or Delete; None when there are none).
-    - `cleanup`: batches of dead-but-existing instances to release for `ReleaseReason.UNWANTED`.
-    - `resolved_inflight`: tokens of in-flight launches that observation now fully accounts for;
-      the executor drops them from its records (they no longer count toward anything).
-    - `deletion_complete`: when deleting, True once nothing owned remains to release or to wait
-      for; the finalizer may then go.
-    - `notes`: why the plan is what it is (no buyable pool, paused...), for logs and events.
+    - `journal`: the launch records to keep (unresolved ones, `replays` included), in order.
+    - `replays`: id-less records to send again with their own ClientToken (outcome unknown).
+    - `launches`: new RunInstances batches for the deficit left after alive, unseen and replayed.
+    - `releases`: id batches (each 1..MAX_RELEASE_IDS, in policy order) for `release_reason`.
+    - `cleanup`: batches of dead-but-existing instances to release as `ReleaseReason.UNWANTED`.
+    - `dropped`: records dropped unaccounted, each for a Warning event.
+    - `census`: the count the decision was made on (the status starts from it).
+    - `unlisted_overdue`: bought instances the tag listing still lacks past the grace (Degraded).
+    - `deletion_complete`: when deleting, True once nothing owned remains to release or wait for.
+    - `notes`: why the plan is what it is (no buyable pool, paused...), for logs.
     """
 
-    launches: list[LaunchBatch]
-    releases: list[list[str]]
+    journal: tuple[InflightLaunch, ...]
+    replays: tuple[InflightLaunch, ...]
+    launches: tuple[LaunchBatch, ...]
+    releases: tuple[tuple[str, ...], ...]
     release_reason: ReleaseReason | None
-    deficit: int
-    surplus: int
-    alive: int
-    inflight_unseen: int
-    cleanup: list[list[str]] = field(default_factory=list)
-    resolved_inflight: tuple[str, ...] = ()
+    cleanup: tuple[tuple[str, ...], ...]
+    dropped: tuple[DroppedRecord, ...]
+    census: Census
+    unlisted_overdue: int = 0
     deletion_complete: bool = False
     notes: tuple[str, ...] = ()
+
+    @property
+    def acts(self) -> bool:
+        return bool(self.replays or self.launches or self.releases or self.cleanup)

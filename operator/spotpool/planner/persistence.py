@@ -1,19 +1,29 @@
 """The planner's bookkeeping as it is written into status, and read back after a restart.
 
-In-flight launches MUST survive a crash (they carry the client tokens that make a replay safe), so
-the executor writes them to status before calling RunInstances and reads them back on start. The
+Launch records (the journal) MUST survive a crash (they carry the client tokens that make a replay
+safe), so the executor writes them to status before calling RunInstances and reads them back on
+every pass; each is validated on the way in (`read_journal`). The
 backoff survives too, so a restart does not hammer pools that were just refused; entries that
 cannot be read back are skipped (the worst outcome is one early retry of that pool).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from spotpool.cloud.errors import ErrorCategory
 from spotpool.planner.formatting import format_time, parse_time
-from spotpool.planner.model import InflightLaunch, PoolBackoff, PoolKey
+from spotpool.planner.model import (
+    MAX_JOURNAL_RECORDS,
+    MAX_LAUNCH_COUNT,
+    DroppedRecord,
+    DropReason,
+    InflightLaunch,
+    PoolBackoff,
+    PoolKey,
+)
 
 
 def inflight_to_status(launch: InflightLaunch) -> dict[str, Any]:
@@ -27,25 +37,70 @@ def inflight_to_status(launch: InflightLaunch) -> dict[str, Any]:
     }
 
 
-def inflight_from_status(status: Mapping[str, Any]) -> list[InflightLaunch]:
-    """The `inflightLaunches` of a status. A malformed entry raises: dropping one silently could
-    forget a purchase and buy it twice."""
-    launches = []
-    for index, item in enumerate(status.get("inflightLaunches") or []):
+_TOKEN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_INSTANCE_ID = re.compile(r"^ins-[a-z0-9]{8}$")
+_ZONE = re.compile(r"^[a-z]{2,3}-[a-z]+(-[a-z]+)?-[0-9]+$")
+_INSTANCE_TYPE = re.compile(r"^[A-Z][A-Z0-9]*\.[A-Z0-9]+$")
+
+
+def read_journal(status: Mapping[str, Any]) -> tuple[list[InflightLaunch], list[DroppedRecord]]:
+    """The launch records of a status, each checked to be one this operator could have written.
+
+    Status is writable by anyone allowed to patch the status subresource, and an older or broken
+    operator may have written it: a record is kept only if its token has the shape `client_token`
+    makes, its pool names are well formed, its count is a RunInstances count and its ids are
+    CVM instance ids, no more than the count. Anything else is dropped (for a Warning event), never
+    replayed: a replay spends money. Whether its pool is still a candidate is the planner's call.
+    """
+    items = status.get("inflightLaunches") or []
+    if not isinstance(items, list):
+        return [], [DroppedRecord("", DropReason.MALFORMED, "status.inflightLaunches is not a list")]
+    launches: list[InflightLaunch] = []
+    dropped: list[DroppedRecord] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"status.inflightLaunches[{index}]"
+        if index >= MAX_JOURNAL_RECORDS:
+            dropped.append(DroppedRecord("", DropReason.MALFORMED, f"{where}: more than {MAX_JOURNAL_RECORDS} records"))
+            continue
         try:
-            launches.append(
-                InflightLaunch(
-                    client_token=str(item["clientToken"]),
-                    zone=str(item["zone"]),
-                    instance_type=str(item["instanceType"]),
-                    count=int(item["count"]),
-                    requested_at=parse_time(item["requestedAt"]),
-                    instance_ids=tuple(str(i) for i in item.get("instanceIds") or ()),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"status.inflightLaunches[{index}] is malformed: {exc!r}") from exc
-    return launches
+            launch = _record(item)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            token = item.get("clientToken") if isinstance(item, Mapping) else None
+            shown = str(token)[:64] if isinstance(token, str) else ""
+            dropped.append(DroppedRecord(shown, DropReason.MALFORMED, f"{where}: {exc}"[:300]))
+            continue
+        if launch.client_token in seen:
+            dropped.append(DroppedRecord(launch.client_token, DropReason.MALFORMED, f"{where}: repeats a token"))
+            continue
+        seen.add(launch.client_token)
+        launches.append(launch)
+    return launches, dropped
+
+
+def _record(item: Mapping[str, Any]) -> InflightLaunch:
+    token, zone, instance_type = item["clientToken"], item["zone"], item["instanceType"]
+    count, ids = item["count"], item.get("instanceIds") or []
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise ValueError("clientToken is not a token spotpool makes")
+    if not isinstance(zone, str) or not _ZONE.fullmatch(zone):
+        raise ValueError("zone is not a zone name")
+    if not isinstance(instance_type, str) or not _INSTANCE_TYPE.fullmatch(instance_type):
+        raise ValueError("instanceType is not an instance type")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_LAUNCH_COUNT:
+        raise ValueError(f"count is not 1..{MAX_LAUNCH_COUNT}")
+    if not isinstance(ids, list) or len(ids) > count:
+        raise ValueError("instanceIds is not a list of at most count ids")
+    if not all(isinstance(i, str) and _INSTANCE_ID.fullmatch(i) for i in ids):
+        raise ValueError("instanceIds holds something that is not an instance id")
+    return InflightLaunch(
+        client_token=token,
+        zone=zone,
+        instance_type=instance_type,
+        count=count,
+        requested_at=parse_time(str(item["requestedAt"])),
+        instance_ids=tuple(ids),
+    )
 
 
 def backoff_to_status(entry: PoolBackoff) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The planner's entry point: observed state in, the next actions out. Pure: no I/O, no clock.
 
-How the numbers are derived (see `Census` for the counting):
+How the numbers are derived (see `Census` for the counting, `planner.journal` for the records):
 
     deficit = max(0, expected - alive - inflight_unseen)
     surplus = max(0, alive - expected)
@@ -17,17 +17,18 @@ fails. Deficit and surplus can never both be positive.
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import LAUNCH_FAILED, SHUTDOWN, TERMINATING, Instance, SpotOffer
 from spotpool.planner.census import Census, take_census
+from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import plan_launches
 from spotpool.planner.model import (
     InflightLaunch,
     LaunchBatch,
+    Observation,
     Plan,
     PoolBackoff,
     PoolKey,
@@ -47,24 +48,28 @@ may bring those back, and they are not the planner's to destroy while the object
 def plan(
     *,
     spec: EnvironmentSpec,
-    instances: list[Instance],
+    observation: Observation,
+    journal: list[InflightLaunch] | tuple[InflightLaunch, ...],
     offers: dict[PoolKey, SpotOffer],
-    inflight: list[InflightLaunch],
     backoff: dict[PoolKey, PoolBackoff],
     now: datetime,
     owner_uid: str,
     deleting: bool = False,
 ) -> Plan:
-    """Decide what to buy and what to release now.
+    """Decide, once per pass, what to replay, buy and release.
 
-    `instances` should be the owned instances (listed by ownership tag); any without
-    `spotpool.io/environment-uid == owner_uid` are ignored. `offers` is the spot market per pool;
-    `backoff` the per-pool refusal history. Deleting overrides `paused`: a deletion must release
-    everything before the finalizer goes, or instances would leak.
+    Only observed instances carrying `spotpool.io/environment-uid == owner_uid` count. `offers` is
+    the spot market per pool; `backoff` the per-pool refusal history; `journal` the launch records
+    read back from status (see `planner.journal` for what happens to each). Deleting overrides
+    `paused`: a deletion must release everything before the finalizer goes, or instances leak.
     """
-    census = take_census(instances=instances, inflight=inflight, owner_uid=owner_uid, now=now)
+    observed = take_census(
+        instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
+    )
+    decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting)
+    census = observed.keeping(decision.keep)
     if deleting:
-        return _plan_deletion(spec, census, offers)
+        return _plan_deletion(spec, census, offers, decision)
 
     deficit = census.deficit(spec.expected_count)
     surplus = census.surplus(spec.expected_count)
@@ -82,7 +87,7 @@ def plan(
             if not buyable:
                 reasons = "; ".join(a.why_not(spec.max_price) for a in assessments)
                 notes.append(f"{deficit} instances short and no pool can be bought: {reasons}")
-            occupancy = census.alive_by_pool() + Counter(census.unseen_by_pool)
+            occupancy = census.alive_by_pool() + census.unseen_by_pool
             launches = plan_launches(
                 deficit=deficit,
                 strategy=spec.allocation_strategy,
@@ -101,40 +106,46 @@ def plan(
         )
 
     return Plan(
-        launches=launches,
-        releases=releases,
+        journal=decision.keep,
+        replays=decision.replay,
+        launches=tuple(launches),
+        releases=_frozen(releases),
         release_reason=ReleaseReason.SCALE_IN if releases else None,
-        deficit=deficit,
-        surplus=surplus,
-        alive=census.alive_count,
-        inflight_unseen=census.inflight_unseen,
-        cleanup=cleanup,
-        resolved_inflight=census.resolved_inflight,
+        cleanup=_frozen(cleanup),
+        dropped=decision.dropped,
+        census=census,
+        unlisted_overdue=decision.unlisted_overdue,
         notes=tuple(notes),
     )
 
 
-def _plan_deletion(spec: EnvironmentSpec, census: Census, offers: dict[PoolKey, SpotOffer]) -> Plan:
-    """Release every owned instance not already terminating; buy nothing.
+def _plan_deletion(
+    spec: EnvironmentSpec, census: Census, offers: dict[PoolKey, SpotOffer], decision: JournalDecision
+) -> Plan:
+    """Release every owned instance not already terminating; buy and replay nothing.
 
-    Done only when nothing owned remains except terminating instances AND no launch is unresolved:
-    a launch that may still create instances must become visible (or time out) first, otherwise
-    its instances would outlive the object. The executor must not replay in-flight tokens while
-    deleting: a replay could buy what the original call never did.
+    Done only when nothing owned remains except terminating instances AND no launch record is
+    left: a launch that may still create instances must become visible (or expire) first,
+    otherwise its instances would outlive the object.
     """
     remaining = [instance for instance in census.owned if instance.state != TERMINATING]
     releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known_prices(offers)))
     return Plan(
-        launches=[],
-        releases=releases,
+        journal=decision.keep,
+        replays=(),
+        launches=(),
+        releases=_frozen(releases),
         release_reason=ReleaseReason.DELETE if releases else None,
-        deficit=0,
-        surplus=census.alive_count,
-        alive=census.alive_count,
-        inflight_unseen=census.inflight_unseen,
-        resolved_inflight=census.resolved_inflight,
-        deletion_complete=not remaining and census.inflight_unseen == 0,
+        cleanup=(),
+        dropped=decision.dropped,
+        census=census,
+        unlisted_overdue=decision.unlisted_overdue,
+        deletion_complete=not remaining and not decision.keep,
     )
+
+
+def _frozen(batches: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(batch) for batch in batches)
 
 
 def _known_prices(offers: dict[PoolKey, SpotOffer]) -> dict[PoolKey, Decimal]:

@@ -7,6 +7,8 @@ incrementally, so a status written after a crash is as right as any other.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,14 +16,14 @@ from typing import Any
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import RUNNING, Instance, SpotOffer
 from spotpool.planner import conditions
-from spotpool.planner.census import take_census
-from spotpool.planner.degraded import find_problems
+from spotpool.planner.census import Census
+from spotpool.planner.degraded import Problem, find_problems
 from spotpool.planner.formatting import format_cost, format_price, format_time
+from spotpool.api.names import ENVIRONMENT_LABEL
 from spotpool.planner.model import ErrorRecord, InflightLaunch, PoolBackoff, PoolKey
 from spotpool.planner.persistence import backoff_to_status, inflight_to_status
 from spotpool.planner.pools import assess_pools
 
-ENVIRONMENT_LABEL = "spotpool.io/environment"
 MAX_STATUS_INSTANCES = 1000
 """`status.instances` lists at most this many (about 110 KB). expectedCount goes to 10000, and the
 full list would approach etcd's 1.5 MiB object limit; `instancesOmitted` says how many are left
@@ -37,33 +39,71 @@ def selector(environment_label: str) -> str:
     return f"{ENVIRONMENT_LABEL}={environment_label}"
 
 
+@dataclass(frozen=True)
+class StatusReport:
+    """A status to merge-patch (`body`), and what the caller decides on, as values rather than
+    conditions to read back."""
+
+    body: dict[str, Any]
+    ready: bool
+    progressing: bool
+    degraded: bool
+
+
 def build_status(
     *,
-    spec: EnvironmentSpec,
+    spec: EnvironmentSpec | None,
     generation: int,
-    instances: list[Instance],
-    offers: dict[PoolKey, SpotOffer],
-    inflight: list[InflightLaunch],
-    backoff: dict[PoolKey, PoolBackoff],
+    environment_label: str,
     now: datetime,
     previous_conditions: list[dict[str, Any]],
-    environment_label: str,
-    owner_uid: str,
+    census: Census | None = None,
+    journal: tuple[InflightLaunch, ...] | list[InflightLaunch] = (),
+    sequence: int = 0,
+    account: Mapping[str, str] | None = None,
+    offers: Mapping[PoolKey, SpotOffer] | None = None,
+    backoff: Mapping[PoolKey, PoolBackoff] | None = None,
     last_error: ErrorRecord | None = None,
-    config_error: tuple[str, str] | None = None,
+    blocked: tuple[str, str] | None = None,
     deleting: bool = False,
-) -> dict[str, Any]:
-    """The full status after this reconcile's actions (pass the post-execution inflight/backoff).
+    unlisted_overdue: int = 0,
+) -> StatusReport:
+    """The status after this pass, for every kind of pass.
 
-    - `last_error`: an environment-wide cloud failure seen this reconcile (observation failed,
-      a release was refused...); it makes the environment Degraded whatever the counts.
-    - `config_error`: (reason, message) for a problem found before any cloud call, e.g.
-      ("AuthFailure", "Secret batch/creds has no key secretKey") or ("InvalidConfig", <SpecError>).
-    - `inflight` is written as given: it is the executor's crash-safe record, so drop resolved
-      launches (`Plan.resolved_inflight`) before calling this, not after.
+    - With a `census` (the pass observed): the whole status. Pass the census after the actions
+      (`Census.after`) and the journal as it now stands: the journal is the executor's crash-safe
+      record and is written as given.
+    - Without one (`blocked`: (reason, message) for a pass stopped before it could observe: bad
+      spec, Secret, account, a failed listing): only the conditions, generation and selector.
+      A merge-patch leaves every other field as it was: nothing new is known about the instances.
+    - `last_error`: an environment-wide cloud failure seen this pass (a release was refused...);
+      it makes the environment Degraded whatever the counts.
     """
-    census = take_census(instances=instances, inflight=inflight, owner_uid=owner_uid, now=now)
-    pools = assess_pools(spec, offers, backoff, now)
+    offers = offers or {}
+    backoff = backoff or {}
+
+    def condition(kind: str, decision: tuple[bool, str, str]) -> dict[str, Any]:
+        return conditions.condition(
+            kind, decision, generation=generation, now=now, previous=previous_conditions
+        )
+
+    if census is None or spec is None:
+        reason, message = blocked or ("InvalidConfig", "no observation")
+        decisions = {
+            "Ready": (False, reason, message),
+            "Progressing": (False, reason, "blocked: " + message),
+            "Degraded": conditions.degraded([Problem(reason, message)]),
+        }
+        return StatusReport(
+            body={
+                "observedGeneration": generation,
+                "selector": selector(environment_label),
+                "conditions": [condition(kind, d) for kind, d in decisions.items()],
+            },
+            ready=False, progressing=False, degraded=True,
+        )
+
+    pools = assess_pools(spec, dict(offers), dict(backoff), now)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     counts = conditions.Counts(
         expected=spec.expected_count,
@@ -79,13 +119,12 @@ def build_status(
         max_price=spec.max_price,
         deficit=counts.deficit,
         last_error=last_error,
-        config_error=config_error,
+        config_error=blocked,
+        unlisted_overdue=unlisted_overdue,
     )
-
-    def condition(kind: str, decision: tuple[bool, str, str]) -> dict[str, Any]:
-        return conditions.condition(
-            kind, decision, generation=generation, now=now, previous=previous_conditions
-        )
+    ready = conditions.ready(counts, deleting=deleting)
+    progressing = conditions.progressing(counts, paused=spec.paused, deleting=deleting)
+    degraded = conditions.degraded(problems)
 
     alive_by_pool = census.alive_by_pool()
     running_by_pool = census.alive_by_pool(RUNNING)
@@ -107,7 +146,7 @@ def build_status(
         pool_entries.append(entry)
 
     listed = sorted(census.owned, key=lambda i: (i.state == RUNNING, i.instance_id))
-    status: dict[str, Any] = {
+    body: dict[str, Any] = {
         "observedGeneration": generation,
         "currentCount": census.alive_count,
         "runningCount": census.running,
@@ -116,19 +155,22 @@ def build_status(
         "hourlyCost": format_cost(_hourly_cost(census.alive, offers)),
         "pools": pool_entries,
         "instances": [_instance_entry(instance) for instance in listed[:MAX_STATUS_INSTANCES]],
-        "inflightLaunches": [inflight_to_status(launch) for launch in inflight],
+        # merge-patch null removes a stale count
+        "instancesOmitted": len(listed) - MAX_STATUS_INSTANCES if len(listed) > MAX_STATUS_INSTANCES else None,
+        "inflightLaunches": [inflight_to_status(launch) for launch in journal],
+        "launchSequence": sequence,
         "conditions": [
-            condition("Ready", conditions.ready(counts, deleting=deleting)),
-            condition("Progressing", conditions.progressing(counts, paused=spec.paused, deleting=deleting)),
-            condition("Degraded", conditions.degraded(problems)),
+            condition("Ready", ready),
+            condition("Progressing", progressing),
+            condition("Degraded", degraded),
         ],
     }
-    if len(listed) > MAX_STATUS_INSTANCES:
-        status["instancesOmitted"] = len(listed) - MAX_STATUS_INSTANCES
-    return status
+    if account is not None:
+        body["account"] = dict(account)
+    return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0])
 
 
-def _hourly_cost(alive: tuple[Instance, ...], offers: dict[PoolKey, SpotOffer]) -> Decimal:
+def _hourly_cost(alive: tuple[Instance, ...], offers: Mapping[PoolKey, SpotOffer]) -> Decimal:
     """What the alive instances cost per hour at today's market (spot bills the market price).
 
     An instance whose pool has no known price adds nothing: the sum is a lower bound then.

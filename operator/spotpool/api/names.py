@@ -1,0 +1,56 @@
+"""Every name spotpool writes into Kubernetes or the cloud, defined once.
+
+Tag keys and their value formats are a contract with instances that already exist: changing one
+makes running instances look foreign (ownership) or unlabelled (reporting). `docs/contract.md`
+lists them for users.
+"""
+
+from __future__ import annotations
+
+PREFIX = "spotpool.io"
+
+OWNER_UID_TAG = f"{PREFIX}/environment-uid"
+"""The owning SpotComputeEnvironment's UID: the single source of ownership."""
+
+ENVIRONMENT_TAG = f"{PREFIX}/environment"
+"""The owner's name. The same key and value format as the scale selector's label (`ENVIRONMENT_LABEL`),
+so `spotpool.io/environment=render-farm` means the same thing on an instance and in a selector."""
+
+NAMESPACE_TAG = f"{PREFIX}/namespace"
+"""The owner's namespace (names are unique only within one)."""
+
+CLUSTER_TAG = f"{PREFIX}/cluster"
+"""The installation's id, so two clusters sharing an account never touch each other's instances."""
+
+ENVIRONMENT_LABEL = ENVIRONMENT_TAG
+"""The label key of `status.selector` (the scale subresource's selector)."""
+
+FINALIZER = f"{PREFIX}/finalizer"
+"""Kept on a SpotComputeEnvironment until the cloud confirms none of its instances is left."""
+
+SECRET_FINALIZER = f"{PREFIX}/credentials-in-use"
+"""Kept on a credentials Secret while a SpotComputeEnvironment may still need it to release
+instances, so deleting a namespace (Secret and pool together) cannot strand them."""
+
+DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
+"""CVM's public endpoint, used when `spec.endpoint` is not set."""
+
+STS_HOST = "sts.tencentcloudapi.com"
+"""Where the account behind a key pair is asked (STS GetCallerIdentity)."""
+
+
+def environment_tags(*, uid: str, namespace: str, name: str, cluster_id: str) -> dict[str, str]:
+    """spotpool's own tags on every instance it buys for one environment."""
+    return {OWNER_UID_TAG: uid, ENVIRONMENT_TAG: name, NAMESPACE_TAG: namespace, CLUSTER_TAG: cluster_id}
+
+
+def sts_endpoint(cvm_endpoint: str) -> str:
+    """The STS endpoint that belongs with a CVM endpoint.
+
+    Tencent's hosts are per service (`cvm.<suffix>` beside `sts.<suffix>`, also for the internal and
+    international suffixes); any other host (a private gateway, the simulator) is asked itself.
+    """
+    scheme, _, host = cvm_endpoint.rstrip("/").partition("://")
+    if host.startswith("cvm.") and host.endswith("tencentcloudapi.com"):
+        return f"{scheme}://sts.{host.removeprefix('cvm.')}"
+    return f"{scheme}://{host}"

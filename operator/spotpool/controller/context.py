@@ -1,0 +1,150 @@
+"""What one pass over one environment knows before it observes: built once, never half-filled.
+
+`resolve` turns the object into a `PassContext` (spec, credentials, account, client, journal) or
+into a `Blocked` that says why no pass can be made. Where the instances live must not change
+silently: the account, region and endpoint they were bought in are recorded in
+`status.account`, and a pass whose credentials now name another account, while owned instances
+may remain, is blocked (`AccountChanged`) instead of buying a new pool somewhere else and
+stranding the old one. Key rotation inside the same account resolves to the same account id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from spotpool.api.names import DEFAULT_ENDPOINT
+from spotpool.api.spec import EnvironmentSpec, SpecError
+from spotpool.cloud.client import CvmClient
+from spotpool.cloud.errors import CloudError
+from spotpool.controller.cloudaccess import AccountKey, CloudAccess
+from spotpool.controller.credentials import CredentialsError, SecretGuard, load_credentials
+from spotpool.controller.kube import KubeApi
+from spotpool.planner import DroppedRecord, InflightLaunch, PoolBackoff, PoolKey, backoff_from_status, read_journal
+from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str | None
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ObjectRef:
+        meta = body["metadata"]
+        return cls(meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation") or 0),
+                   meta.get("resourceVersion"))
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """Everything a pass acts on. `status` is the status as this process last knew it."""
+
+    ref: ObjectRef
+    body: Mapping[str, Any]
+    spec: EnvironmentSpec
+    key: AccountKey
+    client: CvmClient
+    account: dict[str, str]  # {"id", "region", "endpoint"}: where this environment buys
+    status: Mapping[str, Any]
+    journal: tuple[InflightLaunch, ...]
+    malformed: tuple[DroppedRecord, ...]
+    backoff: dict[PoolKey, PoolBackoff]
+    sequence: int
+    deleting: bool
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """No pass can be made; `reason` is a Degraded reason, `message` says what to do."""
+
+    reason: str
+    message: str
+    spec: EnvironmentSpec | None = None
+
+
+async def resolve(
+    *,
+    body: Mapping[str, Any],
+    status: Mapping[str, Any],
+    kube: KubeApi,
+    cloud: CloudAccess,
+    guard: SecretGuard,
+    deleting: bool,
+    now: datetime,
+) -> PassContext | Blocked:
+    ref = ObjectRef.of(body)
+    try:
+        spec = EnvironmentSpec.from_k8s(body.get("spec") or {})
+    except SpecError as exc:
+        return Blocked(DegradedReason.INVALID_CONFIG, str(exc))
+    secret = spec.credentials_secret_ref.name
+    try:
+        credentials = await load_credentials(kube, ref.namespace, secret)
+    except CredentialsError as exc:
+        return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
+    if not deleting:
+        # Before anything can be bought with it: the Secret outlives every instance it bought.
+        await guard.protect(ref.namespace, secret)
+    endpoint = (spec.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+    key = AccountKey.of(endpoint, spec.region, credentials)
+    try:
+        identity = await cloud.identity(key, credentials)
+    except CloudError as exc:
+        return Blocked(REASON_BY_CATEGORY[exc.category], f"{exc.code}: {exc.message} (asking who the "
+                       f"credentials in Secret {ref.namespace}/{secret} belong to)", spec)
+    account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
+    recorded = status.get("account")
+    if isinstance(recorded, Mapping) and dict(recorded) != account and _may_own_instances(status):
+        return Blocked(*_moved(recorded, account, ref.namespace, secret), spec)
+    journal, malformed = read_journal(status)
+    return PassContext(
+        ref=ref,
+        body=body,
+        spec=spec,
+        key=key,
+        client=cloud.client(key, credentials),
+        account=account,
+        status=status,
+        journal=tuple(journal),
+        malformed=tuple(malformed),
+        backoff=backoff_from_status(status),
+        sequence=_sequence(status),
+        deleting=deleting,
+        now=now,
+    )
+
+
+def _may_own_instances(status: Mapping[str, Any]) -> bool:
+    """Whether instances bought under the recorded account may still exist, as far as status says.
+    The account is recorded with the journal before the first purchase, so a purchase that
+    crashed before any listing still shows as a record here."""
+    return bool(status.get("currentCount") or status.get("inflightLaunches") or status.get("instances"))
+
+
+def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str, secret: str) -> tuple[str, str]:
+    if recorded.get("id") != account["id"]:
+        return (DegradedReason.ACCOUNT_CHANGED,
+                f"the credentials in Secret {namespace}/{secret} belong to account {account['id']}, but this "
+                f"environment's instances were bought in account {recorded.get('id')}: buying and releasing "
+                f"nothing. Put a key pair of account {recorded.get('id')} back (rotating keys within it is "
+                f"fine); to use another account, create a new SpotComputeEnvironment")
+    field = "region" if recorded.get("region") != account["region"] else "endpoint"
+    return (DegradedReason.INVALID_CONFIG,
+            f"spec.{field} is {account[field]!r} but this environment's instances live at "
+            f"{recorded.get(field)!r}: buying and releasing nothing. Set it back; to move the pool, create a "
+            f"new SpotComputeEnvironment and delete this one")
+
+
+def _sequence(status: Mapping[str, Any]) -> int:
+    value = status.get("launchSequence")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -1,0 +1,202 @@
+"""Reporting: the status write, the activity log (Events) and the metrics of a pass.
+
+The status itself is decided by `planner.build_status`; this room only writes it (skipping a
+write that would change nothing a user sees, except for a heartbeat) and turns what happened into
+Events and metrics. Events are bounded: a pass's losses are one event naming the ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
+from spotpool.controller.failpoints import failpoint
+from spotpool.controller.kube import KubeApi
+from spotpool.metrics import Metrics
+from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolKey, StatusReport
+from spotpool.planner.formatting import format_price, format_time, parse_time
+
+if TYPE_CHECKING:
+    from spotpool.controller.context import ObjectRef, PassContext
+
+log = logging.getLogger(__name__)
+
+STATUS_HEARTBEAT = timedelta(seconds=60)
+"""How often an unchanged status is rewritten anyway (to refresh lastReconcileTime); writing it on
+every observation would churn etcd and watchers for nothing."""
+
+MAX_IDS_IN_EVENT = 10
+
+
+class EventSink(Protocol):
+    def __call__(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None: ...
+
+
+@dataclass
+class PoolMemory:
+    """What this process remembers about one environment between passes (kept in kopf's memo).
+
+    Lost on restart, which costs precision in events and metrics, never correctness: every
+    decision is made from the cloud and the persisted status.
+    """
+
+    status: dict[str, Any] | None = None  # the status as last written by this process
+    written_at: tuple[str | None, str] | None = None  # (resourceVersion before, after) our last write
+    alive: dict[str, Instance] | None = None
+    released: dict[str, datetime] = field(default_factory=dict)
+    shortfall_since: float | None = None
+
+    def resource_version(self, body_version: str | None) -> str | None:
+        """The object's resourceVersion as this process last saw it: the body's, unless the body
+        predates our own last write (its watch event is still on the way)."""
+        if self.written_at is not None and self.written_at[0] == body_version:
+            return self.written_at[1]
+        return body_version
+
+
+class Reporting:
+    def __init__(self, *, kube: KubeApi, metrics: Metrics, post_event: EventSink) -> None:
+        self._kube = kube
+        self._metrics = metrics
+        self._post_event = post_event
+
+    # -- status ------------------------------------------------------------------------------------
+    async def write(self, ref: ObjectRef, body: Mapping[str, Any], memory: PoolMemory, report: StatusReport,
+                    now: datetime) -> None:
+        previous = dict(memory.status if memory.status is not None else body.get("status") or {})
+        status = dict(report.body)
+        merged = {k: v for k, v in {**previous, **status}.items() if v is not None}
+        last = previous.get("lastReconcileTime")
+        stale = not isinstance(last, str) or _parse(last) < now - STATUS_HEARTBEAT
+        previous.pop("lastReconcileTime", None)
+        merged.pop("lastReconcileTime", None)
+        if merged == previous and not stale:
+            return
+        status["lastReconcileTime"] = format_time(now)
+        failpoint("status-write")
+        version = await self._kube.patch_status(ref.namespace, ref.name, status)
+        memory.written_at = (ref.resource_version, version)
+        merged["lastReconcileTime"] = status["lastReconcileTime"]
+        memory.status = merged
+        self.announce_transitions(body, previous, report.body)
+
+    def announce_transitions(self, body: Mapping[str, Any], before_status: Mapping[str, Any],
+                             status: Mapping[str, Any]) -> None:
+        before = {c.get("type"): c for c in before_status.get("conditions") or []}
+        for cond in status["conditions"]:
+            old = before.get(cond["type"], {})
+            if old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
+                continue
+            if cond["type"] == "Degraded" and cond["status"] == "True":
+                self._post(body, "Warning", cond["reason"], cond["message"])
+            elif cond["type"] == "Degraded" and old.get("status") == "True":
+                self._post(body, "Normal", "Recovered", "the cloud no longer refuses this environment")
+            elif cond["type"] == "Ready" and cond["status"] == "True":
+                self._post(body, "Normal", "Ready", cond["message"])
+
+    # -- events ------------------------------------------------------------------------------------
+    def event(self, ctx: PassContext, type_: str, reason: str, message: str) -> None:
+        self._post(ctx.body, type_, reason, message)
+
+    def _post(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        log.info("%s/%s %s: %s", meta.get("namespace"), meta.get("name"), reason, message)
+        self._post_event(body, type=type_, reason=reason, message=message)
+
+    def launched(self, ctx: PassContext, batch: LaunchBatch, ids: list[str]) -> None:
+        self._metrics.launches.labels(ctx.ref.namespace, ctx.ref.name, *batch.pool).inc(len(ids))
+        price = f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
+        self.event(ctx, "Normal", "Launched", f"Bought {len(ids)} {batch.instance_type} in {batch.zone}{price} "
+                                              f"(maxPrice {batch.max_price}): {ids_text(ids)}")
+
+    def refused(self, ctx: PassContext, pool: PoolKey, code: str) -> None:
+        self._metrics.refusals.labels(ctx.ref.namespace, ctx.ref.name, *pool, code).inc()
+
+    def record_dropped(self, ctx: PassContext, dropped: DroppedRecord) -> None:
+        token = f" {dropped.client_token}" if dropped.client_token else ""
+        self.event(ctx, "Warning", "LaunchRecordDropped", f"launch record{token} dropped ({dropped.reason}): "
+                                                          f"{dropped.detail}")
+
+    def released(self, ctx: PassContext, memory: PoolMemory, ids: list[str], label: str, why: str) -> None:
+        for instance_id in ids:
+            memory.released[instance_id] = ctx.now
+        self._metrics.releases.labels(ctx.ref.namespace, ctx.ref.name, label).inc(len(ids))
+        self.event(ctx, "Normal", "Released", f"Released {len(ids)} instances ({label}: {why}): {ids_text(ids)}")
+
+    def notice_losses(self, ctx: PassContext, memory: PoolMemory, census: Census) -> None:
+        """Instances that were alive and are now gone, reclaimed or failed, without spotpool
+        releasing them: one event for the pass naming them, and the interruptions metric."""
+        current = {i.instance_id: i for i in census.owned}
+        if memory.alive is None:  # first look since start: what status last said was alive
+            memory.alive = {
+                item["id"]: Instance(item["id"], item.get("zone", ""), item.get("instanceType", ""),
+                                     item.get("state", ""), "SPOTPAID", None, {})
+                for item in ctx.status.get("instances") or []
+                if isinstance(item, Mapping) and item.get("state") in (PENDING, RUNNING) and "id" in item
+            }
+        lost: dict[str, list[str]] = {"lost": [], "launch_failed": []}
+        for instance_id, before in memory.alive.items():
+            if instance_id in memory.released:
+                continue
+            now = current.get(instance_id)
+            if now is not None and now.state in (PENDING, RUNNING):
+                continue
+            kind = "launch_failed" if now is not None and now.state == LAUNCH_FAILED else "lost"
+            self._metrics.interruptions.labels(ctx.ref.namespace, ctx.ref.name, before.zone, before.instance_type,
+                                               kind).inc()
+            lost[kind].append(instance_id)
+        replacing = "" if ctx.deleting else "; replacements are being bought"
+        if lost["lost"]:
+            self.event(ctx, "Warning", "InstanceLost",
+                       f"{len(lost['lost'])} instances were lost (reclaimed by the cloud or released outside "
+                       f"spotpool){replacing}: {ids_text(lost['lost'])}")
+        if lost["launch_failed"]:
+            self.event(ctx, "Warning", "LaunchFailed", f"{len(lost['launch_failed'])} instances failed to launch "
+                                                       f"(LAUNCH_FAILED){replacing}: {ids_text(lost['launch_failed'])}")
+        memory.alive = {i: inst for i, inst in current.items() if inst.state in (PENDING, RUNNING)}
+        cutoff = ctx.now - timedelta(hours=1)
+        memory.released = {i: t for i, t in memory.released.items() if t > cutoff and i in current}
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def observe(self, ctx: PassContext, memory: PoolMemory, report: StatusReport) -> None:
+        status = report.body
+        expected = 0 if ctx.deleting else ctx.spec.expected_count
+        running = status["runningCount"]
+        if running < expected and memory.shortfall_since is None:
+            memory.shortfall_since = time.monotonic()
+        elif running >= expected and memory.shortfall_since is not None:
+            self._metrics.time_to_fulfil.labels(ctx.ref.namespace, ctx.ref.name).observe(
+                time.monotonic() - memory.shortfall_since)
+            memory.shortfall_since = None
+        self._metrics.observe_environment(
+            ctx.ref.namespace, ctx.ref.name,
+            expected=ctx.spec.expected_count, current=status["currentCount"], running=running,
+            pending=status["pendingCount"], hourly_cost=float(Decimal(status["hourlyCost"])),
+            ready=report.ready, degraded=report.degraded,
+            pools=[(p["zone"], p["instanceType"], p["running"], p["pending"],
+                    float(Decimal(p["marketPrice"])) if "marketPrice" in p else None)
+                   for p in status["pools"]],
+            max_price=float(ctx.spec.max_price),
+        )
+
+    def observe_blocked(self, ref: ObjectRef) -> None:
+        self._metrics.degraded.labels(ref.namespace, ref.name).set(1)
+        self._metrics.ready.labels(ref.namespace, ref.name).set(0)
+
+
+def ids_text(ids: list[str], limit: int = MAX_IDS_IN_EVENT) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _parse(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)

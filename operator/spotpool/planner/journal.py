@@ -1,0 +1,97 @@
+"""The launch journal's money rules: which records to keep, replay, or drop, decided purely.
+
+A record is written before its RunInstances call and names the call's ClientToken; CVM answers a
+repeat of the token with what the first call bought instead of buying again. A record is:
+
+- accounted (dropped silently) once every id it returned is listed, or proven gone by a lookup;
+- kept while any returned id is unseen or only found by an `InstanceIds` lookup: those
+  instances are bought, so they count, and are released like any other when not wanted;
+- replayed, when RunInstances never answered with ids (outcome unknown), only if all of these hold:
+  the environment is not being deleted (a replay may buy what the first call never did), it is
+  not paused, the record's pool is still a candidate, and the deficit left after what is alive
+  and every earlier record still covers the record's whole count (a replay must repeat the
+  original parameters exactly, so it cannot be trimmed). A replay that answers restarts the
+  record's clock;
+- otherwise held, still counted (it may have bought), until `INFLIGHT_VISIBILITY_GRACE` after it
+  was made: anything it bought would have been listed by then, so it is then dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from spotpool.api.spec import EnvironmentSpec
+from spotpool.planner.census import Census
+from spotpool.planner.formatting import as_utc
+from spotpool.planner.model import (
+    INFLIGHT_VISIBILITY_GRACE,
+    DroppedRecord,
+    DropReason,
+    InflightLaunch,
+)
+
+
+@dataclass(frozen=True)
+class JournalDecision:
+    keep: tuple[InflightLaunch, ...]  # in order; replays included
+    replay: tuple[InflightLaunch, ...]
+    dropped: tuple[DroppedRecord, ...]
+    unlisted_overdue: int  # instances found only by lookup, past the grace: a Degraded reason
+
+
+def decide_journal(
+    *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool
+) -> JournalDecision:
+    """Apply the rules above to every record of `census`, oldest first."""
+    now = as_utc(now)
+    candidates = {(zone, kind) for zone in spec.zones for kind in spec.instance_types}
+    known = [r for r in census.records if r.launch.instance_ids]
+    budget = (0 if deleting else spec.expected_count) - census.alive_count - sum(r.unseen for r in known)
+    keep: list[InflightLaunch] = []
+    replay: list[InflightLaunch] = []
+    dropped: list[DroppedRecord] = []
+    unlisted_overdue = 0
+    for counted in sorted(census.records, key=lambda r: (as_utc(r.launch.requested_at), r.launch.client_token)):
+        launch = counted.launch
+        overdue = as_utc(launch.requested_at) + INFLIGHT_VISIBILITY_GRACE <= now
+        if launch.instance_ids:
+            if not counted.accounted:
+                keep.append(launch)
+                if overdue:
+                    unlisted_overdue += counted.unlisted
+            continue
+        why_not = _why_not_replay(launch, spec=spec, deleting=deleting, budget=budget, candidates=candidates)
+        budget -= launch.count  # replayed or held, it may be alive: later records see less room
+        if why_not is None:
+            keep.append(launch)
+            replay.append(launch)
+        elif overdue:
+            dropped.append(DroppedRecord(
+                launch.client_token, DropReason.EXPIRED,
+                f"RunInstances for {launch.count} {launch.instance_type} in {launch.zone} never answered and "
+                f"was not replayed ({why_not}); nothing it could have bought appeared within "
+                f"{int(INFLIGHT_VISIBILITY_GRACE.total_seconds())} s",
+            ))
+        else:
+            keep.append(launch)
+    return JournalDecision(tuple(keep), tuple(replay), tuple(dropped), unlisted_overdue)
+
+
+def _why_not_replay(
+    launch: InflightLaunch,
+    *,
+    spec: EnvironmentSpec,
+    deleting: bool,
+    budget: int,
+    candidates: set[tuple[str, str]],
+) -> str | None:
+    if deleting:
+        return "the environment is being deleted"
+    if spec.paused:
+        return "spec.paused is true"
+    if launch.pool not in candidates:
+        return f"{launch.zone}/{launch.instance_type} is no longer a candidate pool"
+    if launch.count > budget:
+        return f"only {max(budget, 0)} instances are still missing"
+    return None

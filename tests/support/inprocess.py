@@ -1,0 +1,316 @@
+"""The executor, in one process: a Kubernetes fake, the simulator, a fixed clock, failpoints.
+
+Like Karpenter's controller suites: the real `Reconciler`, `CloudAccess` and `CvmClient` run
+against the real simulator (served on loopback in the test's event loop) and a Kubernetes fake
+whose status writes follow RFC 7386 merge-patch and whose writes honour resourceVersion
+preconditions and finalizers, as the API server does. Time is a `FakeClock` shared by the
+simulator (boot, reclaim, signatures), the client and the reconciler, so a test advances minutes
+in microseconds.
+
+A crash is `World.crash()`: the reconciler, its per-object memory and its caches are thrown away
+and a new operator is built from what was persisted (the fake's objects and the cloud), which is
+exactly what a restarted process has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import itertools
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from spotpool.api.names import OWNER_UID_TAG
+from spotpool.cloud.client import CvmClient
+from spotpool.cloud.ratelimit import RateLimiterRegistry
+from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.controller.kube import Conflict
+from spotpool.controller.reconciler import Outcome, Reconciler
+from spotpool.controller.reporting import PoolMemory
+from spotpool.metrics import Metrics
+from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
+from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+REGION = "ap-guangzhou"
+ZONES = ("ap-guangzhou-3", "ap-guangzhou-4")
+TYPES = ("S5.MEDIUM4", "SA2.MEDIUM4")
+OTHER_ACCOUNT = ("AKIDOTHERACCOUNT000000000000000000000", "otherAccountSecretKey0000000000000", "200000000002")
+ROTATED_KEY = ("AKIDROTATEDKEY00000000000000000000000", "rotatedSecretKey000000000000000000", "100000000001")
+
+
+class FakeClock:
+    """Epoch seconds, moved only by `advance`."""
+
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge-patch: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class FakeKube:
+    """The slice of the API server the executor uses, with the server's write semantics."""
+
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    status_writes: int = 0
+    _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _bump(self, obj: dict[str, Any]) -> str:
+        version = str(next(self._versions))
+        obj["metadata"]["resourceVersion"] = version
+        return version
+
+    # -- what users do -------------------------------------------------------------------------------
+    def create(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        obj = {"metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "generation": 1,
+                            "finalizers": ["spotpool.io/finalizer"]},
+               "spec": copy.deepcopy(spec), "status": {}}
+        self._bump(obj)
+        self.objects[(namespace, name)] = obj
+        return obj
+
+    def edit_spec(self, namespace: str, name: str, changes: dict[str, Any]) -> None:
+        obj = self.objects[(namespace, name)]
+        obj["spec"] = merge_patch(obj["spec"], changes)
+        obj["metadata"]["generation"] += 1
+        self._bump(obj)
+
+    def delete(self, namespace: str, name: str) -> None:
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            return
+        if obj["metadata"].get("finalizers"):
+            obj["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+            self._bump(obj)
+        else:
+            del self.objects[(namespace, name)]
+
+    def remove_finalizer(self, namespace: str, name: str) -> None:
+        obj = self.objects[(namespace, name)]
+        obj["metadata"]["finalizers"] = []
+        self._bump(obj)
+        if obj["metadata"].get("deletionTimestamp"):
+            del self.objects[(namespace, name)]
+
+    def put_secret(self, namespace: str, name: str, secret_id: str, secret_key: str) -> None:
+        existing = self.secrets.get((namespace, name), {"finalizers": []})
+        self.secrets[(namespace, name)] = {
+            "data": {"secretId": base64.b64encode(secret_id.encode()).decode(),
+                     "secretKey": base64.b64encode(secret_key.encode()).decode()},
+            "finalizers": existing["finalizers"], "deleting": existing.get("deleting", False),
+        }
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        secret = self.secrets.get((namespace, name))
+        if secret is None:
+            return
+        if secret["finalizers"]:
+            secret["deleting"] = True
+        else:
+            del self.secrets[(namespace, name)]
+
+    def delete_namespace(self, namespace: str) -> None:
+        for ns, name in list(self.objects):
+            if ns == namespace:
+                self.delete(ns, name)
+        for ns, name in list(self.secrets):
+            if ns == namespace:
+                self.delete_secret(ns, name)
+
+    def body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    # -- KubeApi ---------------------------------------------------------------------------------------
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self.secrets.get((namespace, name))
+        return dict(secret["data"]) if secret is not None else None
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                           resource_version: str | None = None) -> str:
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            raise NotFound(f"{namespace}/{name}")
+        if resource_version is not None and obj["metadata"]["resourceVersion"] != resource_version:
+            raise Conflict(f"{namespace}/{name} is at {obj['metadata']['resourceVersion']}, not {resource_version}")
+        obj["status"] = merge_patch(obj.get("status") or {}, copy.deepcopy(status))
+        self.status_writes += 1
+        return self._bump(obj)
+
+    async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        secret = self.secrets.get((namespace, name))
+        if secret is None or finalizer in secret["finalizers"]:
+            return False
+        secret["finalizers"].append(finalizer)
+        return True
+
+    async def remove_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        secret = self.secrets.get((namespace, name))
+        if secret is None or finalizer not in secret["finalizers"]:
+            return False
+        secret["finalizers"].remove(finalizer)
+        if secret["deleting"] and not secret["finalizers"]:
+            del self.secrets[(namespace, name)]
+        return True
+
+    async def environments_naming_secret(self, namespace: str, secret: str) -> list[str]:
+        return [obj["metadata"]["uid"] for (ns, _), obj in self.objects.items()
+                if ns == namespace and obj["spec"]["credentialsSecretRef"]["name"] == secret]
+
+    async def namespace_uid(self, name: str) -> str | None:
+        return "kube-system-uid"
+
+
+@dataclass
+class Event:
+    name: str
+    type: str
+    reason: str
+    message: str
+
+
+def simulator_config(**api: Any) -> SimulatorConfig:
+    """The default market, a fixed seed, minute-scale lifecycles, rate limits out of the way (the
+    clock does not move by itself, so a bucket would never refill), and a second account."""
+    return SimulatorConfig.default().with_overrides({
+        "seed": 7,
+        "lifecycle": {"boot_delay_seconds": 20, "terminate_delay_seconds": 10},
+        "api": {"rate_limits": {"*": 1_000_000}, "max_clock_skew_seconds": 10**9, **api},
+        "credentials": [
+            {"secret_id": DEMO_SECRET_ID, "secret_key": DEMO_SECRET_KEY},
+            {"secret_id": ROTATED_KEY[0], "secret_key": ROTATED_KEY[1], "account_id": ROTATED_KEY[2]},
+            {"secret_id": OTHER_ACCOUNT[0], "secret_key": OTHER_ACCOUNT[1], "account_id": OTHER_ACCOUNT[2]},
+        ],
+    })
+
+
+def pool_spec(sim: RunningSimulator, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "expectedCount": 5, "maxPrice": "1.0", "region": REGION, "zones": list(ZONES),
+        "instanceTypes": list(TYPES), "imageId": "img-pmqg1cw7",
+        "credentialsSecretRef": {"name": "creds"}, "endpoint": sim.url,
+    }
+    spec.update(changes)
+    return spec
+
+
+class World:
+    """One operator (rebuilt on `crash`) over a fake cluster and a simulator."""
+
+    def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0) -> None:
+        self.sim = sim
+        self.clock = clock
+        self.kube = FakeKube()
+        self.events: list[Event] = []
+        self.seed = seed
+        self.crashes = 0
+        self._build()
+
+    def _build(self) -> None:
+        rng = random.Random(self.seed + self.crashes)
+
+        async def no_sleep(_: float) -> None:
+            await asyncio.sleep(0)
+
+        limiter = RateLimiterRegistry(clock=self.clock, sleep=no_sleep)
+        factory: Callable[..., CvmClient] = partial(
+            CvmClient, clock=self.clock, sleep=no_sleep, rng=rng, limiter=limiter, timeout=5.0, max_attempts=3)
+        self.cloud = CloudAccess(cluster_id="test-cluster", client_factory=factory, clock=self.clock)
+        self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
+                                     post_event=self._event, clock=self.clock.datetime, rng=rng)
+        self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
+
+    async def crash(self) -> None:
+        """Throw the operator away (memory, caches, clients) and start a new one."""
+        await self.cloud.close()
+        self.crashes += 1
+        self._build()
+
+    def _event(self, body: Any, *, type: str, reason: str, message: str) -> None:
+        self.events.append(Event(body["metadata"]["name"], type, reason, message))
+
+    async def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        """What kopf does for the object now: a daemon pass, or the delete handler and, when it
+        reports completion, the finalizer's removal. None once the object is gone."""
+        body = self.kube.body(namespace, name)
+        if body is None:
+            return None
+        memory, lock = self.memos.setdefault(body["metadata"]["uid"], (PoolMemory(), asyncio.Lock()))
+        deleting = bool(body["metadata"].get("deletionTimestamp"))
+        outcome = await self.reconciler.reconcile(body, memory, lock, deleting=deleting)
+        if deleting and outcome.deletion_complete:
+            self.kube.remove_finalizer(namespace, name)
+        return outcome
+
+    async def settle(self, namespace: str, name: str, *, passes: int = 40, step: float = 5.0) -> int:
+        """Reconcile, moving the clock `step` seconds between passes, until a pass neither acts nor
+        expects progress and the object is steady; returns the passes it took."""
+        for count in range(1, passes + 1):
+            outcome = await self.reconcile(namespace, name)
+            if outcome is None:
+                return count
+            self.clock.advance(step)
+            if not outcome.progressing and outcome.problem is None:
+                return count
+        raise AssertionError(f"{namespace}/{name} did not settle in {passes} passes")
+
+    # -- what the cloud says ------------------------------------------------------------------------
+    def owned(self, uid: str, *, alive: bool = True) -> list[Any]:
+        market = self.sim.simulator.market
+        market.advance()
+        return [i for i in market.instances() if i.tags.get(OWNER_UID_TAG) == uid and (i.alive or not alive)]
+
+    def bought(self, uid: str) -> int:
+        """Instances ever created for `uid` (any state, gone ones included): the money spent."""
+        market = self.sim.simulator.market
+        return sum(1 for i in market.all_instances_ever() if i.tags.get(OWNER_UID_TAG) == uid)
+
+
+def _registry() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
+
+
+@asynccontextmanager
+async def world(seed: int = 0, **api: Any) -> AsyncIterator[World]:
+    clock = FakeClock()
+    async with run_simulator(simulator_config(**api), clock=clock) as sim:
+        w = World(sim, clock, seed)
+        try:
+            yield w
+        finally:
+            await w.cloud.close()
