@@ -24,6 +24,7 @@ import logging
 import random
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -44,6 +45,7 @@ from .errors import (
 )
 from .models import TERMINATING, Credentials, Instance, SpotOffer
 from .ratelimit import RateLimiterRegistry, Sleep, default_registry
+from .models import CHARGE_TYPES, SPOTPAID, AccountQuota, Offer, PriceQuote  # issue 11
 from .signing import sign
 
 log = logging.getLogger(__name__)
@@ -292,7 +294,7 @@ class CvmClient:
         instance_type: str,
         image_id: str,
         count: int,
-        max_price: Decimal | str,
+        max_price: Decimal | str | None = None,
         client_token: str,
         tags: dict[str, str],
         instance_name: str | None = None,
@@ -304,8 +306,11 @@ class CvmClient:
         key_ids: Sequence[str] | None = None,
         user_data: str | None = None,
         dry_run: bool = False,
+        charge_type: str = SPOTPAID,
     ) -> list[str]:
-        """Buy `count` one-time spot instances; returns their ids (they start PENDING).
+        """Buy `count` one-time spot instances at most at `max_price`, or pay-as-you-go ones
+        with `charge_type=POSTPAID_BY_HOUR` (no `max_price` then); returns their ids (they start
+        PENDING). Without `charge_type` the request is byte for byte the spot purchase it was.
 
         `client_token` makes the call idempotent, so a replay after a crash or a lost answer
         returns the ids of the first call instead of buying twice. With `dry_run` the API only
@@ -328,6 +333,7 @@ class CvmClient:
             key_ids=key_ids,
             user_data=user_data,
             dry_run=dry_run,
+            charge_type=charge_type,
         )
         try:
             response = await self.call("RunInstances", params)
@@ -477,3 +483,171 @@ class CvmClient:
                     if offer.zone in zone_batch and offer.instance_type in type_batch:
                         offers[(offer.zone, offer.instance_type)] = offer
         return list(offers.values())
+
+    # ------------------------------------------- on-demand, stock, quota and price (issue 11)
+
+    async def check_purchase(
+        self,
+        *,
+        zone: str,
+        instance_type: str,
+        image_id: str,
+        count: int = 1,
+        charge_type: str = SPOTPAID,
+        max_price: Decimal | str | None = None,
+        tags: dict[str, str] | None = None,
+        vpc_id: str | None = None,
+        subnet_id: str | None = None,
+        security_group_ids: Sequence[str] | None = None,
+        system_disk_type: str | None = None,
+        system_disk_size_gib: int | None = None,
+        key_ids: Sequence[str] | None = None,
+    ) -> None:
+        """RunInstances with DryRun: returns when the purchase would pass now, raises the
+        CloudError the purchase would get otherwise (a bad image, subnet or type, sold out,
+        quota). Nothing is bought.
+
+        A fresh ClientToken is sent so the check may be retried like any idempotent purchase;
+        CVM checks stock too, so a pass says nothing about later. An answer that carries instance
+        ids means the server bought despite DryRun: that is raised, never ignored.
+        """
+        if charge_type == SPOTPAID and max_price is None:
+            raise ValueError("a spot purchase check needs max_price (its bid)")
+        ids = await self.run_instances(
+            zone=zone,
+            instance_type=instance_type,
+            image_id=image_id,
+            count=count,
+            max_price=max_price,
+            client_token=f"dryrun-{uuid.uuid4()}",
+            tags=dict(tags or {}),
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            security_group_ids=security_group_ids,
+            system_disk_type=system_disk_type,
+            system_disk_size_gib=system_disk_size_gib,
+            key_ids=key_ids,
+            dry_run=True,
+            charge_type=charge_type,
+        )
+        if ids:
+            raise CloudNetworkError(
+                SERVER_NETWORK_ERROR,
+                f"RunInstances with DryRun answered {len(ids)} instance ids: "
+                f"{', '.join(ids[:10])}",
+                action="RunInstances",
+            )
+
+    async def describe_offers(
+        self,
+        *,
+        zones: Sequence[str],
+        instance_types: Sequence[str],
+        charge_types: Sequence[str] = CHARGE_TYPES,
+    ) -> list[Offer]:
+        """Every requested zone x instance type x charge type the API reports, with its price,
+        list price, sold-out flag and StatusCategory (DescribeZoneInstanceConfigInfos).
+
+        Batched like describe_spot_offers (at most 5 values per filter). Items of charge types
+        or pools that were not asked for are dropped; pools the API does not list are absent.
+        """
+        for charge in charge_types:
+            if charge not in CHARGE_TYPES:
+                raise ValueError(
+                    f"charge_types: {charge!r} is not one of {', '.join(CHARGE_TYPES)}"
+                )
+        wanted_charges = wire.unique(charge_types)
+        offers: dict[tuple[str, str, str], Offer] = {}
+        for zone_batch in wire.chunks(wire.unique(zones), wire.MAX_FILTER_VALUES):
+            for type_batch in wire.chunks(wire.unique(instance_types), wire.MAX_FILTER_VALUES):
+                filters = wire.filters_param(
+                    {
+                        "zone": zone_batch,
+                        "instance-type": type_batch,
+                        "instance-charge-type": wanted_charges,
+                    }
+                )
+                response = await self.call("DescribeZoneInstanceConfigInfos", {"Filters": filters})
+                items = response.get("InstanceTypeQuotaSet") or []
+                if not isinstance(items, list):
+                    raise self._malformed(
+                        "DescribeZoneInstanceConfigInfos", "InstanceTypeQuotaSet is not a list"
+                    )
+                for raw in items:
+                    try:
+                        offer = wire.parse_config_item(raw)
+                    except ValueError as exc:  # wire's own words, no server data in them
+                        raise self._malformed("DescribeZoneInstanceConfigInfos", str(exc)) from None
+                    if (
+                        offer.zone in zone_batch
+                        and offer.instance_type in type_batch
+                        and offer.charge_type in wanted_charges
+                    ):
+                        offers[(offer.zone, offer.instance_type, offer.charge_type)] = offer
+        return list(offers.values())
+
+    async def describe_account_quota(self, *, zones: Sequence[str] = ()) -> AccountQuota:
+        """The spot and pay-as-you-go vCPU quotas of the region, by zone (DescribeAccountQuota).
+
+        With `zones`, only those (batched 5 per call); without, every zone the API reports.
+        """
+        wanted = wire.unique(zones)
+        batches: list[list[str]] = list(wire.chunks(wanted, wire.MAX_FILTER_VALUES)) or [[]]
+        merged: AccountQuota | None = None
+        for batch in batches:
+            response = await self.call(
+                "DescribeAccountQuota", {"Filters": wire.account_quota_filters(batch)}
+            )
+            try:
+                quota = wire.parse_account_quota(response)
+            except ValueError as exc:  # wire's own words, no server data in them
+                raise self._malformed("DescribeAccountQuota", str(exc)) from None
+            if batch:  # a server that ignores the filter must not widen the answer
+                quota = AccountQuota(
+                    region=quota.region,
+                    spot={z: q for z, q in quota.spot.items() if z in batch},
+                    on_demand={z: q for z, q in quota.on_demand.items() if z in batch},
+                    app_id=quota.app_id,
+                )
+            merged = quota if merged is None else AccountQuota(
+                region=merged.region or quota.region,
+                spot={**merged.spot, **quota.spot},
+                on_demand={**merged.on_demand, **quota.on_demand},
+                app_id=merged.app_id if merged.app_id is not None else quota.app_id,
+            )
+        assert merged is not None  # at least one batch always runs
+        return merged
+
+    async def inquiry_price(
+        self,
+        *,
+        zone: str,
+        instance_type: str,
+        image_id: str,
+        count: int = 1,
+        charge_type: str = SPOTPAID,
+        max_price: Decimal | str | None = None,
+    ) -> PriceQuote:
+        """The hourly price of buying `count` instances (InquiryPriceRunInstances); raises the
+        refusal the purchase itself would get (sold out, bid too low, quota). For spot, the bid
+        is optional: without one the API prices at the market."""
+        params = wire.inquiry_price_params(
+            zone=zone,
+            instance_type=instance_type,
+            image_id=image_id,
+            count=count,
+            charge_type=charge_type,
+            max_price=max_price,
+        )
+        response = await self.call("InquiryPriceRunInstances", params)
+        try:
+            return wire.parse_price_quote(response, charge_type)
+        except ValueError as exc:  # wire's own words, no server data in them
+            raise self._malformed("InquiryPriceRunInstances", str(exc)) from None
+
+    @staticmethod
+    def _malformed(action: str, message: str) -> CloudNetworkError:
+        """A 200 answer that breaks the documented shape: a server fault, like a non-JSON body."""
+        return CloudNetworkError(
+            SERVER_NETWORK_ERROR, f"malformed {action} answer: {message}", action=action
+        )

@@ -59,3 +59,88 @@ class SpotOffer:
     sold_out: bool
     cpu: int = 0
     memory_gib: int = 0
+
+
+# Charge types the client buys (InstanceChargeType).
+SPOTPAID = "SPOTPAID"
+POSTPAID_BY_HOUR = "POSTPAID_BY_HOUR"  # pay-as-you-go, "on-demand"
+CHARGE_TYPES = (SPOTPAID, POSTPAID_BY_HOUR)
+
+# DescribeZoneInstanceConfigInfos StatusCategory, from worst to best stock.
+WITHOUT_STOCK = "WithoutStock"
+UNDER_STOCK = "UnderStock"
+NORMAL_STOCK = "NormalStock"
+ENOUGH_STOCK = "EnoughStock"
+STOCK_CATEGORIES = (WITHOUT_STOCK, UNDER_STOCK, NORMAL_STOCK, ENOUGH_STOCK)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One zone x instance type x charge type as DescribeZoneInstanceConfigInfos reports it.
+
+    `price` is what an instance-hour costs under `charge_type` (the spot price for SPOTPAID, the
+    list price for POSTPAID_BY_HOUR); `list_price` is the pay-as-you-go list price either way, so
+    the SPOTPAID offer alone already gives the on-demand price of its pool. `status_category` is
+    CVM's stock signal (one of STOCK_CATEGORIES), None when the API gave none it documents.
+    """
+
+    zone: str
+    instance_type: str
+    charge_type: str
+    price: Decimal | None  # USD per instance-hour; None when the API gave no usable price
+    list_price: Decimal | None
+    sold_out: bool
+    status_category: str | None
+    cpu: int = 0
+    memory_gib: int = 0
+
+    @property
+    def stock_rank(self) -> int | None:
+        """0 (WithoutStock) to 3 (EnoughStock), for ordering pools by stock; None if unknown."""
+        if self.status_category is None:
+            return None
+        return STOCK_CATEGORIES.index(self.status_category)
+
+
+@dataclass(frozen=True)
+class ZoneQuota:
+    """One zone's row of a DescribeAccountQuota set, in vCPU cores (UsedQuota, RemainingQuota,
+    TotalQuota). `remaining` is what a purchase may still take; it is what the API says, which
+    can be less than total - used."""
+
+    zone: str
+    total: int
+    used: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class AccountQuota:
+    """The account's spot (SpotPaidQuotaSet) and pay-as-you-go (PostPaidQuotaSet) vCPU quotas of
+    one region, by zone. A zone absent from a mapping is one the API reported nothing for."""
+
+    region: str
+    spot: dict[str, ZoneQuota]
+    on_demand: dict[str, ZoneQuota]
+    app_id: int | None = None
+
+    def remaining(self, zone: str, charge_type: str) -> int | None:
+        """vCPUs a purchase of that charge type may still take in `zone`; None when unknown."""
+        rows = self.spot if charge_type == SPOTPAID else self.on_demand
+        row = rows.get(zone)
+        return None if row is None else row.remaining
+
+
+@dataclass(frozen=True)
+class PriceQuote:
+    """InquiryPriceRunInstances' InstancePrice: per `charge_unit` (HOUR) for the whole count.
+
+    `price` is what would be paid (UnitPriceDiscount, or UnitPrice when that is absent or not
+    positive), `list_price` the undiscounted UnitPrice, `discount_percent` the share of the list
+    price paid (Tencent's Discount: 20 means 80 % off)."""
+
+    charge_type: str
+    price: Decimal | None
+    list_price: Decimal | None
+    discount_percent: Decimal | None
+    charge_unit: str

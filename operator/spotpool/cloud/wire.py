@@ -15,6 +15,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from .models import Instance, SpotOffer
+from .models import (  # issue 11: on-demand, stock, quota and price
+    CHARGE_TYPES,
+    POSTPAID_BY_HOUR,
+    STOCK_CATEGORIES,
+    AccountQuota,
+    Offer,
+    PriceQuote,
+    ZoneQuota,
+)
 
 # API limits (reference sections 0, 3.1, 4.1, 5, 6.1).
 MAX_IDS_PER_CALL = 100          # DescribeInstances InstanceIds, TerminateInstances batch
@@ -66,7 +75,7 @@ def run_instances_params(
     instance_type: str,
     image_id: str,
     count: int,
-    max_price: Decimal | str,
+    max_price: Decimal | str | None,
     client_token: str,
     tags: Mapping[str, str],
     instance_name: str | None,
@@ -78,8 +87,12 @@ def run_instances_params(
     key_ids: Sequence[str] | None,
     user_data: str | None,
     dry_run: bool,
+    charge_type: str = SPOTPAID,
 ) -> dict[str, Any]:
-    """RunInstances parameters for a one-time spot purchase; raises ValueError before any call."""
+    """RunInstances parameters for a one-time spot purchase (with its bid) or a pay-as-you-go one
+    (POSTPAID_BY_HOUR, no bid and no InstanceMarketOptions); raises ValueError before any call.
+    A spot purchase's bytes do not depend on whether charge_type was given."""
+    _check_charge(charge_type, max_price, require_bid=True)
     if not 1 <= count <= MAX_INSTANCE_COUNT:
         raise ValueError(f"count must be within 1..{MAX_INSTANCE_COUNT}, got {count}")
     token_ok = client_token.isascii() and 1 <= len(client_token) <= MAX_CLIENT_TOKEN_LENGTH
@@ -91,7 +104,7 @@ def run_instances_params(
     if (vpc_id is None) != (subnet_id is None):
         raise ValueError("vpc_id and subnet_id must be given together")
     params: dict[str, Any] = {
-        "InstanceChargeType": SPOTPAID,
+        "InstanceChargeType": charge_type,
         "Placement": {"Zone": zone, "ProjectId": 0},
         "InstanceType": instance_type,
         "ImageId": image_id,
@@ -119,10 +132,11 @@ def run_instances_params(
             "ResourceType": "instance",
             "Tags": [{"Key": key, "Value": tags[key]} for key in sorted(tags)],
         }]
-    params["InstanceMarketOptions"] = {
-        "SpotOptions": {"MaxPrice": price_string(max_price), "SpotInstanceType": "one-time"},
-        "MarketType": "spot",
-    }
+    if charge_type == SPOTPAID and max_price is not None:
+        params["InstanceMarketOptions"] = {
+            "SpotOptions": {"MaxPrice": price_string(max_price), "SpotInstanceType": "one-time"},
+            "MarketType": "spot",
+        }
     if user_data:
         params["UserData"] = encode_user_data(user_data)
     if dry_run:
@@ -212,3 +226,184 @@ def parse_offer(raw: Mapping[str, Any]) -> SpotOffer:
         cpu=int(raw.get("Cpu") or 0),
         memory_gib=int(raw.get("Memory") or 0),
     )
+
+
+# ------------------------------------------------ on-demand, stock, quota and price (issue 11)
+
+_QUOTA_SETS = {SPOTPAID: "SpotPaidQuotaSet", POSTPAID_BY_HOUR: "PostPaidQuotaSet"}
+_MAX_TEXT = 64  # zone, instance type, charge type, status words
+_MAX_QUOTA = 10**9  # vCPU cores; anything larger is not a quota
+MAX_QUOTA_ROWS = 200  # zones of one region in one quota set
+
+
+def _short_text(value: Any, what: str) -> str:
+    """A short string field: absent is "", anything else but a string of <= 64 is ValueError."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise ValueError(f"{what} is not a string of at most {_MAX_TEXT} characters")
+    return value
+
+
+def _small_int(value: Any, what: str, *, required: bool = False) -> int:
+    """A non-negative JSON integer (never a bool or a string); absent is 0 unless required."""
+    if value is None and not required:
+        return 0
+    if type(value) is not int or not 0 <= value <= _MAX_QUOTA:
+        raise ValueError(f"{what} is not an integer within 0..{_MAX_QUOTA}")
+    return value
+
+
+def _item_price(
+    raw: Mapping[str, Any],
+) -> tuple[Decimal | None, Decimal | None, Mapping[str, Any]]:
+    """(price paid, list price, the ItemPrice) of an object carrying an ItemPrice as `Price`.
+
+    The paid price is UnitPriceDiscount, or UnitPrice when that is absent or not positive (a zero
+    "discount price" would make a pool look free); see parse_offer.
+    """
+    price = raw.get("Price") or {}
+    if not isinstance(price, Mapping):
+        raise ValueError("Price is not a JSON object")
+    list_price = _decimal(price.get("UnitPrice"))
+    paid = _decimal(price.get("UnitPriceDiscount"))
+    if paid is None or paid <= 0:
+        paid = list_price
+    return paid, list_price, price
+
+
+def parse_config_item(raw: Any) -> Offer:
+    """A DescribeZoneInstanceConfigInfos item (any charge type) as an Offer.
+
+    A StatusCategory that is none of the four documented words becomes None (unknown), not an
+    error: it is advice about stock, and a new word should not stop the operator from buying.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError("an InstanceTypeQuotaSet item is not a JSON object")
+    paid, list_price, _ = _item_price(raw)
+    category = raw.get("StatusCategory")
+    return Offer(
+        zone=_short_text(raw.get("Zone"), "Zone"),
+        instance_type=_short_text(raw.get("InstanceType"), "InstanceType"),
+        charge_type=_short_text(raw.get("InstanceChargeType"), "InstanceChargeType"),
+        price=paid,
+        list_price=list_price,
+        sold_out=raw.get("Status") == "SOLD_OUT",
+        status_category=category if category in STOCK_CATEGORIES else None,
+        cpu=_small_int(raw.get("Cpu"), "Cpu"),
+        memory_gib=_small_int(raw.get("Memory"), "Memory"),
+    )
+
+
+def account_quota_filters(zones: Sequence[str]) -> list[dict[str, Any]]:
+    """DescribeAccountQuota Filters asking for the spot and pay-as-you-go sets of `zones` (all
+    zones of the region when empty)."""
+    filters: dict[str, Sequence[str]] = {"quota-type": list(_QUOTA_SETS.values())}
+    if zones:
+        filters = {"zone": zones, **filters}
+    return filters_param(filters)
+
+
+def parse_account_quota(response: Mapping[str, Any]) -> AccountQuota:
+    """A DescribeAccountQuota response as an AccountQuota (ValueError when it breaks the shape).
+
+    Sets the API left out or null are empty: the caller then knows nothing of those zones, which
+    it must treat as "unknown", never as "no quota".
+    """
+    overview = response.get("AccountQuotaOverview")
+    if not isinstance(overview, Mapping):
+        raise ValueError("AccountQuotaOverview is not a JSON object")
+    quota = overview.get("AccountQuota")
+    quota = {} if quota is None else quota
+    if not isinstance(quota, Mapping):
+        raise ValueError("AccountQuota is not a JSON object")
+    sets: dict[str, dict[str, ZoneQuota]] = {}
+    for charge, name in _QUOTA_SETS.items():
+        rows = quota.get(name)
+        rows = [] if rows is None else rows
+        if not isinstance(rows, list) or len(rows) > MAX_QUOTA_ROWS:
+            raise ValueError(f"{name} is not a list of at most {MAX_QUOTA_ROWS} rows")
+        by_zone: dict[str, ZoneQuota] = {}
+        for row in rows:
+            if not isinstance(row, Mapping):
+                raise ValueError(f"a {name} row is not a JSON object")
+            zone = _short_text(row.get("Zone"), f"{name} Zone")
+            if not zone:
+                raise ValueError(f"a {name} row has no Zone")
+            by_zone[zone] = ZoneQuota(
+                zone=zone,
+                total=_small_int(row.get("TotalQuota"), f"{name} TotalQuota", required=True),
+                used=_small_int(row.get("UsedQuota"), f"{name} UsedQuota"),
+                remaining=_small_int(
+                    row.get("RemainingQuota"), f"{name} RemainingQuota", required=True
+                ),
+            )
+        sets[charge] = by_zone
+    app_id = response.get("AppId")
+    return AccountQuota(
+        region=_short_text(overview.get("Region"), "Region"),
+        spot=sets[SPOTPAID],
+        on_demand=sets[POSTPAID_BY_HOUR],
+        app_id=app_id if type(app_id) is int else None,
+    )
+
+
+def inquiry_price_params(
+    *,
+    zone: str,
+    instance_type: str,
+    image_id: str,
+    count: int,
+    charge_type: str,
+    max_price: Decimal | str | None,
+) -> dict[str, Any]:
+    """InquiryPriceRunInstances parameters (SDK model order), checked like a purchase's."""
+    if not 1 <= count <= MAX_INSTANCE_COUNT:
+        raise ValueError(f"count must be within 1..{MAX_INSTANCE_COUNT}, got {count}")
+    _check_charge(charge_type, max_price, require_bid=False)
+    params: dict[str, Any] = {
+        "Placement": {"Zone": zone, "ProjectId": 0},
+        "ImageId": image_id,
+        "InstanceChargeType": charge_type,
+        "InstanceType": instance_type,
+        "InstanceCount": count,
+    }
+    if charge_type == SPOTPAID:
+        spot: dict[str, Any] = {"SpotInstanceType": "one-time"}
+        if max_price is not None:
+            spot = {"MaxPrice": price_string(max_price), **spot}
+        params["InstanceMarketOptions"] = {"SpotOptions": spot, "MarketType": "spot"}
+    return params
+
+
+def parse_price_quote(response: Mapping[str, Any], charge_type: str) -> PriceQuote:
+    """An InquiryPriceRunInstances response's InstancePrice as a PriceQuote."""
+    price = response.get("Price")
+    if not isinstance(price, Mapping):
+        raise ValueError("Price is not a JSON object")
+    instance = price.get("InstancePrice")
+    if not isinstance(instance, Mapping):
+        raise ValueError("Price.InstancePrice is not a JSON object")
+    paid, list_price, item = _item_price({"Price": instance})
+    return PriceQuote(
+        charge_type=charge_type,
+        price=paid,
+        list_price=list_price,
+        discount_percent=_decimal(item.get("Discount")),
+        charge_unit=_short_text(item.get("ChargeUnit"), "ChargeUnit"),
+    )
+
+
+def _check_charge(
+    charge_type: str, max_price: Decimal | str | None, *, require_bid: bool
+) -> None:
+    """A charge type the client buys, with a bid only where one means something (spot)."""
+    if charge_type not in CHARGE_TYPES:
+        raise ValueError(
+            f"charge_type must be one of {', '.join(CHARGE_TYPES)}, got {charge_type!r}"
+        )
+    if charge_type == SPOTPAID:
+        if require_bid and max_price is None:
+            raise ValueError("a spot purchase needs max_price (its bid)")
+    elif max_price is not None:
+        raise ValueError(f"max_price is a spot bid; a {charge_type} purchase takes none")
