@@ -13,6 +13,14 @@ Behaviour that the operator relies on, and why:
 - The secret key is only ever handed to `signing.sign`: it is not logged, not in any repr, and
   an echo of it (or of the session token) in a server message is redacted before an exception
   carries it. Request headers and bodies are never logged (UserData may hold secrets too).
+- The endpoint may be hostile (a pool author can name one), so nothing it says reaches a caller
+  unbounded or unfiltered: replies are streamed and abandoned past `max_reply_bytes` (compressed
+  ones too), a whole exchange has a deadline however slowly bytes drip, redirects are not
+  followed, a reply that is not a CVM envelope (HTML, another Content-Type, not JSON) is reported
+  by HTTP status and content type only, never by its body, error codes must have the documented
+  shape, messages are clipped and stripped of control characters, and a listing is bounded in
+  instances, pages, retained bytes and concurrent page reads whatever `TotalCount` claims.
+  docs/security.md lists every hostile answer tried and what the caller sees.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import functools
 import json
 import logging
 import random
+import re
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
@@ -38,13 +48,18 @@ from . import wire
 from .errors import (
     CLIENT_NETWORK_ERROR,
     DRY_RUN_PASSED,
+    INVALID_RESPONSE,
     SERVER_NETWORK_ERROR,
     SIGNATURE_EXPIRED,
     CloudError,
     CloudNetworkError,
+    ErrorCategory,
+    clean_message,
+    valid_code,
+    valid_request_id,
 )
 from .models import TERMINATING, Credentials, Instance, SpotOffer
-from .ratelimit import RateLimiterRegistry, Sleep, default_registry
+from .ratelimit import RateLimiterRegistry, Sleep, account_key, default_registry
 from .models import CHARGE_TYPES, SPOTPAID, AccountQuota, Offer, PriceQuote  # issue 11
 from .signing import sign
 
@@ -79,7 +94,75 @@ def warm_up() -> None:
 # Instances in these states need no TerminateInstances (absent ones neither).
 _GONE_STATES = frozenset({TERMINATING})
 _LISTING_ATTEMPTS = 3  # reads of a listing whose set keeps changing under it
-_SNIPPET = 300  # characters of an unexpected response body kept in an error message
+
+# Bounds on what a server can make the client hold or do (see the module docstring).
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024  # a real page of 100 instances is a few hundred KiB
+DEFAULT_MAX_LISTING = 50_000  # instances in one listing
+DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024  # characters one listing may retain, all instances
+DEFAULT_DEADLINE = 60.0  # seconds for one whole exchange: connect, send, every byte of the reply
+PAGE_CONCURRENCY = 4  # DescribeInstances pages read at once, whatever TotalCount says
+_EXTRA_PAGES = 10  # page reads allowed beyond what max_listing needs at full pages
+_INSTANCE_OVERHEAD = 512  # bytes charged per instance against the listing budget
+# Media types whose bodies are parsed (the official Python SDK parses errors in both).
+_PARSED_MEDIA_TYPES = frozenset({"application/json", "text/plain"})
+_MEDIA_TYPE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+_ZLIB_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+# Fixed descriptions of transport failures: an httpx/h11 message may quote what the server sent
+# (an "illegal status line" holds the first bytes of whatever answered), so none is passed on.
+_TRANSPORT_FAILURES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.ConnectTimeout, "connecting timed out"),
+    (httpx.ConnectError, "could not connect"),
+    (httpx.ReadTimeout, "reading the reply timed out"),
+    (httpx.WriteTimeout, "sending the request timed out"),
+    (httpx.PoolTimeout, "no free connection in time"),
+    (httpx.RemoteProtocolError, "the server broke the HTTP protocol"),
+    (httpx.ReadError, "the connection failed while reading the reply"),
+    (httpx.WriteError, "the connection failed while sending the request"),
+)
+
+
+def _media_type(header: str | None) -> str:
+    """The media type of a Content-Type header, lower-cased, for parsing and for messages.
+
+    A header that is not a plausible `type/subtype` is named by a fixed phrase instead, so a
+    message never quotes what a server put there.
+    """
+    if not header:
+        return "(none)"
+    media = header.split(";", 1)[0].strip().lower()
+    return media if _MEDIA_TYPE_SHAPE.fullmatch(media) else "(malformed)"
+
+
+def _invalid(action: str, message: str) -> CloudError:
+    """InvalidResponse: the server's answer breaks the documented shape or the client's bounds.
+    `message` is the client's own words; it never quotes the server."""
+    return CloudError(INVALID_RESPONSE, message, action=action, category=ErrorCategory.UNKNOWN)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (possibly nested) group, for callers that expect CloudError."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives; a response built in memory (an httpx.MockTransport answer in
+    tests) is already read, and comes whole."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    else:
+        yield content
+
+
+def _transport_failure(exc: httpx.HTTPError) -> str:
+    """A fixed description of a transport failure: the exception's type, never its text."""
+    for kind, description in _TRANSPORT_FAILURES:
+        if isinstance(exc, kind):
+            return f"{type(exc).__name__}: {description}"
+    return f"{type(exc).__name__}: the HTTP exchange failed"
 
 
 class CvmClient:
@@ -105,13 +188,25 @@ class CvmClient:
         limiter: RateLimiterRegistry | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_listing: int = DEFAULT_MAX_LISTING,
+        max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         """`clock` gives request timestamps; `limiter`, `sleep` (backoff) and `rng` (jitter)
-        exist so tests can replace time and chance."""
+        exist so tests can replace time and chance.
+
+        `timeout` bounds each network operation (connect, each read); `deadline` bounds a whole
+        exchange, so a server that drips one byte at a time cannot hold a call forever.
+        `max_reply_bytes` bounds one reply (decompressed); `max_listing` and `max_listing_bytes`
+        bound the instances, and the characters they retain, of one DescribeInstances listing.
+        """
         if not region:
             raise ValueError("region is required (it is the X-TC-Region header)")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if min(max_reply_bytes, max_listing, max_listing_bytes) < 1 or deadline <= 0:
+            raise ValueError("reply, listing and deadline bounds must be positive")
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host or url.userinfo:
             raise ValueError(f"endpoint must be http(s)://host[:port], got {endpoint!r}")
@@ -131,7 +226,18 @@ class CvmClient:
         self._limiter = limiter if limiter is not None else default_registry()
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, verify=tls_context())
+        # Per account AND key: a caller who knows another team's SecretId but not its key gets
+        # buckets of its own, so its refused requests cannot use up that team's request budget.
+        self._bucket_account = account_key(credentials.secret_id, credentials.secret_key)
+        self._max_reply_bytes = max_reply_bytes
+        self._max_listing = max_listing
+        self._max_listing_bytes = max_listing_bytes
+        self._deadline = deadline
+        # Redirects are never followed: the signed request (and its token) goes to the configured
+        # host only, and a redirect is an answer like any other non-200 one.
+        self._http = httpx.AsyncClient(
+            transport=transport, timeout=timeout, verify=tls_context(), follow_redirects=False
+        )
 
     def __repr__(self) -> str:
         return (
@@ -165,7 +271,7 @@ class CvmClient:
         while True:
             attempt += 1
             await self._limiter.acquire(
-                self._host, self._credentials.secret_id, action, self._rate_limits
+                self._host, self._bucket_account, action, self._rate_limits
             )
             try:
                 return await self._attempt(action, body)
@@ -192,20 +298,90 @@ class CvmClient:
         headers = self._headers(action, body, int(self._clock()))
         started = time.monotonic()
         try:
-            try:
-                response = await self._http.post(self._url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                raise CloudNetworkError(
-                    CLIENT_NETWORK_ERROR,
-                    self._redact(f"{type(exc).__name__}: {exc}"),
-                    action=action,
-                ) from None  # the httpx exception holds the request, headers and token included
-            result = self._parse(action, response)
+            status, content_type, data = await self._exchange(action, body, headers)
+            result = self._parse(action, status, content_type, data)
         except CloudError as err:
             self._observe(action, time.monotonic() - started, err.code)
             raise
         self._observe(action, time.monotonic() - started, None)
         return result
+
+    async def _exchange(
+        self, action: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, bytes | None]:
+        """(status, media type, body) of one POST, within the deadline and the size bound.
+
+        The body is read only for a 200 reply of a media type that is parsed; any other reply is
+        judged by its status and type alone, so an HTML page or a 200 MB error is never read.
+        """
+        try:
+            async with asyncio.timeout(self._deadline):
+                async with self._http.stream(
+                    "POST", self._url, content=body, headers=headers
+                ) as response:
+                    content_type = _media_type(response.headers.get("Content-Type"))
+                    if response.status_code != 200 or content_type not in _PARSED_MEDIA_TYPES:
+                        return response.status_code, content_type, None
+                    return 200, content_type, await self._read_capped(action, response)
+        except httpx.HTTPError as exc:
+            # from None: the httpx exception holds the request, headers and token included.
+            raise CloudNetworkError(
+                CLIENT_NETWORK_ERROR, _transport_failure(exc), action=action
+            ) from None
+        except TimeoutError:
+            raise CloudNetworkError(
+                CLIENT_NETWORK_ERROR,
+                f"no complete reply within {self._deadline:g} s",
+                action=action,
+            ) from None
+
+    async def _read_capped(self, action: str, response: httpx.Response) -> bytes:
+        """The reply body, decompressed, or InvalidResponse as soon as it passes the bound.
+
+        Reading stops at the first byte too many (the connection is then dropped), and gzip or
+        deflate is inflated a bounded slice at a time, so a small compressed bomb cannot expand
+        in memory either.
+        """
+        limit = self._max_reply_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and len(declared) < 20 and int(declared) > limit:
+            raise self._too_large(action)
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in _ZLIB_ENCODINGS and encoding not in ("", "identity"):
+            raise CloudNetworkError(
+                SERVER_NETWORK_ERROR,
+                "HTTP 200 with an unsupported Content-Encoding; not a CVM reply",
+                action=action,
+                http_status=200,
+            )
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in _ZLIB_ENCODINGS else None
+        buffer = bytearray()
+        async for chunk in _raw_chunks(response):
+            pending = chunk
+            while pending:
+                if inflater is None:
+                    buffer += pending
+                    pending = b""
+                else:
+                    try:
+                        # max_length is at least 1 here (0 would mean "no limit").
+                        buffer += inflater.decompress(pending, limit + 1 - len(buffer))
+                    except zlib.error:
+                        raise CloudNetworkError(
+                            SERVER_NETWORK_ERROR,
+                            "HTTP 200 with a corrupt compressed body; not a CVM reply",
+                            action=action,
+                            http_status=200,
+                        ) from None
+                    pending = inflater.unconsumed_tail
+                if len(buffer) > limit:
+                    raise self._too_large(action)
+        return bytes(buffer)
+
+    def _too_large(self, action: str) -> CloudError:
+        return _invalid(
+            action, f"the reply exceeds {self._max_reply_bytes} bytes; reading stopped there"
+        )
 
     def _headers(self, action: str, body: bytes, timestamp: int) -> dict[str, str]:
         """Headers in the order the official SDK emits them; only content-type;host are signed."""
@@ -231,50 +407,68 @@ class CvmClient:
         ).authorization
         return headers
 
-    def _parse(self, action: str, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code != 200:
+    def _parse(
+        self, action: str, status: int, content_type: str, data: bytes | None
+    ) -> dict[str, Any]:
+        """The `Response` object of a CVM envelope, or CloudError.
+
+        Nothing of a non-CVM reply is quoted (its body may be an internal service's answer): the
+        message names the HTTP status and the media type only. A CVM error's code must have the
+        documented shape, its message is cleaned and clipped, its RequestId checked.
+        """
+        if data is None:
+            what = "redirect, not followed" if 300 <= status < 400 else "not a CVM reply"
             raise CloudNetworkError(
                 SERVER_NETWORK_ERROR,
-                self._redact(f"HTTP {response.status_code}: {response.text[:_SNIPPET]}"),
+                f"HTTP {status} with Content-Type {content_type} ({what})",
                 action=action,
-                http_status=response.status_code,
+                http_status=status,
             )
         try:
-            payload = response.json()
-        except ValueError:
+            payload = json.loads(data)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
             payload = None
         envelope = payload.get("Response") if isinstance(payload, dict) else None
         if not isinstance(envelope, dict):
             raise CloudNetworkError(
                 SERVER_NETWORK_ERROR,
-                self._redact(f"not a CVM response: {response.text[:_SNIPPET]}"),
+                f"HTTP 200 with Content-Type {content_type}, but not a CVM reply "
+                "(no JSON Response object)",
                 action=action,
                 http_status=200,
             )
-        request_id = envelope.get("RequestId")
+        request_id = valid_request_id(envelope.get("RequestId"))
         error = envelope.get("Error")
         if error is None:
             return envelope
         if not isinstance(error, dict) or not error.get("Code"):
             raise CloudNetworkError(
                 SERVER_NETWORK_ERROR,
-                self._redact(f"malformed Error object: {str(error)[:_SNIPPET]}"),
+                "HTTP 200 with a malformed Error object (no Code); not a CVM reply",
                 action=action,
                 request_id=request_id,
                 http_status=200,
             )
+        code = error["Code"]
+        if not valid_code(code):
+            raise CloudError(
+                INVALID_RESPONSE,
+                "the server answered with an error code that is not of the documented shape",
+                action=action,
+                request_id=request_id,
+                category=ErrorCategory.UNKNOWN,
+            )
+        message = error.get("Message")
         raise CloudError(
-            str(error["Code"]),
-            self._redact(str(error.get("Message") or "")),
+            code,
+            self._clean(message if isinstance(message, str) else ""),
             action=action,
             request_id=request_id,
         )
 
-    def _redact(self, text: str) -> str:
-        for secret in (self._credentials.secret_key, self._credentials.token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+    def _clean(self, text: str) -> str:
+        """A server message made safe: see `errors.clean_message`; secrets are redacted."""
+        return clean_message(text, (self._credentials.secret_key, self._credentials.token))
 
     def _observe(self, action: str, seconds: float, error_code: str | None) -> None:
         log.debug("CVM %s -> %s in %.3fs", action, error_code or "OK", seconds)
@@ -342,7 +536,15 @@ class CvmClient:
             if dry_run and err.code == DRY_RUN_PASSED:
                 return []
             raise
-        return [str(instance_id) for instance_id in response.get("InstanceIdSet") or []]
+        ids = response.get("InstanceIdSet") or []
+        # At most `count` ids of the documented shape: anything else would be stored and acted on.
+        if not isinstance(ids, list) or len(ids) > count or not all(
+            isinstance(instance_id, str) and wire.valid_instance_id(instance_id)
+            for instance_id in ids
+        ):
+            raise _invalid("RunInstances", "InstanceIdSet is not a list of at most "
+                           f"{count} instance ids")
+        return list(ids)
 
     async def describe_instances(
         self,
@@ -362,7 +564,8 @@ class CvmClient:
         if instance_ids is not None:
             found: list[Instance] = []
             for batch in wire.chunks(wire.unique(instance_ids), wire.MAX_IDS_PER_CALL):
-                found += await self._describe_pages({"InstanceIds": batch})
+                # Asked for these ids, a server that lists more is lying.
+                found += await self._describe_pages({"InstanceIds": batch}, len(batch))
             return found
         base: dict[str, Any] = {}
         if filters:
@@ -373,7 +576,9 @@ class CvmClient:
         """Every instance carrying tag `key` = `value` (filter `tag:<key>`)."""
         return await self.describe_instances(filters={f"tag:{key}": [value]})
 
-    async def _describe_pages(self, base: dict[str, Any]) -> list[Instance]:
+    async def _describe_pages(
+        self, base: dict[str, Any], max_instances: int | None = None
+    ) -> list[Instance]:
         """Every page of a listing, read again when the set changed while it was being read.
 
         Paging is by offset: an instance that disappears between two page reads shifts a later one
@@ -382,28 +587,48 @@ class CvmClient:
         the change; a fresh read is then the better view (the freshest is kept if the set never
         holds still).
         """
+        limit = self._max_listing if max_instances is None else min(max_instances, self._max_listing)
         for _ in range(_LISTING_ATTEMPTS):
-            found, totals = await self._read_listing(base)
+            found, totals = await self._read_listing(base, limit)
             if len(totals) == 1:
                 break
         return found
 
-    async def _read_listing(self, base: dict[str, Any]) -> tuple[list[Instance], set[int]]:
-        """The first page alone (it gives TotalCount and the page size), then the rest concurrently
-        (the rate limiter spaces them), then on one by one if the set grew meanwhile. Returns the
-        instances and every TotalCount the pages reported."""
+    async def _read_listing(
+        self, base: dict[str, Any], max_instances: int
+    ) -> tuple[list[Instance], set[int]]:
+        """The first page alone (it gives TotalCount and the page size), then the rest by
+        PAGE_CONCURRENCY readers (the rate limiter spaces them), then on one by one if the set grew
+        meanwhile. Returns the instances and every TotalCount the pages reported.
+
+        Whatever the server claims, a listing holds at most `max_instances` instances and
+        `max_listing_bytes` characters, and takes at most `max_instances / PAGE_LIMIT` + 10 page
+        reads: a TotalCount beyond that, or pages too small to reach it in that many reads, is
+        refused before they are read.
+        """
         found: dict[str, Instance] = {}
         totals: set[int] = set()
+        max_pages = -(-max_instances // wire.PAGE_LIMIT) + _EXTRA_PAGES
+        pages_read = 0
+        retained = 0
 
         async def read(offset: int) -> tuple[int, int]:
+            nonlocal pages_read, retained
+            pages_read += 1
+            if pages_read > max_pages:
+                raise _invalid("DescribeInstances", f"the listing needs more than {max_pages} pages")
             response = await self.call(
                 "DescribeInstances", {**base, "Offset": offset, "Limit": wire.PAGE_LIMIT}
             )
-            page = response.get("InstanceSet") or []
-            for raw in page:
-                instance = wire.parse_instance(raw)
+            page, total = self._listing_page(response, max_instances)
+            for instance in page:
+                if instance.instance_id not in found:
+                    retained += _INSTANCE_OVERHEAD + wire.retained_size(instance)
                 found[instance.instance_id] = instance
-            total = int(response.get("TotalCount") or 0)
+            if len(found) > max_instances or retained > self._max_listing_bytes:
+                raise _invalid("DescribeInstances",
+                               f"the listing exceeds {max_instances} instances or "
+                               f"{self._max_listing_bytes} bytes")
             totals.add(total)
             return len(page), total
 
@@ -412,15 +637,51 @@ class CvmClient:
         if not size or size >= total:
             return list(found.values()), totals
         offsets = range(size, total, size)
-        pages = await asyncio.gather(*(read(offset) for offset in offsets))
-        offset = offsets[-1] + pages[-1][0]
-        total = max(t for _, t in pages)
+        if len(offsets) + pages_read > max_pages:
+            raise _invalid("DescribeInstances", f"the listing needs more than {max_pages} pages")
+        pages: dict[int, tuple[int, int]] = {}
+        pending = iter(offsets)
+
+        async def reader() -> None:
+            for offset in pending:  # the readers share one iterator: each offset is read once
+                pages[offset] = await read(offset)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(PAGE_CONCURRENCY, len(offsets))):
+                    group.create_task(reader())
+        except BaseExceptionGroup as failed:  # the first failure, as a plain CloudError
+            raise _first_leaf(failed) from None
+        offset = offsets[-1] + pages[offsets[-1]][0]
+        total = max(t for _, t in pages.values())
         while offset < total:
             size, total = await read(offset)
             if not size:
                 break
             offset += size
         return list(found.values()), totals
+
+    def _listing_page(self, response: dict[str, Any], max_instances: int) -> tuple[list[Instance], int]:
+        """One DescribeInstances page, checked: TotalCount a count within the listing's bound,
+        InstanceSet a list of at most PAGE_LIMIT well-formed instances."""
+        total = response.get("TotalCount")
+        if total is None:
+            total = 0
+        if type(total) is not int or total < 0:
+            raise _invalid("DescribeInstances", "TotalCount is not a non-negative integer")
+        if total > max_instances:
+            raise _invalid("DescribeInstances",
+                           f"TotalCount exceeds {max_instances}, the most one listing may hold")
+        raw_page = response.get("InstanceSet")
+        if raw_page is None:
+            raw_page = []
+        if not isinstance(raw_page, list) or len(raw_page) > wire.PAGE_LIMIT:
+            raise _invalid("DescribeInstances",
+                           f"InstanceSet is not a list of at most {wire.PAGE_LIMIT} instances")
+        try:
+            return [wire.parse_instance(raw) for raw in raw_page], total
+        except ValueError as exc:  # messages of wire's own making: they quote no server data
+            raise _invalid("DescribeInstances", f"malformed instance: {exc}") from None
 
     async def terminate_instances(self, instance_ids: Sequence[str]) -> None:
         """Release instances, in batches of 100; instances already gone count as released.
@@ -476,10 +737,21 @@ class CvmClient:
                     "instance-charge-type": [wire.SPOTPAID],
                 })
                 response = await self.call("DescribeZoneInstanceConfigInfos", {"Filters": filters})
-                for raw in response.get("InstanceTypeQuotaSet") or []:
+                quotas = response.get("InstanceTypeQuotaSet") or []
+                if not isinstance(quotas, list):
+                    raise _invalid("DescribeZoneInstanceConfigInfos",
+                                   "InstanceTypeQuotaSet is not a list")
+                for raw in quotas:
+                    if not isinstance(raw, dict):
+                        raise _invalid("DescribeZoneInstanceConfigInfos",
+                                       "an InstanceTypeQuotaSet item is not a JSON object")
                     if raw.get("InstanceChargeType", wire.SPOTPAID) != wire.SPOTPAID:
                         continue
-                    offer = wire.parse_offer(raw)
+                    try:
+                        offer = wire.parse_offer(raw)
+                    except ValueError as exc:  # wire's own message, no server data in it
+                        raise _invalid("DescribeZoneInstanceConfigInfos",
+                                       f"malformed offer: {exc}") from None
                     if offer.zone in zone_batch and offer.instance_type in type_batch:
                         offers[(offer.zone, offer.instance_type)] = offer
         return list(offers.values())

@@ -16,6 +16,9 @@ Choices the reference leaves open (its retry column is itself a recommendation):
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -195,7 +198,10 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
         "ClientParamsError",
         "ClientError",
     ),
-    _C.UNKNOWN: ("FailedOperation",),
+    # InvalidResponse: client-side, for a server answer that breaks the protocol's documented
+    # shape (an odd error code, an oversized reply, a listing larger than the client will hold).
+    # Not retried: a lying endpoint gets no second chance to waste memory or time.
+    _C.UNKNOWN: ("FailedOperation", "InvalidResponse"),
 }
 
 CODE_CATEGORIES: dict[str, ErrorCategory] = {
@@ -234,6 +240,76 @@ SIGNATURE_EXPIRED = "AuthFailure.SignatureExpire"
 DRY_RUN_PASSED = "DryRunOperation"
 CLIENT_NETWORK_ERROR = "ClientNetworkError"
 SERVER_NETWORK_ERROR = "ServerNetworkError"
+INVALID_RESPONSE = "InvalidResponse"
+OTHER_CODE_LABEL = "Other"
+
+# The documented shape of a CVM error code: dotted CamelCase words (`AuthFailure.SignatureFailure`,
+# `LimitExceeded.CvmInstanceQuota`); the longest in the reference is under 60 characters.
+MAX_CODE_LENGTH = 128
+_CODE_SHAPE = re.compile(r"[A-Za-z]+(?:\.[A-Za-z0-9]+)*")
+# RequestIds are UUIDs; allow any short token of that alphabet, nothing else.
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_MESSAGE_LENGTH = 300
+_BLANKS = frozenset("\t\n\r\v\f\x1c\x1d\x1e\x1f\x85")
+_ELLIPSIS = "..."
+
+
+def valid_code(code: object) -> bool:
+    """Whether a server-sent error code has the documented shape (and a sane length).
+
+    A code travels into conditions, events and metric labels: anything else (control characters,
+    markup, megabytes) is replaced by INVALID_RESPONSE before it reaches a caller.
+    """
+    return (
+        isinstance(code, str)
+        and len(code) <= MAX_CODE_LENGTH
+        and _CODE_SHAPE.fullmatch(code) is not None
+    )
+
+
+def valid_request_id(request_id: object) -> str | None:
+    """The RequestId if it looks like one, else None: it is shown to users next to the code."""
+    if isinstance(request_id, str) and _REQUEST_ID_SHAPE.fullmatch(request_id):
+        return request_id
+    return None
+
+
+def clean_message(
+    text: str, secrets: Iterable[str | None] = (), limit: int = MAX_MESSAGE_LENGTH
+) -> str:
+    """A server-sent message made safe to show: no control or format characters (no terminal
+    escapes, no bidi overrides, no newlines to forge log lines), secrets redacted, `limit`
+    characters at most. Line breaks, tabs and Unicode spaces become one plain space; other
+    control and format characters are dropped.
+
+    Only a bounded prefix is examined, so a megabyte message costs no more than a short one;
+    the prefix is long enough that a secret straddling the clip point is still found whole.
+    Characters are dropped before redaction, so a secret split by control characters is caught.
+    """
+    wanted = [secret for secret in secrets if secret]
+    window = limit * 4 + sum(len(secret) for secret in wanted)
+    clipped = len(text) > window
+    text = "".join(
+        " " if ch in _BLANKS or unicodedata.category(ch)[0] == "Z"
+        else "" if unicodedata.category(ch)[0] == "C"
+        else ch
+        for ch in text[:window]
+    )
+    text = " ".join(text.split())  # runs of blanks (what control characters became) collapse
+    for secret in sorted(wanted, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    if clipped or len(text) > limit:
+        text = text[: limit - len(_ELLIPSIS)].rstrip() + _ELLIPSIS
+    return text
+
+
+def code_label(code: str | None) -> str:
+    """A bounded metric label for an error code: catalogued codes verbatim, anything else
+    `Other`. A server can invent any number of well-shaped codes; Prometheus series must not
+    grow with them."""
+    if code is None:
+        return ""
+    return code if code in CODE_CATEGORIES else OTHER_CODE_LABEL
 
 
 def classify(code: str) -> ErrorCategory:

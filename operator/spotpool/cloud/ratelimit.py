@@ -13,11 +13,21 @@ event loops, and callers are served strictly in arrival order without polling.
 
 With the default burst of 1 the slots are evenly spaced 1/rate apart, so no one-second window
 ever sees more than `rate` requests leave this process, which is what Tencent's window counts.
+
+Buckets are keyed by SecretId AND a digest of the SecretKey (`account_key`), not by SecretId
+alone: SecretIds are not secret, and a tenant who names another team's SecretId with a wrong key
+must not drain that team's budget (its requests are refused by Tencent anyway). Two valid keys of
+one sub-account (a rotation) briefly get two buckets; that errs on Tencent's side for a moment,
+and `RequestLimitExceeded` is retried. Since anyone may mint new keys, the registry drops idle
+buckets once it holds many: an idle GCRA bucket is indistinguishable from a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +50,15 @@ DEFAULT_RATE_LIMITS: Mapping[str, float] = {
 }
 DEFAULT_RATE = 20.0
 _EPSILON = 1e-9  # seconds
+PRUNE_ABOVE = 1024  # buckets; past this, idle ones are dropped on the next new key
+# A per-process salt: the digest in a bucket key says nothing about the key outside this process.
+_DIGEST_SALT = os.urandom(16)
+
+
+def account_key(secret_id: str, secret_key: str) -> str:
+    """The rate-limit identity of a key pair: the SecretId plus a salted digest of the key."""
+    digest = hmac.new(_DIGEST_SALT, secret_key.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{secret_id}#{digest[:16]}"
 
 
 def rate_for(action: str, overrides: Mapping[str, float] | None = None) -> float:
@@ -75,6 +94,11 @@ class TokenBucket:
     def rate(self) -> float:
         return 1.0 / self._interval
 
+    def idle(self) -> bool:
+        """No slot is reserved beyond now: the bucket behaves exactly like a fresh one."""
+        with self._lock:
+            return self._next_slot <= self._clock()
+
     def tighten(self, rate: float) -> None:
         """Lower the rate (never raise it): a bucket shared by clients honours the strictest."""
         if rate <= 0:
@@ -107,12 +131,15 @@ class TokenBucket:
             raise
 
 
-BucketKey = tuple[str, str, str]  # (API host, secret id, action)
+BucketKey = tuple[str, str, str]  # (API host, account, action); account: see `account_key`
 
 
 @dataclass
 class RateLimiterRegistry:
-    """Buckets by (API host, secret id, action); one process-wide instance serves all clients.
+    """Buckets by (API host, account, action); one process-wide instance serves all clients.
+
+    `account` is whatever identifies a server-side counter to the caller; CvmClient passes
+    `account_key(secret_id, secret_key)`.
 
     Tests build their own registry with a fake clock; production code uses `default_registry()`.
     """
@@ -129,12 +156,23 @@ class RateLimiterRegistry:
         with self._lock:  # clients may be built from several threads (one loop each)
             existing = self._buckets.get(key)
             if existing is None:
+                if len(self._buckets) >= PRUNE_ABOVE:
+                    self._prune()
                 existing = self._buckets[key] = TokenBucket(
                     rate, burst=self.burst, clock=self.clock, sleep=self.sleep
                 )
             elif rate < existing.rate:
                 existing.tighten(rate)
             return existing
+
+    def _prune(self) -> None:
+        """Drop idle buckets (the lock is held). A bucket some caller still holds keeps working;
+        a later caller of the same key starts a fresh one, which is what the idle one was."""
+        for key in [key for key, bucket in self._buckets.items() if bucket.idle()]:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     async def acquire(
         self,

@@ -9,6 +9,7 @@ Request dicts are built in the official Python SDK's model order (the order of t
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -34,6 +35,17 @@ MAX_INSTANCE_COUNT = 100        # the lower of the CN (500) and intl (100) RunIn
 MAX_CLIENT_TOKEN_LENGTH = 64
 MAX_USER_DATA_BYTES = 16 * 1024  # after base64 encoding
 SPOTPAID = "SPOTPAID"
+
+# Bounds on what one instance of a listing may carry. CVM allows 50 tags per resource, keys of
+# 127 and values of 255 characters, names of 60; anything beyond is a lie, and the listing that
+# carries it is refused (ValueError) rather than held in memory or shown to anyone.
+MAX_TAGS = 64
+MAX_TAG_KEY = 255
+MAX_TAG_VALUE = 255
+MAX_NAME = 256
+MAX_FIELD = 64  # zone, instance type, state, charge type, timestamps
+MAX_COUNT = 1_000_000  # CPU cores, GiB of memory
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 T = TypeVar("T")
 
@@ -173,58 +185,117 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def parse_instance(raw: Mapping[str, Any]) -> Instance:
+def valid_instance_id(value: str) -> bool:
+    """Whether a server-sent instance id is short and plain (it is stored and sent back)."""
+    return _INSTANCE_ID.fullmatch(value) is not None
+
+
+def _text(value: Any, limit: int, what: str) -> str:
+    """A string field: absent is "", anything but a string of at most `limit` is ValueError."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{what} is not a string of at most {limit} characters")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    """A small non-negative integer field (absent is 0); a JSON integer, never a bool or text."""
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{what} is not an integer within 0..{MAX_COUNT}")
+    return value
+
+
+def parse_instance(raw: Any) -> Instance:
+    """A DescribeInstances item as an Instance; ValueError when it breaks the documented shape.
+
+    Absent fields are tolerated (empty), wrong types and oversized values are not: the server may
+    be hostile, and whatever is kept here is held for every instance of a listing.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError("an instance is not a JSON object")
+    instance_id = raw.get("InstanceId")
+    if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
+        raise ValueError("an instance has no valid InstanceId")
     placement = raw.get("Placement") or {}
-    tags = {
-        tag["Key"]: tag.get("Value") or ""
-        for tag in raw.get("Tags") or []
-        if isinstance(tag, Mapping) and tag.get("Key")
-    }
+    if not isinstance(placement, Mapping):
+        raise ValueError("Placement is not a JSON object")
+    raw_tags = raw.get("Tags") or []
+    if not isinstance(raw_tags, list) or len(raw_tags) > MAX_TAGS:
+        raise ValueError(f"Tags is not a list of at most {MAX_TAGS}")
+    tags: dict[str, str] = {}
+    for tag in raw_tags:
+        if not isinstance(tag, Mapping):
+            raise ValueError("a tag is not a JSON object")
+        key = _text(tag.get("Key"), MAX_TAG_KEY, "a tag key")
+        if key:
+            tags[key] = _text(tag.get("Value"), MAX_TAG_VALUE, "a tag value")
+    created = raw.get("CreatedTime")
     return Instance(
-        instance_id=raw["InstanceId"],
-        zone=placement.get("Zone") or "",
-        instance_type=raw.get("InstanceType") or "",
-        state=raw.get("InstanceState") or "",
-        charge_type=raw.get("InstanceChargeType") or "",
-        created_time=parse_time(raw.get("CreatedTime")),
+        instance_id=instance_id,
+        zone=_text(placement.get("Zone"), MAX_FIELD, "Zone"),
+        instance_type=_text(raw.get("InstanceType"), MAX_FIELD, "InstanceType"),
+        state=_text(raw.get("InstanceState"), MAX_FIELD, "InstanceState"),
+        charge_type=_text(raw.get("InstanceChargeType"), MAX_FIELD, "InstanceChargeType"),
+        created_time=parse_time(created if isinstance(created, str) and len(created) <= MAX_FIELD
+                                else None),
         tags=tags,
-        name=raw.get("InstanceName") or "",
-        cpu=int(raw.get("CPU") or 0),
-        memory_gib=int(raw.get("Memory") or 0),
+        name=_text(raw.get("InstanceName"), MAX_NAME, "InstanceName"),
+        cpu=_count(raw.get("CPU"), "CPU"),
+        memory_gib=_count(raw.get("Memory"), "Memory"),
+    )
+
+
+def retained_size(instance: Instance) -> int:
+    """Characters an Instance holds in its strings: what a listing's memory budget counts."""
+    return (
+        len(instance.instance_id) + len(instance.zone) + len(instance.instance_type)
+        + len(instance.state) + len(instance.charge_type) + len(instance.name)
+        + sum(len(key) + len(value) for key, value in instance.tags.items())
     )
 
 
 def _decimal(value: Any) -> Decimal | None:
     """A JSON number as an exact Decimal (via its shortest repr), None when absent or invalid."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    text = str(value)
+    if len(text) > MAX_FIELD:  # a price of a million digits is no price
         return None
     try:
-        result = Decimal(str(value))
+        result = Decimal(text)
     except InvalidOperation:
         return None
     return result if result.is_finite() else None
 
 
-def parse_offer(raw: Mapping[str, Any]) -> SpotOffer:
+def parse_offer(raw: Any) -> SpotOffer:
     """A DescribeZoneInstanceConfigInfos item as a SpotOffer.
 
     The reference cannot say which ItemPrice field carries the spot price (open question 5); the
     discounted price is the natural reading, the list price the fallback when it is absent or not
-    positive (a zero "discount price" would make a pool look free).
+    positive (a zero "discount price" would make a pool look free). ValueError when the item
+    breaks the documented shape (the server may be hostile).
     """
+    if not isinstance(raw, Mapping):
+        raise ValueError("an offer is not a JSON object")
     price = raw.get("Price") or {}
+    if not isinstance(price, Mapping):
+        raise ValueError("Price is not a JSON object")
     list_price = _decimal(price.get("UnitPrice"))
     spot_price = _decimal(price.get("UnitPriceDiscount"))
     if spot_price is None or spot_price <= 0:
         spot_price = list_price
     return SpotOffer(
-        zone=raw.get("Zone") or "",
-        instance_type=raw.get("InstanceType") or "",
+        zone=_text(raw.get("Zone"), MAX_FIELD, "Zone"),
+        instance_type=_text(raw.get("InstanceType"), MAX_FIELD, "InstanceType"),
         spot_price=spot_price,
         list_price=list_price,
         sold_out=raw.get("Status") == "SOLD_OUT",
-        cpu=int(raw.get("Cpu") or 0),
-        memory_gib=int(raw.get("Memory") or 0),
+        cpu=_count(raw.get("Cpu"), "Cpu"),
+        memory_gib=_count(raw.get("Memory"), "Memory"),
     )
 
 

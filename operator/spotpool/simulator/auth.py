@@ -8,6 +8,7 @@ the simulator, not first in production.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable, Mapping
 
 from spotpool.cloud.signing import (
@@ -21,6 +22,13 @@ from spotpool.simulator.config import Credential
 
 SERVICE = "cvm"
 _REQUIRED_SIGNED_HEADERS = frozenset({"content-type", "host"})
+# A signature is lower-case hex SHA-256; anything else cannot match, and comparing it (non-ASCII
+# text makes hmac.compare_digest raise) must not turn a forged header into an InternalError.
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds as plain ASCII digits (int() takes more)
+_SIGNATURE_FAILURE = (
+    "The provided credentials could not be validated. Please check your signature is correct."
+)
 
 
 class Authenticator:
@@ -33,7 +41,9 @@ class Authenticator:
         self._max_skew = max_skew_seconds
         self._clock = clock
 
-    def verify(self, *, method: str, query: str, headers: Mapping[str, str], body: bytes) -> str:
+    def verify(
+        self, *, method: str, query: str, headers: Mapping[str, str], body: bytes, service: str = SERVICE
+    ) -> str:
         """The caller's SecretId, or ApiError with the code Tencent documents for the failure.
 
         `headers` must look names up case-insensitively (aiohttp's CIMultiDict does); `query` is
@@ -66,12 +76,12 @@ class Authenticator:
         raw_timestamp = headers.get("X-TC-Timestamp")
         if raw_timestamp is None:
             raise ApiError("MissingParameter", "The request is missing the header X-TC-Timestamp.")
-        try:
-            timestamp = int(raw_timestamp)
-        except ValueError:
+        if not _TIMESTAMP.fullmatch(raw_timestamp):
+            # int() alone would take " 17e2", "1_700" or non-ASCII digits, and sign them as sent.
             raise ApiError(
                 "InvalidParameter", "X-TC-Timestamp must be an integer number of Unix seconds."
-            ) from None
+            )
+        timestamp = int(raw_timestamp)
         now = self._clock()
         if abs(now - timestamp) > self._max_skew:
             raise ApiError(
@@ -79,27 +89,30 @@ class Authenticator:
                 f"The request timestamp {timestamp} differs from the server time {int(now)} by "
                 f"more than {int(self._max_skew)} seconds; check the client clock.",
             )
-        if parsed.service != SERVICE or parsed.date != scope_date(timestamp):
+        if parsed.service != service or parsed.date != scope_date(timestamp):
             raise ApiError(
                 "AuthFailure.SignatureFailure",
-                f"The credential scope must be {scope_date(timestamp)}/{SERVICE}/tc3_request "
-                "(the UTC date of X-TC-Timestamp and the service cvm).",
+                f"The credential scope must be {scope_date(timestamp)}/{service}/tc3_request "
+                f"(the UTC date of X-TC-Timestamp and the service {service}).",
             )
+        if not _SIGNATURE.fullmatch(parsed.signature):
+            raise ApiError("AuthFailure.SignatureFailure", _SIGNATURE_FAILURE)
         signed = {name: headers[name] for name in parsed.signed_headers if name in headers}
-        expected = expected_signature(
-            parsed=parsed,
-            secret_key=secret_key,
-            method=method,
-            query=query,
-            headers=signed,
-            payload=b"" if method == "GET" else body,
-            timestamp=raw_timestamp,
-            unsigned_payload=headers.get("X-TC-Content-SHA256") == UNSIGNED_PAYLOAD,
-        )
-        if expected is None or not hmac.compare_digest(expected, parsed.signature):
-            raise ApiError(
-                "AuthFailure.SignatureFailure",
-                "The provided credentials could not be validated. Please check your signature "
-                "is correct.",
+        try:
+            expected = expected_signature(
+                parsed=parsed,
+                secret_key=secret_key,
+                method=method,
+                query=query,
+                headers=signed,
+                payload=b"" if method == "GET" else body,
+                timestamp=raw_timestamp,
+                unsigned_payload=headers.get("X-TC-Content-SHA256") == UNSIGNED_PAYLOAD,
             )
+        except UnicodeEncodeError:
+            # A signed header that is not valid UTF-8 (aiohttp keeps such bytes as surrogates)
+            # cannot have been signed by any client: a signature failure, not a server fault.
+            raise ApiError("AuthFailure.SignatureFailure", _SIGNATURE_FAILURE) from None
+        if expected is None or not hmac.compare_digest(expected, parsed.signature):
+            raise ApiError("AuthFailure.SignatureFailure", _SIGNATURE_FAILURE)
         return parsed.secret_id

@@ -177,6 +177,8 @@ REFERENCE_ROWS: list[tuple[str, str, ErrorCategory]] = [
     ("ClientError.ParseJsonError", "R", C.TRANSIENT),
     ("ClientParamsError", "N", C.INVALID_REQUEST),
     ("ClientError", "N", C.INVALID_REQUEST),
+    # spotpool's own client-side code for a reply off the documented shape (issue 10)
+    ("InvalidResponse", "N", C.UNKNOWN),
 ]
 
 
