@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tencentcloud.cvm.v20170312 import models as sdk
-
 from spotpool.cloud.errors import CloudError, CloudNetworkError
 from spotpool.cloud.models import (
     ENOUGH_STOCK,
@@ -26,6 +24,8 @@ from spotpool.cloud.models import (
     Offer,
     ZoneQuota,
 )
+from tencentcloud.cvm.v20170312 import models as sdk
+
 from tests.unit.cloud.test_client_unit import error, make_client, reply
 
 ZONE = "ap-guangzhou-3"
@@ -72,7 +72,12 @@ QUOTA_EXAMPLE = {
             ],
             "SpotPaidQuotaSet": [
                 {"UsedQuota": 0, "RemainingQuota": 244, "TotalQuota": 244, "Zone": ZONE},
-                {"UsedQuota": 4, "RemainingQuota": 195, "TotalQuota": 199, "Zone": "ap-guangzhou-4"},
+                {
+                    "UsedQuota": 4,
+                    "RemainingQuota": 195,
+                    "TotalQuota": 199,
+                    "Zone": "ap-guangzhou-4",
+                },
             ],
             "ImageQuotaSet": [{"UsedQuota": 0, "TotalQuota": 10}],
         },
@@ -96,8 +101,12 @@ def item(**changes: Any) -> dict[str, Any]:
         "Cpu": 2,
         "Memory": 4,
         "Status": "SELL",
-        "Price": {"UnitPrice": 0.0859, "UnitPriceDiscount": 0.01718, "Discount": 20.0,
-                  "ChargeUnit": "HOUR"},
+        "Price": {
+            "UnitPrice": 0.0859,
+            "UnitPriceDiscount": 0.01718,
+            "Discount": 20.0,
+            "ChargeUnit": "HOUR",
+        },
         "StatusCategory": "EnoughStock",
         **changes,
     }
@@ -168,10 +177,15 @@ async def test_purchase_arguments_that_make_no_sense_are_refused_before_any_call
 async def test_check_purchase_passes_on_either_documented_answer(answer: httpx.Response) -> None:
     client, fake, _ = make_client(lambda a, b, r: answer)
     async with client:
-        assert await client.check_purchase(
-            zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-pmqg1cw7",
-            charge_type=POSTPAID_BY_HOUR,
-        ) is None
+        assert (
+            await client.check_purchase(
+                zone=ZONE,
+                instance_type="S5.MEDIUM4",
+                image_id="img-pmqg1cw7",
+                charge_type=POSTPAID_BY_HOUR,
+            )
+            is None
+        )
     [body] = fake.bodies("RunInstances")
     assert body["DryRun"] is True and body["InstanceChargeType"] == POSTPAID_BY_HOUR
     assert body["ClientToken"].startswith("dryrun-") and body["InstanceCount"] == 1
@@ -214,8 +228,12 @@ async def test_offers_carry_price_list_price_and_status_category() -> None:
         item(),
         item(
             InstanceChargeType=POSTPAID_BY_HOUR,
-            Price={"UnitPrice": 0.0859, "UnitPriceDiscount": 0.0859, "Discount": 100.0,
-                   "ChargeUnit": "HOUR"},
+            Price={
+                "UnitPrice": 0.0859,
+                "UnitPriceDiscount": 0.0859,
+                "Discount": 100.0,
+                "ChargeUnit": "HOUR",
+            },
             StatusCategory="UnderStock",
         ),
         item(InstanceType="S5.LARGE8", StatusCategory="PlentyStock", Status="SOLD_OUT"),
@@ -233,8 +251,17 @@ async def test_offers_carry_price_list_price_and_status_category() -> None:
         ("S5.LARGE8", SPOTPAID),
     }
     spot = by_key[("S5.MEDIUM4", SPOTPAID)]
-    assert spot == Offer(ZONE, "S5.MEDIUM4", SPOTPAID, Decimal("0.01718"), Decimal("0.0859"),
-                         False, ENOUGH_STOCK, 2, 4)
+    assert spot == Offer(
+        ZONE,
+        "S5.MEDIUM4",
+        SPOTPAID,
+        Decimal("0.01718"),
+        Decimal("0.0859"),
+        False,
+        ENOUGH_STOCK,
+        2,
+        4,
+    )
     assert spot.stock_rank == 3
     od = by_key[("S5.MEDIUM4", POSTPAID_BY_HOUR)]
     assert od.price == od.list_price == Decimal("0.0859") and od.status_category == UNDER_STOCK
@@ -244,11 +271,13 @@ async def test_offers_carry_price_list_price_and_status_category() -> None:
     assert body == json.loads(
         sdk_body(
             sdk.DescribeZoneInstanceConfigInfosRequest,
-            {"Filters": [
-                {"Name": "zone", "Values": [ZONE]},
-                {"Name": "instance-type", "Values": ["S5.MEDIUM4", "S5.LARGE8"]},
-                {"Name": "instance-charge-type", "Values": [SPOTPAID, POSTPAID_BY_HOUR]},
-            ]},
+            {
+                "Filters": [
+                    {"Name": "zone", "Values": [ZONE]},
+                    {"Name": "instance-type", "Values": ["S5.MEDIUM4", "S5.LARGE8"]},
+                    {"Name": "instance-charge-type", "Values": [SPOTPAID, POSTPAID_BY_HOUR]},
+                ]
+            },
         )
     )
 
@@ -257,9 +286,12 @@ async def test_offers_are_batched_five_values_per_filter_and_by_charge_type() ->
     client, fake, _ = make_client(lambda a, b, r: reply({"InstanceTypeQuotaSet": []}))
     zones = [f"ap-guangzhou-{n}" for n in range(1, 8)]
     async with client:
-        assert await client.describe_offers(
-            zones=zones, instance_types=["S5.MEDIUM4"], charge_types=[POSTPAID_BY_HOUR]
-        ) == []
+        assert (
+            await client.describe_offers(
+                zones=zones, instance_types=["S5.MEDIUM4"], charge_types=[POSTPAID_BY_HOUR]
+            )
+            == []
+        )
     bodies = fake.bodies("DescribeZoneInstanceConfigInfos")
     assert [b["Filters"][0]["Values"] for b in bodies] == [zones[:5], zones[5:]]
     assert all(b["Filters"][2]["Values"] == [POSTPAID_BY_HOUR] for b in bodies)
@@ -333,16 +365,37 @@ async def test_account_quota_for_zones_is_batched_and_narrowed() -> None:
         {},
         {"AccountQuotaOverview": {"AccountQuota": []}},
         {"AccountQuotaOverview": {"AccountQuota": {"SpotPaidQuotaSet": {}}}},
-        {"AccountQuotaOverview": {"AccountQuota": {"SpotPaidQuotaSet": [
-            {"Zone": ZONE, "TotalQuota": 4, "RemainingQuota": "4"}]}}},
-        {"AccountQuotaOverview": {"AccountQuota": {"PostPaidQuotaSet": [
-            {"Zone": ZONE, "TotalQuota": 4, "RemainingQuota": -1}]}}},
-        {"AccountQuotaOverview": {"AccountQuota": {"PostPaidQuotaSet": [
-            {"Zone": ZONE, "TotalQuota": 4}]}}},
-        {"AccountQuotaOverview": {"AccountQuota": {"PostPaidQuotaSet": [
-            {"TotalQuota": 4, "RemainingQuota": 4}]}}},
-        {"AccountQuotaOverview": {"AccountQuota": {"SpotPaidQuotaSet": [
-            {"Zone": ZONE, "TotalQuota": True, "RemainingQuota": 4}]}}},
+        {
+            "AccountQuotaOverview": {
+                "AccountQuota": {
+                    "SpotPaidQuotaSet": [{"Zone": ZONE, "TotalQuota": 4, "RemainingQuota": "4"}]
+                }
+            }
+        },
+        {
+            "AccountQuotaOverview": {
+                "AccountQuota": {
+                    "PostPaidQuotaSet": [{"Zone": ZONE, "TotalQuota": 4, "RemainingQuota": -1}]
+                }
+            }
+        },
+        {
+            "AccountQuotaOverview": {
+                "AccountQuota": {"PostPaidQuotaSet": [{"Zone": ZONE, "TotalQuota": 4}]}
+            }
+        },
+        {
+            "AccountQuotaOverview": {
+                "AccountQuota": {"PostPaidQuotaSet": [{"TotalQuota": 4, "RemainingQuota": 4}]}
+            }
+        },
+        {
+            "AccountQuotaOverview": {
+                "AccountQuota": {
+                    "SpotPaidQuotaSet": [{"Zone": ZONE, "TotalQuota": True, "RemainingQuota": 4}]
+                }
+            }
+        },
     ],
 )
 async def test_malformed_quota_is_a_server_fault_never_a_number(answer: dict[str, Any]) -> None:
@@ -354,8 +407,14 @@ async def test_malformed_quota_is_a_server_fault_never_a_number(answer: dict[str
 
 async def test_absent_quota_sets_mean_unknown_zones() -> None:
     client, _, _ = make_client(
-        lambda a, b, r: reply({"AccountQuotaOverview": {"Region": "ap-guangzhou",
-                                                        "AccountQuota": {"PostPaidQuotaSet": None}}})
+        lambda a, b, r: reply(
+            {
+                "AccountQuotaOverview": {
+                    "Region": "ap-guangzhou",
+                    "AccountQuota": {"PostPaidQuotaSet": None},
+                }
+            }
+        )
     )
     async with client:
         quota = await client.describe_account_quota()
@@ -370,19 +429,28 @@ async def test_inquiry_price_reads_the_documented_pay_as_you_go_example() -> Non
     # The documented answer for an hourly pay-as-you-go instance (prices as published).
     example = {
         "Price": {
-            "InstancePrice": {"UnitPrice": 16.09, "UnitPriceDiscount": 3.33, "Discount": 0,
-                              "ChargeUnit": "HOUR", "UnitPriceSecondStep": 16.09},
+            "InstancePrice": {
+                "UnitPrice": 16.09,
+                "UnitPriceDiscount": 3.33,
+                "Discount": 0,
+                "ChargeUnit": "HOUR",
+                "UnitPriceSecondStep": 16.09,
+            },
             "BandwidthPrice": {"UnitPrice": 0.8, "UnitPriceDiscount": 0.52, "ChargeUnit": "HOUR"},
         }
     }
     client, fake, _ = make_client(lambda a, b, r: reply(example))
     async with client:
         quote = await client.inquiry_price(
-            zone="ap-shanghai-2", instance_type="S5.16XLARGE256", image_id="img-pmqg1cw7",
+            zone="ap-shanghai-2",
+            instance_type="S5.16XLARGE256",
+            image_id="img-pmqg1cw7",
             charge_type=POSTPAID_BY_HOUR,
         )
     assert (quote.price, quote.list_price, quote.discount_percent) == (
-        Decimal("3.33"), Decimal("16.09"), Decimal("0")
+        Decimal("3.33"),
+        Decimal("16.09"),
+        Decimal("0"),
     )
     assert quote.charge_type == POSTPAID_BY_HOUR and quote.charge_unit == "HOUR"
     assert fake.requests[0].content == sdk_body(
@@ -398,8 +466,16 @@ async def test_inquiry_price_reads_the_documented_pay_as_you_go_example() -> Non
 
 
 async def test_spot_inquiry_sends_the_bid_only_when_given() -> None:
-    answer = {"Price": {"InstancePrice": {"UnitPrice": 0.2, "UnitPriceDiscount": 0.04,
-                                          "Discount": 20.0, "ChargeUnit": "HOUR"}}}
+    answer = {
+        "Price": {
+            "InstancePrice": {
+                "UnitPrice": 0.2,
+                "UnitPriceDiscount": 0.04,
+                "Discount": 20.0,
+                "ChargeUnit": "HOUR",
+            }
+        }
+    }
     client, fake, _ = make_client(lambda a, b, r: reply(answer))
     async with client:
         quote = await client.inquiry_price(
@@ -411,7 +487,8 @@ async def test_spot_inquiry_sends_the_bid_only_when_given() -> None:
     assert quote.price == Decimal("0.04") and quote.discount_percent == Decimal("20.0")
     first, second = fake.bodies("InquiryPriceRunInstances")
     assert first["InstanceMarketOptions"] == {
-        "SpotOptions": {"SpotInstanceType": "one-time"}, "MarketType": "spot"
+        "SpotOptions": {"SpotInstanceType": "one-time"},
+        "MarketType": "spot",
     }
     assert first["InstanceCount"] == 2
     assert second["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] == "0.5"
