@@ -276,14 +276,14 @@ class World:
         return outcome
 
     async def settle(self, namespace: str, name: str, *, passes: int = 40, step: float = 5.0) -> int:
-        """Reconcile, moving the clock `step` seconds between passes, until a pass neither acts nor
-        expects progress and the object is steady; returns the passes it took."""
+        """Reconcile, moving the clock `step` seconds between passes, until a pass neither acted
+        nor expects progress (settled, or blocked); returns the passes it took."""
         for count in range(1, passes + 1):
             outcome = await self.reconcile(namespace, name)
             if outcome is None:
                 return count
             self.clock.advance(step)
-            if not outcome.progressing and outcome.problem is None:
+            if not outcome.progressing:
                 return count
         raise AssertionError(f"{namespace}/{name} did not settle in {passes} passes")
 

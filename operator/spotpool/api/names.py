@@ -22,6 +22,11 @@ NAMESPACE_TAG = f"{PREFIX}/namespace"
 CLUSTER_TAG = f"{PREFIX}/cluster"
 """The installation's id, so two clusters sharing an account never touch each other's instances."""
 
+LAUNCH_TAG = f"{PREFIX}/launch"
+"""The ClientToken of the RunInstances call that bought the instance. A launch record whose answer
+was lost is accounted for as soon as the listing shows instances carrying its token, without a
+replay (which could buy when the deficit it was made for is already covered)."""
+
 ENVIRONMENT_LABEL = ENVIRONMENT_TAG
 """The label key of `status.selector` (the scale subresource's selector)."""
 

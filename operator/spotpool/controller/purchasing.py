@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from spotpool.api.names import environment_tags
+from spotpool.api.names import LAUNCH_TAG, environment_tags
 from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import RunInstancesRequest
 from spotpool.controller.context import PassContext
@@ -86,10 +86,16 @@ class Purchasing:
                 "launchSequence": result.sequence,
                 "account": ctx.account,
             }, resource_version=resource_version)
-        await asyncio.gather(
-            *(self._replay(ctx, launch, result) for launch in plan.replays),
-            *(self._buy(ctx, launch, batch, result) for launch, batch in intents),
-        )
+        # A task group, not gather: if one call fails unexpectedly the others are cancelled with
+        # it, as a crash would stop them; their records stay and the planner settles them.
+        try:
+            async with asyncio.TaskGroup() as calls:
+                for launch in plan.replays:
+                    calls.create_task(self._replay(ctx, launch, result))
+                for launch, batch in intents:
+                    calls.create_task(self._buy(ctx, launch, batch, result))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the pass fails as the first call did
         return result
 
     def _intents(
@@ -168,7 +174,8 @@ class Purchasing:
             max_price=spec.max_price,
             client_token=launch.client_token,
             tags={**spec.tags, **environment_tags(uid=ctx.ref.uid, namespace=ctx.ref.namespace,
-                                                  name=ctx.ref.name, cluster_id=self._cluster_id)},
+                                                  name=ctx.ref.name, cluster_id=self._cluster_id),
+                  LAUNCH_TAG: launch.client_token},
             instance_name=spec.instance_name_prefix,
             vpc_id=network.vpc_id if network else None,
             subnet_id=(network.subnet_ids or {}).get(launch.zone) if network else None,

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
+from spotpool.api.names import LAUNCH_TAG
 from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, PoolKey
 
 
@@ -21,7 +22,8 @@ class RecordCount:
     - `unseen`: instances of the launch not observed at all; they may be alive, so they count
       toward the deficit. Before RunInstances answered, the whole count (it may have bought it).
     - `unlisted`: ids the listing lacked but an `InstanceIds` lookup found, tagged as ours.
-    - `accounted`: every returned id is listed or proven gone: the record has done its job.
+    - `accounted`: every returned id is listed, or proven gone (or not ours) by a lookup: the
+      record has done its job.
     """
 
     launch: InflightLaunch
@@ -166,11 +168,14 @@ def take_census(
         if instance is None or instance_id in owned:
             continue
         if instance.tags.get(OWNER_UID_TAG) != owner_uid:
-            foreign += 1
+            foreign += 1  # not a purchase of ours (an id forged into status): it accounts for nothing
             continue
         owned[instance_id] = instance
         unlisted_ids.add(instance_id)
-    gone = frozenset(instance_id for instance_id, instance in confirmed.items() if instance is None)
+    gone = frozenset(
+        instance_id for instance_id, instance in confirmed.items()
+        if instance is None or instance.tags.get(OWNER_UID_TAG) != owner_uid
+    )
     records = tuple(_count(launch, owned, unlisted_ids, gone) for launch in inflight)
     return Census(
         owned=tuple(owned.values()),
@@ -191,11 +196,14 @@ def _count(
     """A launch record against the observation.
 
     An id seen in any state (even LAUNCH_FAILED) is accounted for by observation; fewer ids than
-    requested (partial delivery) means the rest was never bought.
+    requested (partial delivery) means the rest was never bought. A record whose call never
+    answered is known by the instances carrying its token (`LAUNCH_TAG`), if any are seen.
     """
-    if not launch.instance_ids:
+    ids = set(launch.instance_ids) or {
+        i.instance_id for i in owned.values() if i.tags.get(LAUNCH_TAG) == launch.client_token
+    }
+    if not ids:  # the call never answered and nothing it bought is seen: it may have bought it all
         return RecordCount(launch, unseen=launch.count, unlisted=0, accounted=False)
-    ids = set(launch.instance_ids)
     unseen = sum(1 for i in ids if i not in owned and i not in gone)
     in_lookup_only = sum(1 for i in ids if i in unlisted)
     return RecordCount(
