@@ -197,3 +197,19 @@ async def test_inquiry_prices_spot_and_on_demand(
         )
     assert caught.value.code == "ResourcesSoldOut.SpecifiedInstanceType"
     assert simulator.market.instances() == []
+
+
+async def test_an_image_that_disappeared_fails_the_check_as_not_found(
+    client: CvmClient, simulator: RunningSimulator
+) -> None:
+    result = await market(simulator, {"images": [IMAGE]})
+    assert result["pools"] == []
+    await client.check_purchase(zone=ZONE, instance_type=TYPE, image_id=IMAGE, max_price="0.05")
+    with pytest.raises(CloudError) as caught:
+        await client.check_purchase(
+            zone=ZONE, instance_type=TYPE, image_id="img-00000000", charge_type=POSTPAID_BY_HOUR
+        )
+    assert caught.value.code == "InvalidImageId.NotFound"
+    assert caught.value.category is ErrorCategory.INVALID_REQUEST
+    async with httpx.AsyncClient(base_url=simulator.url) as http:
+        assert (await http.get("/_sim/market")).json()["images"] == [IMAGE]

@@ -185,6 +185,8 @@ def _launch_request(
         raise ApiError(
             "InvalidImageId.Malformed", f"ImageId {params.image_id!r} is not like img-xxxxxxxx."
         )
+    if not ctx.market.image_exists(params.image_id):
+        raise ApiError("InvalidImageId.NotFound", f"The image {params.image_id} does not exist.")
     if params.instance_type is None:
         raise ApiError(
             "MissingParameter", "The request is missing the required parameter InstanceType."

@@ -129,6 +129,11 @@ class MarketSpec(_Strict):
         default_factory=dict, description="per-zone overrides of on_demand_quota_vcpus"
     )
     stock_status: StockStatusSpec = Field(default_factory=StockStatusSpec)
+    images: list[str] | None = Field(
+        default=None,
+        description="the image ids that exist (others are InvalidImageId.NotFound); "
+        "None: every well-formed img-xxxxxxxx exists",
+    )
     reclaim_rate_per_hour: float = Field(
         default=0.0, ge=0, description="random reclaims per running instance-hour"
     )

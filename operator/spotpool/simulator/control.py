@@ -64,11 +64,13 @@ class PoolUpdate(_Body):
 
 
 class MarketBody(_Body):
-    """`zoneQuotas` sets spot vCPU quotas, `onDemandZoneQuotas` pay-as-you-go ones."""
+    """`zoneQuotas` sets spot vCPU quotas, `onDemandZoneQuotas` pay-as-you-go ones; `images`
+    the image ids that exist from now on (absent: unchanged; reset restores the configuration)."""
 
     pools: list[PoolUpdate] = Field(default_factory=list)
     zone_quotas: dict[str, int] = Field(default_factory=dict)
     on_demand_zone_quotas: dict[str, int] = Field(default_factory=dict)
+    images: list[str] | None = None
 
 
 def add_control_routes(app: web.Application, sim: Simulator) -> None:
@@ -276,7 +278,11 @@ def _quota_view(sim: Simulator) -> dict[str, dict[str, int]]:
 async def _market(sim: Simulator) -> web.Response:
     sim.market.advance()
     return _json(
-        {"pools": [_pool_view(sim, p) for p in sim.market.pools()], "zoneQuotas": _quota_view(sim)}
+        {
+            "pools": [_pool_view(sim, p) for p in sim.market.pools()],
+            "zoneQuotas": _quota_view(sim),
+            "images": sim.market.images(),
+        }
     )
 
 
@@ -312,6 +318,8 @@ async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
         market.set_zone_quota(zone, vcpus)
     for zone, vcpus in body.on_demand_zone_quotas.items():
         market.set_zone_quota(zone, vcpus, POSTPAID_BY_HOUR)
+    if body.images is not None:
+        market.set_images(body.images)
     return _json({"pools": changed, "zoneQuotas": _quota_view(sim)})
 
 

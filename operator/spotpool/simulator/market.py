@@ -139,6 +139,7 @@ class Market:
         self._quotas_used = {
             charge: dict.fromkeys(self._zone_region, 0) for charge in (SPOTPAID, POSTPAID_BY_HOUR)
         }
+        self._images = None if market.images is None else set(market.images)
         self._instances: dict[str, SimInstance] = {}
         self._regions = {region: RegionIndex() for region in config.regions}
         self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
@@ -585,6 +586,19 @@ class Market:
                 ):
                     self._schedule_reclaim(inst, now)
         return pool
+
+    def image_exists(self, image_id: str) -> bool:
+        """Whether RunInstances may use the image (every well-formed id, unless images are set)."""
+        return self._images is None or image_id in self._images
+
+    def images(self) -> list[str] | None:
+        """The image ids that exist, sorted; None when every well-formed id does."""
+        return None if self._images is None else sorted(self._images)
+
+    def set_images(self, images: list[str] | None) -> None:
+        """From now on only these images exist (None: every well-formed id), so a test can make a
+        pool's image disappear and see a DryRun turn it into InvalidImageId.NotFound."""
+        self._images = None if images is None else set(images)
 
     def set_zone_quota(self, zone: str, vcpus: int, charge_type: str = SPOTPAID) -> None:
         """Set a zone's vCPU quota for a charge type; instances over it keep running, as a

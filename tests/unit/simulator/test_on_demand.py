@@ -451,3 +451,19 @@ def test_terminating_on_demand_keeps_its_charge_type_in_describe(
     assert total == 1 and page[0].instance_id == iid and page[0].state == TERMINATING
     total, page = market.describe_instances(REGION, filters=[("instance-charge-type", [SPOT])])
     assert [i.instance_id for i in page] == [spot]
+
+
+def test_only_the_listed_images_exist_when_images_are_set(clock: FakeClock) -> None:
+    market = Market(small_config(market={"images": ["img-pmqg1cw7"]}), clock)
+    assert call(market, "RunInstances", purchase())["InstanceIdSet"]
+    gone = purchase(ImageId="img-00000000", DryRun=True)
+    assert call_error(market, "RunInstances", gone) == "InvalidImageId.NotFound"
+    inquiry = purchase(ImageId="img-00000000")
+    assert call_error(market, "InquiryPriceRunInstances", inquiry) == "InvalidImageId.NotFound"
+    market.set_images(None)  # every well-formed id exists again
+    assert call_error(market, "RunInstances", gone) == "DryRunOperation"
+    market.set_images([])
+    assert market.images() == []
+    assert call_error(market, "RunInstances", purchase()) == "InvalidImageId.NotFound"
+    market.reset()
+    assert market.images() == ["img-pmqg1cw7"]
