@@ -9,6 +9,7 @@ production. JSON bodies are validated strictly (an integer sent as a string is
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -197,10 +198,15 @@ def unflatten(flat: dict[str, str]) -> dict[str, Any]:
     return _lists_from_indexes(root, "")  # type: ignore[return-value]
 
 
+_INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
+
+
 def _lists_from_indexes(node: Any, path: str) -> Any:
     if not isinstance(node, dict):
         return node
-    if node and all(key.isdigit() for key in node):
+    # Canonical decimal indexes only ("0", "12"; not "00", "²" or 5000 digits, which str.isdigit
+    # takes and int() refuses or folds onto another index): other keys are plain names.
+    if node and all(_INDEX.fullmatch(key) for key in node):
         indexes = sorted(int(key) for key in node)
         if indexes != list(range(len(indexes))):
             raise ApiError(
