@@ -461,7 +461,9 @@ class LeaderElector:
             log.warning("Lease %s: attempt failed: %s", self.name, exc)
         now = self._clock()
         if self._is_leading:
-            if now >= self._fence:
+            if self._fence == -math.inf:
+                await self._step_down(f"the Lease is held by {self.holder!r}")
+            elif now >= self._fence:
                 await self._step_down(f"renew deadline ({self.timing.renew_deadline} s) passed")
             else:
                 return min(self.timing.retry_period, self._fence - now)
@@ -475,7 +477,8 @@ class LeaderElector:
         return delay
 
     async def _try_acquire_or_renew(self) -> None:
-        if self._is_leading and self._version is not None and self._observed is not None:
+        if (self._is_leading and self._version is not None and self._observed is not None
+                and self._observed.holder == self.identity):
             # The leader's fast path: renew the record it wrote last, without reading it first.
             sent = self._clock()
             record = claim(self._observed, self.identity, self.timing.lease_duration, self._wall())
@@ -499,6 +502,11 @@ class LeaderElector:
             if current != self._observed:
                 self._observed, self._observed_at = current, now
             self._last_seen = None
+        if self._is_leading and (current is None or current.holder != self.identity):
+            # Someone else wrote the Lease (a person, or an installation with other timings): whatever
+            # our deadline says, we are not the holder any more. Stop acting now; step() ends the term.
+            self._fence = -math.inf
+            return
         action = decide(current, self.identity, now, self._observed_at, self._last_seen)
         if action is Action.WAIT:
             return

@@ -229,10 +229,12 @@ async def test_a_stale_write_loses_and_the_winner_stays_alone() -> None:
     await a.step()  # conflict on the fast path
     assert a.is_leader()  # still within its deadline: nobody could have waited c's record out yet
     clock.now += 2
-    await a.step()  # reads, sees c holding it, waits
-    assert store.leases["lease"][0].holder == "c"
-    clock.now += 7
-    assert not a.is_leader()
+    await a.step()  # reads, sees c holding it: stops at once, whatever its deadline says
+    assert not a.is_leader() and not a.leading.is_set()
+    for _ in range(5):  # and never overwrites c's record while c's lease runs
+        clock.now += 2
+        await a.step()
+    assert store.leases["lease"][0].holder == "c" and not a.is_leader()
     with pytest.raises(LeaseConflict):
         await store.update("lease", record, version)
 
