@@ -54,7 +54,8 @@ _HEADER_VALUE = (
                        "\u0661\u0667\u0660\u0660".encode(), b"99999999999999999999"])
 )
 _PART = st.text(max_size=20) | st.sampled_from(
-    [DEMO_SECRET_ID, "2024-01-01", "cvm", "tc3_request", "content-type;host", "0" * 64, "\u00e9" * 64]
+    [DEMO_SECRET_ID, "2024-01-01", "cvm", "tc3_request", "content-type;host", "0" * 64,
+     "\u00e9" * 64]
 )
 _CONTENT_TYPES = st.sampled_from([
     "application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded",
@@ -75,6 +76,11 @@ _BODY = (
 )
 _QUERY = st.sampled_from(["", "Limit=1", "Filters.%C2%B2.Name=zone", "a=%ff", "Offset=-1",
                           "InstanceIds.0=ins-1&InstanceIds.2=x", "Limit=1&Limit=2", "=", "&&"])
+
+
+def _wire(headers: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
+    """Headers as httpx sends raw bytes (values may be non-ASCII or not UTF-8)."""
+    return [(name.encode(), value) for name, value in headers.items()]
 
 
 def _authorization(parts: list[str]) -> bytes:
@@ -132,7 +138,7 @@ def test_no_request_envelope_gets_an_internal_error(
         def check(request: dict[str, Any]) -> None:
             url = f"{sim.url}/" + (f"?{request['query']}" if request["query"] else "")
             resp = client.request(
-                request["method"], httpx.URL(url), headers=list(request["headers"].items()),
+                request["method"], httpx.URL(url), headers=_wire(request["headers"]),
                 content=request["body"],
             )
             assert resp.status_code == 200, resp.text
@@ -165,12 +171,12 @@ def test_non_ascii_signatures_are_signature_failures(
                        "X-TC-Version": b"2017-03-12", "X-TC-Region": b"ap-guangzhou",
                        "X-TC-Timestamp": str(timestamp).encode(),
                        "Authorization": forged.encode("utf-8", "surrogateescape")}
-            resp = client.post(f"{sim.url}/", headers=list(headers.items()), content=b"{}")
+            resp = client.post(f"{sim.url}/", headers=_wire(headers), content=b"{}")
             assert resp.json()["Response"]["Error"]["Code"] == "AuthFailure.SignatureFailure"
         # A signed header that is not UTF-8 cannot carry a valid signature either.
         headers["Authorization"] = good.encode()
         headers["Content-Type"] = b"application/\xffjson"
-        resp = client.post(f"{sim.url}/", headers=list(headers.items()), content=b"{}")
+        resp = client.post(f"{sim.url}/", headers=_wire(headers), content=b"{}")
         assert resp.json()["Response"]["Error"]["Code"] == "AuthFailure.SignatureFailure"
 
 
@@ -198,7 +204,10 @@ def test_no_signed_form_or_query_gets_an_internal_error(
         def check(action: str, pairs: list[tuple[str, str]], use_get: bool) -> None:
             encoded = urlencode(pairs)
             use_get = use_get and len(encoded) < 4000  # aiohttp refuses longer request lines
-            method, query, body = ("GET", encoded, b"") if use_get else ("POST", "", encoded.encode())
+            if use_get:
+                method, query, body = "GET", encoded, b""
+            else:
+                method, query, body = "POST", "", encoded.encode()
             timestamp = int(time.time())
             authorization = sign(
                 secret_id=DEMO_SECRET_ID, secret_key=DEMO_SECRET_KEY, service="cvm", host=host,

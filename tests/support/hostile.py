@@ -147,7 +147,10 @@ class RawServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_raw(reply: bytes = b"", *, endless_header: bool = False) -> AsyncIterator[RawServer]:
+async def serve_raw(
+    reply: bytes = b"", *, endless_header: bool = False
+) -> AsyncIterator[RawServer]:
+    """A RawServer on a free loopback port for the duration of the block."""
     raw = RawServer(reply, endless_header)
     server = await asyncio.start_server(raw._handle, "127.0.0.1", 0)
     raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -234,7 +237,8 @@ def huge_message(total: int) -> Behaviour:
         return await server.stream(
             request,
             total=total,
-            prefix=b'{"Response": {"RequestId": "r", "Error": {"Code": "InternalError", "Message": "',
+            prefix=b'{"Response": {"RequestId": "r", "Error": '
+                   b'{"Code": "InternalError", "Message": "',
             suffix=b'"}}}',
         )
 

@@ -587,7 +587,9 @@ class CvmClient:
         the change; a fresh read is then the better view (the freshest is kept if the set never
         holds still).
         """
-        limit = self._max_listing if max_instances is None else min(max_instances, self._max_listing)
+        limit = self._max_listing
+        if max_instances is not None:
+            limit = min(max_instances, limit)
         for _ in range(_LISTING_ATTEMPTS):
             found, totals = await self._read_listing(base, limit)
             if len(totals) == 1:
@@ -616,7 +618,8 @@ class CvmClient:
             nonlocal pages_read, retained
             pages_read += 1
             if pages_read > max_pages:
-                raise _invalid("DescribeInstances", f"the listing needs more than {max_pages} pages")
+                raise _invalid("DescribeInstances",
+                               f"the listing needs more than {max_pages} pages")
             response = await self.call(
                 "DescribeInstances", {**base, "Offset": offset, "Limit": wire.PAGE_LIMIT}
             )
@@ -661,7 +664,9 @@ class CvmClient:
             offset += size
         return list(found.values()), totals
 
-    def _listing_page(self, response: dict[str, Any], max_instances: int) -> tuple[list[Instance], int]:
+    def _listing_page(
+        self, response: dict[str, Any], max_instances: int
+    ) -> tuple[list[Instance], int]:
         """One DescribeInstances page, checked: TotalCount a count within the listing's bound,
         InstanceSet a list of at most PAGE_LIMIT well-formed instances."""
         total = response.get("TotalCount")
