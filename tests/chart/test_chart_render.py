@@ -21,6 +21,9 @@ VARIANTS = {
     "credentials": ["--set", "credentials.create=true", "--set", "credentials.secretId=AKIDEXAMPLE",
                     "--set", "credentials.secretKey=example-key"],
 }
+# The chart's default leader election flags (templates/leader-election.yaml).
+LEADER_ELECTION_ARGS = ["--leader-elect", "--leader-election-namespace=spotpool-system", "--lease-duration=15",
+                        "--renew-deadline=10", "--retry-period=2"]
 # What `helm template` needs to render as for a cluster running the Prometheus Operator.
 PROMETHEUS_OPERATOR_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
@@ -53,14 +56,17 @@ def test_default_render(helm: Helm) -> None:
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
         "ClusterRoleBinding", "Service", "Deployment", "ConfigMap", "Pod",
+        "Role", "RoleBinding", "PodDisruptionBudget",  # leader election's Lease, two replicas
     ])
     deployment = one(objects, "Deployment", "spotpool")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.0"
     assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=json",
-                                 "--log-level=info", "--observe-interval=15", "--progress-interval=2"]
+                                 "--log-level=info", "--observe-interval=15", "--progress-interval=2",
+                                 *LEADER_ELECTION_ARGS]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
     assert container["ports"] == [{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}]
@@ -84,7 +90,7 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     container = pod["spec"]["containers"][0]
     assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=plain",
                                  "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
-                                 "--cluster-id=prod-gz"]
+                                 "--cluster-id=prod-gz", *LEADER_ELECTION_ARGS]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"
     assert container["imagePullPolicy"] == "Always"
     assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
@@ -100,11 +106,11 @@ def test_limited_namespaces(helm: Helm) -> None:
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args
-    # Namespaced permissions only in the listed namespaces...
+    # Namespaced permissions only in the listed namespaces (and the Lease's in the release namespace)...
     roles = find(objects, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["spotpool-system", "team-a", "team-b"]
     bindings = find(objects, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["spotpool-system", "team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
     # ...and cluster-wide only the reads kopf needs for discovery.
@@ -127,6 +133,7 @@ LEAST_PRIVILEGE = {
     ("", "secrets", "get"),
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
     *{("", "namespaces", v) for v in ("get", "list", "watch")},
+    *{("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")},
 }
 
 
@@ -159,7 +166,7 @@ def test_service_monitor_needs_the_prometheus_operator_api(helm: Helm) -> None:
 
 
 def test_pod_disruption_budget(helm: Helm) -> None:
-    assert not find(helm.template(), "PodDisruptionBudget")
+    assert not find(helm.template("--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget")
     pdb = one(helm.template(*VARIANTS["pdb"]), "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
 

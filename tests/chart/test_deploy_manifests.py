@@ -37,14 +37,16 @@ def test_kustomize_builds_the_whole_install(bin_dir: Path) -> None:
     objects = _kustomize(bin_dir)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole",
-                            "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap"])
+                            "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap",
+                            "Role", "RoleBinding", "PodDisruptionBudget"])
     source = yaml.safe_load((REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml").read_text())
     (crd,) = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     assert crd["spec"] == source["spec"]
     namespace = next(o for o in objects if o["kind"] == "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
-        if obj["kind"] in {"ServiceAccount", "Service", "Deployment", "ConfigMap"}:
+        if obj["kind"] in {"ServiceAccount", "Service", "Deployment", "ConfigMap", "Role", "RoleBinding",
+                           "PodDisruptionBudget"}:
             assert obj["metadata"]["namespace"] == NAMESPACE
     for binding in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": NAMESPACE}]
@@ -69,6 +71,8 @@ def test_apply_k_is_accepted_by_the_apiserver(cluster: Cluster, crd: str, instal
                  "deployment.apps/spotpool", "service/spotpool", "serviceaccount/spotpool",
                  "clusterrole.rbac.authorization.k8s.io/spotpool",
                  "clusterrolebinding.rbac.authorization.k8s.io/spotpool-cluster",
-                 "configmap/spotpool-dashboard"):
+                 "configmap/spotpool-dashboard", "role.rbac.authorization.k8s.io/spotpool-leader-election",
+                 "rolebinding.rbac.authorization.k8s.io/spotpool-leader-election",
+                 "poddisruptionbudget.policy/spotpool"):
         assert line in proc.stdout, proc.stdout
     assert "(server dry run)" in proc.stdout
