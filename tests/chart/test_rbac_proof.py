@@ -169,7 +169,8 @@ def install(releases: Releases, namespace: str) -> Installed:
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     return Installed(release, pod["containers"][0]["args"], pod["serviceAccountName"],
-                     one(objects, "Role")["metadata"]["name"], one(objects, "ClusterRole")["metadata"]["name"])
+                     one(objects, "Role", f"{release}-spotpool")["metadata"]["name"],
+                     one(objects, "ClusterRole")["metadata"]["name"])
 
 
 def remove_verbs(kubectl: Kubectl, kind: str, name: str, namespace: str | None, api_group: str,
