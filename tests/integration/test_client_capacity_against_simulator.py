@@ -149,8 +149,8 @@ async def test_offers_follow_stock_per_charge_type(
     on_demand = offers[POSTPAID_BY_HOUR]
     assert not on_demand.sold_out
     assert on_demand.price == on_demand.list_price == offers[SPOTPAID].list_price
-    assert offers[SPOTPAID].price is not None and on_demand.price is not None
-    assert offers[SPOTPAID].price < on_demand.price
+    spot_price, list_price = offers[SPOTPAID].price, on_demand.price
+    assert spot_price is not None and list_price is not None and spot_price < list_price
 
 
 async def test_account_quota_is_what_purchases_are_held_to(

@@ -29,7 +29,7 @@ from tencentcloud.cvm.v20170312 import models as sdk
 from tests.unit.cloud.test_client_unit import error, make_client, reply
 
 ZONE = "ap-guangzhou-3"
-RUN = {
+RUN: dict[str, Any] = {
     "zone": ZONE,
     "instance_type": "S5.MEDIUM4",
     "image_id": "img-pmqg1cw7",
@@ -177,14 +177,11 @@ async def test_purchase_arguments_that_make_no_sense_are_refused_before_any_call
 async def test_check_purchase_passes_on_either_documented_answer(answer: httpx.Response) -> None:
     client, fake, _ = make_client(lambda a, b, r: answer)
     async with client:
-        assert (
-            await client.check_purchase(
-                zone=ZONE,
-                instance_type="S5.MEDIUM4",
-                image_id="img-pmqg1cw7",
-                charge_type=POSTPAID_BY_HOUR,
-            )
-            is None
+        await client.check_purchase(  # returns: the purchase would pass
+            zone=ZONE,
+            instance_type="S5.MEDIUM4",
+            image_id="img-pmqg1cw7",
+            charge_type=POSTPAID_BY_HOUR,
         )
     [body] = fake.bodies("RunInstances")
     assert body["DryRun"] is True and body["InstanceChargeType"] == POSTPAID_BY_HOUR
