@@ -5,6 +5,7 @@ Time is a fake clock advanced by the tests: no sleeps, and every timing is exact
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, SHUTDOWN, TERMINATING
+from spotpool.simulator.actions import ACTIONS, CallContext
 from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.config import SimulatorConfig
 from spotpool.simulator.market import LaunchRequest, Market
 from spotpool.simulator.naming import expand_names
+from spotpool.simulator.params import DescribeAccountQuotaParams
 
 ZONE = "ap-guangzhou-3"
 REGION = "ap-guangzhou"
@@ -651,6 +654,23 @@ class MarketMachine(RuleBasedStateMachine):
             assert pool.stock_of(charge) + count == (STOCK if charge == "SPOTPAID" else OD_STOCK), (
                 "stock + instances holding capacity must be constant, per charge type"
             )
+        # DescribeAccountQuota shows exactly the quota purchases are held to.
+        answer = ACTIONS["DescribeAccountQuota"].handle(
+            CallContext(self.market, REGION, "r"), DescribeAccountQuotaParams()
+        )
+        sets = json.loads(answer)["Response"]["AccountQuotaOverview"]["AccountQuota"]
+        for name, charge, total in (
+            ("SpotPaidQuotaSet", "SPOTPAID", QUOTA),
+            ("PostPaidQuotaSet", "POSTPAID_BY_HOUR", OD_QUOTA),
+        ):
+            for row in sets[name]:
+                held = used.get((row["Zone"], charge), 0)
+                assert row == {
+                    "UsedQuota": held,
+                    "RemainingQuota": total - held,
+                    "TotalQuota": total,
+                    "Zone": row["Zone"],
+                }
         for zone in ("ap-guangzhou-3", "ap-guangzhou-4"):
             for charge, quota in (("SPOTPAID", QUOTA), ("POSTPAID_BY_HOUR", OD_QUOTA)):
                 assert self.market.quota_used(zone, charge) == used.get((zone, charge), 0) <= quota
