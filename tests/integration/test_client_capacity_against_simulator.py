@@ -213,3 +213,21 @@ async def test_an_image_that_disappeared_fails_the_check_as_not_found(
     assert caught.value.category is ErrorCategory.INVALID_REQUEST
     async with httpx.AsyncClient(base_url=simulator.url) as http:
         assert (await http.get("/_sim/market")).json()["images"] == [IMAGE]
+
+
+async def test_terminating_spot_and_on_demand_together_ends_both(
+    client: CvmClient, simulator: RunningSimulator
+) -> None:
+    ids = await buy(client, 2, "mix-spot", max_price="0.05")
+    ids += await buy(client, 2, "mix-od", charge_type=POSTPAID_BY_HOUR)
+    await client.terminate_instances(ids)
+    for instance_id in ids:
+        instance = simulator.market.get(instance_id)
+        assert instance is None or instance.terminated_by == "user", instance_id
+    async with httpx.AsyncClient(base_url=simulator.url) as http:
+        calls = (await http.get("/_sim/calls?action=TerminateInstances")).json()["calls"]
+    assert [c["errorCode"] for c in calls] == [
+        "UnsupportedOperation.InstanceMixedPricingModel",
+        None,
+        None,
+    ]

@@ -93,6 +93,11 @@ def warm_up() -> None:
 
 # Instances in these states need no TerminateInstances (absent ones neither).
 _GONE_STATES = frozenset({TERMINATING})
+# TerminateInstances' refusals of a batch mixing charge types (reference §7.2).
+_MIXED_CHARGE_CODES = frozenset(
+    {"UnsupportedOperation.InstanceMixedPricingModel",
+     "InvalidParameterValue.InstanceNotSupportedMixPricingModel"}
+)
 _LISTING_ATTEMPTS = 3  # reads of a listing whose set keeps changing under it
 
 # Bounds on what a server can make the client hold or do (see the module docstring).
@@ -705,6 +710,9 @@ class CvmClient:
             await self.call("TerminateInstances", {"InstanceIds": ids})
             return
         except CloudError as err:
+            if err.code in _MIXED_CHARGE_CODES and len(ids) > 1:
+                await self._terminate_by_charge_type(ids)
+                return
             if not err.already_gone:
                 raise
             if len(ids) == 1:
@@ -723,6 +731,27 @@ class CvmClient:
         # DescribeInstances still shows every id alive: find the gone one(s) one id at a time.
         for instance_id in ids:
             await self._terminate_batch([instance_id])
+
+    async def _terminate_by_charge_type(self, ids: list[str]) -> None:
+        """TerminateInstances takes one charge type per batch, so a pool holding spot and
+        pay-as-you-go instances has its batch split by the charge types DescribeInstances gives.
+
+        Ids not described (gone) or already going are done. Each group is smaller than the batch,
+        so this ends; should the server describe them all as one charge type and still refuse,
+        they are terminated one id at a time, which no mix can refuse.
+        """
+        groups: dict[str, list[str]] = {}
+        for instance in await self.describe_instances(instance_ids=ids):
+            if instance.instance_id in ids and instance.state not in _GONE_STATES:
+                groups.setdefault(instance.charge_type, []).append(instance.instance_id)
+        log.debug("TerminateInstances refused a batch mixing charge types; splitting it in %d",
+                  len(groups))
+        if len(groups) == 1:
+            for instance_id in next(iter(groups.values())):
+                await self._terminate_batch([instance_id])
+            return
+        for group in groups.values():
+            await self._terminate_batch(group)
 
     async def describe_spot_offers(
         self, *, zones: Sequence[str], instance_types: Sequence[str]

@@ -451,7 +451,12 @@ class Market:
     # ---------------------------------------------------------------------- termination
 
     def terminate_instances(self, region: str, instance_ids: list[str], request_id: str) -> None:
-        """Terminate all or none: every id is checked before any instance is touched."""
+        """Terminate all or none: every id is checked before any instance is touched.
+
+        One batch takes one charge type ("批量操作时，所有实例的付费类型必须一致", the SDK's
+        TerminateInstances doc): spot and pay-as-you-go ids together are refused whole with
+        UnsupportedOperation.InstanceMixedPricingModel.
+        """
         now = self.advance()
         targets: list[SimInstance] = []
         for iid in dict.fromkeys(instance_ids):
@@ -474,6 +479,13 @@ class Market:
                     f"The instance {iid} is still being created; retry when it is RUNNING.",
                 )
             targets.append(inst)
+        charge_types = sorted({inst.charge_type for inst in targets})
+        if len(charge_types) > 1:
+            raise ApiError(
+                "UnsupportedOperation.InstanceMixedPricingModel",
+                "A batch must hold instances of one charge type, not "
+                f"{' and '.join(charge_types)}.",
+            )
         for inst in targets:
             if inst.state == LAUNCH_FAILED:
                 self._remove(inst, now)

@@ -513,3 +513,57 @@ async def test_inquiry_refusals_are_cloud_errors() -> None:
                 zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-pmqg1cw7"
             )
     assert caught.value.code == "ResourcesSoldOut.SpecifiedInstanceType"
+
+
+# --------------------------------------------------------- termination of mixed charge types
+
+
+async def test_a_batch_refused_for_mixing_charge_types_is_split_by_charge_type() -> None:
+    charge = {
+        "ins-spot0001": SPOTPAID,
+        "ins-spot0002": SPOTPAID,
+        "ins-odod0001": POSTPAID_BY_HOUR,
+        "ins-gone0001": SPOTPAID,  # described as nothing: already gone
+    }
+
+    def handler(action: str, body: dict[str, Any], _: httpx.Request) -> httpx.Response:
+        if action == "DescribeInstances":
+            found = [
+                {"InstanceId": i, "InstanceState": "RUNNING", "InstanceChargeType": charge[i]}
+                for i in body["InstanceIds"]
+                if i != "ins-gone0001"
+            ]
+            return reply({"TotalCount": len(found), "InstanceSet": found})
+        kinds = {charge[i] for i in body["InstanceIds"]}
+        if len(kinds) > 1:
+            return error("UnsupportedOperation.InstanceMixedPricingModel", "one charge type")
+        return reply({})
+
+    client, fake, _ = make_client(handler)
+    async with client:
+        await client.terminate_instances(list(charge))
+    batches = [b["InstanceIds"] for b in fake.bodies("TerminateInstances")]
+    assert batches == [
+        list(charge),
+        ["ins-spot0001", "ins-spot0002"],
+        ["ins-odod0001"],
+    ]
+
+
+async def test_a_server_refusing_one_charge_type_as_mixed_still_gets_every_id_ended() -> None:
+    def handler(action: str, body: dict[str, Any], _: httpx.Request) -> httpx.Response:
+        if action == "DescribeInstances":
+            found = [
+                {"InstanceId": i, "InstanceState": "RUNNING", "InstanceChargeType": SPOTPAID}
+                for i in body["InstanceIds"]
+            ]
+            return reply({"TotalCount": len(found), "InstanceSet": found})
+        if len(body["InstanceIds"]) > 1:
+            return error("UnsupportedOperation.InstanceMixedPricingModel", "one charge type")
+        return reply({})
+
+    client, fake, _ = make_client(handler)
+    async with client:
+        await client.terminate_instances(["ins-aaaa0001", "ins-aaaa0002"])
+    batches = [b["InstanceIds"] for b in fake.bodies("TerminateInstances")]
+    assert batches[1:] == [["ins-aaaa0001"], ["ins-aaaa0002"]]

@@ -467,3 +467,17 @@ def test_only_the_listed_images_exist_when_images_are_set(clock: FakeClock) -> N
     assert call_error(market, "RunInstances", purchase()) == "InvalidImageId.NotFound"
     market.reset()
     assert market.images() == ["img-pmqg1cw7"]
+
+
+def test_a_batch_mixing_charge_types_is_refused_whole(market: Market, clock: FakeClock) -> None:
+    spot = launch(market, 2)
+    od = launch(market, 2, charge_type=OD)
+    clock.advance(2)
+    assert (
+        refusal(lambda: market.terminate_instances(REGION, spot + od[:1], "r"))
+        == "UnsupportedOperation.InstanceMixedPricingModel"
+    )
+    assert [market.get(i).state for i in spot + od] == [RUNNING] * 4  # type: ignore[union-attr]
+    market.terminate_instances(REGION, spot, "r")
+    market.terminate_instances(REGION, od, "r")
+    assert {market.get(i).state for i in spot + od} == {TERMINATING}  # type: ignore[union-attr]
