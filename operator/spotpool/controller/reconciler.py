@@ -132,7 +132,8 @@ class Reconciler:
         if complete:
             await self._guard.release(ctx.ref.namespace, ctx.spec.credentials_secret_ref.name,
                                       leaving_uid=ctx.ref.uid)
-        return Outcome(progressing=report.progressing or decided.acts, deletion_complete=complete)
+        return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
+                       deletion_complete=complete)
 
     async def _observe(self, ctx: PassContext) -> tuple[Observation, dict[tuple[str, str], Any]]:
         """The listing's slice and the market (one round trip), then the journal ids it lacks."""

@@ -54,12 +54,13 @@ def decide_journal(
     unlisted_overdue = 0
     for counted in sorted(census.records, key=lambda r: (as_utc(r.launch.requested_at), r.launch.client_token)):
         launch = counted.launch
+        if counted.accounted:
+            continue  # listed or gone, ids returned or found by the record's launch tag
         overdue = as_utc(launch.requested_at) + INFLIGHT_VISIBILITY_GRACE <= now
-        if launch.instance_ids:
-            if not counted.accounted:
-                keep.append(launch)
-                if overdue:
-                    unlisted_overdue += counted.unlisted
+        if launch.instance_ids or counted.unlisted:
+            keep.append(launch)
+            if overdue:
+                unlisted_overdue += counted.unlisted
             continue
         why_not = _why_not_replay(launch, spec=spec, deleting=deleting, budget=budget, candidates=candidates)
         budget -= launch.count  # replayed or held, it may be alive: later records see less room

@@ -1,0 +1,170 @@
+"""A hypothesis state machine over the executor: whatever users, the cloud and crashes do, in any
+order, every settle ends with exactly the expected instances alive, nothing bought that the
+history did not need, and a deletion that leaves nothing running.
+
+Interleaved: scale up, down and to zero; candidate pools added and removed; pause; reclaims; cloud
+faults (errors, and RunInstances calls that buy but whose answer is lost); crashes at every
+failpoint; deletion. `SPOTPOOL_STATEFUL_EXAMPLES` (default 40) deepens the search for long runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from spotpool.controller import failpoints
+from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+from spotpool.simulator.faults import FaultSpec
+from tests.support.inprocess import TYPES, ZONES, World, pool_spec, world
+
+NS, NAME = "team", "pool"
+EXAMPLES = int(os.environ.get("SPOTPOOL_STATEFUL_EXAMPLES", "40"))
+
+
+class Crash(Exception):
+    pass
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.context: Any = None
+        self.w: World | None = None
+        self.expected = 0
+        self.need = 0  # instances the history asked for: every increase of the count, every loss
+        self.paused = False
+        self.deleted = False
+        self.uid = ""
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    @initialize(seed=st.integers(0, 1000), expected=st.integers(0, 12))
+    def start(self, seed: int, expected: int) -> None:
+        self.context = world(seed)
+        self.w = self.run(self.context.__aenter__())
+        self.w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        self.uid = self.w.kube.create(NS, NAME, pool_spec(self.w.sim, expectedCount=expected))["metadata"]["uid"]
+        self.expected = self.need = expected
+
+    def teardown(self) -> None:
+        failpoints.disarm()
+        if self.context is not None:
+            self.run(self.context.__aexit__(None, None, None))
+        self.loop.close()
+
+    @property
+    def world(self) -> World:
+        assert self.w is not None
+        return self.w
+
+    # -- users -----------------------------------------------------------------------------------------
+    @precondition(lambda self: not self.deleted)
+    @rule(count=st.integers(0, 12))
+    def scale(self, count: int) -> None:
+        self.need += max(0, count - self.expected)
+        self.expected = count
+        self.world.kube.edit_spec(NS, NAME, {"expectedCount": count})
+
+    @precondition(lambda self: not self.deleted)
+    @rule(zones=st.sets(st.sampled_from(ZONES), min_size=1), types=st.sets(st.sampled_from(TYPES), min_size=1))
+    def change_pools(self, zones: set[str], types: set[str]) -> None:
+        self.world.kube.edit_spec(NS, NAME, {"zones": sorted(zones), "instanceTypes": sorted(types)})
+
+    @precondition(lambda self: not self.deleted)
+    @rule(paused=st.booleans())
+    def pause(self, paused: bool) -> None:
+        self.paused = paused
+        self.world.kube.edit_spec(NS, NAME, {"paused": paused})
+
+    @precondition(lambda self: not self.deleted)
+    @rule()
+    def delete(self) -> None:
+        self.deleted = True
+        self.world.kube.delete(NS, NAME)
+
+    # -- the cloud --------------------------------------------------------------------------------------
+    @rule(count=st.integers(1, 4))
+    def reclaim(self, count: int) -> None:
+        ids = [i.instance_id for i in self.world.owned(self.uid)][:count]
+        if ids:
+            self.world.sim.simulator.market.reclaim(ids)
+            self.need += len(ids)
+
+    @rule(action=st.sampled_from(["RunInstances", "DescribeInstances", "TerminateInstances"]),
+          lost_answer=st.booleans(), times=st.integers(1, 4))
+    def fault(self, action: str, lost_answer: bool, times: int) -> None:
+        spec = (FaultSpec(drop_rate=1.0, drop_phase="after", times=times) if lost_answer
+                else FaultSpec(error_rate=1.0, error_codes=["InternalError"], times=times))
+        self.world.sim.simulator.faults.set(action, spec)
+
+    # -- the operator ------------------------------------------------------------------------------------
+    @rule(point=st.sampled_from(failpoints.POINTS), hit=st.integers(1, 2))
+    def crash_at(self, point: str, hit: int) -> None:
+        """Passes until the failpoint kills the process (at most three), and no further: what
+        the crash left behind meets whatever the next rules do."""
+        failpoints.arm(point, raise_=Crash(), count=hit)
+        for _ in range(3):
+            if self.one_pass(1):
+                break
+        failpoints.disarm()
+
+    @rule(count=st.integers(1, 3), seconds=st.sampled_from([1, 5, 30, 120]))
+    def passes(self, count: int, seconds: float) -> None:
+        for _ in range(count):
+            self.one_pass(seconds)
+
+    def one_pass(self, seconds: float) -> bool:
+        """One pass, checked: it may create no more instances than were missing when it began
+        (expected, or nothing when paused or deleting, minus what was alive). True if it crashed."""
+        w = self.world
+        wanted = 0 if self.deleted or self.paused else self.expected
+        room = max(0, wanted - len(w.owned(self.uid)))
+        before = w.bought(self.uid)
+        crashed = False
+        try:
+            self.run(w.reconcile(NS, NAME))
+        except Crash:
+            self.run(w.crash())
+            crashed = True
+        except Exception:  # a cloud fault mid-pass: kopf logs it and the daemon goes on
+            pass
+        created = w.bought(self.uid) - before
+        assert created <= room, f"a pass bought {created} with only {room} missing"
+        w.clock.advance(seconds)
+        return crashed
+
+    @rule()
+    def settle(self) -> None:
+        """Faults clear, crashes stop; then the invariants must hold."""
+        failpoints.disarm()
+        self.world.sim.simulator.faults.clear()
+        self.run(self.world.settle(NS, NAME, passes=80, step=15))
+        w = self.world
+        alive = len(w.owned(self.uid))
+        if self.deleted:
+            assert (NS, NAME) not in w.kube.objects, "the finalizer stayed"
+            assert alive == 0, f"{alive} instances left running after delete"
+        elif not self.paused:
+            assert alive == self.expected, f"{alive} alive, {self.expected} expected"
+
+    @invariant()
+    def never_bought_more_than_needed(self) -> None:
+        if self.w is not None:
+            bought = self.w.bought(self.uid)
+            assert bought <= self.need, f"bought {bought}, the history needed {self.need}"
+
+
+PoolMachine.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestPoolMachine = PoolMachine.TestCase
