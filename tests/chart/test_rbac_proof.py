@@ -221,6 +221,9 @@ NEEDED_RULES = [
     Rule("", "events", ("create",), HEALED),
     # The CAM credentials come from the Secret the pool names; without them nothing is observed.
     Rule("", "secrets", ("get",), READY_0),
+    # Nothing is bought before the Secret carries spotpool's finalizer (it must outlive every
+    # instance it bought, namespace deletion included), and adding one is a patch.
+    Rule("", "secrets", ("patch",), READY_0),
     # kopf lists, then watches, the pools; without either the operator never sees one.
     Rule("spotpool.io", "spotcomputeenvironments", ("list",), READY_0),
     Rule("spotpool.io", "spotcomputeenvironments", ("watch",), READY_0),

@@ -63,6 +63,7 @@ INVALID = [
     ("missing credentialsSecretRef", with_spec(credentialsSecretRef=None), "spec.credentialsSecretRef"),
     ("invalid Secret name", with_spec(credentialsSecretRef={"name": "Not_A_Name"}), "spec.credentialsSecretRef.name"),
     ("non-http endpoint", with_spec(endpoint="ftp://cvm.example"), "spec.endpoint"),
+    ("endpoint with user info", with_spec(endpoint="https://u:p@cvm.tencentcloudapi.com"), "spec.endpoint"),
     # 6200 two-byte characters: within maxLength, over the byte budget the CEL rule enforces.
     ("userData over 12288 bytes", with_spec(userData="\u00e9" * 6200), "spec.userData"),
     ("reserved tag key", with_spec(tags={"spotpool.io/environment": "x"}), "spec.tags"),
@@ -146,6 +147,30 @@ def test_invalid_objects_are_refused_naming_the_field(
     assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout}"
     assert field in proc.stderr, f"{case}: message does not name {field}:\n{proc.stderr}"
     assert cluster.kubectl.get("sce", "valid", namespace) is None
+
+
+# Where the instances live cannot change under them (issue 8): the API server refuses it, naming
+# the field and saying what to do instead.
+MOVES = [
+    ("region", VALID, with_spec(region="ap-shanghai", zones=["ap-shanghai-2"]), "spec.region is immutable"),
+    ("endpoint added", VALID, with_spec(endpoint="https://cvm.example.com"), "spec.endpoint is immutable"),
+    ("endpoint changed", with_spec(endpoint="https://cvm.example.com"),
+     with_spec(endpoint="https://cvm.other.example.com"), "spec.endpoint is immutable"),
+    ("endpoint removed", with_spec(endpoint="https://cvm.example.com"), VALID, "spec.endpoint is immutable"),
+]
+
+
+@pytest.mark.parametrize(("case", "before", "after", "message"), MOVES, ids=[m[0] for m in MOVES])
+def test_where_the_instances_live_cannot_change(
+    cluster: Cluster, crd: str, namespace: str, case: str, before: dict, after: dict, message: str
+) -> None:
+    cluster.kubectl.apply(json.dumps(before), f"--namespace={namespace}")
+    proc = cluster.kubectl.run("replace", "-f", "-", f"--namespace={namespace}", input=json.dumps(after), check=False)
+    assert proc.returncode != 0, f"{case}: accepted"
+    assert message in proc.stderr and "create a new SpotComputeEnvironment" in proc.stderr, proc.stderr
+    # Everything else may still change.
+    cluster.kubectl.run("patch", "sce", "valid", f"--namespace={namespace}", "--type=merge",
+                        "-p", json.dumps({"spec": {"expectedCount": 7, "maxPrice": "0.1"}}))
 
 
 def test_printer_columns(cluster: Cluster, crd: str, namespace: str) -> None:

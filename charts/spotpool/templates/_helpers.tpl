@@ -88,5 +88,5 @@ seccompProfile:
   verbs: [create]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, patch]
 {{- end }}

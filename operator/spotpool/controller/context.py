@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotpool.api.names import DEFAULT_ENDPOINT
+from spotpool.api.names import DEFAULT_ENDPOINT, SECRET_FINALIZER
 from spotpool.api.spec import EnvironmentSpec, SpecError
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.errors import CloudError
@@ -94,7 +94,13 @@ async def resolve(
         return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
     if not deleting:
         # Before anything can be bought with it: the Secret outlives every instance it bought.
-        await guard.protect(ref.namespace, secret)
+        try:
+            await guard.protect(ref.namespace, secret)
+        except Exception as exc:  # RBAC without `patch` on secrets, or the API server refusing
+            return Blocked(DegradedReason.INVALID_CONFIG,
+                           f"cannot add finalizer {SECRET_FINALIZER} to Secret {ref.namespace}/{secret} "
+                           f"({type(exc).__name__}{_status_of(exc)}); nothing is bought until it is there, so "
+                           f"that deleting the Secret cannot strand instances (grant patch on secrets)", spec)
     endpoint = (spec.endpoint or DEFAULT_ENDPOINT).rstrip("/")
     key = AccountKey.of(endpoint, spec.region, credentials)
     try:
@@ -148,3 +154,8 @@ def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str,
 def _sequence(status: Mapping[str, Any]) -> int:
     value = status.get("launchSequence")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _status_of(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    return f" {status}" if isinstance(status, int) else ""
