@@ -216,7 +216,7 @@ class LoginSettings(_SpecModel):
 
 
 class EnvironmentSpec(_SpecModel):
-    """`spec` of a SpotComputeEnvironment (see DESIGN.md section 1)."""
+    """`spec` of a SpotComputeEnvironment (see docs/contract.md)."""
 
     expected_count: Annotated[int, Field(strict=True, ge=0, le=MAX_EXPECTED_COUNT)]
     max_price: _MaxPrice

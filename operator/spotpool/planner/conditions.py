@@ -34,7 +34,7 @@ class Counts:
 
 
 def ready(counts: Counts, *, deleting: bool) -> tuple[bool, str, str]:
-    """True iff exactly the expected number of instances is running (DESIGN.md)."""
+    """True iff exactly the expected number of instances is running (docs/contract.md)."""
     summary = f"{counts.running} of {counts.expected} instances running, {counts.pending} pending"
     if deleting:
         return False, "Deleting", f"the environment is being deleted; {summary}"

@@ -1,6 +1,6 @@
 """Why the environment is Degraded: every refusal and blocker, worst first.
 
-Degraded means "the cloud refuses, and here is why" (DESIGN.md). Its reason is the worst problem
+Degraded means "the cloud refuses, and here is why" (docs/contract.md). Its reason is the worst problem
 found; its message names every problem, each with the Tencent error code when there is one, so a
 user reading `kubectl describe` sees every pool and what is wrong with it.
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 COST_QUANTUM = Decimal("0.0001")
-"""Status shows money to 4 decimals (DESIGN.md: hourlyCost "0.2130")."""
+"""Status shows money to 4 decimals (docs/contract.md: hourlyCost "0.2130")."""
 
 
 def as_utc(moment: datetime) -> datetime:
