@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the tests and the demo run, from the Go module proxy:
-# etcd, kube-apiserver, kube-controller-manager, kubectl and helm, each pinned by the go.mod/go.sum
-# beside it in tools/<name>/. Output goes to $SPOTPOOL_BIN_DIR (default .cache/bin, git-ignored).
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm, and the test node's kube-scheduler,
+# kubelet, kube-proxy, containerd (with ctr and its runc shim) and CoreDNS, each pinned by the
+# go.mod/go.sum in tools/<dir>/ (the node's Kubernetes binaries share the control plane's pins).
+# Output goes to $SPOTPOOL_BIN_DIR (default .cache/bin, git-ignored).
 # A binary is rebuilt only when its pin or its build recipe changes: each build writes a stamp
 # holding the sha256 of go.mod, go.sum and the recipe line, and a matching stamp means "built".
 #
@@ -21,16 +23,21 @@ declare -A recipe=(
   [etcd]="go.etcd.io/etcd/server/v3=etcd"
   [kube]="k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager k8s.io/kubernetes/cmd/kubectl=kubectl"
   [helm]="helm.sh/helm/v4/cmd/helm=helm"
+  [kubenode]="k8s.io/kubernetes/cmd/kube-scheduler=kube-scheduler k8s.io/kubernetes/cmd/kubelet=kubelet k8s.io/kubernetes/cmd/kube-proxy=kube-proxy"
+  [containerd]="github.com/containerd/containerd/v2/cmd/containerd=containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2=containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr=ctr"
+  [coredns]=".=coredns"
 )
+# The tools/ directory of each recipe: the node's Kubernetes binaries use the control plane's pins.
+declare -A dir_of=([etcd]=etcd [kube]=kube [helm]=helm [kubenode]=kube [containerd]=containerd [coredns]=coredns)
 build_flags="-trimpath -tags=selinux,notest,grpcnotrace -s -w"
 
 stamp_of() {
-  { cat "$root/tools/$1/go.mod" "$root/tools/$1/go.sum"; echo "${recipe[$1]} $build_flags"; } |
+  { cat "$root/tools/${dir_of[$1]}/go.mod" "$root/tools/${dir_of[$1]}/go.sum"; echo "${recipe[$1]} $build_flags"; } |
     sha256sum | cut -d' ' -f1
 }
 
 version_of() {  # the pinned version of module $2 in wrapper $1
-  (cd "$root/tools/$1" && go list -m -f '{{.Version}}' "$2")
+  (cd "$root/tools/${dir_of[$1]}" && go list -m -f '{{.Version}}' "$2")
 }
 
 is_stale() {
@@ -44,7 +51,8 @@ ldflags_of() {
   case $1 in
     etcd) echo "-X go.etcd.io/etcd/api/v3/version.GitSHA=$(version_of etcd go.etcd.io/etcd/server/v3)" ;;
     helm) echo "-X helm.sh/helm/v4/internal/version.version=$(version_of helm helm.sh/helm/v4)" ;;
-    kube)
+    containerd) echo "-X github.com/containerd/containerd/v2/version.Version=$(version_of containerd github.com/containerd/containerd/v2)" ;;
+    kube|kubenode)
       # Without these, /version says v0.0.0-master and helm refuses charts with a kubeVersion.
       v=$(version_of kube k8s.io/kubernetes); minor=${v#v1.}; minor=${minor%%.*}
       now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -60,7 +68,7 @@ build() {
   ldflags="-s -w $(ldflags_of "$name")"
   for pair in ${recipe[$name]}; do
     echo "building ${pair#*=} ($name)" >&2
-    (cd "$root/tools/$name" &&
+    (cd "$root/tools/${dir_of[$name]}" &&
       go build -p "$(nproc)" -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
         -o "$bin/${pair#*=}" "${pair%%=*}")
   done
@@ -69,7 +77,7 @@ build() {
 }
 
 stale=()
-for name in etcd kube helm; do is_stale "$name" && stale+=("$name"); done
+for name in etcd kube helm kubenode containerd coredns; do is_stale "$name" && stale+=("$name"); done
 
 if [[ "${1:-}" == "--check" ]]; then
   ((${#stale[@]} == 0)) && { echo "all binaries up to date in $bin"; exit 0; }

@@ -34,6 +34,8 @@ from spotpool.devcluster.processes import Child, spawn
 log = logging.getLogger(__name__)
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+# What a control plane with a node (devcluster.node) runs in addition.
+NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy", "containerd", "ctr", "coredns")
 
 # Controllers that make the API behave like a real cluster for an operator's purposes; scheduling,
 # workloads and nodes stay off because nothing here runs pods.
@@ -44,6 +46,19 @@ KCM_CONTROLLERS = (
     "serviceaccount-token-controller",
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
+)
+# With a node: Deployments become ReplicaSets become Pods, Services get endpoints, and pods of a
+# deleted node or a finished test are collected, as in any cluster.
+KCM_WORKLOAD_CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "pod-garbage-collector-controller",
+    "disruption-controller",
+    # A kubelet registers its node tainted not-ready; this controller lifts the taint once Ready.
+    "node-lifecycle-controller",
 )
 
 
@@ -107,6 +122,11 @@ class ControlPlane:
     with_controller_manager: bool = True
     startup_timeout: float = 180.0
     api_port: int = 0
+    # Where pods reach the apiserver (the `kubernetes` Service's endpoint): None keeps it on loopback
+    # with no endpoint at all, as when nothing runs pods. Set, it also runs the scheduler and the
+    # controllers that turn Deployments into Pods and Services into endpoints (see devcluster.node).
+    advertise_address: str | None = None
+    pki: pki_mod.Pki | None = None
     procs: list[Child] = field(default_factory=list)
     _owns_workdir: bool = False
 
@@ -148,7 +168,9 @@ class ControlPlane:
 
     def _start(self) -> None:
         assert self.workdir is not None and self.binaries is not None
-        keys = pki_mod.generate(self.workdir / "pki")
+        workloads = self.advertise_address is not None
+        keys = pki_mod.generate(self.workdir / "pki", (self.advertise_address,) if workloads else ())
+        self.pki = keys
         etcd_port, peer_port = free_port(), free_port()
         self.api_port = self.api_port or free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -166,21 +188,33 @@ class ControlPlane:
         ])
         self._wait(lambda: self._http_ok(f"{etcd_url}/health"), "etcd to report healthy")
 
-        self._spawn("kube-apiserver", [
-            f"--etcd-servers={etcd_url}",
+        node_flags = [
+            # Pods reach the apiserver at the node network's gateway; the admin stays on loopback.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.advertise_address}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={keys.admin_cert}",
+            f"--kubelet-client-key={keys.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ] if workloads else [
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            "--authorization-mode=RBAC",
+            "--endpoint-reconciler-type=none",
+        ]
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers={etcd_url}",
+            *node_flags,
             f"--secure-port={self.api_port}",
             f"--tls-cert-file={keys.serving_cert}",
             f"--tls-private-key-file={keys.serving_key}",
             f"--client-ca-file={keys.ca_cert}",
-            "--authorization-mode=RBAC",
             f"--service-account-issuer=https://127.0.0.1:{self.api_port}",
             f"--service-account-key-file={keys.sa_pub}",
             f"--service-account-signing-key-file={keys.sa_key}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             *([] if self.with_controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
         ])
@@ -199,7 +233,7 @@ class ControlPlane:
                 "--use-service-account-credentials=false",
                 f"--root-ca-file={keys.ca_cert}",
                 f"--service-account-private-key-file={keys.sa_key}",
-                f"--controllers={','.join(KCM_CONTROLLERS)}",
+                f"--controllers={','.join(KCM_CONTROLLERS + (KCM_WORKLOAD_CONTROLLERS if workloads else ()))}",
             ])
             self._wait(
                 lambda: self._http_ok(
@@ -207,6 +241,15 @@ class ControlPlane:
                 ),
                 "kube-controller-manager to create the default ServiceAccount",
             )
+        if workloads:
+            self._spawn("kube-scheduler", [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+            ])
 
     def _spawn(self, name: str, args: list[str]) -> None:
         assert self.workdir is not None and self.binaries is not None

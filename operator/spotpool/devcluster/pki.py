@@ -44,6 +44,7 @@ class Pki:
     admin_key: Path
     sa_key: Path
     sa_pub: Path
+    ca_key: Path
 
 
 class _Issuer:
@@ -95,8 +96,12 @@ class _Issuer:
         return builder.sign(self.key, hashes.SHA256()), key
 
 
-def generate(directory: Path) -> Pki:
-    """Write a CA, an apiserver serving pair, an admin client pair and a service-account key pair."""
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Write a CA, an apiserver serving pair, an admin client pair and a service-account key pair.
+
+    `extra_ips` are more addresses the apiserver serves on: a test node's pods reach it at the node
+    network's gateway, and verify it there like any in-cluster client does.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca = _Issuer()
     serving, serving_key = ca.issue(
@@ -108,6 +113,7 @@ def generate(directory: Path) -> Pki:
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
         ],
     )
     # system:masters bypasses RBAC: this identity is the test harness's, never the operator's.
@@ -127,8 +133,10 @@ def generate(directory: Path) -> Pki:
         admin_key=directory / "admin.key",
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
+        ca_key=directory / "ca.key",
     )
     pki.ca_cert.write_bytes(_pem_cert(ca.cert))
+    pki.ca_key.write_bytes(_pem_key(ca.key))
     pki.serving_cert.write_bytes(_pem_cert(serving))
     pki.serving_key.write_bytes(_pem_key(serving_key))
     pki.admin_cert.write_bytes(_pem_cert(admin))
@@ -139,6 +147,24 @@ def generate(directory: Path) -> Pki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    for path in (pki.serving_key, pki.admin_key, pki.sa_key):
+    for path in (pki.serving_key, pki.admin_key, pki.sa_key, pki.ca_key):
         path.chmod(0o600)
     return pki
+
+
+def issue_client(pki: Pki, common_name: str, organizations: tuple[str, ...], cert: Path, key: Path) -> None:
+    """Sign a client certificate with the cluster's CA: a kubelet authenticates as
+    `system:node:<name>` in `system:nodes` (the Node authorizer and NodeRestriction admission then
+    apply to it, as on any real node), not as the harness's admin."""
+    issuer = _Issuer.__new__(_Issuer)
+    issuer.key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)  # type: ignore[assignment]
+    issuer.cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    issuer.name = issuer.cert.subject
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations),
+    ])
+    certificate, private_key = issuer.issue(subject, ExtendedKeyUsageOID.CLIENT_AUTH)
+    cert.write_bytes(_pem_cert(certificate))
+    key.write_bytes(_pem_key(private_key))
+    key.chmod(0o600)
