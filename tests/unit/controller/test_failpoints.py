@@ -24,7 +24,9 @@ from spotpool.controller.failpoints import _parse
     ("a@1:", {"a": (1, 1.0)}),  # an empty count means 1, as with no colon at all
 ])
 def test_parse(spec: str, expected: dict[str, tuple[int, float | None]]) -> None:
-    assert _parse(spec) == expected
+    parsed = _parse(spec)
+    assert {name: (armed.count, armed.delay) for name, armed in parsed.items()} == expected
+    assert all(armed.raise_ is None for armed in parsed.values())  # the environment only arms kills
 
 
 @pytest.mark.parametrize("spec", ["a:x", "a:1.5", "a@soon", "b,a:two"])
@@ -69,3 +71,65 @@ def test_nothing_armed_costs_nothing(monkeypatch: pytest.MonkeyPatch, deaths: li
         failpoints.failpoint("status-write")
     assert deaths == []
     assert failpoints._HITS == {}
+
+
+def test_points_are_the_documented_ones_in_pass_order() -> None:
+    assert failpoints.POINTS == (
+        "journal-write",
+        "before-run-instances",
+        "run-instances-in-flight",
+        "after-run-instances",
+        "after-terminate-instances",
+        "status-write",
+    )
+
+
+class Crash(Exception):
+    pass
+
+
+def test_arm_raises_on_the_nth_hit_then_disarms_itself(
+    monkeypatch: pytest.MonkeyPatch, deaths: list[str]
+) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", {})
+    failpoints.arm("after-run-instances", raise_=Crash("boom"), count=2)
+    failpoints.failpoint("after-run-instances")
+    failpoints.failpoint("status-write")  # not armed
+    with pytest.raises(Crash, match="boom"):
+        failpoints.failpoint("after-run-instances")
+    failpoints.failpoint("after-run-instances")  # fired once: the point is no longer armed
+    assert "after-run-instances" not in failpoints._ARMED
+    assert deaths == []  # raising replaces the SIGKILL
+
+
+def test_arm_counts_hits_from_the_moment_it_is_armed(
+    monkeypatch: pytest.MonkeyPatch, deaths: list[str]
+) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", {})
+    failpoints.arm("status-write", raise_=Crash("first"), count=1)
+    with pytest.raises(Crash):
+        failpoints.failpoint("status-write")
+    failpoints.failpoint("status-write")
+    failpoints.failpoint("status-write")  # two hits since: re-arming must start from zero
+    failpoints.arm("status-write", raise_=Crash("again"), count=1)
+    with pytest.raises(Crash, match="again"):
+        failpoints.failpoint("status-write")
+
+
+def test_arm_refuses_an_unknown_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", {})
+    with pytest.raises(ValueError, match="unknown failpoint"):
+        failpoints.arm("no-such-point", raise_=Crash())
+    assert failpoints._ARMED == {}
+
+
+def test_disarm_clears_every_point_and_hit(monkeypatch: pytest.MonkeyPatch, deaths: list[str]) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", {})
+    failpoints.arm("journal-write", raise_=Crash(), count=2)
+    failpoints.failpoint("journal-write")
+    assert failpoints._HITS == {"journal-write": 1}
+    failpoints.disarm()
+    assert failpoints._ARMED == {} and failpoints._HITS == {}
+    for _ in range(3):
+        failpoints.failpoint("journal-write")  # would have raised on the 2nd hit if still armed
+    assert deaths == []

@@ -4,44 +4,118 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from spotpool.cloud.errors import ErrorCategory
-from spotpool.planner import backoff_from_status, build_status, inflight_from_status, record_refusal
+from spotpool.planner import DropReason, backoff_from_status, build_status, read_journal, record_refusal
 from spotpool.planner.formatting import format_cost, format_price, format_time, parse_time
-from spotpool.planner.model import InflightLaunch
-from tests.unit.planner.plannerkit import NOW, S5, SA2, UID, Z3, Z4, make_launch, make_spec
+from spotpool.planner.model import MAX_JOURNAL_RECORDS, InflightLaunch
+from tests.unit.planner.plannerkit import NOW, S5, SA2, Z3, Z4, census_of, make_launch, make_spec, token
 
 
-def test_inflight_round_trips_through_status() -> None:
-    launches = [
-        make_launch("tok-a", count=3),
-        make_launch("tok-b", count=2, ids=("ins-a0000001", "ins-b0000001"), zone=Z4, instance_type=SA2),
-    ]
-    status = build_status(
+def written(launches: list[InflightLaunch]) -> dict[str, Any]:
+    """A status body as the executor writes it, holding `launches`."""
+    return build_status(
         spec=make_spec(),
         generation=1,
-        instances=[],
-        offers={},
-        inflight=launches,
-        backoff={},
+        census=census_of(inflight=launches),
+        journal=launches,
         now=NOW,
         previous_conditions=[],
         environment_label="env",
-        owner_uid=UID,
-    )
-    assert inflight_from_status(status) == launches
+    ).body
 
 
-def test_missing_inflight_list_reads_as_empty() -> None:
-    assert inflight_from_status({}) == []
-    assert inflight_from_status({"inflightLaunches": None}) == []
+def test_journal_round_trips_through_status() -> None:
+    launches = [
+        make_launch(token(1, count=3), count=3),
+        make_launch(
+            token(2, zone=Z4, instance_type=SA2, count=2),
+            count=2, ids=("ins-a0000001", "ins-b0000001"), zone=Z4, instance_type=SA2,
+        ),
+    ]
+    assert read_journal(written(launches)) == (launches, [])
 
 
-def test_malformed_inflight_entry_raises_rather_than_forgetting_a_purchase() -> None:
-    with pytest.raises(ValueError, match=r"inflightLaunches\[0\]"):
-        inflight_from_status({"inflightLaunches": [{"clientToken": "t", "zone": Z3}]})
+def test_missing_journal_reads_as_empty() -> None:
+    assert read_journal({}) == ([], [])
+    assert read_journal({"inflightLaunches": None}) == ([], [])
+
+
+def good(**overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "clientToken": token(7, count=2),
+        "zone": Z3,
+        "instanceType": S5,
+        "count": 2,
+        "requestedAt": "2025-06-01T11:59:55Z",
+        "instanceIds": ["ins-a0000001"],
+    }
+    record.update(overrides)
+    return record
+
+
+def test_a_well_formed_record_reads_back() -> None:
+    launches, dropped = read_journal({"inflightLaunches": [good()]})
+    assert dropped == []
+    assert launches == [make_launch(token(7, count=2), count=2, ids=("ins-a0000001",))]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"clientToken": "t"}, "clientToken"),
+        ({"clientToken": "tok-1"}, "clientToken"),
+        ({"clientToken": 42}, "clientToken"),
+        ({"zone": "Guangzhou Three"}, "zone"),
+        ({"instanceType": "s5.medium4"}, "instanceType"),
+        ({"count": 0}, "count"),
+        ({"count": 101}, "count"),
+        ({"count": True}, "count"),
+        ({"count": "2"}, "count"),
+        ({"instanceIds": ["ins-a0000001", "ins-b0000001", "ins-c0000001"]}, "instanceIds"),
+        ({"instanceIds": ["i-12345678"]}, "instanceIds"),
+        ({"instanceIds": "ins-a0000001"}, "instanceIds"),
+        ({"requestedAt": "yesterday"}, "inflightLaunches"),
+        ({"zone": None}, "zone"),
+    ],
+)
+def test_a_malformed_record_is_dropped_never_replayed(overrides: dict[str, Any], why: str) -> None:
+    kept = good(clientToken=token(8, count=2))
+    launches, dropped = read_journal({"inflightLaunches": [good(**overrides), kept]})
+    assert [launch.client_token for launch in launches] == [kept["clientToken"]]
+    [drop] = dropped
+    assert drop.reason is DropReason.MALFORMED
+    assert drop.detail.startswith("status.inflightLaunches[0]: ") and why in drop.detail
+
+
+def test_a_record_missing_a_field_is_dropped() -> None:
+    launches, dropped = read_journal({"inflightLaunches": [{"clientToken": "t", "zone": Z3}]})
+    assert launches == []
+    assert [(d.client_token, d.reason) for d in dropped] == [("t", DropReason.MALFORMED)]
+    assert "inflightLaunches[0]" in dropped[0].detail
+
+
+def test_a_repeated_token_keeps_the_first_record() -> None:
+    launches, dropped = read_journal({"inflightLaunches": [good(), good(count=3)]})
+    assert [launch.count for launch in launches] == [2]
+    assert [(d.reason, d.detail) for d in dropped] == [
+        (DropReason.MALFORMED, "status.inflightLaunches[1]: repeats a token")
+    ]
+
+
+def test_a_journal_that_is_not_a_list_is_dropped_whole() -> None:
+    launches, dropped = read_journal({"inflightLaunches": {"clientToken": token(1)}})
+    assert launches == [] and [d.reason for d in dropped] == [DropReason.MALFORMED]
+
+
+def test_records_beyond_the_limit_are_dropped() -> None:
+    items = [good(clientToken=token(n, count=2)) for n in range(MAX_JOURNAL_RECORDS + 2)]
+    launches, dropped = read_journal({"inflightLaunches": items})
+    assert len(launches) == MAX_JOURNAL_RECORDS and len(dropped) == 2
+    assert all(d.reason is DropReason.MALFORMED for d in dropped)
 
 
 def test_backoff_round_trips_through_status_pools() -> None:
@@ -66,15 +140,12 @@ def test_backoff_round_trips_through_status_pools() -> None:
     status = build_status(
         spec=make_spec(),
         generation=1,
-        instances=[],
-        offers={},
-        inflight=[],
+        census=census_of(),
         backoff=backoff,
         now=NOW,
         previous_conditions=[],
         environment_label="env",
-        owner_uid=UID,
-    )
+    ).body
     restored = backoff_from_status(status)
     assert list(restored) == [(Z3, S5)]
     entry, original = restored[(Z3, S5)], backoff[(Z3, S5)]

@@ -26,12 +26,15 @@ from spotpool.cloud.models import (
     Instance,
     SpotOffer,
 )
+from spotpool.api.names import LAUNCH_TAG
 from spotpool.planner import (
     INFLIGHT_VISIBILITY_GRACE,
     MAX_LAUNCH_COUNT,
     MAX_RELEASE_IDS,
     OWNER_UID_TAG,
+    DropReason,
     InflightLaunch,
+    Observation,
     Plan,
     PoolBackoff,
     PoolKey,
@@ -41,7 +44,7 @@ from spotpool.planner import (
 )
 from spotpool.planner.backoff import BACKOFF_BASE, BACKOFF_CAP, BACKOFF_JITTER, ESCALATING
 from spotpool.planner.conditions import REASON_PATTERN
-from tests.unit.planner.plannerkit import NOW, UID, make_spec
+from tests.unit.planner.plannerkit import NOW, UID, decided, make_spec
 
 ZONES = ["ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6"]
 TYPES = ["S5.MEDIUM4", "SA2.MEDIUM4", "S6.MEDIUM4"]
@@ -60,13 +63,15 @@ class World:
     offers: dict[PoolKey, SpotOffer]
     inflight: list[InflightLaunch]
     backoff: dict[PoolKey, PoolBackoff]
+    confirmed: dict[str, Instance | None]
 
     def plan(self, *, deleting: bool = False, instances: list[Instance] | None = None) -> Plan:
+        listed = self.instances if instances is None else instances
         return plan(
             spec=self.spec,
-            instances=self.instances if instances is None else instances,
+            observation=Observation(listed=tuple(listed), confirmed=self.confirmed),
             offers=self.offers,
-            inflight=self.inflight,
+            journal=self.inflight,
             backoff=self.backoff,
             now=NOW,
             owner_uid=UID,
@@ -84,7 +89,11 @@ def worlds(draw: st.DrawFn) -> World:
             state=draw(st.sampled_from(STATES)),
             charge_type="SPOTPAID",
             created_time=draw(st.none() | st.integers(0, 10_000).map(lambda m: NOW - timedelta(minutes=m))),
-            tags=draw(st.sampled_from([{OWNER_UID_TAG: UID}] * 6 + [{OWNER_UID_TAG: "other"}, {}])),
+            tags={
+                **draw(st.sampled_from([{OWNER_UID_TAG: UID}] * 6 + [{OWNER_UID_TAG: "other"}, {}])),
+                # some carry the launch tag of a record (found by it when its call never answered)
+                **draw(st.sampled_from([{}] * 4 + [{LAUNCH_TAG: f"token-{n}"} for n in range(4)])),
+            },
         )
         for index, pool in enumerate(draw(st.lists(st.sampled_from(UNIVERSE), max_size=60)))
     ]
@@ -141,28 +150,104 @@ def worlds(draw: st.DrawFn) -> World:
         )
         for pool in draw(st.lists(st.sampled_from(UNIVERSE), max_size=4, unique=True))
     }
-    return World(spec, instances, offers, inflight, backoff)
+    # InstanceIds lookups of record ids the listing lacked: gone (None), ours, or someone else's
+    confirmed: dict[str, Instance | None] = {}
+    for instance_id in ("ins-unseen01", "ins-unseen02"):
+        if any(instance_id in launch.instance_ids for launch in inflight):
+            found = draw(st.sampled_from(["absent", "gone", "ours", "other"]))
+            if found == "gone":
+                confirmed[instance_id] = None
+            elif found != "absent":
+                confirmed[instance_id] = Instance(
+                    instance_id=instance_id,
+                    zone=ZONES[0],
+                    instance_type=TYPES[0],
+                    state=draw(st.sampled_from(STATES)),
+                    charge_type="SPOTPAID",
+                    created_time=None,
+                    tags={OWNER_UID_TAG: UID if found == "ours" else "other"},
+                )
+    return World(spec, instances, offers, inflight, backoff, confirmed)
 
 
 # -- the independent oracle ---------------------------------------------------------------------
 
 
 def owned(world: World) -> dict[str, Instance]:
-    return {i.instance_id: i for i in world.instances if i.tags.get(OWNER_UID_TAG) == UID}
+    mine: dict[str, Instance] = {}
+    for instance in world.instances:
+        if instance.tags.get(OWNER_UID_TAG) == UID:
+            mine.setdefault(instance.instance_id, instance)
+    for instance_id, looked_up in world.confirmed.items():
+        if looked_up is not None and looked_up.tags.get(OWNER_UID_TAG) == UID:
+            mine.setdefault(instance_id, looked_up)
+    return mine
 
 
 def alive_ids(world: World) -> set[str]:
     return {i for i, inst in owned(world).items() if inst.state in (PENDING, RUNNING)}
 
 
-def unseen(world: World) -> int:
+def gone(world: World) -> set[str]:
+    return {
+        i for i, inst in world.confirmed.items() if inst is None or inst.tags.get(OWNER_UID_TAG) != UID
+    }
+
+
+@dataclass(frozen=True)
+class Fate:
+    """What the journal rules make of each record, recomputed independently of the planner."""
+
+    unseen: int  # instances the kept records may still add
+    kept: list[str]
+    replayed: list[str]
+    dropped: list[str]
+    resolved: list[str]
+
+
+def fates(world: World, *, deleting: bool = False) -> Fate:
     mine = owned(world)
-    total = 0
-    for launch in world.inflight:
-        if launch.requested_at + INFLIGHT_VISIBILITY_GRACE <= NOW:
+    lost = gone(world)
+    listed_mine = {i.instance_id for i in world.instances if i.tags.get(OWNER_UID_TAG) == UID}
+    candidates = {(z, t) for z in world.spec.zones for t in world.spec.instance_types}
+
+    def found(launch: InflightLaunch) -> set[str]:
+        if launch.instance_ids:
+            return set(launch.instance_ids)
+        return {i for i, inst in mine.items() if inst.tags.get(LAUNCH_TAG) == launch.client_token}
+
+    with_ids = [launch for launch in world.inflight if launch.instance_ids]
+    budget = (0 if deleting else world.spec.expected_count) - len(alive_ids(world)) - sum(
+        len(found(launch) - set(mine) - lost) for launch in with_ids
+    )
+    unseen, kept, replayed, dropped, resolved = 0, [], [], [], []
+    for launch in sorted(world.inflight, key=lambda r: (r.requested_at, r.client_token)):
+        ids = found(launch)
+        missing = len(ids - set(mine) - lost)
+        by_lookup_only = ids & (set(mine) - listed_mine)
+        if ids and missing == 0 and not by_lookup_only:
+            resolved.append(launch.client_token)
             continue
-        total += len(set(launch.instance_ids) - set(mine)) if launch.instance_ids else launch.count
-    return total
+        if ids:  # ids known: kept until every one is listed or gone, however old
+            kept.append(launch.client_token)
+            unseen += missing
+            continue
+        may_replay = (
+            not deleting and not world.spec.paused and launch.pool in candidates and launch.count <= budget
+        )
+        budget -= launch.count
+        if may_replay:
+            replayed.append(launch.client_token)
+        elif launch.requested_at + INFLIGHT_VISIBILITY_GRACE <= NOW:
+            dropped.append(launch.client_token)
+            continue
+        kept.append(launch.client_token)
+        unseen += launch.count
+    return Fate(unseen, kept, replayed, dropped, resolved)
+
+
+def unseen(world: World) -> int:
+    return fates(world).unseen
 
 
 def buyable(world: World, pool: PoolKey) -> bool:
@@ -199,7 +284,7 @@ def test_never_plans_more_alive_than_expected(world: World) -> None:
 def test_buys_the_whole_deficit_when_some_pool_is_buyable(world: World) -> None:
     p = world.plan()
     if world.spec.paused or not any(buyable(world, pool) for pool in UNIVERSE):
-        assert p.launches == []
+        assert p.launches == ()
     else:
         assert sum(b.count for b in p.launches) == max(
             0, world.spec.expected_count - len(alive_ids(world)) - unseen(world)
@@ -234,7 +319,7 @@ def test_releases_exactly_the_surplus_and_never_when_paused(world: World) -> Non
     p = world.plan()
     surplus = max(0, len(alive_ids(world)) - world.spec.expected_count)
     if world.spec.paused:
-        assert p.releases == [] and p.cleanup == [] and p.launches == []
+        assert p.releases == () and p.cleanup == () and p.launches == ()
     else:
         assert len(released(p)) == surplus
         assert set(released(p)) <= alive_ids(world)
@@ -254,7 +339,7 @@ def test_pending_is_released_before_running(world: World, deleting: bool) -> Non
 @given(worlds())
 def test_deletion_releases_everything_owned_and_buys_nothing(world: World) -> None:
     p = world.plan(deleting=True)
-    assert p.launches == [] and p.cleanup == []
+    assert p.launches == () and p.cleanup == () and p.replays == ()
     assert set(released(p)) == {i for i, inst in owned(world).items() if inst.state != TERMINATING}
 
 
@@ -265,24 +350,30 @@ def test_same_inputs_give_the_same_plan_in_any_listing_order(
     shuffled = list(world.instances)
     rng.shuffle(shuffled)
     assert world.plan(deleting=deleting) == world.plan(deleting=deleting)
-    assert world.plan(deleting=deleting, instances=shuffled) == world.plan(deleting=deleting)
+    assert decided(world.plan(deleting=deleting, instances=shuffled)) == decided(world.plan(deleting=deleting))
 
 
 @given(worlds(), st.booleans())
 def test_status_is_always_writable_and_consistent(world: World, deleting: bool) -> None:
-    status = build_status(
+    p = world.plan(deleting=deleting)
+    report = build_status(
         spec=world.spec,
         generation=1,
-        instances=world.instances,
+        census=p.census,
+        journal=p.journal,
         offers=world.offers,
-        inflight=world.inflight,
         backoff=world.backoff,
         now=NOW,
         previous_conditions=[],
         environment_label="env",
-        owner_uid=UID,
         deleting=deleting,
+        unlisted_overdue=p.unlisted_overdue,
     )
+    status = report.body
+    assert [c["status"] == "True" for c in status["conditions"]] == [
+        report.ready, report.progressing, report.degraded
+    ]
+    assert [launch["clientToken"] for launch in status["inflightLaunches"]] == fates(world, deleting=deleting).kept
     assert status["currentCount"] == len(alive_ids(world))
     assert status["currentCount"] == status["runningCount"] + status["pendingCount"]
     assert len(status["pools"]) == len(world.spec.zones) * len(world.spec.instance_types)
@@ -292,6 +383,29 @@ def test_status_is_always_writable_and_consistent(world: World, deleting: bool) 
     assert (ready["status"] == "True") == (
         not deleting and status["runningCount"] == world.spec.expected_count
     )
+
+
+@given(worlds(), st.booleans())
+def test_every_record_is_kept_replayed_dropped_or_resolved_by_the_rules(world: World, deleting: bool) -> None:
+    p = world.plan(deleting=deleting)
+    fate = fates(world, deleting=deleting)
+    assert [r.client_token for r in p.journal] == fate.kept
+    assert [r.client_token for r in p.replays] == fate.replayed
+    assert [d.client_token for d in p.dropped] == fate.dropped
+    assert all(d.reason is DropReason.EXPIRED for d in p.dropped)
+    assert p.census.inflight_unseen == fate.unseen
+    assert sorted(fate.kept + fate.dropped + fate.resolved) == sorted(r.client_token for r in world.inflight)
+    if deleting or world.spec.paused:
+        assert p.replays == ()
+    # a record with ids is never dropped unaccounted: its instances may be alive and billed
+    assert not {d.client_token for d in p.dropped} & {r.client_token for r in world.inflight if r.instance_ids}
+
+
+@given(worlds())
+def test_deletion_is_complete_only_when_nothing_is_left(world: World) -> None:
+    p = world.plan(deleting=True)
+    remaining = [i for i in owned(world).values() if i.state != TERMINATING]
+    assert p.deletion_complete == (not remaining and not fates(world, deleting=True).kept)
 
 
 # -- backoff ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from spotpool.cloud.errors import ErrorCategory
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, TERMINATING, Instance
-from spotpool.planner import ErrorRecord, build_status, record_refusal
+from spotpool.planner import ErrorRecord, StatusReport, build_status, record_refusal
 from spotpool.planner.conditions import MAX_MESSAGE_LENGTH, REASON_PATTERN
 from spotpool.planner.formatting import format_time
 from spotpool.planner.model import InflightLaunch, PoolBackoff, PoolKey
@@ -25,42 +25,51 @@ from tests.unit.planner.plannerkit import (
     Z3,
     Z4,
     all_offered,
+    census_of,
     make_instance,
     make_launch,
     make_offer,
     make_spec,
     offers_of,
+    token,
 )
 
 
-def status(
+def report(
     instances: Iterable[Instance] = (),
     *,
-    inflight: Iterable[InflightLaunch] = (),
+    journal: Iterable[InflightLaunch] = (),
     backoff: dict[PoolKey, PoolBackoff] | None = None,
     offers: dict[PoolKey, Any] | None = None,
     previous: list[dict[str, Any]] | None = None,
     now: Any = NOW,
     last_error: ErrorRecord | None = None,
-    config_error: tuple[str, str] | None = None,
+    blocked: tuple[str, str] | None = None,
     deleting: bool = False,
+    unlisted_overdue: int = 0,
     **spec: Any,
-) -> dict[str, Any]:
+) -> StatusReport:
+    """The status of an environment observed as `instances`, with `journal` its launch records."""
+    journal = list(journal)
     return build_status(
         spec=make_spec(**spec),
         generation=3,
-        instances=list(instances),
+        census=census_of(instances, journal),
+        journal=journal,
         offers=all_offered() if offers is None else offers,
-        inflight=list(inflight),
         backoff=backoff or {},
         now=now,
         previous_conditions=previous or [],
         environment_label="render-farm",
-        owner_uid=UID,
         last_error=last_error,
-        config_error=config_error,
+        blocked=blocked,
         deleting=deleting,
+        unlisted_overdue=unlisted_overdue,
     )
+
+
+def status(instances: Iterable[Instance] = (), **kwargs: Any) -> dict[str, Any]:
+    return report(instances, **kwargs).body
 
 
 def cond(result: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -91,7 +100,9 @@ def test_full_shape_for_a_converged_environment() -> None:
         "pendingCount": 1,
         "selector": "spotpool.io/environment=render-farm",
         "hourlyCost": "0.0427",
+        "instancesOmitted": None,  # merge-patch null: removes a stale count
         "inflightLaunches": [],
+        "launchSequence": 0,
     }
     assert result["pools"] == [
         {
@@ -167,7 +178,7 @@ def test_deficit_is_progressing_scaling_out() -> None:
 
 
 def test_unseen_launch_is_progressing_launching() -> None:
-    c = cond(status(inflight=[make_launch("t", count=2)], expectedCount=2), "Progressing")
+    c = cond(status(journal=[make_launch("t", count=2)], expectedCount=2), "Progressing")
     assert (c["status"], c["reason"]) == ("True", "Launching")
 
 
@@ -230,7 +241,7 @@ def test_refusal_while_short_is_degraded_with_the_tencent_code() -> None:
 
 def test_refusal_is_not_degradation_once_the_count_is_covered() -> None:
     backoff = refused((Z3, S5), ErrorCategory.CAPACITY, "ResourceInsufficient.SpecifiedInstanceType")
-    result = status(backoff=backoff, inflight=[make_launch("t", count=1, zone=Z4)], expectedCount=1)
+    result = status(backoff=backoff, journal=[make_launch("t", count=1, zone=Z4)], expectedCount=1)
     assert cond(result, "Degraded")["status"] == "False"
 
 
@@ -291,7 +302,7 @@ def test_config_error_is_the_worst_problem() -> None:
         code="RequestLimitExceeded", message="slow down", category=ErrorCategory.THROTTLED, time=NOW
     )
     c = cond(
-        status(config_error=("AuthFailure", "Secret batch/creds has no key secretKey"), last_error=error),
+        status(blocked=("AuthFailure", "Secret batch/creds has no key secretKey"), last_error=error),
         "Degraded",
     )
     assert c["reason"] == "AuthFailure"
@@ -300,11 +311,11 @@ def test_config_error_is_the_worst_problem() -> None:
 
 def test_invalid_condition_reason_is_refused() -> None:
     with pytest.raises(ValueError, match="does not match"):
-        status(config_error=("Not a reason", "x"))
+        status(blocked=("Not a reason", "x"))
 
 
 def test_long_messages_are_clipped_to_the_metav1_limit() -> None:
-    c = cond(status(config_error=("InvalidConfig", "x" * 40000)), "Degraded")
+    c = cond(status(blocked=("InvalidConfig", "x" * 40000)), "Degraded")
     assert len(c["message"]) == MAX_MESSAGE_LENGTH and c["message"].endswith(" ...")
 
 
@@ -319,10 +330,10 @@ def test_hourly_cost_counts_alive_instances_at_market_price() -> None:
 
 
 def test_inflight_launches_are_written_as_given() -> None:
-    launch = make_launch("tok-1", count=3, ids=("ins-a0000001",))
-    assert status(inflight=[launch])["inflightLaunches"] == [
+    launch = make_launch(token(1, count=3), count=3, ids=("ins-a0000001",))
+    assert status(journal=[launch])["inflightLaunches"] == [
         {
-            "clientToken": "tok-1",
+            "clientToken": token(1, count=3),
             "zone": Z3,
             "instanceType": S5,
             "count": 3,
@@ -344,7 +355,7 @@ def test_instance_list_is_capped_with_non_running_first() -> None:
     assert len(result["instances"]) == MAX_STATUS_INSTANCES
     assert result["instances"][0]["id"] == "ins-zzpendng"
     assert result["instancesOmitted"] == 6
-    assert "instancesOmitted" not in status()
+    assert status()["instancesOmitted"] is None
 
 
 def test_retry_after_is_absent_once_the_backoff_expired() -> None:
@@ -375,12 +386,83 @@ def test_selector_must_be_a_valid_label(label: str) -> None:
         build_status(
             spec=make_spec(),
             generation=1,
-            instances=[],
-            offers={},
-            inflight=[],
-            backoff={},
+            census=census_of(),
             now=NOW,
             previous_conditions=[],
             environment_label=label,
-            owner_uid=UID,
         )
+
+
+def test_the_report_gives_the_conditions_as_booleans() -> None:
+    ready = report([make_instance("ins-r0000001")], expectedCount=1)
+    assert (ready.ready, ready.progressing, ready.degraded) == (True, False, False)
+    short = report(expectedCount=2, offers={})
+    assert (short.ready, short.progressing, short.degraded) == (False, True, True)
+    assert cond(short.body, "Degraded")["status"] == "True"
+
+
+def test_a_blocked_pass_writes_only_conditions_generation_and_selector() -> None:
+    result = build_status(
+        spec=make_spec(),
+        generation=4,
+        now=NOW,
+        previous_conditions=[],
+        environment_label="render-farm",
+        blocked=("AuthFailure", "Secret batch/creds has no key secretKey"),
+    )
+    assert set(result.body) == {"observedGeneration", "selector", "conditions"}
+    assert result.body["observedGeneration"] == 4
+    assert (result.ready, result.progressing, result.degraded) == (False, False, True)
+    c = cond(result.body, "Degraded")
+    assert (c["reason"], c["message"]) == ("AuthFailure", "Secret batch/creds has no key secretKey")
+    assert cond(result.body, "Progressing")["message"] == "blocked: Secret batch/creds has no key secretKey"
+
+
+def test_without_a_spec_the_status_is_blocked_too() -> None:
+    result = build_status(
+        spec=None,
+        generation=1,
+        now=NOW,
+        previous_conditions=[],
+        environment_label="render-farm",
+        census=census_of([make_instance("ins-r0000001")]),
+        blocked=("InvalidConfig", "spec.maxPrice is not a price"),
+    )
+    assert "currentCount" not in result.body and result.degraded and not result.ready
+
+
+def test_launch_sequence_and_account_are_written() -> None:
+    result = build_status(
+        spec=make_spec(),
+        generation=1,
+        census=census_of(),
+        sequence=17,
+        account={"uin": "100000000001"},
+        now=NOW,
+        previous_conditions=[],
+        environment_label="render-farm",
+    ).body
+    assert result["launchSequence"] == 17 and result["account"] == {"uin": "100000000001"}
+    assert "account" not in status()
+
+
+def test_instances_unlisted_past_the_grace_are_degraded() -> None:
+    result = report([make_instance("ins-r0000001")], unlisted_overdue=2, expectedCount=1)
+    c = cond(result.body, "Degraded")
+    assert (c["status"], c["reason"]) == ("True", "InstancesUnlisted")
+    assert c["message"].startswith("2 bought instances are still missing")
+    assert result.ready
+
+
+def test_the_census_after_a_pass_counts_what_the_api_just_answered() -> None:
+    before = census_of([make_instance("ins-r0000001"), make_instance("ins-r0000002")])
+    bought = make_launch(token(1, count=1), count=1, ids=("ins-new00001",))
+    after = before.after(journal=[], bought=[bought], released=["ins-r0000002"], owner_uid=UID)
+    result = build_status(
+        spec=make_spec(expectedCount=2), generation=1, census=after, now=NOW,
+        previous_conditions=[], environment_label="render-farm",
+    ).body
+    assert (result["currentCount"], result["runningCount"], result["pendingCount"]) == (2, 1, 1)
+    assert {i["id"]: i["state"] for i in result["instances"]} == {
+        "ins-new00001": "PENDING", "ins-r0000002": "TERMINATING", "ins-r0000001": "RUNNING",
+    }
