@@ -8,9 +8,9 @@ import json
 from decimal import Decimal
 
 import pytest
-
 from spotpool.cloud.client import CvmClient
-from spotpool.cloud.models import Credentials
+from spotpool.cloud.models import Credentials, RunInstancesRequest
+
 from tests.e2e.conftest import Pools, condition, ready, status
 from tests.support.kube import wait_for
 from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY, OperatorProcess, SimulatorProcess
@@ -148,9 +148,9 @@ def test_delete_releases_every_owned_instance_and_nothing_else(
 
     async def untagged() -> list[str]:
         async with cvm(simulator) as client:
-            return await client.run_instances(zone="ap-guangzhou-3", instance_type="S5.MEDIUM4",
+            return await client.run_instances(RunInstancesRequest(zone="ap-guangzhou-3", instance_type="S5.MEDIUM4",
                                               image_id="img-pmqg1cw7", count=2, max_price="0.0923",
-                                              client_token="hand-made", tags={})
+                                              client_token="hand-made", tags={}))
 
     hand_made = asyncio.run(untagged())
     pools.delete("doomed")

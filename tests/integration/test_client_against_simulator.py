@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from spotpool.cloud import CloudError, CloudNetworkError, CvmClient, ErrorCategory
-from spotpool.cloud.models import TERMINATING, Credentials
+from spotpool.cloud.models import TERMINATING, Credentials, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
 
@@ -63,7 +62,7 @@ async def buy(client: CvmClient, count: int, token: str, tags: dict[str, str] | 
     args: dict[str, Any] = dict(zone=ZONE, instance_type=TYPE, image_id=IMAGE, count=count,
                                 max_price="0.05", client_token=token,
                                 tags=tags if tags is not None else {"suite": "client"})
-    return await client.run_instances(**{**args, **kwargs})
+    return await client.run_instances(RunInstancesRequest(**{**args, **kwargs}))
 
 
 async def eventually(probe: Callable[[], Awaitable[Any]], expected: Any,

@@ -22,6 +22,7 @@ from spotpool.cloud.models import (
     UNDER_STOCK,
     WITHOUT_STOCK,
     Credentials,
+    RunInstancesRequest,
 )
 from spotpool.simulator import RunningSimulator
 
@@ -55,7 +56,7 @@ async def buy(client: CvmClient, count: int, token: str, **kwargs: Any) -> list[
         "client_token": token,
         "tags": {"suite": "capacity"},
     }
-    return await client.run_instances(**{**args, **kwargs})
+    return await client.run_instances(RunInstancesRequest(**{**args, **kwargs}))
 
 
 async def test_on_demand_instances_are_bought_and_described_as_such(

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-
 from spotpool.cloud.client import DEFAULT_MAX_REPLY_BYTES, PAGE_CONCURRENCY, CvmClient
 from spotpool.cloud.errors import CloudError, CloudNetworkError, ErrorCategory
-from spotpool.cloud.models import Credentials
+from spotpool.cloud.models import Credentials, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
+
 from tests.support import hostile
 from tests.support.hostile import MARKER, HostileServer
 
@@ -192,9 +192,9 @@ async def test_malformed_listings_are_invalid_responses(fields: dict[str, Any]) 
 async def test_run_instances_answering_foreign_ids_is_refused() -> None:
     ids = [f"ins-{n}" for n in range(5)]
     async with serving(hostile.answer(hostile.envelope({"InstanceIdSet": ids}))) as server:
-        err = await failure(server.url, "RunInstances 5 ids for 1", lambda c: c.run_instances(
+        err = await failure(server.url, "RunInstances 5 ids for 1", lambda c: c.run_instances(RunInstancesRequest(
             zone="ap-guangzhou-3", instance_type="S5.MEDIUM4", image_id="img-1", count=1,
-            max_price="0.1", client_token="t-1", tags={}))
+            max_price="0.1", client_token="t-1", tags={})))
     assert err.code == "InvalidResponse" and err.action == "RunInstances"
 
 

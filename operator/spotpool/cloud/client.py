@@ -58,7 +58,7 @@ from .errors import (
     valid_code,
     valid_request_id,
 )
-from .models import TERMINATING, Credentials, Instance, SpotOffer
+from .models import TERMINATING, CallerIdentity, Credentials, Instance, RunInstancesRequest, SpotOffer
 from .ratelimit import RateLimiterRegistry, Sleep, account_key, default_registry
 from .models import CHARGE_TYPES, SPOTPAID, AccountQuota, Offer, PriceQuote  # issue 11
 from .signing import sign
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "2017-03-12"
 SERVICE = "cvm"
+STS_API_VERSION = "2018-08-13"
+API_VERSIONS = {SERVICE: API_VERSION, "sts": STS_API_VERSION}
 CONTENT_TYPE = "application/json"
 REQUEST_CLIENT = f"spotpool/{__version__}"
 DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
@@ -197,8 +199,10 @@ class CvmClient:
         max_listing: int = DEFAULT_MAX_LISTING,
         max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
         deadline: float = DEFAULT_DEADLINE,
+        service: str = SERVICE,
     ) -> None:
-        """`clock` gives request timestamps; `limiter`, `sleep` (backoff) and `rng` (jitter)
+        """`service` is `cvm`, or `sts` for `get_caller_identity` (its own API version).
+        `clock` gives request timestamps; `limiter`, `sleep` (backoff) and `rng` (jitter)
         exist so tests can replace time and chance.
 
         `timeout` bounds each network operation (connect, each read); `deadline` bounds a whole
@@ -217,6 +221,9 @@ class CvmClient:
             raise ValueError(f"endpoint must be http(s)://host[:port], got {endpoint!r}")
         if url.path not in ("", "/") or url.query:
             raise ValueError(f"endpoint must not carry a path or query (CVM uses /): {endpoint!r}")
+        if service not in API_VERSIONS:
+            raise ValueError(f"service must be one of {', '.join(API_VERSIONS)}, got {service!r}")
+        self._service = service
         self._credentials = credentials
         self._region = region
         # Signed verbatim: host plus the port when it is not the scheme's default.
@@ -396,7 +403,7 @@ class CvmClient:
             "X-TC-Action": action,
             "X-TC-RequestClient": REQUEST_CLIENT,
             "X-TC-Timestamp": str(timestamp),
-            "X-TC-Version": API_VERSION,
+            "X-TC-Version": API_VERSIONS[self._service],
             "X-TC-Region": self._region,
         }
         if self._credentials.token:
@@ -404,7 +411,7 @@ class CvmClient:
         headers["Authorization"] = sign(
             secret_id=self._credentials.secret_id,
             secret_key=self._credentials.secret_key,
-            service=SERVICE,
+            service=self._service,
             host=self._host,
             content_type=CONTENT_TYPE,
             payload=body,
@@ -486,54 +493,16 @@ class CvmClient:
 
     # ------------------------------------------------------------------ typed actions
 
-    async def run_instances(
-        self,
-        *,
-        zone: str,
-        instance_type: str,
-        image_id: str,
-        count: int,
-        max_price: Decimal | str | None = None,
-        client_token: str,
-        tags: dict[str, str],
-        instance_name: str | None = None,
-        vpc_id: str | None = None,
-        subnet_id: str | None = None,
-        security_group_ids: Sequence[str] | None = None,
-        system_disk_type: str | None = None,
-        system_disk_size_gib: int | None = None,
-        key_ids: Sequence[str] | None = None,
-        user_data: str | None = None,
-        dry_run: bool = False,
-        charge_type: str = SPOTPAID,
-    ) -> list[str]:
-        """Buy `count` one-time spot instances at most at `max_price`, or pay-as-you-go ones
-        with `charge_type=POSTPAID_BY_HOUR` (no `max_price` then); returns their ids (they start
-        PENDING). Without `charge_type` the request is byte for byte the spot purchase it was.
+    async def run_instances(self, request: RunInstancesRequest) -> list[str]:
+        """Buy `request.count` one-time spot instances at most at `max_price`, or pay-as-you-go
+        ones with `charge_type=POSTPAID_BY_HOUR`; returns their ids (they start PENDING).
 
         `client_token` makes the call idempotent, so a replay after a crash or a lost answer
         returns the ids of the first call instead of buying twice. With `dry_run` the API only
         validates (stock included) and the result is `[]`; a failed check raises as usual.
         """
-        params = wire.run_instances_params(
-            zone=zone,
-            instance_type=instance_type,
-            image_id=image_id,
-            count=count,
-            max_price=max_price,
-            client_token=client_token,
-            tags=tags,
-            instance_name=instance_name,
-            vpc_id=vpc_id,
-            subnet_id=subnet_id,
-            security_group_ids=security_group_ids,
-            system_disk_type=system_disk_type,
-            system_disk_size_gib=system_disk_size_gib,
-            key_ids=key_ids,
-            user_data=user_data,
-            dry_run=dry_run,
-            charge_type=charge_type,
-        )
+        params = wire.run_instances_params(request)
+        dry_run, count = request.dry_run, request.count
         try:
             response = await self.call("RunInstances", params)
         except CloudError as err:
@@ -550,6 +519,23 @@ class CvmClient:
             raise _invalid("RunInstances", "InstanceIdSet is not a list of at most "
                            f"{count} instance ids")
         return list(ids)
+
+    async def get_caller_identity(self) -> CallerIdentity:
+        """Who the key pair belongs to (STS `GetCallerIdentity`; a client made with service `sts`)."""
+        if self._service != "sts":
+            raise ValueError("GetCallerIdentity is an STS action: make the client with service='sts'")
+        response = await self.call("GetCallerIdentity", {})
+        account = response.get("AccountId")
+        if not isinstance(account, str) or not account.isdigit() or len(account) > 20:
+            raise CloudNetworkError(SERVER_NETWORK_ERROR, "GetCallerIdentity answered without a valid AccountId",
+                                    action="GetCallerIdentity", request_id=response.get("RequestId"))
+        return CallerIdentity(
+            account_id=account,
+            arn=str(response.get("Arn") or "")[:256],
+            user_id=str(response.get("UserId") or "")[:256],
+            principal_id=str(response.get("PrincipalId") or "")[:64],
+            type=str(response.get("Type") or "")[:64],
+        )
 
     async def describe_instances(
         self,
@@ -819,7 +805,7 @@ class CvmClient:
         """
         if charge_type == SPOTPAID and max_price is None:
             raise ValueError("a spot purchase check needs max_price (its bid)")
-        ids = await self.run_instances(
+        ids = await self.run_instances(RunInstancesRequest(
             zone=zone,
             instance_type=instance_type,
             image_id=image_id,
@@ -829,13 +815,13 @@ class CvmClient:
             tags=dict(tags or {}),
             vpc_id=vpc_id,
             subnet_id=subnet_id,
-            security_group_ids=security_group_ids,
+            security_group_ids=tuple(security_group_ids or ()),
             system_disk_type=system_disk_type,
             system_disk_size_gib=system_disk_size_gib,
-            key_ids=key_ids,
+            key_ids=tuple(key_ids or ()),
             dry_run=True,
             charge_type=charge_type,
-        )
+        ))
         if ids:
             raise CloudNetworkError(
                 SERVER_NETWORK_ERROR,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -59,6 +60,19 @@ class SpotOffer:
     sold_out: bool
     cpu: int = 0
     memory_gib: int = 0
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """STS GetCallerIdentity: which account (root UIN) a key pair acts in, and as whom."""
+
+    account_id: str
+    arn: str = ""
+    user_id: str = ""
+    principal_id: str = ""
+    type: str = ""
+
+
 
 
 # Charge types the client buys (InstanceChargeType).
@@ -144,3 +158,32 @@ class PriceQuote:
     list_price: Decimal | None
     discount_percent: Decimal | None
     charge_unit: str
+
+
+@dataclass(frozen=True)
+class RunInstancesRequest:
+    """One RunInstances request, as a value: built once (from the spec and a launch record in the
+    operator), so a replay repeats the original request exactly (CVM refuses a ClientToken reused
+    with other parameters), and turned into API parameters in one place (`wire.run_instances_params`).
+
+    Spot (`SPOTPAID`, one-time) needs `max_price`, the bid; pay-as-you-go (`POSTPAID_BY_HOUR`)
+    takes none. `dry_run` only validates: nothing is bought.
+    """
+
+    zone: str
+    instance_type: str
+    image_id: str
+    count: int
+    client_token: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    max_price: Decimal | str | None = None
+    charge_type: str = SPOTPAID
+    instance_name: str | None = None
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: Sequence[str] = ()
+    system_disk_type: str | None = None
+    system_disk_size_gib: int | None = None
+    key_ids: Sequence[str] = ()
+    user_data: str | None = None
+    dry_run: bool = False

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from .models import Instance, SpotOffer
+from .models import Instance, RunInstancesRequest, SpotOffer
 from .models import (  # issue 11: on-demand, stock, quota and price
     CHARGE_TYPES,
     POSTPAID_BY_HOUR,
@@ -81,77 +81,58 @@ def encode_user_data(text: str) -> str:
     return encoded
 
 
-def run_instances_params(
-    *,
-    zone: str,
-    instance_type: str,
-    image_id: str,
-    count: int,
-    max_price: Decimal | str | None,
-    client_token: str,
-    tags: Mapping[str, str],
-    instance_name: str | None,
-    vpc_id: str | None,
-    subnet_id: str | None,
-    security_group_ids: Sequence[str] | None,
-    system_disk_type: str | None,
-    system_disk_size_gib: int | None,
-    key_ids: Sequence[str] | None,
-    user_data: str | None,
-    dry_run: bool,
-    charge_type: str = SPOTPAID,
-) -> dict[str, Any]:
+def run_instances_params(request: RunInstancesRequest) -> dict[str, Any]:
     """RunInstances parameters for a one-time spot purchase (with its bid) or a pay-as-you-go one
     (POSTPAID_BY_HOUR, no bid and no InstanceMarketOptions); raises ValueError before any call.
     A spot purchase's bytes do not depend on whether charge_type was given."""
-    _check_charge(charge_type, max_price, require_bid=True)
-    if not 1 <= count <= MAX_INSTANCE_COUNT:
-        raise ValueError(f"count must be within 1..{MAX_INSTANCE_COUNT}, got {count}")
-    token_ok = client_token.isascii() and 1 <= len(client_token) <= MAX_CLIENT_TOKEN_LENGTH
-    if not token_ok:
+    _check_charge(request.charge_type, request.max_price, require_bid=True)
+    if not 1 <= request.count <= MAX_INSTANCE_COUNT:
+        raise ValueError(f"count must be within 1..{MAX_INSTANCE_COUNT}, got {request.count}")
+    token = request.client_token
+    if not (token.isascii() and 1 <= len(token) <= MAX_CLIENT_TOKEN_LENGTH):
         raise ValueError(
             f"client_token must be 1..{MAX_CLIENT_TOKEN_LENGTH} ASCII characters, got "
-            f"{client_token!r}"
+            f"{request.client_token!r}"
         )
-    if (vpc_id is None) != (subnet_id is None):
+    if (request.vpc_id is None) != (request.subnet_id is None):
         raise ValueError("vpc_id and subnet_id must be given together")
     params: dict[str, Any] = {
-        "InstanceChargeType": charge_type,
-        "Placement": {"Zone": zone, "ProjectId": 0},
-        "InstanceType": instance_type,
-        "ImageId": image_id,
+        "InstanceChargeType": request.charge_type,
+        "Placement": {"Zone": request.zone, "ProjectId": 0},
+        "InstanceType": request.instance_type,
+        "ImageId": request.image_id,
     }
     system_disk = {
         key: value
-        for key, value in (("DiskType", system_disk_type), ("DiskSize", system_disk_size_gib))
+        for key, value in (("DiskType", request.system_disk_type), ("DiskSize", request.system_disk_size_gib))
         if value is not None
     }
     if system_disk:
         params["SystemDisk"] = system_disk
-    if vpc_id is not None:
-        params["VirtualPrivateCloud"] = {"VpcId": vpc_id, "SubnetId": subnet_id}
-    params["InstanceCount"] = count
-    if instance_name:
-        params["InstanceName"] = instance_name
-    if key_ids:
-        params["LoginSettings"] = {"KeyIds": list(key_ids)}
-    if security_group_ids:
-        params["SecurityGroupIds"] = list(security_group_ids)
-    params["ClientToken"] = client_token
-    if tags:
+    if request.vpc_id is not None:
+        params["VirtualPrivateCloud"] = {"VpcId": request.vpc_id, "SubnetId": request.subnet_id}
+    params["InstanceCount"] = request.count
+    if request.instance_name:
+        params["InstanceName"] = request.instance_name
+    if request.key_ids:
+        params["LoginSettings"] = {"KeyIds": list(request.key_ids)}
+    if request.security_group_ids:
+        params["SecurityGroupIds"] = list(request.security_group_ids)
+    params["ClientToken"] = request.client_token
+    if request.tags:
         # Sorted, so a replay of the same purchase sends the same bytes whatever the dict order.
         params["TagSpecification"] = [{
             "ResourceType": "instance",
-            "Tags": [{"Key": key, "Value": tags[key]} for key in sorted(tags)],
+            "Tags": [{"Key": key, "Value": request.tags[key]} for key in sorted(request.tags)],
         }]
-    if charge_type == SPOTPAID and max_price is not None:
+    if request.charge_type == SPOTPAID and request.max_price is not None:
         params["InstanceMarketOptions"] = {
-            "SpotOptions": {"MaxPrice": price_string(max_price), "SpotInstanceType": "one-time"},
+            "SpotOptions": {"MaxPrice": price_string(request.max_price), "SpotInstanceType": "one-time"},
             "MarketType": "spot",
         }
-    if user_data:
-        params["UserData"] = encode_user_data(user_data)
-    if dry_run:
+    if request.user_data:
+        params["UserData"] = encode_user_data(request.user_data)
+    if request.dry_run:
         params["DryRun"] = True
     return params
 

@@ -161,7 +161,7 @@ class Purchasing:
         self._reporting.launched(ctx, batch, ids)
 
     async def _run(self, ctx: PassContext, launch: InflightLaunch) -> list[str]:
-        return await ctx.client.send(self.request(ctx, launch))
+        return await ctx.client.run_instances(self.request(ctx, launch))
 
     def request(self, ctx: PassContext, launch: InflightLaunch) -> RunInstancesRequest:
         """The one RunInstances request a record stands for: a replay must repeat it exactly."""

@@ -22,6 +22,7 @@ from spotpool.cloud.models import (
     UNDER_STOCK,
     AccountQuota,
     Offer,
+    RunInstancesRequest,
     ZoneQuota,
 )
 from tencentcloud.cvm.v20170312 import models as sdk
@@ -118,7 +119,7 @@ def item(**changes: Any) -> dict[str, Any]:
 async def test_on_demand_purchase_body_equals_the_sdk_serialisation() -> None:
     client, fake, _ = make_client(lambda a, b, r: reply({"InstanceIdSet": ["ins-abcd1234"]}))
     async with client:
-        ids = await client.run_instances(**RUN, charge_type=POSTPAID_BY_HOUR)
+        ids = await client.run_instances(RunInstancesRequest(**RUN, charge_type=POSTPAID_BY_HOUR))
     assert ids == ["ins-abcd1234"]
     expected = sdk_body(
         sdk.RunInstancesRequest,
@@ -141,8 +142,8 @@ async def test_on_demand_purchase_body_equals_the_sdk_serialisation() -> None:
 async def test_an_explicit_spot_charge_type_sends_the_same_bytes_as_before() -> None:
     client, fake, _ = make_client(lambda a, b, r: reply({"InstanceIdSet": []}))
     async with client:
-        await client.run_instances(**RUN, max_price="0.05")
-        await client.run_instances(**RUN, max_price="0.05", charge_type=SPOTPAID)
+        await client.run_instances(RunInstancesRequest(**RUN, max_price="0.05"))
+        await client.run_instances(RunInstancesRequest(**RUN, max_price="0.05", charge_type=SPOTPAID))
     first, second = (r.content for r in fake.requests)
     assert first == second
     assert json.loads(first)["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] == "0.05"
@@ -162,7 +163,7 @@ async def test_purchase_arguments_that_make_no_sense_are_refused_before_any_call
     client, fake, _ = make_client(lambda a, b, r: reply({"InstanceIdSet": []}))
     async with client:
         with pytest.raises(ValueError, match=words):
-            await client.run_instances(**RUN, **kwargs)
+            await client.run_instances(RunInstancesRequest(**RUN, **kwargs))
     assert fake.requests == []
 
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tencentcloud.cvm.v20170312 import models as sdk
-
 from spotpool import __version__
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.errors import CloudError, CloudNetworkError, ErrorCategory
-from spotpool.cloud.models import Credentials, Instance
+from spotpool.cloud.models import Credentials, Instance, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
+from tencentcloud.cvm.v20170312 import models as sdk
 
 FAKE_KEY = "EXAMPLEKEYtc3fakeSecretKey0123456"
 SECRET = "S3cr3tKeyThatMustNeverLeak0123456789"
@@ -124,11 +123,11 @@ async def test_run_instances_sends_vector_v2_byte_for_byte() -> None:
         clock=lambda: 1735689599.7,
     )
     async with client:
-        ids = await client.run_instances(
+        ids = await client.run_instances(RunInstancesRequest(
             zone="ap-guangzhou-3", instance_type="S5.MEDIUM4", image_id="img-eb30mz89", count=2,
             max_price="1000", client_token="8f0e7c0d-2a44-4c39-9d0a-1d2c3b4a5e6f",
             tags={"pool": "pool-a"}, instance_name="pool-a-{R:1}",
-        )
+        ))
     assert ids == ["ins-aaaa1111", "ins-bbbb2222"]
     (request,) = fake.requests
     assert request.method == "POST" and request.url == "https://cvm.tencentcloudapi.com/"
@@ -200,14 +199,14 @@ def _sdk_body(request: sdk.AbstractModel) -> bytes:
 async def test_full_run_instances_body_equals_the_sdk_serialisation() -> None:
     client, fake, _ = make_client(lambda action, body, req: reply({"InstanceIdSet": []}))
     async with client:
-        await client.run_instances(
+        await client.run_instances(RunInstancesRequest(
             zone="ap-guangzhou-4", instance_type="SA2.MEDIUM4", image_id="img-pmqg1cw7", count=3,
             max_price=Decimal("0.0923"), client_token="tok-1", tags={"b": "2", "a": "1"},
             instance_name="farm", vpc_id="vpc-12345678", subnet_id="subnet-12345678",
             security_group_ids=["sg-8jlk3f3r"], system_disk_type="CLOUD_PREMIUM",
             system_disk_size_gib=50, key_ids=["skey-12345678"], user_data="#!/bin/sh\necho é\n",
             dry_run=True,
-        )
+        ))
     req = sdk.RunInstancesRequest()
     req.from_json_string(json.dumps({
         "InstanceChargeType": "SPOTPAID",
@@ -259,8 +258,8 @@ async def test_describe_and_offers_bodies_equal_the_sdk_serialisation() -> None:
 async def test_max_price_is_a_plain_decimal_string(price: Decimal | str, sent: str) -> None:
     client, fake, _ = make_client(lambda action, body, req: reply({"InstanceIdSet": ["ins-1"]}))
     async with client:
-        await client.run_instances(zone="z", instance_type="t", image_id="i", count=1,
-                                   max_price=price, client_token="t", tags={})
+        await client.run_instances(RunInstancesRequest(zone="z", instance_type="t", image_id="i", count=1,
+                                   max_price=price, client_token="t", tags={}))
     body = fake.bodies()[0]
     assert body["InstanceMarketOptions"]["SpotOptions"]["MaxPrice"] == sent
     assert "TagSpecification" not in body
@@ -295,7 +294,7 @@ async def test_run_instances_refuses_what_the_api_would_before_calling(
     client, fake, _ = make_client(lambda action, body, req: reply({"InstanceIdSet": []}))
     async with client:
         with pytest.raises(ValueError):
-            await client.run_instances(**{**RUN_DEFAULTS, **override})
+            await client.run_instances(RunInstancesRequest(**{**RUN_DEFAULTS, **override}))
     assert fake.requests == []
 
 
@@ -303,7 +302,7 @@ async def test_user_data_is_base64_and_limit_is_inclusive() -> None:
     text = "x" * 12288  # exactly 16384 bytes once encoded
     client, fake, _ = make_client(lambda action, body, req: reply({"InstanceIdSet": ["ins-1"]}))
     async with client:
-        await client.run_instances(**RUN_DEFAULTS, user_data=text)
+        await client.run_instances(RunInstancesRequest(**RUN_DEFAULTS, user_data=text))
     assert base64.b64decode(fake.bodies()[0]["UserData"]).decode() == text
 
 
@@ -315,7 +314,7 @@ async def test_user_data_is_base64_and_limit_is_inclusive() -> None:
 async def test_dry_run_passes_as_empty_list(answer: httpx.Response) -> None:
     client, fake, _ = make_client(lambda action, body, req: answer)
     async with client:
-        assert await client.run_instances(**RUN_DEFAULTS, dry_run=True) == []
+        assert await client.run_instances(RunInstancesRequest(**RUN_DEFAULTS, dry_run=True)) == []
     assert fake.bodies()[0]["DryRun"] is True
 
 
@@ -323,7 +322,7 @@ async def test_dry_run_operation_without_dry_run_is_an_error() -> None:
     client, _, _ = make_client(lambda action, body, req: error("DryRunOperation"))
     async with client:
         with pytest.raises(CloudError):
-            await client.run_instances(**RUN_DEFAULTS)
+            await client.run_instances(RunInstancesRequest(**RUN_DEFAULTS))
 
 
 @pytest.mark.parametrize("endpoint", ["ftp://x", "https://cvm.tencentcloudapi.com/v3",
@@ -569,7 +568,7 @@ async def test_other_categories_are_raised_at_once(code: str, category: ErrorCat
     client, fake, rec = make_client(scripted(error(code, "no", "rid-9")))
     async with client:
         with pytest.raises(CloudError) as caught:
-            await client.run_instances(**RUN_DEFAULTS)
+            await client.run_instances(RunInstancesRequest(**RUN_DEFAULTS))
     err = caught.value
     assert (err.code, err.category, err.request_id, err.action) == (
         code, category, "rid-9", "RunInstances")
@@ -629,7 +628,7 @@ async def test_run_instances_with_client_token_is_retried_with_the_same_body() -
     client, fake, _ = make_client(scripted(httpx.ReadTimeout("lost"), error("InternalError"),
                                            reply({"InstanceIdSet": ["ins-1"]})))
     async with client:
-        assert await client.run_instances(**RUN_DEFAULTS) == ["ins-1"]
+        assert await client.run_instances(RunInstancesRequest(**RUN_DEFAULTS)) == ["ins-1"]
     assert len({r.content for r in fake.requests}) == 1
     assert len(fake.requests) == 3
 
