@@ -77,11 +77,12 @@ class Child:
     def __init__(self, args: argparse.Namespace, kubeconfig: Path, namespace: str, lease: str, log: Path) -> None:
         self.identity = f"bench-{uuid.uuid4().hex[:6]}"
         self.events: Queue[dict[str, Any]] = Queue()
+        self.log = open(log, "ab")  # closed in end()
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--elector", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
              "--lease", lease, "--identity", self.identity, "--lease-duration", str(args.lease_duration),
              "--renew-deadline", str(args.renew_deadline), "--retry-period", str(args.retry_period)],
-            stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True, start_new_session=True,  # noqa: SIM115
+            stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -109,6 +110,7 @@ class Child:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        self.log.close()
 
 
 def one_run(args: argparse.Namespace, kubeconfig: Path, namespace: str, sig: signal.Signals, log: Path) -> float:
