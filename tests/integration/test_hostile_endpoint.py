@@ -367,9 +367,12 @@ async def test_codes_off_the_documented_shape_become_invalid_response(code: Any)
 
 
 async def test_a_well_shaped_unknown_code_is_kept_verbatim_and_unknown() -> None:
+    observed: list[str | None] = []
     async with serving(hostile.error_code("Brand.NewCode2", "new")) as server:
-        err = await failure(server.url, "unknown code")
+        err = await failure(server.url, "unknown code",
+                            observer=lambda action, seconds, code: observed.append(code))
     assert err.code == "Brand.NewCode2" and err.category is ErrorCategory.UNKNOWN
+    assert observed == ["Other"]  # metrics get a bounded label, never the invented code
 
 
 async def test_messages_lose_control_characters_and_secrets_and_request_ids_are_checked() -> None:

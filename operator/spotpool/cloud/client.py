@@ -55,6 +55,7 @@ from .errors import (
     CloudNetworkError,
     ErrorCategory,
     clean_message,
+    code_label,
     valid_code,
     valid_request_id,
 )
@@ -483,11 +484,14 @@ class CvmClient:
         return clean_message(text, (self._credentials.secret_key, self._credentials.token))
 
     def _observe(self, action: str, seconds: float, error_code: str | None) -> None:
+        """Tell the observer (metrics) about one attempt. The code it gets is a bounded label:
+        catalogued codes as they are, any other `Other`, so a server inventing codes cannot
+        grow the number of metric series."""
         log.debug("CVM %s -> %s in %.3fs", action, error_code or "OK", seconds)
         if self._observer is None:
             return
         try:
-            self._observer(action, seconds, error_code)
+            self._observer(action, seconds, None if error_code is None else code_label(error_code))
         except Exception:  # a metrics bug must not fail a cloud call
             log.exception("CVM client observer failed")
 
