@@ -186,6 +186,13 @@ def test_healed_needs_both_losses_reported_and_ready_without_them() -> None:
     assert not render.healed(environment(running=4, ready="False"), lost, reclaimed)
 
 
+def test_one_loss_event_names_every_instance_of_the_pass() -> None:
+    message = ("2 instances were lost (reclaimed by the cloud or released outside spotpool); replacements are "
+               "being bought: ins-aaaaaaaa, ins-bbbbbbbb")
+    assert render.lost_ids([event(1, "InstanceLost", message, type_="Warning")]) == {"ins-aaaaaaaa", "ins-bbbbbbbb"}
+    assert render.lost_ids([event(1, "Launched", message)]) == set()
+
+
 def test_pick_victims_prefers_running_instances_in_different_pools() -> None:
     instances = [
         {"instanceId": "ins-1", "zone": "z3", "instanceType": "A", "state": "RUNNING"},

@@ -76,13 +76,11 @@ def instance_ids(obj: dict[str, Any] | None) -> set[str]:
 
 
 def lost_ids(events: Iterable[dict[str, Any]]) -> set[str]:
-    """Instance ids named by InstanceLost events (the operator names the lost instance first)."""
-    found = set()
+    """Instance ids named by InstanceLost events (one event per pass names every id it lost)."""
+    found: set[str] = set()
     for event in events:
         if event.get("reason") == "InstanceLost":
-            match = re.match(r"\s*(ins-[0-9a-z]+)", event.get("message") or "")
-            if match:
-                found.add(match.group(1))
+            found.update(re.findall(r"\bins-[0-9a-z]{8}\b", event.get("message") or ""))
     return found
 
 
