@@ -48,7 +48,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+if TYPE_CHECKING:
+    from spotpool.controller.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +460,7 @@ class LeaderElector:
             log.warning("Lease %s: no answer within %.1f s", self.name, budget)
         except LeaseConflict as exc:
             log.info("Lease %s: lost a race: %s", self.name, exc)
-        except Exception as exc:  # noqa: BLE001 - any API or network error is one failed attempt
+        except Exception as exc:  # any API or network error is one failed attempt
             log.warning("Lease %s: attempt failed: %s", self.name, exc)
         now = self._clock()
         if self._is_leading:
@@ -563,8 +566,59 @@ class LeaderElector:
         try:
             version = await asyncio.wait_for(self.store.update(self.name, record, self._version),
                                              timeout=self.timing.renew_deadline)
-        except Exception as exc:  # noqa: BLE001 - best effort: the lease then expires on its own
+        except Exception as exc:  # best effort: the lease then expires on its own
             log.warning("Lease %s: could not release (followers wait for it to expire): %s", self.name, exc)
             return
         self._observed, self._observed_at, self._version = record, self._clock(), version
         log.info("Lease %s: released by %s", self.name, self.identity)
+
+
+# -- wiring --------------------------------------------------------------------------------------
+
+class Standalone:
+    """What the operator consults without --leader-elect: always leading, in one endless term. The
+    same interface as LeaderElector, so the code that acts asks the same questions either way."""
+
+    term = 1
+    identity = "standalone"
+    holder: str | None = "standalone"
+
+    def __init__(self) -> None:
+        self.leading = asyncio.Event()
+        self.leading.set()
+        self.following = asyncio.Event()
+
+    def is_leader(self, term: int | None = None) -> bool:
+        return term is None or term == self.term
+
+    def remaining(self) -> float:
+        return math.inf
+
+    async def wait_leading(self) -> int:
+        return self.term
+
+    def start(self) -> None:
+        return None
+
+    async def stop(self, *, release: bool = True) -> None:
+        return None
+
+
+def from_config(
+    config: OperatorConfig,
+    cluster_id: str,
+    api_client: Any = None,
+    *,
+    on_started_leading: StartedCallback | None = None,
+    on_stopped_leading: StoppedCallback | None = None,
+) -> LeaderElector | Standalone:
+    """The elector the operator's flags ask for: on the Lease named from `cluster_id` (the resolved
+    id, the same the instances are tagged with), in --leader-election-namespace or the operator's
+    own namespace; Standalone without --leader-elect. Flags were validated by the CLI."""
+    if not config.leader_elect:
+        return Standalone()
+    namespace = config.leader_election_namespace or default_namespace()
+    timing = Timing(config.lease_duration, config.renew_deadline, config.retry_period)
+    store = KubeLeaseStore(namespace, api_client, request_timeout=config.renew_deadline)
+    return LeaderElector(store, lease_name(cluster_id), default_identity(), timing,
+                         on_started_leading=on_started_leading, on_stopped_leading=on_stopped_leading)

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from spotpool.controller.config import OperatorConfig
 from spotpool.controller.leadership import (
     Action,
     InMemoryLeaseStore,
+    KubeLeaseStore,
     LeaderElector,
     LeaseConflict,
     LeaseRecord,
     Timing,
+    Standalone,
     claim,
     decide,
     expires_at,
+    from_config,
     lease_name,
     released,
 )
@@ -367,3 +372,27 @@ async def test_the_leader_gauge_reads_is_leader_at_scrape_time() -> None:
     assert metrics.registry.get_sample_value("spotpool_leader") == 1.0
     clock.now += FAST.renew_deadline  # paused past its deadline: 0 before its loop runs again
     assert metrics.registry.get_sample_value("spotpool_leader") == 0.0
+
+
+# -- wiring from the operator's flags -------------------------------------------------------------
+
+async def test_standalone_without_leader_election() -> None:
+    chosen = from_config(OperatorConfig(), "cluster-a")
+    assert isinstance(chosen, Standalone)
+    assert chosen.is_leader() and chosen.is_leader(chosen.term) and not chosen.is_leader(chosen.term + 1)
+    assert chosen.remaining() == float("inf") and await chosen.wait_leading() == 1
+
+
+def test_elector_from_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "spotpool-7d9f-abcde")
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    config = OperatorConfig(leader_elect=True, lease_duration=30, renew_deadline=20, retry_period=4)
+    chosen = from_config(config, "cluster-a", api_client=object())
+    assert isinstance(chosen, LeaderElector)
+    assert chosen.name == lease_name("cluster-a")
+    assert chosen.timing == Timing(30, 20, 4)
+    assert re.fullmatch(r"spotpool-7d9f-abcde_[0-9a-f]{10}", chosen.identity)
+    assert isinstance(chosen.store, KubeLeaseStore) and chosen.store.namespace == "ops"
+    other = from_config(replace(config, leader_election_namespace="shared"), "cluster-a", api_client=object())
+    assert isinstance(other, LeaderElector) and isinstance(other.store, KubeLeaseStore)
+    assert other.store.namespace == "shared" and other.identity != chosen.identity
