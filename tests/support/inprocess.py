@@ -36,7 +36,7 @@ from spotpool.controller.reconciler import Outcome, Reconciler
 from spotpool.controller.reporting import PoolMemory
 from spotpool.metrics import Metrics
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
-from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+from spotpool.simulator.config import DEFAULT_RATE_LIMITS, DEMO_SECRET_ID, DEMO_SECRET_KEY
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 REGION = "ap-guangzhou"
@@ -208,7 +208,7 @@ def simulator_config(**api: Any) -> SimulatorConfig:
     return SimulatorConfig.default().with_overrides({
         "seed": 7,
         "lifecycle": {"boot_delay_seconds": 20, "terminate_delay_seconds": 10},
-        "api": {"rate_limits": {"*": 1_000_000}, "max_clock_skew_seconds": 10**9, **api},
+        "api": {"rate_limits": dict.fromkeys(DEFAULT_RATE_LIMITS, 1e9), "max_clock_skew_seconds": 10**9, **api},
         "credentials": [
             {"secret_id": DEMO_SECRET_ID, "secret_key": DEMO_SECRET_KEY},
             {"secret_id": ROTATED_KEY[0], "secret_key": ROTATED_KEY[1], "account_id": ROTATED_KEY[2]},
@@ -230,9 +230,14 @@ def pool_spec(sim: RunningSimulator, **changes: Any) -> dict[str, Any]:
 class World:
     """One operator (rebuilt on `crash`) over a fake cluster and a simulator."""
 
-    def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0) -> None:
+    def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0, *, observe_interval: float = 1.0,
+                 limiter: RateLimiterRegistry | None = None) -> None:
+        """`observe_interval`: how often the shared sweep runs (1 s: every pass sees a fresh one);
+        `limiter`: the client-side rate limits (default: none in the way)."""
         self.sim = sim
         self.clock = clock
+        self.observe_interval = observe_interval
+        self.limiter = limiter
         self.kube = FakeKube()
         self.events: list[Event] = []
         self.seed = seed
@@ -245,10 +250,11 @@ class World:
         async def no_sleep(_: float) -> None:
             await asyncio.sleep(0)
 
-        limiter = RateLimiterRegistry(clock=self.clock, sleep=no_sleep)
+        limiter = self.limiter or RateLimiterRegistry(clock=self.clock, sleep=no_sleep)
         factory: Callable[..., CvmClient] = partial(
             CvmClient, clock=self.clock, sleep=no_sleep, rng=rng, limiter=limiter, timeout=5.0, max_attempts=3)
-        self.cloud = CloudAccess(cluster_id="test-cluster", client_factory=factory, clock=self.clock)
+        self.cloud = CloudAccess(cluster_id="test-cluster", client_factory=factory, clock=self.clock,
+                                 observe_interval=self.observe_interval, wait_for_fresh=True)
         self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
                                      post_event=self._event, clock=self.clock.datetime, rng=rng)
         self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
@@ -306,10 +312,11 @@ def _registry() -> Any:
 
 
 @asynccontextmanager
-async def world(seed: int = 0, **api: Any) -> AsyncIterator[World]:
+async def world(seed: int = 0, *, observe_interval: float = 1.0, limiter: RateLimiterRegistry | None = None,
+                **api: Any) -> AsyncIterator[World]:
     clock = FakeClock()
     async with run_simulator(simulator_config(**api), clock=clock) as sim:
-        w = World(sim, clock, seed)
+        w = World(sim, clock, seed, observe_interval=observe_interval, limiter=limiter)
         try:
             yield w
         finally:

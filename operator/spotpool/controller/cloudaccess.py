@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from spotpool.api.names import CLUSTER_TAG, DEFAULT_ENDPOINT, OWNER_UID_TAG, sts_endpoint
+from spotpool.api.names import DEFAULT_ENDPOINT, sts_endpoint
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.models import CallerIdentity, Credentials, Instance, SpotOffer
+from spotpool.controller.observer import Observer, ObserverKey
 
 T = TypeVar("T")
 
@@ -89,22 +90,28 @@ class CloudAccess:
         cluster_id: str,
         observer: Callable[[str, float, str | None], None] | None = None,
         offers_max_age: float = 30.0,
-        listing_max_age: float = 1.0,
         rate_limits: dict[str, float] | None = None,
         client_factory: Callable[..., CvmClient] = CvmClient,
         clock: Callable[[], float] = time.monotonic,
+        observe_interval: float = 15.0,
+        on_change: Callable[[set[str]], None] | None = None,
+        wait_for_fresh: bool = False,
     ) -> None:
+        """`observe_interval`: how often each account and region is swept; `on_change(uids)` is
+        told which pools' slices a sweep changed; `wait_for_fresh` (tests): see `Observer`."""
         self.cluster_id = cluster_id
+        self._observe_interval = observe_interval
+        self._on_change = on_change
+        self._wait_for_fresh = wait_for_fresh
+        self._observers: dict[ObserverKey, Observer] = {}
         self._clock = clock
         self._identities: dict[AccountKey, CallerIdentity] = {}
         self._observer = observer
         self._offers_max_age = offers_max_age
-        self._listing_max_age = listing_max_age
         self._client_factory = client_factory
         self._rate_limits = dict(rate_limits or {})
         self._clients: dict[AccountKey, CvmClient] = {}
         self._offers: dict[tuple[AccountKey, frozenset[str], frozenset[str]], _SingleFlight[list[SpotOffer]]] = {}
-        self._listings: dict[AccountKey, _SingleFlight[list[Instance]]] = {}
 
     def client(self, key: AccountKey, credentials: Credentials) -> CvmClient:
         client = self._clients.get(key)
@@ -152,11 +159,17 @@ class CloudAccess:
             if cache_key[0] == key:
                 flight.invalidate()
 
-    async def owned_instances(self, key: AccountKey, client: CvmClient, owner_uid: str) -> list[Instance]:
-        """The instances of this installation that carry `owner_uid`, from one shared listing."""
-        flight = self._listings.setdefault(key, _SingleFlight(self._listing_max_age, self._clock))
-        everything = await flight.get(lambda: client.describe_by_tag(CLUSTER_TAG, self.cluster_id))
-        return [i for i in everything if i.tags.get(OWNER_UID_TAG) == owner_uid]
+    def observer(self, key: AccountKey, account_id: str, client: CvmClient) -> Observer:
+        """The one observer of this account and region (see `observer.Observer`), made on first use."""
+        where = ObserverKey(key.endpoint, key.region, account_id)
+        observer = self._observers.get(where)
+        if observer is None:
+            observer = self._observers[where] = Observer(
+                where, cluster_id=self.cluster_id, interval=self._observe_interval, clock=self._clock,
+                on_change=self._on_change, wait_for_fresh=self._wait_for_fresh,
+            )
+        observer.use(client)
+        return observer
 
     async def look_up(self, client: CvmClient, instance_ids: Sequence[str]) -> dict[str, Instance | None]:
         """Instances by id (DescribeInstances `InstanceIds`, 100 per call): None for an id the
@@ -166,13 +179,9 @@ class CloudAccess:
         found = {i.instance_id: i for i in await client.describe_instances(instance_ids=instance_ids)}
         return {instance_id: found.get(instance_id) for instance_id in instance_ids}
 
-    def changed(self, key: AccountKey) -> None:
-        """This account's instances just changed (bought or released): the next listing is fresh."""
-        flight = self._listings.get(key)
-        if flight is not None:
-            flight.invalidate()
-
     async def close(self) -> None:
+        observers, self._observers = list(self._observers.values()), {}
+        await asyncio.gather(*(o.close() for o in observers), return_exceptions=True)
         clients, self._clients = list(self._clients.values()), {}
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +52,12 @@ log = logging.getLogger(__name__)
 
 REFUSALS = (ErrorCategory.CAPACITY, ErrorCategory.PRICE, ErrorCategory.QUOTA)
 """Refusals that concern one pool: the pool backs off and the next plan buys elsewhere."""
+
+CALLS_IN_FLIGHT = 10
+"""RunInstances calls one pool has waiting or on the wire at once. The account's rate-limit bucket
+serves callers in arrival order, so a pool with a deficit of 10,000 (100 calls) queues at most this
+many ahead of a small pool's one call: the small pool waits about a second, not ten. It matches
+the RunInstances budget (10/s), so one pool alone still uses all of it."""
 
 
 @dataclass
@@ -88,12 +95,18 @@ class Purchasing:
             }, resource_version=resource_version)
         # A task group, not gather: if one call fails unexpectedly the others are cancelled with
         # it, as a crash would stop them; their records stay and the planner settles them.
+        turns = asyncio.Semaphore(CALLS_IN_FLIGHT)
+
+        async def in_turn(call: Awaitable[None]) -> None:
+            async with turns:
+                await call
+
         try:
             async with asyncio.TaskGroup() as calls:
                 for launch in plan.replays:
-                    calls.create_task(self._replay(ctx, launch, result))
+                    calls.create_task(in_turn(self._replay(ctx, launch, result)))
                 for launch, batch in intents:
-                    calls.create_task(self._buy(ctx, launch, batch, result))
+                    calls.create_task(in_turn(self._buy(ctx, launch, batch, result)))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # the pass fails as the first call did
         return result

@@ -1,8 +1,8 @@
 """One pass over one environment, in one direction: resolve → observe → plan → act → report.
 
 - resolve (`context.resolve`): spec, credentials, the account they act in, the journal.
-- observe: the shared listing's slice for this environment, the market, and an `InstanceIds`
-  lookup of journal ids the listing lacks.
+- observe: this environment's slice of its account's shared sweep (`observer.Observer`), the
+  market, and an `InstanceIds` lookup of journal ids the sweep lacks.
 - plan (`planner.plan`): called once; every decision about money is made there.
 - act: purchases (`purchasing.Purchasing`: journal, replay, buy), then releases.
 - report (`reporting.Reporting` with `planner.build_status`): status, events, metrics.
@@ -28,6 +28,7 @@ from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import Conflict, KubeApi
+from spotpool.controller.observer import Observer
 from spotpool.controller.purchasing import Purchasing, PurchaseResult, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
@@ -114,8 +115,6 @@ class Reconciler:
         acted = await self._act(ctx, decided, memory)
         if acted.purchases.price_refused:
             self._cloud.forget_offers(ctx.key)  # the market moved above the bid: read it again next pass
-        if decided.acts:
-            self._cloud.changed(ctx.key)
         census = decided.census.after(journal=acted.purchases.journal, bought=acted.purchases.bought,
                                       released=acted.released, owner_uid=ctx.ref.uid)
         self._reporting.notice_losses(ctx, memory, census)
@@ -138,13 +137,16 @@ class Reconciler:
     async def _observe(self, ctx: PassContext) -> tuple[Observation, dict[tuple[str, str], Any]]:
         """The listing's slice and the market (one round trip), then the journal ids it lacks."""
         listed, offers = await asyncio.gather(
-            self._cloud.owned_instances(ctx.key, ctx.client, ctx.ref.uid),
+            self._observer(ctx).slice(ctx.ref.uid),
             self._cloud.offers(ctx.key, ctx.client, ctx.spec.zones, ctx.spec.instance_types),
         )
         seen = {i.instance_id for i in listed}
         missing = sorted({i for launch in ctx.journal for i in launch.instance_ids} - seen)
         confirmed = await self._cloud.look_up(ctx.client, missing)
         return Observation(listed=tuple(listed), confirmed=confirmed), offers
+
+    def _observer(self, ctx: PassContext) -> Observer:
+        return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client)
 
     async def _act(self, ctx: PassContext, decided: Plan, memory: PoolMemory) -> _Acted:
         purchases = await self._purchasing.execute(ctx, decided, memory.resource_version(ctx.ref.resource_version))
@@ -163,6 +165,7 @@ class Reconciler:
                                           f"TerminateInstances of {len(ids)} instances failed: {describe(exc)}")
                     break
                 released += ids
+                self._observer(ctx).released(ids)
                 self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
         return _Acted(purchases, released, last_error)
 

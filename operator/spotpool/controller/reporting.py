@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_HEARTBEAT = timedelta(seconds=60)
-"""How often an unchanged status is rewritten anyway (to refresh lastReconcileTime); writing it on
-every observation would churn etcd and watchers for nothing."""
+STATUS_HEARTBEAT = timedelta(minutes=30)
+"""How often an unchanged status is rewritten anyway (to refresh lastReconcileTime). A status is
+written when anything a user sees changes; the heartbeat only proves the operator is alive, so it
+must stay cheap at scale: 500 settled pools cost 500 / 1800 s = 0.28 writes per second."""
 
 MAX_IDS_IN_EVENT = 10
 

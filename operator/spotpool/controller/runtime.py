@@ -55,6 +55,8 @@ class Runtime:
             observer=self.metrics.observe_api_call,
             offers_max_age=self.config.offers_max_age,
             rate_limits=self.config.rate_limits,
+            observe_interval=self.config.observe_interval,
+            on_change=self.wake_all,
         )
         self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
@@ -71,6 +73,12 @@ class Runtime:
 
     def wake(self, uid: str) -> None:
         self.wakeup(uid).set()
+
+    def wake_all(self, uids: set[str]) -> None:
+        """A sweep changed these pools' slices: reconcile them now rather than at their next tick."""
+        for uid in uids:
+            if uid in self._wakeups:
+                self._wakeups[uid].set()
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._wakeups.pop(uid, None)

@@ -1,0 +1,153 @@
+"""Observation per account and region: one sweep of the installation's instances, shared by every pool.
+
+Each interval, one paginated DescribeInstances by the cluster tag (`sweep`) replaces the snapshot;
+every pool of that account and region reads its slice from it (`slice`), so N pools cost
+ceil(instances/100) pages per interval, not N listings. Nothing invalidates the snapshot:
+
+- purchases are not merged into it at all. A pool's journal holds the ids RunInstances returned, and
+  the executor confirms those by `InstanceIds` until a sweep lists them, so a sweep that started
+  before a purchase can never make it look missing;
+- releases are: a TerminateInstances answer marks its ids TERMINATING at once (`released`), and a
+  sweep that started before the release does not undo the mark.
+
+After a sweep, the pools whose slice changed are woken (`on_change`); the others sleep on. A pass
+that finds the snapshot older than the interval starts a sweep in the background and goes on with
+what it has (at most one sweep in flight); only a pool's very first pass waits for one. Memory is
+one `Instance` per instance of the account and region, plus the release marks of one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from spotpool.api.names import CLUSTER_TAG, OWNER_UID_TAG
+from spotpool.cloud.client import CvmClient
+from spotpool.cloud.models import TERMINATING, Instance
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = 4
+"""Intervals a snapshot may age while sweeps fail before passes stop acting on it (Degraded)."""
+
+
+@dataclass(frozen=True)
+class ObserverKey:
+    """One account in one region through one endpoint: what one sweep can see."""
+
+    endpoint: str
+    region: str
+    account_id: str
+
+
+@dataclass
+class _Snapshot:
+    taken_at: float  # clock when the sweep that made it started
+    by_owner: dict[str, dict[str, Instance]] = field(default_factory=dict)
+
+
+class Observer:
+    def __init__(
+        self,
+        key: ObserverKey,
+        *,
+        cluster_id: str,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[set[str]], None] | None = None,
+        wait_for_fresh: bool = False,
+    ) -> None:
+        """`wait_for_fresh`: a pass waits for the sweep it starts (deterministic tests), instead
+        of going on with the previous snapshot."""
+        self.key = key
+        self._cluster_id = cluster_id
+        self._interval = interval
+        self._clock = clock
+        self._on_change = on_change
+        self._wait_for_fresh = wait_for_fresh
+        self._client: CvmClient | None = None
+        self._snapshot: _Snapshot | None = None
+        self._released: dict[str, float] = {}  # id -> clock when TerminateInstances answered
+        self._sweep: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self.sweeps = 0
+
+    def use(self, client: CvmClient) -> None:
+        """The client of the pool that last asked: a rotated key pair takes over the sweeps."""
+        self._client = client
+
+    async def slice(self, owner_uid: str) -> list[Instance]:
+        """The owner's instances in the latest snapshot (starting a sweep when it is stale)."""
+        snapshot = self._snapshot
+        if snapshot is None or self._clock() - snapshot.taken_at >= self._interval:
+            task = self.start_sweep()
+            if snapshot is None or self._wait_for_fresh:
+                await asyncio.shield(task)
+        snapshot = self._snapshot
+        assert snapshot is not None
+        if self._failure is not None and self._clock() - snapshot.taken_at >= STALE_AFTER * self._interval:
+            raise self._failure  # sweeps keep failing: say so rather than act on an old view
+        return list(snapshot.by_owner.get(owner_uid, {}).values())
+
+    def start_sweep(self) -> asyncio.Task[None]:
+        """Start a sweep unless one is in flight; the running one otherwise."""
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.ensure_future(self._run_sweep())
+            self._sweep.add_done_callback(self._finished)
+        return self._sweep
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self._failure = task.exception()
+        if self._failure is not None:
+            log.warning("sweep of %s/%s failed: %s", self.key.region, self.key.account_id, self._failure)
+
+    def released(self, instance_ids: Iterable[str]) -> None:
+        """TerminateInstances accepted these ids: they are TERMINATING from now on."""
+        now = self._clock()
+        snapshot = self._snapshot
+        for instance_id in instance_ids:
+            self._released[instance_id] = now
+            if snapshot is None:
+                continue
+            for instances in snapshot.by_owner.values():
+                if instance_id in instances:
+                    instances[instance_id] = replace(instances[instance_id], state=TERMINATING)
+
+    async def _run_sweep(self) -> None:
+        client = self._client
+        if client is None:
+            raise RuntimeError("no client to sweep with")
+        started = self._clock()
+        instances = await client.describe_by_tag(CLUSTER_TAG, self._cluster_id)
+        self.sweeps += 1
+        by_owner: dict[str, dict[str, Instance]] = {}
+        for instance in instances:
+            owner = instance.tags.get(OWNER_UID_TAG)
+            if owner is None:
+                continue
+            if self._released.get(instance.instance_id, -1.0) >= started and instance.state != TERMINATING:
+                instance = replace(instance, state=TERMINATING)  # released after this sweep began
+            by_owner.setdefault(owner, {})[instance.instance_id] = instance
+        self._released = {i: at for i, at in self._released.items() if at >= started}
+        previous, self._snapshot = self._snapshot, _Snapshot(started, by_owner)
+        if self._on_change is not None and previous is not None:
+            changed = {
+                owner for owner in previous.by_owner.keys() | by_owner.keys()
+                if _fingerprint(previous.by_owner.get(owner)) != _fingerprint(by_owner.get(owner))
+            }
+            if changed:
+                self._on_change(changed)
+
+    async def close(self) -> None:
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep.cancel()
+            await asyncio.gather(self._sweep, return_exceptions=True)
+
+
+def _fingerprint(instances: dict[str, Instance] | None) -> frozenset[tuple[str, str]]:
+    return frozenset((i, inst.state) for i, inst in (instances or {}).items())
