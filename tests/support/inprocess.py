@@ -231,14 +231,16 @@ class World:
     """One operator (rebuilt on `crash`) over a fake cluster and a simulator."""
 
     def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0, *, observe_interval: float = 1.0,
-                 limiter: RateLimiterRegistry | None = None) -> None:
+                 limiter: RateLimiterRegistry | None = None, kube: FakeKube | None = None,
+                 leadership: Any = None) -> None:
         """`observe_interval`: how often the shared sweep runs (1 s: every pass sees a fresh one);
         `limiter`: the client-side rate limits (default: none in the way)."""
         self.sim = sim
         self.clock = clock
         self.observe_interval = observe_interval
         self.limiter = limiter
-        self.kube = FakeKube()
+        self.kube = kube or FakeKube()
+        self.leadership = leadership
         self.events: list[Event] = []
         self.seed = seed
         self.crashes = 0
@@ -256,7 +258,8 @@ class World:
         self.cloud = CloudAccess(cluster_id="test-cluster", client_factory=factory, clock=self.clock,
                                  observe_interval=self.observe_interval, wait_for_fresh=True)
         self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
-                                     post_event=self._event, clock=self.clock.datetime, rng=rng)
+                                     post_event=self._event, clock=self.clock.datetime, rng=rng,
+                                     leadership=self.leadership)
         self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
 
     async def crash(self) -> None:

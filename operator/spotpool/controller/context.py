@@ -10,7 +10,7 @@ stranding the old one. Key rotation inside the same account resolves to the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,7 @@ class PassContext:
     sequence: int
     deleting: bool
     now: datetime
+    fence: Callable[[], None]  # raises once this replica may no longer act (leader election)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ async def resolve(
     guard: SecretGuard,
     deleting: bool,
     now: datetime,
+    fence: Callable[[], None],
 ) -> PassContext | Blocked:
     ref = ObjectRef.of(body)
     try:
@@ -94,6 +96,7 @@ async def resolve(
         return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
     if not deleting:
         # Before anything can be bought with it: the Secret outlives every instance it bought.
+        fence()
         try:
             await guard.protect(ref.namespace, secret)
         except Exception as exc:  # RBAC without `patch` on secrets, or the API server refusing
@@ -127,6 +130,7 @@ async def resolve(
         sequence=_sequence(status),
         deleting=deleting,
         now=now,
+        fence=fence,
     )
 
 

@@ -87,6 +87,7 @@ class Purchasing:
             self._reporting.record_dropped(ctx, dropped)
         intents = self._intents(ctx, plan.launches, result)
         if intents:
+            ctx.fence()
             failpoint("journal-write")
             await self._kube.patch_status(ctx.ref.namespace, ctx.ref.name, {
                 "inflightLaunches": [inflight_to_status(i) for i in result.journal],
@@ -174,6 +175,7 @@ class Purchasing:
         self._reporting.launched(ctx, batch, ids)
 
     async def _run(self, ctx: PassContext, launch: InflightLaunch) -> list[str]:
+        ctx.fence()
         return await ctx.client.run_instances(self.request(ctx, launch))
 
     def request(self, ctx: PassContext, launch: InflightLaunch) -> RunInstancesRequest:

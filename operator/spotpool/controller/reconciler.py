@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from spotpool.cloud.errors import CloudError
 from spotpool.controller.cloudaccess import CloudAccess
@@ -47,6 +47,18 @@ class Outcome:
     problem: str | None = None
 
 
+class Leadership(Protocol):
+    """What the reconciler asks of leader election (`leadership.LeaderElector` or `Standalone`)."""
+
+    term: int
+
+    def is_leader(self, term: int | None = None) -> bool: ...
+
+
+class NotLeader(Exception):
+    """This replica stopped leading during a pass: the pass ends before its next write."""
+
+
 @dataclass
 class _Acted:
     purchases: PurchaseResult
@@ -68,7 +80,10 @@ class Reconciler:
         post_event: EventSink,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
+        """Without `leadership` the reconciler always acts (one replica, or tests)."""
+        self._leadership = leadership
         self._kube = kube
         self._cloud = cloud
         self._metrics = metrics
@@ -84,32 +99,51 @@ class Reconciler:
         started = time.monotonic()
         async with lock:
             ref = ObjectRef.of(body)
+            fence = self._fence()
             try:
-                return await self._pass(body, memory, deleting)
+                fence()
+                return await self._pass(body, memory, deleting, fence)
             except Conflict as exc:
                 log.info("%s: %s; acting next pass on the newer object", ref, exc)
                 return Outcome(progressing=True, problem=str(exc))
+            except NotLeader as exc:
+                return Outcome(progressing=False, problem=str(exc))
             except Exception:
                 self._metrics.reconcile_errors.labels(ref.namespace, ref.name).inc()
                 raise
             finally:
                 self._metrics.reconcile_duration.observe(time.monotonic() - started)
 
-    async def _pass(self, body: Mapping[str, Any], memory: PoolMemory, deleting: bool) -> Outcome:
+    def _fence(self) -> Callable[[], None]:
+        """A check to make before every write and every cloud call that spends or releases: it
+        raises `NotLeader` once this replica's term (the one the pass began in) is over."""
+        leadership = self._leadership
+        if leadership is None:
+            return lambda: None
+        term = leadership.term
+
+        def check() -> None:
+            if not leadership.is_leader(term):
+                raise NotLeader("not the leader: another replica acts")
+
+        return check
+
+    async def _pass(self, body: Mapping[str, Any], memory: PoolMemory, deleting: bool,
+                    fence: Callable[[], None]) -> Outcome:
         now = self._clock()
         # This process is the only writer of status, so what it wrote last is never older than the
         # body, whose watch event may still be on its way.
         status = dict(memory.status if memory.status is not None else body.get("status") or {})
         resolved = await resolve(body=body, status=status, kube=self._kube, cloud=self._cloud,
-                                 guard=self._guard, deleting=deleting, now=now)
+                                 guard=self._guard, deleting=deleting, now=now, fence=fence)
         if isinstance(resolved, Blocked):
-            return await self._blocked(body, memory, status, resolved, now, deleting)
+            return await self._blocked(body, memory, status, resolved, now, deleting, fence)
         ctx = resolved
         try:
             observation, offers = await self._observe(ctx)
         except CloudError as exc:
             return await self._blocked(body, memory, status, Blocked(
-                REASON_BY_CATEGORY[exc.category], describe(exc), ctx.spec), now, deleting)
+                REASON_BY_CATEGORY[exc.category], describe(exc), ctx.spec), now, deleting, fence)
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=offers,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting)
         acted = await self._act(ctx, decided, memory)
@@ -125,6 +159,7 @@ class Reconciler:
             offers=offers, backoff=acted.purchases.backoff, last_error=acted.last_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
         )
+        fence()
         await self._reporting.write(ctx.ref, body, memory, report, now)
         self._reporting.observe(ctx, memory, report)
         complete = deleting and decided.deletion_complete and not acted.purchases.journal
@@ -156,6 +191,7 @@ class Reconciler:
             for ids in batches:
                 if reason is None:
                     continue
+                ctx.fence()
                 try:
                     await ctx.client.terminate_instances(ids)
                     failpoint("after-terminate-instances")
@@ -170,7 +206,7 @@ class Reconciler:
         return _Acted(purchases, released, last_error)
 
     async def _blocked(self, body: Mapping[str, Any], memory: PoolMemory, status: Mapping[str, Any],
-                       blocked: Blocked, now: datetime, deleting: bool) -> Outcome:
+                       blocked: Blocked, now: datetime, deleting: bool, fence: Callable[[], None]) -> Outcome:
         """No plan can be made: report why, from the same builder as every other status."""
         ref = ObjectRef.of(body)
         if deleting and _deleted_already(status):
@@ -178,6 +214,7 @@ class Reconciler:
         report = build_status(spec=blocked.spec, generation=ref.generation, environment_label=ref.name, now=now,
                               previous_conditions=list(status.get("conditions") or []),
                               blocked=(blocked.reason, blocked.message), deleting=deleting)
+        fence()
         await self._reporting.write(ref, body, memory, report, now)
         self._reporting.observe_blocked(ref)
         return Outcome(progressing=False, problem=blocked.message)

@@ -14,7 +14,9 @@ import kopf
 from spotpool.cloud.client import warm_up
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.config import OperatorConfig
+from spotpool.controller import leadership
 from spotpool.controller.kube import ClusterKubeApi
+from spotpool.controller.leadership import LeaderElector, Standalone
 from spotpool.controller.reconciler import Reconciler
 from spotpool.metrics import METRICS, Metrics
 
@@ -34,6 +36,7 @@ class Runtime:
         self.metrics: Metrics = METRICS
         self.reconciler: Reconciler | None = None
         self.cloud: CloudAccess | None = None
+        self.leadership: LeaderElector | Standalone = Standalone()
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
 
@@ -58,13 +61,30 @@ class Runtime:
             observe_interval=self.config.observe_interval,
             on_change=self.wake_all,
         )
-        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event)
+        # Only the leader observes, buys and releases; followers keep their daemons idle. The Lease
+        # is named from the cluster id, so two installations on one cluster elect one leader.
+        self.leadership = leadership.from_config(
+            self.config, cluster_id, on_started_leading=self._started_leading,
+            on_stopped_leading=self._stopped_leading)
+        self.metrics.track_leader(self.leadership.is_leader)
+        self.leadership.start()
+        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event,
+                                     leadership=self.leadership)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
 
+    def _started_leading(self, term: int) -> None:
+        log.info("leading (term %d): reconciling every pool now", term)
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+
+    def _stopped_leading(self, term: int, reason: str) -> None:
+        log.warning("stopped leading (term %d): %s; acting no more until elected again", term, reason)
+
     async def stop(self) -> None:
         self.ready.clear()
+        await self.leadership.stop()
         if self.cloud is not None:
             await self.cloud.close()
 
