@@ -63,10 +63,11 @@ class SimulatorProcess:
     config: SimulatorConfig = field(default_factory=simulator_config)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # pods on the test node reach it at the node network's gateway
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -77,7 +78,8 @@ class SimulatorProcess:
         config_path = self.workdir / "market.yaml"
         config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
         self.port = free_port()
-        self.proc = _spawn([*SPOTPOOL, "simulator", "--port", str(self.port), "--config", str(config_path)],
+        self.proc = _spawn([*SPOTPOOL, "simulator", "--host", self.host, "--port", str(self.port),
+                            "--config", str(config_path)],
                            self.log)
         wait_for(self._healthy, timeout=30, what="the simulator to answer /_sim/health")
         return self

@@ -415,7 +415,7 @@ state = "{root / 'state'}"
         self._unmount_under(self.workdir)
         if shutil.which("iptables"):
             # kube-proxy's chains, left behind when it is killed.
-            for table in ("nat", "filter"):
+            for table in ("nat", "filter", "mangle"):
                 rules = _run("iptables-save", "-t", table, check=False).stdout
                 if "KUBE-" in rules:
                     kept = [line for line in rules.splitlines() if "KUBE-" not in line]

@@ -1,0 +1,201 @@
+"""The chart and deploy/ installed for real: the image built from deploy/Dockerfile, started by a real
+kubelet (containerd + runc) with the chart's security context, read-only root, probes and projected
+service-account token; the operator talks to the apiserver through the `kubernetes` Service with
+that token and the chart's RBAC only, reconciles a pool against the simulator, is scraped by a real
+Prometheus through its Service, passes `helm test` (which resolves the Service through cluster
+DNS), rolls on `helm upgrade`, and leaves only the CRD on `helm uninstall`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.helm import CHART
+from tests.conftest import CRD_NAME, REPO
+from tests.e2e.conftest import Pools
+from tests.node.conftest import NETWORK, NodeCluster, OperatorImage
+from tests.support.kube import unique_name, wait_for
+from tests.support.processes import SimulatorProcess, simulator_config
+from tests.support.prometheus import PrometheusProcess
+
+pytestmark = pytest.mark.cluster
+
+POD_TIMEOUT = 180  # first start on a cold node: image unpack, sandbox, probes
+
+
+@pytest.fixture
+def node_simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    """The simulator where the node's pods reach it: on the pod network's gateway. The test drives
+    its control API from that address too, so the control API is opened to non-loopback peers (the
+    pods never call it)."""
+    base = simulator_config()
+    config = base.model_copy(update={"api": base.api.model_copy(update={"allow_remote_control": True})})
+    sim = SimulatorProcess(tmp_path / "simulator", config, host=NETWORK.gateway).start()
+    yield sim
+    sim.stop()
+
+
+def operator_pods(cluster: NodeCluster, namespace: str, instance: str | None = None) -> list[dict[str, Any]]:
+    selector = "app.kubernetes.io/component=operator"
+    if instance:
+        selector += f",app.kubernetes.io/instance={instance}"
+    return cluster.kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+    return pod.get("status", {}).get("phase") == "Running" and conditions.get("Ready") == "True"
+
+
+def wait_pods_ready(cluster: NodeCluster, namespace: str, instance: str | None, replicas: int,
+                    exclude: set[str] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    """Wait until exactly `replicas` operator pods, none of them in `exclude`, are Running and Ready."""
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [p for p in operator_pods(cluster, namespace, instance) if not p["metadata"].get("deletionTimestamp")]
+        fresh = [p for p in pods if p["metadata"]["uid"] not in exclude]
+        return fresh if len(fresh) == replicas == len(pods) and all(map(pod_ready, fresh)) else None
+
+    try:
+        return wait_for(ready, timeout=POD_TIMEOUT, interval=1, what=f"{replicas} operator pod(s) Ready in {namespace}")
+    except AssertionError as exc:
+        events = cluster.kubectl.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout
+        logs = cluster.kubectl.run("logs", "-n", namespace, "-l", "app.kubernetes.io/component=operator",
+                                   "--tail=30", "--prefix", check=False).stdout
+        raise AssertionError(f"{exc}\nevents:\n{events[-4000:]}\nlogs:\n{logs[-4000:]}") from None
+
+
+def assert_runs_as_the_chart_says(cluster: NodeCluster, pod: dict[str, Any], image: OperatorImage,
+                                  service_account: str) -> None:
+    """What the kubelet actually did with the pod spec: the image, the user, the read-only root, the
+    projected token; checked inside the running container, not in the manifest."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == service_account
+    container = spec["containers"][0]
+    assert container["image"] == image.chart_reference
+    assert "env" not in container or not any(e["name"] == "KUBECONFIG" for e in container["env"])
+    projected = [v for v in spec["volumes"] if "projected" in v]
+    assert any("serviceAccountToken" in s for v in projected for s in v["projected"]["sources"]), spec["volumes"]
+    assert pod["status"]["containerStatuses"][0]["imageID"], "the kubelet reports the image it ran"
+    probe = (
+        "import os, json, pathlib\n"
+        "token = pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').read_text()\n"
+        "payload = token.split('.')[1]; payload += '=' * (-len(payload) % 4)\n"
+        "import base64; claims = json.loads(base64.urlsafe_b64decode(payload))\n"
+        "try:\n    open('/opt/venv/written', 'w'); root_writable = True\n"
+        "except OSError:\n    root_writable = False\n"
+        "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'root_writable': root_writable,\n"
+        "  'tmp_writable': os.access('/tmp', os.W_OK), 'sub': claims['sub'], 'bound_pod': claims.get(\n"
+        "  'kubernetes.io', {}).get('pod', {}).get('name'), 'host': os.environ['KUBERNETES_SERVICE_HOST'],\n"
+        "  'caps': [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1]}))\n"
+    )
+    out = cluster.kubectl.run("exec", "-n", namespace, name, "-c", container["name"], "--", "python", "-c",
+                              probe).stdout
+    facts = json.loads(out.strip().splitlines()[-1])
+    assert facts["uid"] == 65532 and facts["gid"] == 65532, facts
+    assert facts["root_writable"] is False and facts["tmp_writable"] is True, facts
+    assert int(facts["caps"], 16) == 0, facts
+    # A bound token from the TokenRequest API, for this very pod and service account.
+    assert facts["sub"] == f"system:serviceaccount:{namespace}:{service_account}", facts
+    assert facts["bound_pod"] == name, facts
+    kubernetes_service = cluster.kubectl.json("get", "service", "kubernetes", "-n", "default")
+    assert facts["host"] == kubernetes_service["spec"]["clusterIP"], facts
+
+
+def reconcile_a_pool(cluster: NodeCluster, simulator: SimulatorProcess, count: int = 3) -> tuple[Pools, str]:
+    """A pool in a namespace of its own, converged by the in-cluster operator against the simulator."""
+    namespace = unique_name("pools")
+    cluster.kubectl.run("create", "namespace", namespace)
+    wait_for(lambda: cluster.kubectl.get("serviceaccount", "default", namespace), timeout=30,
+             what=f"namespace {namespace} to be set up")
+    pools = Pools(cluster.kubectl, namespace, simulator)
+    pools.secret()
+    pools.create("farm", expectedCount=count)
+    pools.wait_ready("farm", count, timeout=120)
+    assert len(simulator.alive(pools.uid("farm"))) == count
+    return pools, namespace
+
+
+def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_uninstall(
+    node_cluster: NodeCluster, operator_image: OperatorImage, node_simulator: SimulatorProcess, tmp_path: Path
+) -> None:
+    cluster, kubectl, helm = node_cluster, node_cluster.kubectl, node_cluster.helm
+    namespace, release = unique_name("spotpool"), unique_name("sp")
+    kubectl.run("create", "namespace", namespace)
+    # Default values but the cluster id: the image is the chart's own reference, loaded into the
+    # node's runtime without a registry.
+    helm.run("install", release, CHART, f"--namespace={namespace}", "--set", f"operator.clusterId={release}",
+             "--wait", f"--timeout={POD_TIMEOUT}s", timeout=POD_TIMEOUT + 60)
+    deployment = kubectl.json("get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
+    replicas = deployment["items"][0]["spec"]["replicas"]
+    pods = wait_pods_ready(cluster, namespace, release, replicas)
+    service_account = pods[0]["spec"]["serviceAccountName"]
+    for pod in pods:
+        assert_runs_as_the_chart_says(cluster, pod, operator_image, service_account)
+
+    pools, pool_namespace = reconcile_a_pool(cluster, node_simulator)
+
+    # Prometheus scrapes the metrics Service's ClusterIP: kube-proxy routes it to a Ready pod.
+    service = kubectl.json("get", "service", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
+    svc = service["items"][0]["spec"]
+    port = next(p["port"] for p in svc["ports"] if p["name"] == "http-metrics")
+    prometheus = PrometheusProcess(tmp_path / "prometheus", [f"{svc['clusterIP']}:{port}"]).start()
+    try:
+        prometheus.wait_targets_up(timeout=60)
+        wait_for(lambda: prometheus.query(
+            f'spotpool_environment_expected_instances{{namespace="{pool_namespace}",environment="farm"}} == 3'),
+            timeout=60, what="Prometheus to see the pool's expected instances through the Service")
+    finally:
+        prometheus.stop()
+
+    # helm test: a pod of the same image fetches /healthz by the Service's DNS name.
+    test = helm.run("test", release, f"--namespace={namespace}", "--logs", timeout=POD_TIMEOUT)
+    assert "Succeeded" in test.stdout and " 200 " in test.stdout, test.stdout
+
+    # helm upgrade changes the pod template: every pod is replaced, and the new ones become Ready.
+    before = {p["metadata"]["uid"] for p in pods}
+    helm.run("upgrade", release, CHART, f"--namespace={namespace}", "--reuse-values", "--set",
+             "operator.logLevel=debug", "--wait", f"--timeout={POD_TIMEOUT}s", timeout=POD_TIMEOUT + 60)
+    rolled = wait_pods_ready(cluster, namespace, release, replicas, exclude=before)
+    assert all("--log-level=debug" in p["spec"]["containers"][0]["args"] for p in rolled)
+    pools.scale("farm", 4)
+    pools.wait_ready("farm", 4, timeout=120)
+
+    # Release the pool while an operator still runs, then uninstall: only the CRD stays.
+    uid = pools.uid("farm")
+    pools.delete("farm", timeout=120)
+    assert node_simulator.alive(uid) == [], "the operator released every instance it owned"
+    helm.run("uninstall", release, f"--namespace={namespace}", "--wait", f"--timeout={POD_TIMEOUT}s",
+             timeout=POD_TIMEOUT + 60)
+    wait_for(lambda: not operator_pods(cluster, namespace, release), timeout=120, what="operator pods to go")
+    label = f"app.kubernetes.io/instance={release}"
+    left = kubectl.json("get", "all,serviceaccounts,secrets,configmaps,roles,rolebindings,poddisruptionbudgets",
+                        "-n", namespace, "-l", label)["items"]
+    assert left == [], [f"{o['kind']}/{o['metadata']['name']}" for o in left]
+    cluster_wide = kubectl.json("get", "clusterroles,clusterrolebindings", "-l", label)["items"]
+    assert cluster_wide == [], [o["metadata"]["name"] for o in cluster_wide]
+    assert kubectl.get("customresourcedefinition", CRD_NAME) is not None, "the CRD is kept"
+    kubectl.run("delete", "namespace", pool_namespace, namespace, "--wait=false")
+
+
+def test_kustomize_deploy_runs_the_operator_on_a_real_node_and_reconciles(
+    node_cluster: NodeCluster, operator_image: OperatorImage, node_simulator: SimulatorProcess
+) -> None:
+    cluster, kubectl = node_cluster, node_cluster.kubectl
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "deploy"), timeout=120)
+    deployment = kubectl.json("get", "deployment", "-n", "spotpool-system",
+                              "-l", "app.kubernetes.io/component=operator")
+    replicas = deployment["items"][0]["spec"]["replicas"]
+    pods = wait_pods_ready(cluster, "spotpool-system", None, replicas)
+    assert_runs_as_the_chart_says(cluster, pods[0], operator_image, pods[0]["spec"]["serviceAccountName"])
+    pools, pool_namespace = reconcile_a_pool(cluster, node_simulator, count=2)
+    pools.delete("farm", timeout=120)
+    kubectl.run("delete", "namespace", pool_namespace, "--wait=false")
+    kubectl.run("delete", "-k", str(REPO / "deploy"), "--wait=true", timeout=180)
+    wait_for(lambda: kubectl.get("namespace", "spotpool-system") is None, timeout=120,
+             what="the spotpool-system namespace to be deleted")
