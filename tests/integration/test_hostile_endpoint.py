@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+
 from spotpool.cloud.client import DEFAULT_MAX_REPLY_BYTES, PAGE_CONCURRENCY, CvmClient
 from spotpool.cloud.errors import CloudError, CloudNetworkError, ErrorCategory
 from spotpool.cloud.models import Credentials, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
-
 from tests.support import hostile
 from tests.support.hostile import MARKER, HostileServer
 
@@ -389,3 +389,22 @@ async def test_no_scenario_ever_raised_anything_but_cloud_error() -> None:
     async with serving(hostile.answer(hostile.envelope({"ZoneSet": []}))) as server:
         async with make_client(server.url) as client:
             assert (await client.call("DescribeZones", {}))["ZoneSet"] == []
+
+
+@pytest.mark.parametrize("account", ["\u00b2\u00b3", "1" * 21, 12345, "", None])
+async def test_caller_identity_needs_a_plain_account_id(account: Any) -> None:
+    body = hostile.envelope({"AccountId": account}, request_id=f"r\n{MARKER}")
+    async with serving(hostile.answer(body)) as server:
+        err = await failure(server.url, "GetCallerIdentity odd AccountId",
+                            lambda c: c.get_caller_identity(), service="sts")
+    assert err.code == "ServerNetworkError" and err.request_id is None
+
+
+async def test_caller_identity_fields_are_plain_or_empty() -> None:
+    body = hostile.envelope({"AccountId": "100012345678", "Arn": f"qcs::cam::\x1b[31m{MARKER}",
+                             "UserId": "u" * 300, "PrincipalId": "p-1", "Type": "CAMUser"})
+    async with serving(hostile.answer(body)) as server:
+        async with make_client(server.url, service="sts") as client:
+            identity = await client.get_caller_identity()
+    assert (identity.account_id, identity.arn, identity.user_id) == ("100012345678", "", "")
+    assert (identity.principal_id, identity.type) == ("p-1", "CAMUser")

@@ -59,9 +59,20 @@ from .errors import (
     valid_code,
     valid_request_id,
 )
-from .models import TERMINATING, CallerIdentity, Credentials, Instance, RunInstancesRequest, SpotOffer
+from .models import (  # issue 11
+    CHARGE_TYPES,
+    SPOTPAID,
+    TERMINATING,
+    AccountQuota,
+    CallerIdentity,
+    Credentials,
+    Instance,
+    Offer,
+    PriceQuote,
+    RunInstancesRequest,
+    SpotOffer,
+)
 from .ratelimit import RateLimiterRegistry, Sleep, account_key, default_registry
-from .models import CHARGE_TYPES, SPOTPAID, AccountQuota, Offer, PriceQuote  # issue 11
 from .signing import sign
 
 log = logging.getLogger(__name__)
@@ -139,6 +150,13 @@ def _media_type(header: str | None) -> str:
         return "(none)"
     media = header.split(";", 1)[0].strip().lower()
     return media if _MEDIA_TYPE_SHAPE.fullmatch(media) else "(malformed)"
+
+
+def _identity_text(value: Any, limit: int) -> str:
+    """A server-sent identity field shown to users: a string, printable, at most `limit`; else ""."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        return ""
+    return value
 
 
 def _invalid(action: str, message: str) -> CloudError:
@@ -530,15 +548,17 @@ class CvmClient:
             raise ValueError("GetCallerIdentity is an STS action: make the client with service='sts'")
         response = await self.call("GetCallerIdentity", {})
         account = response.get("AccountId")
-        if not isinstance(account, str) or not account.isdigit() or len(account) > 20:
+        # ASCII digits only: str.isdigit() alone also takes "²" and other scripts' digits.
+        if not isinstance(account, str) or not account.isascii() or not account.isdigit() or len(account) > 20:
             raise CloudNetworkError(SERVER_NETWORK_ERROR, "GetCallerIdentity answered without a valid AccountId",
-                                    action="GetCallerIdentity", request_id=response.get("RequestId"))
+                                    action="GetCallerIdentity",
+                                    request_id=valid_request_id(response.get("RequestId")))
         return CallerIdentity(
             account_id=account,
-            arn=str(response.get("Arn") or "")[:256],
-            user_id=str(response.get("UserId") or "")[:256],
-            principal_id=str(response.get("PrincipalId") or "")[:64],
-            type=str(response.get("Type") or "")[:64],
+            arn=_identity_text(response.get("Arn"), 256),
+            user_id=_identity_text(response.get("UserId"), 256),
+            principal_id=_identity_text(response.get("PrincipalId"), 64),
+            type=_identity_text(response.get("Type"), 64),
         )
 
     async def describe_instances(

@@ -11,18 +11,20 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from .models import Instance, RunInstancesRequest, SpotOffer
 from .models import (  # issue 11: on-demand, stock, quota and price
     CHARGE_TYPES,
     POSTPAID_BY_HOUR,
     STOCK_CATEGORIES,
     AccountQuota,
+    Instance,
     Offer,
     PriceQuote,
+    RunInstancesRequest,
+    SpotOffer,
     ZoneQuota,
 )
 
@@ -163,7 +165,7 @@ def parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def valid_instance_id(value: str) -> bool:
