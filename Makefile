@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv binaries system-deps test test-unit test-integration test-e2e demo bench sync-crds dashboard manifests generate clean
+.PHONY: all venv binaries system-deps image test test-unit test-integration test-e2e test-node demo bench sync-crds dashboard manifests generate clean
 
 all: test
 
@@ -25,7 +25,8 @@ venv: $(STAMP)
 binaries:
 	tools/build-binaries.sh
 
-# Debian packages the tests run for real (Prometheus scrapes the operator in the metrics tests).
+# Debian packages the tests run for real: Prometheus, podman for the image, the test node's runc, CNI
+# plugins, iptables and conntrack.
 system-deps:
 	tools/install-system-deps.sh
 
@@ -40,6 +41,14 @@ test-integration: venv binaries
 
 test-e2e: venv binaries system-deps
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The image and the chart on a real node (kubelet, containerd, kube-proxy, CoreDNS); needs root.
+test-node: venv binaries system-deps
+	$(PY) -m pytest tests/node $(PYTEST_ARGS)
+
+# The operator image from deploy/Dockerfile, with podman (or docker); TAG=... names it.
+image: system-deps
+	tools/build-image.sh $(TAG)
 
 # The main job: a local control plane (or the current kube context with DEMO_ARGS=--use-current-context),
 # the CVM simulator, the operator, and the example pool converging live.

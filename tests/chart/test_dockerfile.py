@@ -1,6 +1,7 @@
-"""deploy/Dockerfile, read statically (no Docker engine on this machine builds it): the final stage is
-python:3.11-slim with the builder's virtualenv only, runs as the chart's non-root user, and starts
-the operator; what the builder copies is in the build context."""
+"""deploy/Dockerfile, read statically: the final stage is python:3.11-slim with the builder's
+virtualenv only, runs as the chart's non-root user, and starts the operator; what the builder copies
+is in the build context. tests/node builds the image for real (tools/build-image.sh, podman) and
+runs it on a real kubelet."""
 
 from __future__ import annotations
 

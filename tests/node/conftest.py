@@ -69,7 +69,9 @@ def operator_image() -> OperatorImage:
                          int(size.stdout.strip()))
 
 
-@pytest.fixture(scope="session")
+# Package scope: the node (kubelet, containerd, a second control plane) stops once these tests are
+# done instead of idling through the rest of the suite.
+@pytest.fixture(scope="package")
 def node_cluster(operator_image: OperatorImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
     bin_dir = ensure_binaries()
     with ControlPlane(binaries=bin_dir, advertise_address=NETWORK.gateway) as plane:
