@@ -41,10 +41,8 @@ calls. --until current|ready extends the timeline past the last launch.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -56,24 +54,25 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the e2e tests' process wrappers live in tests/support
-
-from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries  # noqa: E402
-from spotpool.simulator import SimulatorConfig  # noqa: E402
-from tests.support.processes import (  # noqa: E402
-    DEMO_SECRET_ID,
-    DEMO_SECRET_KEY,
-    OperatorProcess,
-    SimulatorProcess,
+from benchlib import (  # first: it puts the repository on sys.path for tests.support
+    GROUP,
+    PER_CALL,
+    PLURAL,
+    RUN_RATE,
+    VERSION,
+    create_namespace,
+    environment,
+    install_crd,
+    lower_bound,
+    ready,
+    status,
 )
 
-GROUP, VERSION, PLURAL = "spotpool.io", "v1alpha1", "spotcomputeenvironments"
-CRD_FILE = REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml"
+from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
+from spotpool.simulator import SimulatorConfig
+from tests.support.processes import OperatorProcess, SimulatorProcess
+
 ZONE, INSTANCE_TYPE = "ap-guangzhou-3", "S5.MEDIUM4"
-PER_CALL = 100  # RunInstances InstanceCount upper bound
-RUN_RATE = 10.0  # documented RunInstances limit, calls per second
 TARGET = 1.3
 
 
@@ -146,11 +145,6 @@ except Exception as exc:  # profiling must never stop the operator
 """
 
 
-def lower_bound(count: int, latency: float) -> float:
-    """(ceil(count/100) - 1) / 10 calls/s + one round trip."""
-    return (math.ceil(count / PER_CALL) - 1) / RUN_RATE + latency
-
-
 @dataclass
 class Watcher:
     """Every version of one object, with the local wall-clock time it arrived, from a watch."""
@@ -183,7 +177,7 @@ class Watcher:
                 if ready(event["object"]):
                     self.done.set()
                     return
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:
             self.error = exc
         finally:
             self.done.set()
@@ -196,22 +190,14 @@ class Watcher:
         return next(((t, obj) for t, obj in self.events if predicate(obj)), None)
 
 
-def status(obj: dict[str, Any]) -> dict[str, Any]:
-    return obj.get("status") or {}
-
-
-def ready(obj: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status(obj).get("conditions") or [])
-
-
 def simulator_config(count: int) -> SimulatorConfig:
-    # Stock for the whole pool in the one zone x type (the default is 500); rate limits stay the
-    # documented defaults. The vCPU quota (20,000 per zone) already holds 1,000 2-vCPU instances.
+    # Stock for the whole pool in the one zone x type (the default is 500) and vCPU quota for it
+    # (the default, 20,000 per zone, holds 10,000 2-vCPU instances); rate limits stay the
+    # documented defaults.
     return SimulatorConfig.default().with_overrides({
         "seed": 1,
-        "market": {"default_stock": max(2 * count, 500)},
-        "api": {"ledger_size": 100_000},
+        "market": {"default_stock": max(2 * count, 500), "spot_quota_vcpus": max(20_000, 4 * count)},
+        "api": {"ledger_size": max(100_000, 10 * count)},
     })
 
 
@@ -232,15 +218,10 @@ def one_run(
     observe_interval: float, progress_interval: float, timeout: float, profile: bool, until: str,
 ) -> RunResult:
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    subprocess.run([str(kubectl), f"--kubeconfig={plane.kubeconfig}", "create", "namespace", namespace],
-                   check=True, capture_output=True)
     api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
     core = kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
-    core.create_namespaced_secret(namespace, {
-        "metadata": {"name": "cvm"},
-        "stringData": {"secretId": DEMO_SECRET_ID, "secretKey": DEMO_SECRET_KEY},
-    })
+    create_namespace(kubectl, plane, core, namespace)
 
     sim = SimulatorProcess(workdir / "simulator", simulator_config(count)).start()
     env: dict[str, str] = {}
@@ -262,15 +243,7 @@ def one_run(
         time.sleep(1.0)  # let kopf's watch of the namespace settle after /readyz
         sim.control("DELETE", "calls")
         watcher.start()
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "SpotComputeEnvironment",
-            "metadata": {"name": "bench", "namespace": namespace},
-            "spec": {
-                "expectedCount": count, "maxPrice": "0.0923", "region": "ap-guangzhou",
-                "zones": [ZONE], "instanceTypes": [INSTANCE_TYPE], "imageId": "img-pmqg1cw7",
-                "credentialsSecretRef": {"name": "cvm"}, "endpoint": sim.url,
-            },
-        }
+        body = environment("bench", namespace, count, ZONE, INSTANCE_TYPE, sim.url)
         create_sent = time.time()
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         create_returned = time.time()
@@ -378,10 +351,7 @@ def main() -> None:
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="spotpool-bench-") as tmp, \
             ControlPlane(binaries=bin_dir, with_controller_manager=False) as plane:
-        subprocess.run([str(kubectl), f"--kubeconfig={plane.kubeconfig}", "apply", "--server-side",
-                        "-f", str(CRD_FILE)], check=True, capture_output=True)
-        subprocess.run([str(kubectl), f"--kubeconfig={plane.kubeconfig}", "wait", "--for=condition=Established",
-                        "crd/spotcomputeenvironments.spotpool.io", "--timeout=60s"], check=True, capture_output=True)
+        install_crd(kubectl, plane)
         for index in range(args.runs):
             result = one_run(plane, kubectl, Path(tmp) / f"run-{index}", args.count, args.latency_ms,
                              args.observe_interval, args.progress_interval, args.timeout, args.profile, args.until)

@@ -1,0 +1,134 @@
+"""What the operator benchmarks share: the control plane with the CRD, a namespace with the CVM
+Secret, the SpotComputeEnvironment body, the lower bound on purchases, and readings of a process
+(RSS, CPU) and of the API server (write requests from its /metrics).
+
+Imported by `operator_bench.py` and `scale_bench.py` (run from this folder, so `import benchlib`
+works); it puts the repository on `sys.path` for the e2e tests' process wrappers in tests/support.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the e2e tests' process wrappers live in tests/support
+
+from spotpool.devcluster.controlplane import ControlPlane  # noqa: E402
+from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY  # noqa: E402
+
+GROUP, VERSION, PLURAL = "spotpool.io", "v1alpha1", "spotcomputeenvironments"
+CRD_FILE = REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml"
+PER_CALL = 100  # RunInstances InstanceCount upper bound, and DescribeInstances page size
+RUN_RATE = 10.0  # documented RunInstances limit, calls per second
+DESCRIBE_RATE = 40.0  # documented DescribeInstances limit, calls per second
+MAX_PRICE = "0.0923"
+IMAGE_ID = "img-pmqg1cw7"
+
+
+def lower_bound(count: int, latency: float, calls: int | None = None) -> float:
+    """(RunInstances calls - 1) / 10 calls/s + one round trip; `calls` defaults to ceil(count/100)."""
+    calls = math.ceil(count / PER_CALL) if calls is None else calls
+    return (calls - 1) / RUN_RATE + latency
+
+
+def status(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj.get("status") or {}
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in status(obj).get("conditions") or [])
+
+
+def kubectl_run(kubectl: Path, plane: ControlPlane, *args: str, check: bool = True) -> None:
+    subprocess.run([str(kubectl), f"--kubeconfig={plane.kubeconfig}", *args], check=check, capture_output=True)
+
+
+def install_crd(kubectl: Path, plane: ControlPlane) -> None:
+    kubectl_run(kubectl, plane, "apply", "--server-side", "-f", str(CRD_FILE))
+    kubectl_run(kubectl, plane, "wait", "--for=condition=Established",
+                "crd/spotcomputeenvironments.spotpool.io", "--timeout=60s")
+
+
+def create_namespace(kubectl: Path, plane: ControlPlane, core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+    """The namespace and the `cvm` Secret holding the simulator's demo key pair."""
+    kubectl_run(kubectl, plane, "create", "namespace", namespace)
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "cvm"},
+        "stringData": {"secretId": DEMO_SECRET_ID, "secretKey": DEMO_SECRET_KEY},
+    })
+
+
+def delete_namespace(kubectl: Path, plane: ControlPlane, namespace: str) -> None:
+    # Our finalizer pins the objects (and the namespace) once the operator is gone: don't wait.
+    kubectl_run(kubectl, plane, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def environment(name: str, namespace: str, count: int, zone: str, instance_type: str, endpoint: str,
+                region: str = "ap-guangzhou") -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SpotComputeEnvironment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "expectedCount": count, "maxPrice": MAX_PRICE, "region": region,
+            "zones": [zone], "instanceTypes": [instance_type], "imageId": IMAGE_ID,
+            "credentialsSecretRef": {"name": "cvm"}, "endpoint": endpoint,
+        },
+    }
+
+
+# -- readings of a process ------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak RSS) of a process, in MiB."""
+    found: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as lines:
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat(5)
+
+
+# -- the API server's own count of requests ------------------------------------------------------
+
+_REQUEST = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"})
+
+
+def apiserver_writes(api: kubernetes.client.ApiClient) -> Counter[tuple[str, str, str]]:
+    """Write requests the API server has served so far, by (verb, resource, subresource), from
+    `apiserver_request_total` on its /metrics (read with the admin kubeconfig)."""
+    response = api.call_api("GET", api.configuration.host + "/metrics")
+    response.read()
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for line in response.data.decode().splitlines():
+        match = _REQUEST.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        if labels.get("verb") in WRITE_VERBS:
+            counts[(labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))] += \
+                int(float(match["value"]))
+    return counts
