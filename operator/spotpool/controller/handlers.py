@@ -22,6 +22,7 @@ from spotpool.controller.reporting import PoolMemory
 from spotpool.controller.runtime import RUNTIME
 
 ANNOTATION_PREFIX = PREFIX
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -76,6 +77,9 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
             outcome = await RUNTIME.reconciler.reconcile(body, memory, lock)
             if outcome.progressing:
                 delay = config.progress_interval
+            if not RUNTIME.leadership.is_leader():
+                # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
+                log.debug("%s/%s: pass fenced: not leading", meta["namespace"], meta["name"])
         except Exception:  # one environment's failure must never stop the others
             logger.exception("reconcile failed; observing again in %.0f s", delay)
         await _sleep(stopped, wakeup, delay)

@@ -26,7 +26,14 @@ _TAG_VALUE = re.compile(r"[^A-Za-z0-9._:/=+@-]")
 
 
 def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    """Kubernetes Events are the activity log; kopf posts them asynchronously with retries."""
+    """Kubernetes Events are the activity log; kopf posts them asynchronously with retries.
+
+    Only the leader posts: an Event is a write, and a leader that lost its term in the middle of a
+    pass (paused with a RunInstances on the wire, say) must not publish what it learned late; the
+    new leader owns the object's story from its takeover. The log keeps the line either way."""
+    if not RUNTIME.leadership.is_leader():
+        log.info("not leading: Event %s not posted (%s)", reason, message[:200])
+        return
     kopf.event(dict(body), type=type, reason=reason, message=message[:1024])
 
 

@@ -129,6 +129,7 @@ class ControlPlane:
     pki: pki_mod.Pki | None = None
     procs: list[Child] = field(default_factory=list)
     _owns_workdir: bool = False
+    _commands: dict[str, list[str]] = field(default_factory=dict)  # each child's flags, for restarts
 
     @property
     def kubeconfig(self) -> Path:
@@ -258,7 +259,33 @@ class ControlPlane:
         child = spawn(name, [str(self.binaries / name), *args], self.workdir / f"{name}.log",
                       death_signal=signal.SIGKILL)
         self.procs.append(child)
+        self._commands[name] = args
         log.info("started %s (pid %d), log %s", name, child.pid, child.log)
+
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver alone and start it again with the same flags: same port, certificates,
+        etcd (so every object and resourceVersion survives), as a control-plane upgrade or a crashed
+        apiserver's restart does it. etcd and the other children keep running; clients see their
+        connections and watches cut and the API refusing connections until it is back.
+
+        The stop is SIGTERM (the apiserver's graceful shutdown), SIGKILL after 10 s. Returns once the
+        new apiserver answers /readyz, with the seconds the API was away (stop sent to ready).
+        For tests of clients' behaviour across the outage (leader election, watch resumption).
+        """
+        assert self.pki is not None, "the control plane is not running"
+        index = next((i for i, p in enumerate(self.procs) if p.name == "kube-apiserver"), None)
+        if index is None:
+            raise ControlPlaneError("no kube-apiserver to restart")
+        started = time.monotonic()
+        self.procs[index].stop(timeout=10)
+        assert self.workdir is not None and self.binaries is not None
+        child = spawn("kube-apiserver", [str(self.binaries / "kube-apiserver"), *self._commands["kube-apiserver"]],
+                      self.workdir / "kube-apiserver.log", death_signal=signal.SIGKILL)
+        self.procs[index] = child  # the same place in the stop order
+        log.info("restarted kube-apiserver (pid %d)", child.pid)
+        ctx = self._admin_ssl_context(self.pki)
+        self._wait(lambda: self._http_ok(f"{self.server}/readyz", ctx), "kube-apiserver /readyz after a restart")
+        return time.monotonic() - started
 
     def _wait(self, ready: callable, what: str) -> None:  # type: ignore[valid-type]
         deadline = time.monotonic() + self.startup_timeout
