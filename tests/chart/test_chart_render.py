@@ -131,6 +131,7 @@ LEAST_PRIVILEGE = {
     ("spotpool.io", "spotcomputeenvironments/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),
+    ("", "secrets", "patch"),
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
     *{("", "namespaces", v) for v in ("get", "list", "watch")},
     *{("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")},

@@ -59,7 +59,8 @@ def check_story(output: str) -> None:
     assert reclaim, after_reclaim
     reclaimed = set(reclaim.groups())
     # ... reported lost by the operator, as Kubernetes events
-    lost = set(re.findall(r"event .*Warning +InstanceLost +(ins-\w+)", after_reclaim))
+    lost_events = re.findall(r"event .*Warning +InstanceLost +(.*)", after_reclaim)
+    lost = {i for message in lost_events for i in re.findall(r"\bins-\w{8}\b", message)}
     assert lost == reclaimed, after_reclaim
     # ... and replaced: Ready with 6 running again
     healed, _, summary = after_reclaim.partition("healed:")

@@ -271,11 +271,17 @@ def test_deleting_the_namespace_releases_the_pool_even_though_its_secret_goes_to
     pools.create("tenant", expectedCount=3)
     pools.wait_ready("tenant", 3)
     uid = pools.uid("tenant")
-    # The worst order the namespace controller can pick: the Secret goes first.
-    pools.kubectl.run("delete", "secret", "cvm", f"--namespace={pools.namespace}")
+    # The worst order the namespace controller can pick: the Secret goes first. It carries
+    # spotpool's finalizer, so it stays (Terminating, still readable) while the pool needs it.
+    pools.kubectl.run("delete", "secret", "cvm", f"--namespace={pools.namespace}", "--wait=false")
+    secret = pools.kubectl.get("secret", "cvm", pools.namespace)
+    assert secret is not None and secret["metadata"].get("deletionTimestamp"), secret
+    assert secret["metadata"]["finalizers"] == ["spotpool.io/credentials-in-use"]
     pools.kubectl.run("delete", "namespace", pools.namespace, "--wait=false")
-    # The namespace controller deletes the Secret and the pool together; the operator releases
-    # with the key pair it last used, and only then lets the object (and the namespace) go.
+    # The namespace controller deletes the pool too; the operator releases with the Secret it kept,
+    # lets the pool go, and only then the Secret (and so the namespace).
     wait_for(lambda: pools.kubectl.get("sce", "tenant", pools.namespace) is None, timeout=90,
              what="the pool to be deleted with its namespace")
+    wait_for(lambda: pools.kubectl.get("secret", "cvm", pools.namespace) is None, timeout=30,
+             what="the Secret to go once no pool needs it")
     assert simulator.alive(uid) == []
