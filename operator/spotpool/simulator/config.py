@@ -168,6 +168,11 @@ class ApiSpec(_Strict):
     insufficient_stock_code: Literal[
         "ResourceInsufficient.SpecifiedInstanceType", "InvalidParameterValue.InsufficientOffering"
     ] = "ResourceInsufficient.SpecifiedInstanceType"
+    tag_index_delay_seconds: float = Field(
+        default=0.0, ge=0,
+        description="tag filters of DescribeInstances miss instances younger than this "
+        "(Tencent's tag service is eventually consistent); lookups by InstanceIds see them at once",
+    )
     allow_remote_control: bool = False
     ledger_size: int = Field(default=10000, ge=0)
     dry_run_answer: Literal["DryRunOperation", "RequestId"] = Field(

@@ -143,6 +143,8 @@ class Market:
         self._instances: dict[str, SimInstance] = {}
         self._regions = {region: RegionIndex() for region in config.regions}
         self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
+        # Every instance ever bought, gone ones included: what was paid for, for tests and demos.
+        self._bought: list[SimInstance] = []
         self._issued_ids: set[str] = set()
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
@@ -429,6 +431,7 @@ class Market:
             pool.on_demand_stock -= 1
         self._quotas_used[req.charge_type][pool.zone] += pool.cpu
         self._instances[inst.instance_id] = inst
+        self._bought.append(inst)
         self._regions[pool.region].add(inst)
         self._push(now + self.config.lifecycle.boot_delay_seconds, _BOOT, inst)
         return inst.instance_id
@@ -509,12 +512,24 @@ class Market:
         if instance_ids is not None:
             found = [index.all[i] for i in dict.fromkeys(instance_ids) if i in index.all]
             return len(found), found[offset : offset + limit]
+        lag = self.config.api.tag_index_delay_seconds
+        if lag and any(name.startswith("tag") for name, _ in filters or []):
+            # The tag service indexes new instances late: tag filters miss them meanwhile,
+            # lookups by id do not.
+            _, everything = index.query(filters or [], 0, len(index.all) + 1)
+            now = self.now()
+            indexed = [inst for inst in everything if inst.created_at + lag <= now]
+            return len(indexed), indexed[offset : offset + limit]
         return index.query(filters or [], offset, limit)
 
     def instances(self) -> list[SimInstance]:
         """Every visible instance of every region, in launch order."""
         self.advance()
         return list(self._instances.values())
+
+    def all_instances_ever(self) -> list[SimInstance]:
+        """Every instance bought since the last reset, gone ones included (the money spent)."""
+        return list(self._bought)
 
     def get(self, instance_id: str) -> SimInstance | None:
         self.advance()

@@ -34,6 +34,7 @@ from spotpool.simulator.market import Market
 from spotpool.simulator.params import parse_form, parse_json
 from spotpool.simulator.ratelimit import RateLimiter
 from spotpool.simulator.render import error_body
+from spotpool.simulator.sts import STS_API_VERSION, caller_identity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Simulator:
         self.ledger = CallLedger(config.api.ledger_size)
         self.faults = FaultInjector(None if config.seed is None else config.seed + 1)
         self.limiter = RateLimiter(config.api.rate_limits, clock)
+        self._accounts = {c.secret_id: c.account_id for c in config.credentials}
         self._auth = Authenticator(config.credentials, config.api.max_clock_skew_seconds, clock)
         self._install_configured_faults()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -125,9 +127,14 @@ class Simulator:
                 "RequestSizeLimitExceeded", f"The request body exceeds {MAX_BODY_BYTES} bytes."
             ) from None
         query = request.rel_url.raw_query_string if method == "GET" else ""
+        service = "sts" if request.headers.get("X-TC-Version") == STS_API_VERSION else "cvm"
         call["secret_id"] = self._auth.verify(
-            method=method, query=query, headers=request.headers, body=raw
+            method=method, query=query, headers=request.headers, body=raw, service=service
         )
+        if service == "sts":
+            if not region:
+                raise ApiError("MissingParameter", "The request is missing the header X-TC-Region.")
+            return caller_identity(action, request_id, self._accounts[call["secret_id"]])
         version = request.headers.get("X-TC-Version")
         if not version:
             raise ApiError("MissingParameter", "The request is missing the header X-TC-Version.")
