@@ -53,6 +53,7 @@ import contextlib
 import math
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -133,6 +134,18 @@ class Calls:
     @property
     def lookups(self) -> list[dict[str, Any]]:
         return [c for c in self.of("DescribeInstances") if is_lookup(c)]
+
+    def pages_per_sweep(self) -> float | None:
+        """Median pages of the sweeps that started and ended in these calls (a sweep's pages follow
+        its first page in the ledger; the window's first and last sweeps may be cut off)."""
+        sizes: list[int] = []
+        for page in self.sweep_pages:
+            if not page["params"].get("Offset"):
+                sizes.append(0)
+            if sizes:
+                sizes[-1] += 1
+        complete = sizes[:-1]  # the last one may still run at the window's end
+        return statistics.median(complete) if complete else None
 
     @property
     def sweeps(self) -> int:
@@ -287,6 +300,7 @@ class Steady:
     sweep_pages: float  # per interval
     lookups: float  # per interval
     sweeps: float  # listings started per interval
+    pages_per_sweep: float | None
     others: Counter[str]
     rss: float
     hwm: float
@@ -304,6 +318,7 @@ class Phase:
     converge_calls: Calls
     converge_cores: float
     converge_writes: float = 0.0  # apiserver write requests per second while converging (leases excluded)
+    started: float = 0.0  # clock (time.time) the phase's clock started
     steady: Steady | None = None
 
 
@@ -338,6 +353,7 @@ def measure_steady(sim: SimulatorProcess, operator: OperatorProcess, api: kubern
     return Steady(
         seconds=elapsed, intervals=per,
         sweep_pages=len(calls.sweep_pages) / per, lookups=len(calls.lookups) / per, sweeps=calls.sweeps / per,
+        pages_per_sweep=calls.pages_per_sweep(),
         others=Counter({a: n for a, n in calls.per_action().items() if a != "DescribeInstances"}),
         rss=memory["VmRSS"], hwm=memory["VmHWM"], cores=(cpu1 - cpu0) / elapsed,
         writes_per_s=sum(delta.values()) / elapsed, write_detail=delta,
@@ -397,7 +413,7 @@ def run_size(plane: ControlPlane, kubectl: Path, workdir: Path, pools: int, size
         cores = (cpu_seconds(pid) - cpu0) / (time.time() - started)
         writes = sum(writes_excluding_leases(apiserver_writes(api) - writes0).values()) - pools  # less our creates
         phases.append(Phase("from zero", converge, len(watch.first_ready), bound, Calls(sim.calls()), cores,
-                            writes / (time.time() - started)))
+                            writes / (time.time() - started), started))
         print(f"  {pools} pools from zero: created in {created:.1f} s; "
               + (f"all Ready after {converge:.1f} s" if converge else
                  f"{len(watch.first_ready)} of {pools} Ready after {timeout:.0f} s"), flush=True)
@@ -450,7 +466,8 @@ def run_size(plane: ControlPlane, kubectl: Path, workdir: Path, pools: int, size
 
 def steady_text(s: Steady, instances: int) -> str:
     return (f"Describe per interval {s.sweep_pages + s.lookups:.1f} ({s.sweep_pages:.1f} sweep pages in "
-            f"{s.sweeps:.2f} sweeps, {s.lookups:.1f} InstanceIds look-ups; ceil({instances}/100) = "
+            f"{s.sweeps:.2f} sweeps of {fmt(s.pages_per_sweep, '')} pages, {s.lookups:.1f} InstanceIds look-ups; "
+            f"ceil({instances}/100) = "
             f"{math.ceil(instances / PER_CALL)}), RSS {s.rss:.0f} MiB (peak {s.hwm:.0f}), CPU {s.cores:.3f} cores, "
             f"apiserver writes {s.writes_per_s:.2f}/s")
 
@@ -572,7 +589,7 @@ def verdict(ok: bool, text: str) -> str:
 def size_table(results: list[SizeResult], latency_ms: float) -> list[str]:
     rows = [
         "| pools x 20 | phase | all ready | bound | ratio | Describe to converge (sweep pages + look-ups) "
-        "| steady Describe / interval (sweeps) | ceil(inst/100) | peak RSS | steady RSS | CPU steady "
+        "| steady Describe / interval (sweeps x pages) | ceil(inst/100) | peak RSS | steady RSS | CPU steady "
         "| apiserver writes/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -587,7 +604,8 @@ def size_table(results: list[SizeResult], latency_ms: float) -> list[str]:
             rows.append(
                 f"| {r.pools} | {p.name} | {ready_text} | {p.bound:.2f} s | {ratio} "
                 f"| {len(c.sweep_pages)} + {len(c.lookups)} "
-                + (f"| {s.sweep_pages + s.lookups:.1f} ({s.sweeps:.2f}) | {pages} | {s.hwm:.0f} MiB | {s.rss:.0f} MiB "
+                + (f"| {s.sweep_pages + s.lookups:.1f} ({s.sweeps:.2f} x {fmt(s.pages_per_sweep, '')}) | {pages} "
+                   f"| {s.hwm:.0f} MiB | {s.rss:.0f} MiB "
                    f"| {s.cores:.3f} | {s.writes_per_s:.2f} |" if s else f"| - | {pages} | - | - | - | - |"))
         naive = r.pools * math.ceil(r.size / PER_CALL)
         rows.append(f"| {r.pools} | naive (computed) | | | | | {naive} (one listing per pool) | {pages} | | | | |")
@@ -658,6 +676,14 @@ def main() -> None:
                      if errors else "; none refused")
                   + f"; {p.converge_calls.sweeps} sweeps; while converging: operator CPU {p.converge_cores:.2f} cores, "
                   f"apiserver writes {p.converge_writes:.1f}/s")
+            launches = sorted(c["time"] - p.started for c in p.converge_calls.of("RunInstances"))
+            if launches and p.started:
+                half = launches[len(launches) // 2]
+                print(f"    RunInstances answered from {launches[0]:.1f} s to {launches[-1]:.1f} s "
+                      f"(half by {half:.1f} s; "
+                      f"{len(launches) / max(launches[-1] - launches[0], 1e-9):.1f} calls/s against 10/s); "
+                      f"DescribeInstances sweep pages {len(p.converge_calls.sweep_pages)} in "
+                      f"{p.converge_calls.sweeps} sweeps, InstanceIds look-ups {len(p.converge_calls.lookups)}")
             if p.steady:
                 print(f"    steady: {p.steady.seconds:.0f} s window; other calls "
                       + (", ".join(f"{a} {n}" for a, n in sorted(p.steady.others.items())) or "none")
