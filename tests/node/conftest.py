@@ -75,7 +75,8 @@ def operator_image() -> OperatorImage:
 def node_cluster(operator_image: OperatorImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
     bin_dir = ensure_binaries()
     with ControlPlane(binaries=bin_dir, advertise_address=NETWORK.gateway) as plane:
-        with Node(plane, bin_dir, tmp_path_factory.mktemp("node"), network=NETWORK) as node:
+        with Node(plane, bin_dir, tmp_path_factory.mktemp("node"), network=NETWORK,
+                  pause_archive=REPO / ".cache" / "image" / "pause.oci.tar") as node:
             node.load_image(operator_image.archive, operator_image.tag, operator_image.chart_reference)
             yield NodeCluster(plane, node, Kubectl(bin_dir / "kubectl", plane.kubeconfig),
                               Helm(bin_dir / "helm", tmp_path_factory.mktemp("helm-home"), plane.kubeconfig))

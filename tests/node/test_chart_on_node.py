@@ -9,10 +9,13 @@ DNS), rolls on `helm upgrade`, and leaves only the CRD on `helm uninstall`.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.chart.helm import CHART
@@ -121,6 +124,57 @@ def reconcile_a_pool(cluster: NodeCluster, simulator: SimulatorProcess, count: i
     return pools, namespace
 
 
+class ServiceEndpointsDiscovery:
+    """Prometheus HTTP service discovery for one Service port: the ready endpoints of the Service's
+    EndpointSlices, read from the API on every refresh, labelled with their pod, which is what
+    kubernetes_sd_configs' `endpoints` role (behind a ServiceMonitor) gives Prometheus."""
+
+    def __init__(self, cluster: NodeCluster, namespace: str, service: str, port_name: str) -> None:
+        self.cluster, self.namespace, self.service, self.port_name = cluster, namespace, service, port_name
+        self.server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/targets"
+
+    def targets(self) -> list[dict[str, Any]]:
+        slices = self.cluster.kubectl.json("get", "endpointslices", "-n", self.namespace, "-l",
+                                           f"kubernetes.io/service-name={self.service}")["items"]
+        groups = []
+        for item in slices:
+            port = next(p["port"] for p in item.get("ports") or [] if p.get("name") == self.port_name)
+            for endpoint in item.get("endpoints") or []:
+                if endpoint.get("conditions", {}).get("ready"):
+                    groups.append({"targets": [f"{address}:{port}" for address in endpoint["addresses"]],
+                                   "labels": {"pod": endpoint.get("targetRef", {}).get("name", "")}})
+        return groups
+
+    def start(self) -> ServiceEndpointsDiscovery:
+        discovery = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                body = json.dumps(discovery.targets()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
 def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_uninstall(
     node_cluster: NodeCluster, operator_image: OperatorImage, node_simulator: SimulatorProcess, tmp_path: Path
 ) -> None:
@@ -140,18 +194,31 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
 
     pools, pool_namespace = reconcile_a_pool(cluster, node_simulator)
 
-    # Prometheus scrapes the metrics Service's ClusterIP: kube-proxy routes it to a Ready pod.
+    # Prometheus scrapes each pod behind the metrics Service, as a ServiceMonitor makes it do; the
+    # leader reports the pool. Debian's Prometheus is built without kubernetes_sd_configs, so the
+    # Service's EndpointSlices reach it through http_sd_configs instead (served below from the API).
     service = kubectl.json("get", "service", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
-    svc = service["items"][0]["spec"]
-    port = next(p["port"] for p in svc["ports"] if p["name"] == "http-metrics")
-    prometheus = PrometheusProcess(tmp_path / "prometheus", [f"{svc['clusterIP']}:{port}"]).start()
+    svc = service["items"][0]
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http-metrics")
+    discovery = ServiceEndpointsDiscovery(cluster, namespace, svc["metadata"]["name"], "http-metrics").start()
+    scrape = [{"job_name": "spotpool", "http_sd_configs": [{"url": discovery.url, "refresh_interval": "1s"}]}]
+    prometheus = PrometheusProcess(tmp_path / "prometheus", [], scrape_configs=scrape).start()
     try:
-        prometheus.wait_targets_up(timeout=60)
+        def every_pod_up() -> bool:
+            targets = prometheus.active_targets()
+            return len(targets) == replicas and all(t["health"] == "up" for t in targets)
+
+        wait_for(every_pod_up, timeout=60, what=f"Prometheus to scrape all {replicas} operator pods")
+        assert {t["labels"]["pod"] for t in prometheus.active_targets()} == {p["metadata"]["name"] for p in pods}
         wait_for(lambda: prometheus.query(
             f'spotpool_environment_expected_instances{{namespace="{pool_namespace}",environment="farm"}} == 3'),
-            timeout=60, what="Prometheus to see the pool's expected instances through the Service")
+            timeout=60, what="Prometheus to see the pool's expected instances")
     finally:
         prometheus.stop()
+        discovery.stop()
+    # And the Service's ClusterIP answers from the host too: kube-proxy routes it to a Ready pod.
+    metrics = httpx.get(f"http://{svc['spec']['clusterIP']}:{port}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "spotpool_build_info" in metrics.text
 
     # helm test: a pod of the same image fetches /healthz by the Service's DNS name.
     test = helm.run("test", release, f"--namespace={namespace}", "--logs", timeout=POD_TIMEOUT)

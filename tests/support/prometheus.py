@@ -65,6 +65,8 @@ class PrometheusProcess:
     job: str = "spotpool"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # Replaces the static `targets` job, e.g. with http_sd_configs (tests/node).
+    scrape_configs: list[dict[str, Any]] | None = None
     _client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
 
     @property
@@ -80,8 +82,8 @@ class PrometheusProcess:
         config = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval,
                        "scrape_timeout": self.scrape_interval},
-            "scrape_configs": [{"job_name": self.job, "metrics_path": "/metrics",
-                                "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": self.scrape_configs or [{"job_name": self.job, "metrics_path": "/metrics",
+                                                     "static_configs": [{"targets": self.targets}]}],
         }
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))

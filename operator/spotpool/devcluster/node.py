@@ -24,6 +24,7 @@ The cgroup hierarchy may be v1: the kubelet is told not to refuse it (`failCgrou
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -48,6 +50,8 @@ CNI_BIN = Path("/usr/lib/cni")
 PAUSE_IMAGE = "localhost/spotpool-pause:1.0"
 # The control plane's --service-cluster-ip-range; the `kubernetes` Service is its first address.
 SERVICE_CIDR = "10.0.0.0/24"
+LOCK = Path("/run/lock/spotpool-node.lock")
+LOCK_TIMEOUT = 900.0
 
 
 class NodeError(ControlPlaneError):
@@ -81,9 +85,12 @@ class Node:
     workdir: Path
     name: str = "spotpool-node"
     network: NodeNetwork = field(default_factory=NodeNetwork)
+    # The sandbox image archive tools/build-pause-image.sh writes; default: beside the binaries.
+    pause_archive: Path | None = None
     startup_timeout: float = 180.0
     procs: list[Child] = field(default_factory=list)
     _host_setup: list[list[str]] = field(default_factory=list)  # commands that undo what start did
+    _lock_file: IO[str] | None = None
 
     @property
     def containerd_socket(self) -> Path:
@@ -104,6 +111,7 @@ class Node:
     def start(self) -> None:
         self._check_prerequisites()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock_host()
         try:
             self._host_network()
             self._start_containerd()
@@ -113,6 +121,21 @@ class Node:
         except BaseException:
             self.stop()
             raise
+
+    def _lock_host(self) -> None:
+        """Wait for any other node on this machine to stop: the bridge, its addresses, the cgroup root
+        and the iptables rules are the host's, so two test runs at once would tear down each other's."""
+        LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(LOCK, "w")  # noqa: SIM115 - held until stop()
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeError(f"another test node on this machine held {LOCK} for {LOCK_TIMEOUT:.0f} s") from None
+                time.sleep(1)
 
     def _check_prerequisites(self) -> None:
         problems = []
@@ -248,8 +271,7 @@ state = "{root / 'state'}"
         proc = self._ctr("images", "import", "--no-unpack", str(archive), check=False)
         if proc.returncode != 0:
             raise NodeError(f"ctr images import {archive} failed: {proc.stderr}")
-        imported = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("unpacking")] or []
-        source = imported[0] if imported else self._image_in(archive)
+        source = self._image_in(archive)
         for name in names:
             if name != source:
                 self._ctr("images", "tag", "--force", source, name)
@@ -265,7 +287,7 @@ state = "{root / 'state'}"
         assert plane.pki is not None and plane.workdir is not None
         kdir = self.workdir / "kubelet"
         kdir.mkdir(parents=True, exist_ok=True)
-        pause_archive = self.binaries.parent / "image" / "pause.oci.tar"
+        pause_archive = self.pause_archive or self.binaries.parent / "image" / "pause.oci.tar"
         if not pause_archive.is_file():
             raise NodeError(f"{pause_archive} is missing (tools/build-pause-image.sh builds it)")
         self.load_image(pause_archive)
@@ -435,6 +457,9 @@ state = "{root / 'state'}"
                                 directory.rmdir()
                     with contextlib.suppress(OSError):
                         root.rmdir()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
 
     def _kill_pod_processes(self) -> None:
         """SIGKILL every process in the node's pod cgroups and every runc shim of this containerd."""
