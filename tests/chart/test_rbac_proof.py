@@ -16,6 +16,13 @@ namespace's UID as it does in production.
 
 Limited-namespace mode only: a cluster-wide operator on this shared control plane would adopt the
 other tests' SpotComputeEnvironments.
+
+The chart's args include --leader-elect (on by default), so the operator acts only while it holds its
+Lease: the Lease rules of the separate leader-election Role (get, create, update on leases in the
+Lease namespace) are proven the same way. Without `get` or `create` the operator never leads, so
+nothing is reconciled; without `update` it creates the Lease, leads, cannot renew, and stops acting
+at its renew deadline for good: the scenario is started after that moment (`after`), so that the
+first step breaks whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spotpool.controller.cloudaccess import CLUSTER_TAG
+from spotpool.api.names import CLUSTER_TAG
 from tests.chart.helm import Releases, one
 from tests.conftest import Cluster
 from tests.support.kube import Kubectl, token_kubeconfig, wait_for
@@ -155,6 +162,7 @@ class Installed:
     service_account: str
     role: str  # the namespaced rules, in the test's namespace
     cluster_role: str  # the cluster-scoped reads
+    lease_role: str  # the Lease rules, in the Lease namespace (the release namespace by default)
 
 
 def install(releases: Releases, namespace: str) -> Installed:
@@ -170,7 +178,8 @@ def install(releases: Releases, namespace: str) -> Installed:
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     return Installed(release, pod["containers"][0]["args"], pod["serviceAccountName"],
                      one(objects, "Role", f"{release}-spotpool")["metadata"]["name"],
-                     one(objects, "ClusterRole")["metadata"]["name"])
+                     one(objects, "ClusterRole")["metadata"]["name"],
+                     one(objects, "Role", f"{release}-spotpool-leader-election")["metadata"]["name"])
 
 
 def remove_verbs(kubectl: Kubectl, kind: str, name: str, namespace: str | None, api_group: str,
@@ -197,16 +206,26 @@ def forbidden(logs: str) -> list[str]:
     return [line for line in logs.splitlines() if "Forbidden" in line or " 403" in line or '"403' in line]
 
 
+MAIN_ROLE, LEASE_ROLE, CLUSTER_ROLE = "role", "leader-election role", "clusterrole"
+
+
 @dataclass(frozen=True)
 class Rule:
-    """Verbs of a rule of the chart's Role (or, `cluster`, of its ClusterRole), and the scenario step
-    that cannot succeed without them."""
+    """Verbs of a rule of one of the chart's roles, and the scenario step that cannot succeed
+    without them. `role`: the Role of the watched namespace (MAIN_ROLE), the leader-election Role in
+    the Lease namespace (LEASE_ROLE), or the ClusterRole (CLUSTER_ROLE). `after`: a line the
+    operator logs once the missing verb has taken effect, awaited before the scenario starts."""
 
     api_group: str
     resource: str
     verbs: tuple[str, ...]
     breaks: str  # the step that must fail
-    cluster: bool = False
+    role: str = MAIN_ROLE
+    after: str | None = None
+
+    @property
+    def cluster(self) -> bool:
+        return self.role == CLUSTER_ROLE
 
     def __str__(self) -> str:
         return f"{'/'.join(self.verbs)} {self.resource}"
@@ -224,6 +243,10 @@ NEEDED_RULES = [
     # Nothing is bought before the Secret carries spotpool's finalizer (it must outlive every
     # instance it bought, namespace deletion included), and adding one is a patch.
     Rule("", "secrets", ("patch",), READY_0),
+    # Key pairs come from a watch (kopf lists, then watches, and fills its index before any handler
+    # runs), not from a read per reconcile.
+    Rule("", "secrets", ("list",), READY_0),
+    Rule("", "secrets", ("watch",), READY_0),
     # kopf lists, then watches, the pools; without either the operator never sees one.
     Rule("spotpool.io", "spotcomputeenvironments", ("list",), READY_0),
     Rule("spotpool.io", "spotcomputeenvironments", ("watch",), READY_0),
@@ -231,10 +254,18 @@ NEEDED_RULES = [
     Rule("spotpool.io", "spotcomputeenvironments", ("patch",), READY_N),
     # kopf lists the namespaces before it serves any, even with exact --namespace names. (Without
     # `watch` it only warns, after about a minute of retries, that new namespaces go unnoticed.)
-    Rule("", "namespaces", ("list",), READY_0, cluster=True),
+    Rule("", "namespaces", ("list",), READY_0, role=CLUSTER_ROLE),
     # The default cluster id is the kube-system namespace's UID; unreadable, the operator refuses to
     # start rather than share a made-up id with other installations on the same account.
-    Rule("", "namespaces", ("get",), STARTUP, cluster=True),
+    Rule("", "namespaces", ("get",), STARTUP, role=CLUSTER_ROLE),
+    # Leader election (--leader-elect is in the chart's args): every attempt begins by reading the
+    # Lease; unreadable, the operator never leads, and a standby never acts.
+    Rule("coordination.k8s.io", "leases", ("get",), READY_0, role=LEASE_ROLE),
+    # The first replica creates the Lease; without `create` nobody ever holds it.
+    Rule("coordination.k8s.io", "leases", ("create",), READY_0, role=LEASE_ROLE),
+    # Renewing (and taking over, and releasing) is a conditional update: the operator leads from
+    # the Lease's creation until its renew deadline, then stops acting for good.
+    Rule("coordination.k8s.io", "leases", ("update",), READY_0, role=LEASE_ROLE, after="stops leading"),
 ]
 
 
@@ -271,6 +302,7 @@ def test_the_charts_permissions_are_enough_for_the_core_scenario(
     try:
         Scenario(cluster.kubectl, namespace, simulator, {}).run()
         assert not forbidden(operator.logs()), "\n".join(forbidden(operator.logs())[:20])
+        assert "leads (term 1" in operator.logs(), "the operator acted without electing itself"
     finally:
         operator.stop()
         release_pool(cluster.kubectl, namespace)
@@ -282,8 +314,12 @@ def test_the_scenario_fails_without_each_rule(
     simulator: SimulatorProcess, tmp_path: Path,
 ) -> None:
     installed = install(releases, namespace)
-    if rule.cluster:
+    if rule.role == CLUSTER_ROLE:
         remove_verbs(cluster.kubectl, "clusterrole", installed.cluster_role, None, rule.api_group, rule.resource,
+                     set(rule.verbs))
+    elif rule.role == LEASE_ROLE:
+        assert f"--leader-election-namespace={namespace}" in installed.args and "--leader-elect" in installed.args
+        remove_verbs(cluster.kubectl, "role", installed.lease_role, namespace, rule.api_group, rule.resource,
                      set(rule.verbs))
     else:
         remove_verbs(cluster.kubectl, "role", installed.role, namespace, rule.api_group, rule.resource,
@@ -299,6 +335,9 @@ def test_the_scenario_fails_without_each_rule(
         return
     operator.start()
     try:
+        if rule.after is not None:
+            # With the chart's timings: the renew deadline (10 s) after the Lease was created.
+            wait_for(lambda: rule.after in operator.logs(), timeout=30, what=f"{rule.after!r} in the operator log")
         with pytest.raises(ScenarioFailed) as failed:
             Scenario(cluster.kubectl, namespace, simulator, {rule.breaks: BROKEN_STEP_TIMEOUT}).run()
         assert failed.value.step == rule.breaks, (

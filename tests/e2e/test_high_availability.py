@@ -398,3 +398,5 @@ def test_two_installations_on_one_cluster_elect_one_leader(
     pools.delete("shared", timeout=60)
     assert simulator.alive(uid) == []
     assert cvm_calls(follower) == 0, "the follower called the CVM API during the deletion"
+    noise = [e["message"] for e in pools.events("shared") if "not the leader" in e["message"]]
+    assert noise == [], f"the follower posted Events about not leading: {noise}"
