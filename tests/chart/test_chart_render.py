@@ -131,6 +131,8 @@ LEAST_PRIVILEGE = {
     ("spotpool.io", "spotcomputeenvironments/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("", "secrets", "patch"),
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
     *{("", "namespaces", v) for v in ("get", "list", "watch")},

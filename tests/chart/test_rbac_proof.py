@@ -297,8 +297,8 @@ def test_the_charts_permissions_are_enough_for_the_core_scenario(
 ) -> None:
     installed = install(releases, namespace)
     assert "--namespace=" + namespace in installed.args and "--all-namespaces" not in installed.args
-    secret(cluster.kubectl, namespace)
     operator = operator_process(cluster, installed, namespace, tmp_path).start()
+    secret(cluster.kubectl, namespace)  # after the start, as users apply it: only a watch sees it
     try:
         Scenario(cluster.kubectl, namespace, simulator, {}).run()
         assert not forbidden(operator.logs()), "\n".join(forbidden(operator.logs())[:20])
@@ -324,16 +324,17 @@ def test_the_scenario_fails_without_each_rule(
     else:
         remove_verbs(cluster.kubectl, "role", installed.role, namespace, rule.api_group, rule.resource,
                      set(rule.verbs))
-    secret(cluster.kubectl, namespace)
     operator = operator_process(cluster, installed, namespace, tmp_path)
     started = time.monotonic()
     if rule.breaks == STARTUP:
+        secret(cluster.kubectl, namespace)
         with pytest.raises(AssertionError, match="operator exited"):
             operator.start()
         assert "cannot tell this installation's instances from others'" in operator.logs()
         assert forbidden(operator.logs()), operator.logs()[-3000:]
         return
     operator.start()
+    secret(cluster.kubectl, namespace)  # after the start, as users apply it: only a watch sees it
     try:
         if rule.after is not None:
             # With the chart's timings: the renew deadline (10 s) after the Lease was created.

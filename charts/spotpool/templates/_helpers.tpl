@@ -88,5 +88,5 @@ seccompProfile:
   verbs: [create]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, patch]
+  verbs: [get, list, watch, patch]
 {{- end }}

@@ -18,6 +18,7 @@ import kopf
 
 from spotpool.api.names import FINALIZER, PREFIX
 from spotpool.controller import GROUP, PLURAL, VERSION
+from spotpool.controller.credentials import credentials_entry
 from spotpool.controller.reporting import PoolMemory
 from spotpool.controller.runtime import RUNTIME
 
@@ -45,6 +46,12 @@ async def shutdown(**_: Any) -> None:
     await RUNTIME.stop()
 
 
+@kopf.index("", "v1", "secrets")
+def credential_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    """The Secrets that hold a key pair, kept current by a watch (see `credentials_entry`)."""
+    return credentials_entry(namespace, name, body)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -64,7 +71,8 @@ def _state(memo: kopf.Memo) -> tuple[PoolMemory, asyncio.Lock]:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
 async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                    logger: kopf.Logger, **_: Any) -> None:
+                    logger: kopf.Logger, credential_secrets: kopf.Index[Any, Any], **_: Any) -> None:
+    RUNTIME.watch_secrets(credential_secrets)
     uid = meta["uid"]
     memory, lock = _state(memo)
     wakeup = RUNTIME.wakeup(uid)
@@ -86,7 +94,9 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
-async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
+                             credential_secrets: kopf.Index[Any, Any], **_: Any) -> None:
+    RUNTIME.watch_secrets(credential_secrets)
     assert RUNTIME.reconciler is not None
     memory, lock = _state(memo)
     outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)

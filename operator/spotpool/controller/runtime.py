@@ -44,12 +44,14 @@ class Runtime:
         self.reconciler: Reconciler | None = None
         self.cloud: CloudAccess | None = None
         self.leadership: LeaderElector | Standalone = Standalone()
+        self.kube: ClusterKubeApi | None = None
+        self._secrets_watched = False
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
-        kube = ClusterKubeApi()
+        kube = self.kube = ClusterKubeApi()
         cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
             await kube.namespace_uid("kube-system")
         if not cluster_id:
@@ -80,6 +82,12 @@ class Runtime:
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
+
+    def watch_secrets(self, index: Any) -> None:
+        """Hand kopf's index of key-pair Secrets to the Kubernetes access (once is enough)."""
+        if self.kube is not None and not self._secrets_watched:
+            self.kube.watch_secrets(index)
+            self._secrets_watched = True
 
     def _started_leading(self, term: int) -> None:
         log.info("leading (term %d): reconciling every pool now", term)
