@@ -26,6 +26,10 @@ T = TypeVar("T")
 
 
 
+MAX_IDENTITIES = 4096
+"""Key pairs whose account is remembered; past this the oldest is forgotten (and asked again)."""
+
+
 @dataclass(frozen=True)
 class AccountKey:
     """One account's view of one region through one endpoint. The secret is hashed, never kept."""
@@ -96,16 +100,21 @@ class CloudAccess:
         observe_interval: float = 15.0,
         on_change: Callable[[set[str]], None] | None = None,
         wait_for_fresh: bool = False,
+        sweep_on_timer: bool = False,
     ) -> None:
         """`observe_interval`: how often each account and region is swept; `on_change(uids)` is
-        told which pools' slices a sweep changed; `wait_for_fresh` (tests): see `Observer`."""
+        told which pools' slices a sweep changed; `wait_for_fresh` (tests): see `Observer`;
+        `sweep_on_timer` (the operator): each observer sweeps every interval by itself, so a
+        reclaim is seen one interval after it at worst, whenever the pools' passes fall."""
         self.cluster_id = cluster_id
         self._observe_interval = observe_interval
         self._on_change = on_change
         self._wait_for_fresh = wait_for_fresh
+        self._sweep_on_timer = sweep_on_timer
         self._observers: dict[ObserverKey, Observer] = {}
         self._clock = clock
         self._identities: dict[AccountKey, CallerIdentity] = {}
+        self._identity_flights: dict[AccountKey, asyncio.Future[CallerIdentity]] = {}
         self._observer = observer
         self._offers_max_age = offers_max_age
         self._client_factory = client_factory
@@ -126,22 +135,32 @@ class CloudAccess:
     async def identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
         """The account a key pair belongs to (STS GetCallerIdentity), asked once per key pair.
 
-        A key pair never changes account, so the answer is kept for the process; a rotated key
-        pair is a new `AccountKey` and is asked again.
+        A key pair never changes account, so the answer is kept for the process (at most
+        `MAX_IDENTITIES` key pairs; a rotated key pair is a new `AccountKey` and is asked again).
+        Pools starting together share one call (single-flight), as they share one sweep.
         """
         known = self._identities.get(key)
         if known is not None:
             return known
+        flight = self._identity_flights.get(key)
+        if flight is None:
+            flight = self._identity_flights[key] = asyncio.ensure_future(self._ask_identity(key, credentials))
+            flight.add_done_callback(lambda _: self._identity_flights.pop(key, None))
+        identity = await asyncio.shield(flight)
+        if len(self._identities) >= MAX_IDENTITIES:
+            self._identities.pop(next(iter(self._identities)))
+        self._identities[key] = identity
+        return identity
+
+    async def _ask_identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
         sts = self._client_factory(
             credentials, key.region, sts_endpoint(key.endpoint), observer=self._observer,
             rate_limits=self._rate_limits or None, service="sts",
         )
         try:
-            identity = await sts.get_caller_identity()
+            return await sts.get_caller_identity()
         finally:
             await sts.close()
-        self._identities[key] = identity
-        return identity
 
     async def offers(
         self, key: AccountKey, client: CvmClient, zones: Sequence[str], instance_types: Sequence[str]
@@ -168,6 +187,8 @@ class CloudAccess:
                 where, cluster_id=self.cluster_id, interval=self._observe_interval, clock=self._clock,
                 on_change=self._on_change, wait_for_fresh=self._wait_for_fresh,
             )
+            if self._sweep_on_timer:
+                observer.start_timer()
         observer.use(client)
         return observer
 

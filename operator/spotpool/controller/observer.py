@@ -73,6 +73,7 @@ class Observer:
         self._released: dict[str, float] = {}  # id -> clock when TerminateInstances answered
         self._sweep: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._timer: asyncio.Task[None] | None = None
         self.sweeps = 0
 
     def use(self, client: CvmClient) -> None:
@@ -143,7 +144,24 @@ class Observer:
             if changed:
                 self._on_change(changed)
 
+    def start_timer(self) -> None:
+        """Sweep every interval by itself (the operator), not only when a pass finds it stale."""
+        if self._timer is None:
+            self._timer = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._client is not None:
+                try:
+                    await asyncio.shield(self.start_sweep())
+                except Exception:  # logged by _finished; the next tick tries again
+                    pass
+
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
         if self._sweep is not None and not self._sweep.done():
             self._sweep.cancel()
             await asyncio.gather(self._sweep, return_exceptions=True)

@@ -69,6 +69,7 @@ class Runtime:
             rate_limits=self.config.rate_limits,
             observe_interval=self.config.observe_interval,
             on_change=self.wake_all,
+            sweep_on_timer=True,
         )
         # Only the leader observes, buys and releases; followers keep their daemons idle. The Lease
         # is named from the cluster id, so two installations on one cluster elect one leader.

@@ -1,5 +1,6 @@
-"""`CloudAccess`: one client per account key, one shared listing filtered per owner, and an
-`AccountKey` that never holds the secret. The CVM client is a plain fake with async methods."""
+"""`CloudAccess` and its observers: one client per account key, one shared sweep per account and
+region filtered per owner, release marks that outlive an older sweep, the account asked once, and
+an `AccountKey` that never holds the secret. The CVM client is a plain fake with async methods."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ from typing import Any
 
 import pytest
 
-from spotpool.cloud.models import Credentials, Instance, SpotOffer
-from spotpool.controller.cloudaccess import (
-    CLUSTER_TAG,
-    DEFAULT_ENDPOINT,
-    OWNER_UID_TAG,
-    AccountKey,
-    CloudAccess,
-)
+from spotpool.api.names import CLUSTER_TAG, DEFAULT_ENDPOINT, OWNER_UID_TAG
+from spotpool.cloud.models import CallerIdentity, Credentials, Instance, SpotOffer
+from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 
 SECRET_KEY = "UnitTestSecretKeyValue0123456789"
 TOKEN = "UnitTestSessionTokenValue987654"
@@ -29,7 +25,10 @@ class FakeCvm:
     """Records how it was built and how often it was asked to list."""
 
     def __init__(self, credentials: Credentials, region: str, endpoint: str, *, observer: Any = None,
-                 rate_limits: dict[str, float] | None = None, instances: list[Instance] | None = None) -> None:
+                 rate_limits: dict[str, float] | None = None, instances: list[Instance] | None = None,
+                 service: str = "cvm") -> None:
+        self.service = service
+        self.identity_calls = 0
         self.credentials = credentials
         self.rate_limits = rate_limits
         self.region = region
@@ -50,6 +49,11 @@ class FakeCvm:
     async def describe_spot_offers(self, *, zones: list[str], instance_types: list[str]) -> list[SpotOffer]:
         self.offer_reads += 1
         return [SpotOffer(z, t, Decimal("0.02"), Decimal("0.1"), False) for z in zones for t in instance_types]
+
+    async def get_caller_identity(self) -> CallerIdentity:
+        self.identity_calls += 1
+        await asyncio.sleep(0)
+        return CallerIdentity("100000000001")
 
     async def close(self) -> None:
         self.closed = True
@@ -147,69 +151,131 @@ def test_account_key_digest_tells_secrets_apart_and_is_stable() -> None:
     assert hash(one) == hash(AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS))
 
 
-# -- one shared listing, filtered per owner -------------------------------------------------------
+# -- one shared sweep per account and region, filtered per owner ----------------------------------
 
-async def test_owned_instances_filters_one_shared_listing_by_the_owner_tag() -> None:
-    factory = Factory()
-    cloud = access(factory, listing_max_age=60)
-    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def observed(cloud: CloudAccess, region: str = "ap-guangzhou", account: str = "100") -> tuple[Any, FakeCvm]:
+    key = AccountKey.of(ENDPOINT, region, CREDS)
     client = cloud.client(key, CREDS)
+    return cloud.observer(key, account, client), client
+
+
+async def test_a_slice_filters_one_shared_sweep_by_the_owner_tag() -> None:
+    cloud = access(Factory(), observe_interval=60)
+    observer, client = observed(cloud)
     client.instances = [
         instance("ins-a1", "uid-a"), instance("ins-b1", "uid-b"), instance("ins-a2", "uid-a"),
         instance("ins-none", None),
         # The environment tag alone does not make an instance ours: ownership is the uid tag.
-        instance("ins-env", None, **{"spotpool.io/environment": "ns/uid-a"}),
+        instance("ins-env", None, **{"spotpool.io/environment": "uid-a"}),
         instance("ins-user-tag", None, team="uid-a"),  # nor does the uid in some other tag
     ]
-    owned_a = await cloud.owned_instances(key, client, "uid-a")
-    owned_b = await cloud.owned_instances(key, client, "uid-b")
-    owned_c = await cloud.owned_instances(key, client, "uid-c")
+    owned_a = await observer.slice("uid-a")
+    owned_b = await observer.slice("uid-b")
     assert [i.instance_id for i in owned_a] == ["ins-a1", "ins-a2"]
     assert [i.instance_id for i in owned_b] == ["ins-b1"]
-    assert owned_c == []
-    # One listing of the installation's instances served all three owners.
-    assert client.listings == [(CLUSTER_TAG, "cluster-a")]
+    assert await observer.slice("uid-c") == []
+    assert client.listings == [(CLUSTER_TAG, "cluster-a")]  # one sweep served all three owners
 
 
-async def test_concurrent_owners_wait_on_one_listing() -> None:
-    factory = Factory()
-    cloud = access(factory, listing_max_age=60)
-    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
-    client = cloud.client(key, CREDS)
+async def test_concurrent_first_passes_wait_on_one_sweep() -> None:
+    cloud = access(Factory(), observe_interval=60)
+    observer, client = observed(cloud)
     client.instances = [instance(f"ins-{n}", f"uid-{n % 3}") for n in range(9)]
     client.gate.clear()
-    tasks = [asyncio.create_task(cloud.owned_instances(key, client, f"uid-{n}")) for n in range(3)]
+    tasks = [asyncio.create_task(observer.slice(f"uid-{n}")) for n in range(3)]
     await asyncio.sleep(0)
     client.gate.set()
-    results = await asyncio.gather(*tasks)
-    assert [len(r) for r in results] == [3, 3, 3]
+    assert [len(r) for r in await asyncio.gather(*tasks)] == [3, 3, 3]
     assert len(client.listings) == 1
 
 
-async def test_accounts_do_not_share_listings() -> None:
-    factory = Factory()
-    cloud = access(factory, listing_max_age=60)
-    keys = [AccountKey.of(ENDPOINT, region, CREDS) for region in ("ap-guangzhou", "ap-shanghai")]
-    clients = [cloud.client(k, CREDS) for k in keys]
-    clients[0].instances = [instance("ins-gz", "uid-a")]
-    clients[1].instances = [instance("ins-sh", "uid-a")]
-    assert [i.instance_id for i in await cloud.owned_instances(keys[0], clients[0], "uid-a")] == ["ins-gz"]
-    assert [i.instance_id for i in await cloud.owned_instances(keys[1], clients[1], "uid-a")] == ["ins-sh"]
-    assert len(clients[0].listings) == len(clients[1].listings) == 1
+async def test_accounts_and_regions_have_observers_of_their_own() -> None:
+    cloud = access(Factory(), observe_interval=60)
+    (gz, gz_client), (sh, sh_client) = observed(cloud, "ap-guangzhou"), observed(cloud, "ap-shanghai")
+    gz_client.instances, sh_client.instances = [instance("ins-gz", "uid-a")], [instance("ins-sh", "uid-a")]
+    assert [i.instance_id for i in await gz.slice("uid-a")] == ["ins-gz"]
+    assert [i.instance_id for i in await sh.slice("uid-a")] == ["ins-sh"]
+    other_account, _ = observed(cloud, "ap-guangzhou", account="200")
+    assert other_account is not gz and observed(cloud, "ap-guangzhou")[0] is gz
 
 
-async def test_changed_makes_the_next_listing_fresh() -> None:
-    factory = Factory()
-    cloud = access(factory, listing_max_age=60)
-    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
-    client = cloud.client(key, CREDS)
-    assert await cloud.owned_instances(key, client, "uid-a") == []
+async def test_a_stale_snapshot_is_used_while_the_next_sweep_runs() -> None:
+    clock = Clock()
+    cloud = access(Factory(), observe_interval=15, clock=clock)
+    observer, client = observed(cloud)
+    assert await observer.slice("uid-a") == []
     client.instances = [instance("ins-new", "uid-a")]
-    assert await cloud.owned_instances(key, client, "uid-a") == []  # still the cached listing
-    cloud.changed(key)
-    assert [i.instance_id for i in await cloud.owned_instances(key, client, "uid-a")] == ["ins-new"]
+    clock.now += 15
+    client.gate.clear()
+    assert await observer.slice("uid-a") == []  # the previous snapshot, while the sweep waits
+    await asyncio.sleep(0)
     assert len(client.listings) == 2
-    cloud.changed(AccountKey.of(ENDPOINT, "ap-shanghai", CREDS))  # an account never listed: no-op
+    client.gate.set()
+    await observer.start_sweep()
+    assert [i.instance_id for i in await observer.slice("uid-a")] == ["ins-new"]
+
+
+async def test_a_release_stays_marked_against_a_sweep_that_began_before_it() -> None:
+    clock = Clock()
+    changes: list[set[str]] = []
+    cloud = access(Factory(), observe_interval=15, clock=clock, on_change=changes.append)
+    observer, client = observed(cloud)
+    client.instances = [instance("ins-a1", "uid-a"), instance("ins-b1", "uid-b")]
+    await observer.slice("uid-a")
+    clock.now += 15
+    client.gate.clear()
+    sweep = observer.start_sweep()  # begins before the release, answers after it
+    await asyncio.sleep(0)
+    clock.now += 1
+    observer.released(["ins-a1"])
+    assert [i.state for i in await observer.slice("uid-a")] == ["TERMINATING"]
+    client.gate.set()
+    await sweep
+    assert [i.state for i in await observer.slice("uid-a")] == ["TERMINATING"]
+    assert changes == []  # nothing the pools do not know already
+    clock.now += 15
+    client.instances.append(instance("ins-b2", "uid-b"))
+    await observer.start_sweep()  # a sweep begun after the release is the cloud's word again
+    assert [i.state for i in await observer.slice("uid-a")] == ["RUNNING"]
+    assert changes == [{"uid-a", "uid-b"}]  # the pools whose slice changed are woken, no others
+
+
+async def test_failing_sweeps_stop_passes_acting_on_an_old_view() -> None:
+    clock = Clock()
+    cloud = access(Factory(), observe_interval=15, clock=clock)
+    observer, client = observed(cloud)
+    await observer.slice("uid-a")
+
+    async def broken(key: str, value: str) -> list[Instance]:
+        raise RuntimeError("the cloud is down")
+
+    client.describe_by_tag = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        clock.now += 15
+        await observer.slice("uid-a")
+        await asyncio.gather(observer.start_sweep(), return_exceptions=True)
+    clock.now += 15
+    with pytest.raises(RuntimeError, match="the cloud is down"):
+        await observer.slice("uid-a")
+
+
+async def test_pools_starting_together_ask_the_account_once() -> None:
+    factory = Factory()
+    cloud = access(factory)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    identities = await asyncio.gather(*(cloud.identity(key, CREDS) for _ in range(20)))
+    assert {i.account_id for i in identities} == {"100000000001"}
+    assert sum(1 for c in factory.built if c.identity_calls) == 1
+    await cloud.identity(key, CREDS)
+    assert sum(c.identity_calls for c in factory.built) == 1  # remembered
 
 
 async def test_offers_are_cached_per_account_and_forgotten_on_request() -> None:
