@@ -101,8 +101,7 @@ def configure_logging(config: OperatorConfig) -> None:
     )
     root = logging.getLogger()
     root.setLevel(config.log_level.upper())
-    for handler in root.handlers:
-        handler.addFilter(REDACTOR)
+    REDACTOR.install()  # every logger, kopf's per-object one (whose records become Events) included
     # The HTTP client logs request lines at INFO; they add nothing the API metrics do not show.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)

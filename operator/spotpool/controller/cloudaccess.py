@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ from spotpool.controller.observer import Observer, ObserverKey
 T = TypeVar("T")
 
 
+
+MAX_CLIENTS = 256
+"""CVM clients (one connection pool each) kept; the least recently used is closed past this."""
+
+MAX_OFFER_READS = 1024
+"""Cached market reads (per account and set of pools) kept; the least recently used goes first."""
 
 MAX_IDENTITIES = 4096
 """Key pairs whose account is remembered; past this the oldest is forgotten (and asked again)."""
@@ -119,8 +126,12 @@ class CloudAccess:
         self._offers_max_age = offers_max_age
         self._client_factory = client_factory
         self._rate_limits = dict(rate_limits or {})
-        self._clients: dict[AccountKey, CvmClient] = {}
-        self._offers: dict[tuple[AccountKey, frozenset[str], frozenset[str]], _SingleFlight[list[SpotOffer]]] = {}
+        # Bounded, least recently used first out: pool authors can name any number of key pairs,
+        # endpoints and pool sets, and none of these may grow with them.
+        self._clients: OrderedDict[AccountKey, CvmClient] = OrderedDict()
+        self._offers: OrderedDict[tuple[AccountKey, frozenset[str], frozenset[str]],
+                                  _SingleFlight[list[SpotOffer]]] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def client(self, key: AccountKey, credentials: Credentials) -> CvmClient:
         client = self._clients.get(key)
@@ -130,6 +141,12 @@ class CloudAccess:
                 rate_limits=self._rate_limits or None,
             )
             self._clients[key] = client
+            while len(self._clients) > MAX_CLIENTS:
+                _, evicted = self._clients.popitem(last=False)
+                closing = asyncio.ensure_future(evicted.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        self._clients.move_to_end(key)
         return client
 
     async def identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
@@ -166,7 +183,12 @@ class CloudAccess:
         self, key: AccountKey, client: CvmClient, zones: Sequence[str], instance_types: Sequence[str]
     ) -> dict[tuple[str, str], SpotOffer]:
         cache_key = (key, frozenset(zones), frozenset(instance_types))
-        flight = self._offers.setdefault(cache_key, _SingleFlight(self._offers_max_age, self._clock))
+        flight = self._offers.get(cache_key)
+        if flight is None:
+            flight = self._offers[cache_key] = _SingleFlight(self._offers_max_age, self._clock)
+            while len(self._offers) > MAX_OFFER_READS:
+                self._offers.popitem(last=False)
+        self._offers.move_to_end(cache_key)
         offers = await flight.get(
             lambda: client.describe_spot_offers(zones=list(zones), instance_types=list(instance_types))
         )

@@ -88,8 +88,11 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
             if not RUNTIME.leadership.is_leader():
                 # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
                 log.debug("%s/%s: pass fenced: not leading", meta["namespace"], meta["name"])
-        except Exception:  # one environment's failure must never stop the others
-            logger.exception("reconcile failed; observing again in %.0f s", delay)
+        except Exception as exc:  # one environment's failure must never stop the others
+            # The traceback goes to the operator's log only: kopf turns this per-object logger's
+            # records into Events, which pool authors read.
+            log.exception("%s/%s: reconcile failed", meta["namespace"], meta["name"])
+            logger.error("reconcile failed (%s); observing again in %.0f s", type(exc).__name__, delay)
         await _sleep(stopped, wakeup, delay)
 
 

@@ -1,37 +1,65 @@
-"""Scrubs secret values out of every log record, whatever library writes it.
+"""Scrubs secret values out of every log record, whatever library or logger writes it.
 
-The CVM client already keeps the SecretKey out of its own messages; this filter is the second line
-of defence for anything else (a library's debug log, an exception's repr) that might echo one.
+The CVM client already keeps the SecretKey out of its own messages; this is the second line of
+defence for anything else (a library's debug log, an exception's repr) that might echo one. It
+runs where each record is made (`install`: the log record factory), not on some handlers, so it
+also covers loggers whose records leave the process by other roads, such as kopf's per-object
+logger, whose records become Kubernetes Events.
+
+It stays cheap and bounded however many Secrets change: at most `MAX_SECRETS` values are kept
+(the least recently registered go first: a Secret changed that often is not holding a live key
+for long), and a record is scrubbed by one regular-expression pass, not one pass per secret.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 MASK = "***"
+MAX_SECRETS = 1024
 
 
 class Redactor(logging.Filter):
-    def __init__(self) -> None:
+    def __init__(self, max_secrets: int = MAX_SECRETS) -> None:
         super().__init__()
-        self._secrets: set[str] = set()
+        self._max = max_secrets
+        self._secrets: OrderedDict[str, None] = OrderedDict()
+        self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._secrets)
+
     def add(self, secret: str) -> None:
-        if len(secret) >= 4:  # masking very short strings would mangle ordinary words
-            with self._lock:
-                self._secrets.add(secret)
+        if len(secret) < 4:  # masking very short strings would mangle ordinary words
+            return
+        with self._lock:
+            if secret in self._secrets:
+                self._secrets.move_to_end(secret)
+                return
+            self._secrets[secret] = None
+            while len(self._secrets) > self._max:
+                self._secrets.popitem(last=False)
+            # Longest first, so a secret that contains another is masked whole.
+            alternatives = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, alternatives)))
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub(MASK, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
+        self.redact(record)
+        return True
+
+    def redact(self, record: logging.LogRecord) -> None:
+        if self._pattern is None:
+            return
         message = record.getMessage()
         scrubbed = self.scrub(message)
         if scrubbed != message:
@@ -41,7 +69,22 @@ class Redactor(logging.Filter):
             if self.scrub(text) != text:
                 record.exc_info = None
                 record.exc_text = self.scrub(text)
-        return True
+
+    def install(self) -> None:
+        """Scrub every record the process makes from now on, on every logger (idempotent)."""
+        factory = logging.getLogRecordFactory()
+        if getattr(factory, "_spotpool_redacting", False):
+            return
+        redact = self.redact
+
+        def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = factory(*args, **kwargs)
+            redact(record)
+            return record
+
+        scrubbing: Callable[..., logging.LogRecord] = make
+        scrubbing._spotpool_redacting = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(scrubbing)
 
 
 REDACTOR = Redactor()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from spotpool.cloud.errors import code_label
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import KubeApi
@@ -117,7 +118,7 @@ class Reporting:
                                               f"(maxPrice {batch.max_price}): {ids_text(ids)}")
 
     def refused(self, ctx: PassContext, pool: PoolKey, code: str) -> None:
-        self._metrics.refusals.labels(ctx.ref.namespace, ctx.ref.name, *pool, code).inc()
+        self._metrics.refusals.labels(ctx.ref.namespace, ctx.ref.name, *pool, code_label(code)).inc()
 
     def record_dropped(self, ctx: PassContext, dropped: DroppedRecord) -> None:
         token = f" {dropped.client_token}" if dropped.client_token else ""

@@ -299,3 +299,27 @@ def test_configured_rate_limits_reach_every_client() -> None:
     cloud = access(factory, rate_limits={"RunInstances": 5.0})
     cloud.client(AccountKey.of(None, "ap-guangzhou", Credentials("AKID1", "key-one")), Credentials("AKID1", "key-one"))
     assert factory.built[0].rate_limits == {"RunInstances": 5.0}
+
+
+async def test_clients_and_market_reads_are_bounded_least_recently_used_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pool authors can name any number of key pairs and endpoints: the caches must not grow."""
+    import spotpool.controller.cloudaccess as cloudaccess
+
+    monkeypatch.setattr(cloudaccess, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(cloudaccess, "MAX_OFFER_READS", 2)
+    factory = Factory()
+    cloud = access(factory)
+    keys = [AccountKey.of(f"http://127.0.0.{n}:9000", "ap-guangzhou", CREDS) for n in range(1, 4)]
+    first = cloud.client(keys[0], CREDS)
+    cloud.client(keys[1], CREDS)
+    cloud.client(keys[0], CREDS)  # used again: the second is now the least recent
+    cloud.client(keys[2], CREDS)
+    await asyncio.sleep(0)
+    assert [c.closed for c in factory.built] == [False, True, False]
+    assert cloud.client(keys[0], CREDS) is first
+    for zones in (["ap-guangzhou-3"], ["ap-guangzhou-4"], ["ap-guangzhou-6"]):
+        await cloud.offers(keys[0], first, zones, ["S5.MEDIUM4"])
+    await cloud.offers(keys[0], first, ["ap-guangzhou-3"], ["S5.MEDIUM4"])  # evicted: read again
+    assert first.offer_reads == 4

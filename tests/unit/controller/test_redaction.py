@@ -101,3 +101,52 @@ def test_strings_shorter_than_four_are_ignored(
 def test_a_four_character_secret_is_masked(redactor: Redactor) -> None:
     redactor.add("abcd")
     assert redactor.scrub("xabcdx abcd") == f"x{MASK}x {MASK}"
+
+
+def test_a_secret_that_changes_many_times_keeps_the_redactor_bounded_and_current() -> None:
+    redactor = Redactor(max_secrets=16)
+    for n in range(1000):  # a Secret rotated a thousand times
+        redactor.add(f"rotated-secret-key-{n:04d}")
+    assert len(redactor) == 16
+    assert redactor.scrub("key rotated-secret-key-0999 used") == f"key {MASK} used"
+    assert redactor.scrub("rotated-secret-key-0983") == "rotated-secret-key-0983"  # long gone
+    redactor.add("rotated-secret-key-0990")  # seen again: kept as the most recent
+    for n in range(1000, 1015):
+        redactor.add(f"rotated-secret-key-{n:04d}")
+    assert redactor.scrub("rotated-secret-key-0990") == MASK
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    redactor = Redactor()
+    redactor.add("abcd")
+    redactor.add("xxabcdxx")
+    assert redactor.scrub("key xxabcdxx") == f"key {MASK}"
+
+
+def test_installed_it_scrubs_every_logger_whatever_its_handlers() -> None:
+    """kopf's per-object logger posts records as Events through its own handler: the scrubbing
+    happens where the record is made, so no handler can miss it."""
+    redactor = Redactor()
+    previous = logging.getLogRecordFactory()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("kopf.objects.test-redaction")
+    logger.addHandler(keep := Keep())
+    try:
+        redactor.install()
+        redactor.install()  # idempotent
+        redactor.add(SECRET)
+        logger.warning("token %s leaked", SECRET)
+        try:
+            raise RuntimeError(f"failed with {SECRET}")
+        except RuntimeError:
+            logger.exception("boom")
+    finally:
+        logging.setLogRecordFactory(previous)
+        logger.removeHandler(keep)
+    assert seen[0].getMessage() == f"token {MASK} leaked"
+    assert seen[1].exc_info is None and SECRET not in (seen[1].exc_text or "") and MASK in (seen[1].exc_text or "")
