@@ -32,6 +32,7 @@ from spotpool.cloud.client import CvmClient
 from spotpool.cloud.ratelimit import RateLimiterRegistry
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.kube import Conflict
+from spotpool.controller.policy import Policy, PoolClaim, pool_claim
 from spotpool.controller.reconciler import Outcome, Reconciler
 from spotpool.controller.reporting import PoolMemory
 from spotpool.metrics import Metrics
@@ -193,6 +194,10 @@ class FakeKube:
     async def namespace_uid(self, name: str) -> str | None:
         return "kube-system-uid"
 
+    # -- PoolView (what kopf's index of pools holds) ---------------------------------------------------
+    def claims(self) -> list[PoolClaim]:
+        return [pool_claim(obj) for obj in self.objects.values()]
+
 
 @dataclass
 class Event:
@@ -232,9 +237,11 @@ class World:
 
     def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0, *, observe_interval: float = 1.0,
                  limiter: RateLimiterRegistry | None = None, kube: FakeKube | None = None,
-                 leadership: Any = None) -> None:
+                 leadership: Any = None, policy: Policy | None = None) -> None:
         """`observe_interval`: how often the shared sweep runs (1 s: every pass sees a fresh one);
-        `limiter`: the client-side rate limits (default: none in the way)."""
+        `limiter`: the client-side rate limits (default: none in the way); `policy`: the
+        administrator's (default: the development one, as the simulator is on loopback http)."""
+        self.policy = policy or Policy.development()
         self.sim = sim
         self.clock = clock
         self.observe_interval = observe_interval
@@ -259,7 +266,7 @@ class World:
                                  observe_interval=self.observe_interval, wait_for_fresh=True)
         self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
                                      post_event=self._event, clock=self.clock.datetime, rng=rng,
-                                     leadership=self.leadership)
+                                     leadership=self.leadership, policy=self.policy, pools=self.kube)
         self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
 
     async def crash(self) -> None:
@@ -316,10 +323,10 @@ def _registry() -> Any:
 
 @asynccontextmanager
 async def world(seed: int = 0, *, observe_interval: float = 1.0, limiter: RateLimiterRegistry | None = None,
-                **api: Any) -> AsyncIterator[World]:
+                policy: Policy | None = None, **api: Any) -> AsyncIterator[World]:
     clock = FakeClock()
     async with run_simulator(simulator_config(**api), clock=clock) as sim:
-        w = World(sim, clock, seed, observe_interval=observe_interval, limiter=limiter)
+        w = World(sim, clock, seed, observe_interval=observe_interval, limiter=limiter, policy=policy)
         try:
             yield w
         finally:

@@ -150,6 +150,8 @@ class OperatorProcess:
                      "--log-level=debug", *self.extra_args]
         else:  # the given command line, but on a free loopback port
             flags = [a for a in self.args if not a.startswith(("--metrics-port=", "--metrics-host="))]
+        if "--allow-loopback-endpoints" not in flags:  # the simulator listens on 127.0.0.1 over http
+            flags.append("--allow-loopback-endpoints")
         self.proc = _spawn([*SPOTPOOL, "operator", *flags, "--metrics-host=127.0.0.1",
                             f"--metrics-port={self.metrics_port}"],
                            self.log, env={"KUBECONFIG": str(self.kubeconfig), **self.env})

@@ -11,6 +11,7 @@ import kopf
 
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.leadership import Timing
+from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
 
 
@@ -24,7 +25,9 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     scope.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
                        help="watch this namespace (repeatable; globs allowed); default: all namespaces")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics/health port")
+    parser.add_argument("--metrics-host", default="0.0.0.0",
+                        help="address of the metrics/health port (default 0.0.0.0: every interface, for the "
+                             "kubelet's probes and Prometheus; the chart's NetworkPolicy restricts who connects)")
     parser.add_argument("--metrics-port", type=int, default=8080,
                         help="port serving /metrics, /healthz and /readyz (0 picks a free one)")
     parser.add_argument("--observe-interval", type=float, default=15.0,
@@ -37,6 +40,28 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     parser.add_argument("--cvm-rate-limit", action="append", default=[], metavar="ACTION=PER_SECOND",
                         help="client-side CVM rate limit for an action (repeatable), e.g. RunInstances=5; "
                              "default: the documented limits (RunInstances 10/s, DescribeInstances 40/s, ...)")
+    policy = parser.add_argument_group(
+        "administrator policy", "what pool authors may not choose (docs/security.md); unset guards are unlimited")
+    policy.add_argument("--allowed-endpoint", action="append", default=[], dest="allowed_endpoints",
+                        metavar="URL",
+                        help="a CVM endpoint pools may name in spec.endpoint (repeatable; https; '{region}' "
+                             "stands for the pool's region); replaces the default: "
+                             + ", ".join(DEFAULT_ALLOWED_ENDPOINTS))
+    policy.add_argument("--allow-loopback-endpoints", action="store_true",
+                        help="DEVELOPMENT ONLY: also allow endpoints on loopback hosts (127.0.0.0/8, ::1, "
+                             "localhost), http included: the simulator of the demo and the tests")
+    policy.add_argument("--max-expected-count", type=int, default=None, metavar="N",
+                        help="a pool whose spec.expectedCount is above N buys nothing")
+    policy.add_argument("--max-namespace-instances", type=int, default=None, metavar="N",
+                        help="a pool buys nothing while its namespace's pools would expect more than N instances")
+    policy.add_argument("--max-total-instances", type=int, default=None, metavar="N",
+                        help="a pool buys nothing while all pools would expect more than N instances")
+    policy.add_argument("--max-price", default=None, metavar="USD_PER_HOUR",
+                        help="a pool whose spec.maxPrice is above this buys nothing")
+    policy.add_argument("--allowed-instance-type", action="append", default=[], dest="allowed_instance_types",
+                        metavar="GLOB",
+                        help="instance types pools may buy (repeatable; fnmatch globs, case-insensitive, "
+                             "e.g. 'S5.*'); default: any; a pool naming another type buys nothing")
     election = parser.add_argument_group(
         "leader election", "several replicas (or installations) elect one leader on a Lease; only it acts")
     election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
@@ -75,7 +100,11 @@ def parse(argv: list[str] | None) -> OperatorConfig:
             parser.error(f"--cvm-rate-limit {item!r}: expected ACTION=PER_SECOND, e.g. RunInstances=5")
         if not action.strip() or rate_limits[action.strip()] <= 0:
             parser.error(f"--cvm-rate-limit {item!r}: the action must be named and the rate positive")
-    return OperatorConfig(
+    try:
+        max_price = parse_price(args.max_price) if args.max_price is not None else None
+    except PolicyError as exc:
+        parser.error(str(exc))
+    config = OperatorConfig(
         namespaces=tuple(args.namespaces),
         rate_limits=rate_limits,
         metrics_host=args.metrics_host,
@@ -90,7 +119,19 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         lease_duration=args.lease_duration,
         renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
+        allowed_endpoints=tuple(args.allowed_endpoints),
+        allow_loopback_endpoints=args.allow_loopback_endpoints,
+        max_expected_count=args.max_expected_count,
+        max_namespace_instances=args.max_namespace_instances,
+        max_total_instances=args.max_total_instances,
+        max_price=max_price,
+        allowed_instance_types=tuple(args.allowed_instance_types),
     )
+    try:
+        Policy.from_config(config)
+    except PolicyError as exc:
+        parser.error(str(exc))
+    return config
 
 
 def configure_logging(config: OperatorConfig) -> None:

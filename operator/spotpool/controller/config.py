@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,16 @@ class OperatorConfig:
     lease_duration: int = 15  # seconds followers wait, from their last sight of a renewal
     renew_deadline: float = 10.0  # seconds after its last renewal a leader stops acting
     retry_period: float = 2.0  # seconds between attempts to acquire or renew
+    # The administrator's policy (controller/policy.py, docs/security.md): where pools may send
+    # requests, and what they may buy. Empty allow-list: Tencent's public CVM endpoints for the
+    # pool's region. Unset guards: unlimited (the CRD's own bounds).
+    allowed_endpoints: tuple[str, ...] = ()
+    allow_loopback_endpoints: bool = False  # development only: the simulator on 127.0.0.1
+    max_expected_count: int | None = None
+    max_namespace_instances: int | None = None
+    max_total_instances: int | None = None
+    max_price: Decimal | None = None
+    allowed_instance_types: tuple[str, ...] = ()  # fnmatch globs; empty: any type
 
     @property
     def clusterwide(self) -> bool:

@@ -6,6 +6,10 @@ silently: the account, region and endpoint they were bought in are recorded in
 `status.account`, and a pass whose credentials now name another account, while owned instances
 may remain, is blocked (`AccountChanged`) instead of buying a new pool somewhere else and
 stranding the old one. Key rotation inside the same account resolves to the same account id.
+
+The administrator's policy (`controller.policy`) is applied here too: an endpoint outside the
+allow-list is `Blocked` (InvalidConfig) before the Secret is touched or any request is sent; a
+pool over a spend guard resolves, with `purchases_refused` set, so that the planner still releases.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from spotpool.cloud.errors import CloudError
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 from spotpool.controller.credentials import CredentialsError, SecretGuard, load_credentials
 from spotpool.controller.kube import KubeApi
+from spotpool.controller.policy import Policy, PoolView
 from spotpool.planner import DroppedRecord, InflightLaunch, PoolBackoff, PoolKey, backoff_from_status, read_journal
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 
@@ -62,15 +67,19 @@ class PassContext:
     deleting: bool
     now: datetime
     fence: Callable[[], None]  # raises once this replica may no longer act (leader election)
+    # (reason, message) when a spend guard refuses purchases: the pass buys nothing, releases as usual
+    purchases_refused: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
 class Blocked:
-    """No pass can be made; `reason` is a Degraded reason, `message` says what to do."""
+    """No pass can be made; `reason` is a Degraded reason, `message` says what to do.
+    `nothing_to_release`: the environment provably never bought (a deletion may complete)."""
 
     reason: str
     message: str
     spec: EnvironmentSpec | None = None
+    nothing_to_release: bool = False
 
 
 async def resolve(
@@ -83,12 +92,23 @@ async def resolve(
     deleting: bool,
     now: datetime,
     fence: Callable[[], None],
+    policy: Policy | None = None,
+    pools: PoolView | None = None,
 ) -> PassContext | Blocked:
+    """`policy`: the administrator's (default: the safe `Policy()`); `pools`: every pool's claim,
+    for the namespace and installation totals."""
+    policy = policy or Policy()
     ref = ObjectRef.of(body)
     try:
         spec = EnvironmentSpec.from_k8s(body.get("spec") or {})
     except SpecError as exc:
         return Blocked(DegradedReason.INVALID_CONFIG, str(exc))
+    refused = policy.endpoints.refusal(spec.endpoint or DEFAULT_ENDPOINT, spec.region)
+    if refused is not None:
+        # Before the Secret is read or any request is sent: the endpoint would get a signed request.
+        # The account is recorded before the first purchase: without it nothing was ever bought.
+        return Blocked(DegradedReason.INVALID_CONFIG, refused, spec,
+                       nothing_to_release=not status.get("account") and not _may_own_instances(status))
     secret = spec.credentials_secret_ref.name
     try:
         credentials = await load_credentials(kube, ref.namespace, secret)
@@ -108,20 +128,27 @@ async def resolve(
     key = AccountKey.of(endpoint, spec.region, credentials)
     try:
         identity = await cloud.identity(key, credentials)
+        client = cloud.client(key, credentials)
     except CloudError as exc:
         return Blocked(REASON_BY_CATEGORY[exc.category], f"{exc.code}: {exc.message} (asking who the "
                        f"credentials in Secret {ref.namespace}/{secret} belong to)", spec)
+    except ValueError as exc:  # CvmClient's own checks of endpoint and region: never a crash per pass
+        return Blocked(DegradedReason.INVALID_CONFIG, f"cannot make a CVM client for spec.endpoint "
+                       f"{endpoint[:200]!r}, region {spec.region!r}: {str(exc)[:300]}", spec)
     account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
     recorded = status.get("account")
     if isinstance(recorded, Mapping) and dict(recorded) != account and _may_own_instances(status):
         return Blocked(*_moved(recorded, account, ref.namespace, secret), spec)
     journal, malformed = read_journal(status)
+    guarded = None if deleting else policy.guards.refusal(
+        namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
+        instance_types=spec.instance_types, pools=pools)
     return PassContext(
         ref=ref,
         body=body,
         spec=spec,
         key=key,
-        client=cloud.client(key, credentials),
+        client=client,
         account=account,
         status=status,
         journal=tuple(journal),
@@ -131,6 +158,7 @@ async def resolve(
         deleting=deleting,
         now=now,
         fence=fence,
+        purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
     )
 
 

@@ -117,3 +117,19 @@ async def _sleep(stopped: kopf.DaemonStopped, wakeup: asyncio.Event, delay: floa
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def spot_pools(namespace: str, body: kopf.Body, **_: Any) -> Any:
+    """Every pool's claim (expectedCount, currentCount) by namespace, kept current by the watch,
+    for the spend guards' namespace and installation totals (controller/policy.py)."""
+    from spotpool.controller.policy import pool_claim
+
+    return {namespace: pool_claim(body)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def hand_pools(spot_pools: kopf.Index[Any, Any], **_: Any) -> None:
+    """kopf passes indices only to handlers; an object's event handlers run before its daemon
+    starts, and only once every index is filled from the initial listing."""
+    RUNTIME.watch_pools(spot_pools)

@@ -29,6 +29,7 @@ from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import Conflict, KubeApi
 from spotpool.controller.observer import Observer
+from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import Purchasing, PurchaseResult, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
@@ -81,9 +82,16 @@ class Reconciler:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         leadership: Leadership | None = None,
+        policy: Policy | None = None,
+        pools: PoolView | None = None,
     ) -> None:
-        """Without `leadership` the reconciler always acts (one replica, or tests)."""
+        """Without `leadership` the reconciler always acts (one replica, or tests). `policy`: the
+        administrator's endpoints and spend guards; the default, `Policy()`, is the safe one
+        (Tencent's endpoints only): tests and the demo on the loopback simulator pass
+        `Policy.development()`. `pools`: every pool's claim, for the total limits."""
         self._leadership = leadership
+        self._policy = policy or Policy()
+        self._pools = pools
         self._kube = kube
         self._cloud = cloud
         self._metrics = metrics
@@ -135,7 +143,8 @@ class Reconciler:
         # body, whose watch event may still be on its way.
         status = dict(memory.status if memory.status is not None else body.get("status") or {})
         resolved = await resolve(body=body, status=status, kube=self._kube, cloud=self._cloud,
-                                 guard=self._guard, deleting=deleting, now=now, fence=fence)
+                                 guard=self._guard, deleting=deleting, now=now, fence=fence,
+                                 policy=self._policy, pools=self._pools)
         if isinstance(resolved, Blocked):
             return await self._blocked(body, memory, status, resolved, now, deleting, fence)
         ctx = resolved
@@ -145,7 +154,8 @@ class Reconciler:
             return await self._blocked(body, memory, status, Blocked(
                 REASON_BY_CATEGORY[exc.category], describe(exc), ctx.spec), now, deleting, fence)
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=offers,
-                       backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting)
+                       backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
+                       purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None)
         acted = await self._act(ctx, decided, memory)
         if acted.purchases.price_refused:
             self._cloud.forget_offers(ctx.key)  # the market moved above the bid: read it again next pass
@@ -158,6 +168,7 @@ class Reconciler:
             journal=acted.purchases.journal, sequence=acted.purchases.sequence, account=ctx.account,
             offers=offers, backoff=acted.purchases.backoff, last_error=acted.last_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
+            purchases_refused=ctx.purchases_refused,
         )
         fence()
         await self._reporting.write(ctx.ref, body, memory, report, now)
@@ -209,6 +220,12 @@ class Reconciler:
                        blocked: Blocked, now: datetime, deleting: bool, fence: Callable[[], None]) -> Outcome:
         """No plan can be made: report why, from the same builder as every other status."""
         ref = ObjectRef.of(body)
+        if deleting and blocked.nothing_to_release and blocked.spec is not None:
+            # Never bought (refused before its account was known): nothing to wait for but the
+            # Secret's finalizer, in case an earlier pass had added it.
+            fence()
+            await self._guard.release(ref.namespace, blocked.spec.credentials_secret_ref.name, leaving_uid=ref.uid)
+            return Outcome(progressing=False, deletion_complete=True)
         if deleting and _deleted_already(status):
             return Outcome(progressing=False, deletion_complete=True)
         report = build_status(spec=blocked.spec, generation=ref.generation, environment_label=ref.name, now=now,

@@ -17,6 +17,7 @@ from spotpool.controller.config import OperatorConfig
 from spotpool.controller import leadership
 from spotpool.controller.kube import ClusterKubeApi
 from spotpool.controller.leadership import LeaderElector, Standalone
+from spotpool.controller.policy import IndexedPools, Policy
 from spotpool.controller.reconciler import Reconciler
 from spotpool.metrics import METRICS, Metrics
 
@@ -46,6 +47,7 @@ class Runtime:
         self.leadership: LeaderElector | Standalone = Standalone()
         self.kube: ClusterKubeApi | None = None
         self._secrets_watched = False
+        self.pools = IndexedPools()  # every pool's claim, for the spend guards' totals
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
 
@@ -79,7 +81,8 @@ class Runtime:
         self.metrics.track_leader(self.leadership.is_leader)
         self.leadership.start()
         self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event,
-                                     leadership=self.leadership)
+                                     leadership=self.leadership, policy=Policy.from_config(self.config),
+                                     pools=self.pools)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
@@ -89,6 +92,11 @@ class Runtime:
         if self.kube is not None and not self._secrets_watched:
             self.kube.watch_secrets(index)
             self._secrets_watched = True
+
+    def watch_pools(self, index: Any) -> None:
+        """Hand kopf's index of every pool's claim (handlers.py `spot_pools`) to the spend guards."""
+        if self.pools.index is None:
+            self.pools.index = index
 
     def _started_leading(self, term: int) -> None:
         log.info("leading (term %d): reconciling every pool now", term)

@@ -174,6 +174,8 @@ class Operator:
             *SPOTPOOL, "operator", f"--namespace={namespace}", "--metrics-host=127.0.0.1",
             f"--metrics-port={metrics_port}", f"--observe-interval={cls.OBSERVE_INTERVAL}",
             f"--progress-interval={cls.PROGRESS_INTERVAL}", "--log-level=info",
+            # The demo's simulator listens on 127.0.0.1 over http: a development-only endpoint.
+            "--allow-loopback-endpoints",
         ], run_dir / "operator.log", env=env)
         return cls(child, f"http://127.0.0.1:{metrics_port}")
 

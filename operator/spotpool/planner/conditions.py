@@ -45,8 +45,10 @@ def ready(counts: Counts, *, deleting: bool) -> tuple[bool, str, str]:
     return False, "RunningAboveExpected", summary
 
 
-def progressing(counts: Counts, *, paused: bool, deleting: bool) -> tuple[bool, str, str]:
-    """True while instances are being bought, started or released."""
+def progressing(counts: Counts, *, paused: bool, deleting: bool,
+                refused: tuple[str, str] | None = None) -> tuple[bool, str, str]:
+    """True while instances are being bought, started or released. `refused`: (reason, message)
+    of a spend guard: a deficit is then not bought, so it is no progress."""
     if deleting:
         if counts.remaining or counts.inflight_unseen:
             waiting = (
@@ -67,6 +69,8 @@ def progressing(counts: Counts, *, paused: bool, deleting: bool) -> tuple[bool, 
         )
     if counts.surplus:
         return True, "ScalingIn", f"releasing {counts.surplus} surplus instances"
+    if counts.deficit and refused is not None:
+        return False, refused[0], f"{counts.deficit} instances short, buying nothing: {refused[1]}"
     if counts.deficit:
         launched = f", {counts.inflight_unseen} more launched" if counts.inflight_unseen else ""
         return True, "ScalingOut", f"buying {counts.deficit} instances{launched}"

@@ -28,6 +28,7 @@ class DegradedReason(StrEnum):
     AUTH_FAILURE = "AuthFailure"
     ACCOUNT_CHANGED = "AccountChanged"  # the credentials now name another account than the one bought in
     INVALID_CONFIG = "InvalidConfig"
+    SPEND_GUARD = "SpendGuard"  # over a limit the operator's administrator set: buying nothing
     INSTANCES_UNLISTED = "InstancesUnlisted"  # bought instances the tag listing keeps missing
     QUOTA_EXCEEDED = "QuotaExceeded"
     PRICE_ABOVE_MAX = "PriceAboveMax"

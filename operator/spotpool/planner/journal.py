@@ -41,9 +41,10 @@ class JournalDecision:
 
 
 def decide_journal(
-    *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool
+    *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool, purchases_refused: str | None = None
 ) -> JournalDecision:
-    """Apply the rules above to every record of `census`, oldest first."""
+    """Apply the rules above to every record of `census`, oldest first. `purchases_refused` (a spend
+    guard's message) holds every replay, as a deletion or a pause does: a replay may buy."""
     now = as_utc(now)
     candidates = {(zone, kind) for zone in spec.zones for kind in spec.instance_types}
     known = [r for r in census.records if r.launch.instance_ids]
@@ -62,7 +63,8 @@ def decide_journal(
             if overdue:
                 unlisted_overdue += counted.unlisted
             continue
-        why_not = _why_not_replay(launch, spec=spec, deleting=deleting, budget=budget, candidates=candidates)
+        why_not = _why_not_replay(launch, spec=spec, deleting=deleting, budget=budget, candidates=candidates,
+                                  purchases_refused=purchases_refused)
         budget -= launch.count  # replayed or held, it may be alive: later records see less room
         if why_not is None:
             keep.append(launch)
@@ -86,9 +88,12 @@ def _why_not_replay(
     deleting: bool,
     budget: int,
     candidates: set[tuple[str, str]],
+    purchases_refused: str | None = None,
 ) -> str | None:
     if deleting:
         return "the environment is being deleted"
+    if purchases_refused:
+        return "purchases are refused by a spend guard"
     if spec.paused:
         return "spec.paused is true"
     if launch.pool not in candidates:

@@ -55,6 +55,7 @@ def plan(
     now: datetime,
     owner_uid: str,
     deleting: bool = False,
+    purchases_refused: str | None = None,
 ) -> Plan:
     """Decide, once per pass, what to replay, buy and release.
 
@@ -62,11 +63,14 @@ def plan(
     the spot market per pool; `backoff` the per-pool refusal history; `journal` the launch records
     read back from status (see `planner.journal` for what happens to each). Deleting overrides
     `paused`: a deletion must release everything before the finalizer goes, or instances leak.
+    `purchases_refused` (why: a spend guard the administrator set) buys and replays nothing but
+    releases as usual: a guard stops spending, never scale-in, cleanup or deletion.
     """
     observed = take_census(
         instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
     )
-    decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting)
+    decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
+                              purchases_refused=purchases_refused)
     census = observed.keeping(decision.keep)
     if deleting:
         return _plan_deletion(spec, census, offers, decision)
@@ -81,7 +85,9 @@ def plan(
     if spec.paused:
         notes.append("paused: buying and releasing nothing")
     else:
-        if deficit:
+        if deficit and purchases_refused:
+            notes.append(f"{deficit} instances short: {purchases_refused}")
+        elif deficit:
             assessments = assess_pools(spec, offers, backoff, now)
             buyable = order_buyable(spec, assessments)
             if not buyable:

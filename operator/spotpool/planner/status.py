@@ -67,6 +67,7 @@ def build_status(
     blocked: tuple[str, str] | None = None,
     deleting: bool = False,
     unlisted_overdue: int = 0,
+    purchases_refused: tuple[str, str] | None = None,
 ) -> StatusReport:
     """The status after this pass, for every kind of pass.
 
@@ -78,6 +79,8 @@ def build_status(
       A merge-patch leaves every other field as it was: nothing new is known about the instances.
     - `last_error`: an environment-wide cloud failure seen this pass (a release was refused...);
       it makes the environment Degraded whatever the counts.
+    - `purchases_refused`: (reason, message) of a spend guard (the pass observed and may release,
+      but buys nothing): Degraded with that reason, and a deficit is not Progressing.
     """
     offers = offers or {}
     backoff = backoff or {}
@@ -119,11 +122,12 @@ def build_status(
         max_price=spec.max_price,
         deficit=counts.deficit,
         last_error=last_error,
-        config_error=blocked,
+        config_error=blocked or (None if deleting else purchases_refused),
         unlisted_overdue=unlisted_overdue,
     )
     ready = conditions.ready(counts, deleting=deleting)
-    progressing = conditions.progressing(counts, paused=spec.paused, deleting=deleting)
+    progressing = conditions.progressing(counts, paused=spec.paused, deleting=deleting,
+                                         refused=purchases_refused)
     degraded = conditions.degraded(problems)
 
     alive_by_pool = census.alive_by_pool()

@@ -1,0 +1,297 @@
+"""What the operator's administrator allows, whatever a pool's author writes (docs/security.md).
+
+A pool author may create SpotComputeEnvironments and Secrets in their namespace; the administrator
+who installs the operator decides where it may send credentials and how much it may buy:
+
+- `EndpointPolicy`: the CVM endpoints a pool may name. Default: Tencent's public endpoints for the
+  pool's region (`https://cvm.tencentcloudapi.com`, `https://cvm.<region>.tencentcloudapi.com`,
+  `https://cvm.intl.tencentcloudapi.com`), https only. Loopback hosts (127.0.0.0/8, ::1, localhost),
+  over http or https and on any port, only with the development flag `--allow-loopback-endpoints`
+  (the demo, the simulator tests). Anything else is refused before a request is sent (the operator
+  would hand it a signed request, and quote its errors back to the pool's author).
+- `SpendGuards`: maximum `expectedCount` of a pool, maximum `maxPrice`, allowed instance types
+  (globs), maximum expected instances per namespace and per installation. A pool over a guard buys
+  nothing; it still releases (scale-in, cleanup, deletion): guards stop spending, never stop
+  stopping it. That is decided by the planner (`plan(purchases_refused=...)`), not by a `Blocked`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from fnmatch import translate
+from typing import Any, Protocol
+
+import httpx
+
+from spotpool.api.names import DEFAULT_ENDPOINT
+
+DEFAULT_ALLOWED_ENDPOINTS = (
+    DEFAULT_ENDPOINT,
+    "https://cvm.{region}.tencentcloudapi.com",
+    "https://cvm.intl.tencentcloudapi.com",
+)
+"""Tencent's public CVM endpoints (docs/cvm-api.md); `{region}` is the pool's `spec.region`."""
+
+ENDPOINT_FLAG = "--allowed-endpoint"
+LOOPBACK_FLAG = "--allow-loopback-endpoints"
+SPEND_GUARD = "SpendGuard"  # the Degraded reason of a pool over a guard (planner.degraded)
+
+
+class PolicyError(ValueError):
+    """An allow-list entry or guard the administrator gave is unusable (a startup error)."""
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def _parse(url: str) -> _Endpoint:
+    """scheme://host[:port][/], nothing else; ValueError otherwise."""
+    if not isinstance(url, str) or any(c.isspace() for c in url):
+        raise ValueError("not a URL")
+    try:
+        parsed = httpx.URL(url)
+    except Exception as exc:  # httpx.InvalidURL and friends
+        raise ValueError(f"not a URL ({type(exc).__name__})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError("the scheme must be https (http only for loopback hosts)")
+    if parsed.userinfo or parsed.query or parsed.fragment or parsed.path not in ("", "/") or "@" in url:
+        raise ValueError("an endpoint is scheme://host[:port], without user info, path, query or fragment")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return _Endpoint(parsed.scheme, parsed.host.lower(), port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """Which `spec.endpoint` values a pool may use. `allowed` entries may contain `{region}`."""
+
+    allowed: tuple[str, ...] = DEFAULT_ALLOWED_ENDPOINTS
+    allow_loopback: bool = False
+
+    def __post_init__(self) -> None:
+        for entry in self.allowed:
+            try:
+                target = _parse(entry.replace("{region}", "ap-guangzhou"))
+            except ValueError as exc:
+                raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: {exc}") from None
+            if is_loopback(target.host) and not self.allow_loopback:
+                raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: a loopback host needs {LOOPBACK_FLAG}")
+            if target.scheme != "https" and not is_loopback(target.host):
+                raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: https is required (http only for loopback)")
+
+    @classmethod
+    def permissive_loopback(cls) -> EndpointPolicy:
+        """The development policy: Tencent's endpoints plus any loopback endpoint (tests, demo)."""
+        return cls(allow_loopback=True)
+
+    def refusal(self, endpoint: str, region: str) -> str | None:
+        """None when `endpoint` may be used for a pool in `region`; else why not, for the user."""
+        shown = endpoint[:200]
+        allowed = (f"the operator's administrator allows {', '.join(self.allowed_for(region))} for region "
+                   f"{region!r} ({ENDPOINT_FLAG}, chart value endpoints.allowed); remove spec.endpoint to use "
+                   f"{DEFAULT_ENDPOINT}")
+        try:
+            target = _parse(endpoint)
+        except ValueError as exc:
+            return f"spec.endpoint {shown!r} is refused: {exc}; {allowed}"
+        if is_loopback(target.host):
+            if self.allow_loopback:
+                return None
+            return (f"spec.endpoint {shown!r} is refused: loopback endpoints are for development only and the "
+                    f"operator runs without {LOOPBACK_FLAG}; {allowed}")
+        if target.scheme == "https" and target in self._allowed_for(region):
+            return None
+        return f"spec.endpoint {shown!r} is refused: not an allowed endpoint; {allowed}"
+
+    def allowed_for(self, region: str) -> list[str]:
+        return [entry.replace("{region}", region) for entry in self.allowed]
+
+    def _allowed_for(self, region: str) -> set[_Endpoint]:
+        allowed = set()
+        for entry in self.allowed_for(region):
+            try:
+                allowed.add(_parse(entry))
+            except ValueError:  # a region that makes no host: matches nothing
+                continue
+        return allowed
+
+
+@dataclass(frozen=True)
+class PoolClaim:
+    """What one pool counts toward a namespace's or the installation's total."""
+
+    namespace: str
+    uid: str
+    expected: int  # 0 while being deleted
+    current: int  # instances alive as its status last said
+
+    @property
+    def claim(self) -> int:
+        return max(self.expected, self.current)
+
+
+def pool_claim(body: Mapping[str, Any]) -> PoolClaim:
+    """A pool's claim from its object (the kopf index's value; malformed fields count as 0)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    expected = spec.get("expectedCount") if isinstance(spec, Mapping) else 0
+    current = status.get("currentCount") if isinstance(status, Mapping) else 0
+    return PoolClaim(
+        namespace=str(meta.get("namespace") or ""),
+        uid=str(meta.get("uid") or ""),
+        expected=0 if meta.get("deletionTimestamp") else _count(expected),
+        current=_count(current),
+    )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class PoolView(Protocol):
+    """Every pool the operator watches; None while not known yet (before kopf's index is handed)."""
+
+    def claims(self) -> Iterable[PoolClaim] | None: ...
+
+
+class IndexedPools:
+    """`PoolView` over kopf's index of SpotComputeEnvironments (controller/handlers.py
+    `spot_pools`: namespace -> claims), handed over once kopf has filled it."""
+
+    def __init__(self) -> None:
+        self.index: Mapping[Any, Iterable[PoolClaim]] | None = None
+
+    def claims(self) -> Iterable[PoolClaim] | None:
+        if self.index is None:
+            return None
+        return [claim for store in list(self.index.values()) for claim in list(store)]
+
+
+@dataclass(frozen=True)
+class SpendGuards:
+    """Limits on what pools may buy; None (or no patterns) means unlimited."""
+
+    max_expected_count: int | None = None
+    max_namespace_instances: int | None = None
+    max_total_instances: int | None = None
+    max_price: Decimal | None = None
+    instance_types: tuple[str, ...] = ()  # fnmatch globs, case-insensitive
+    _patterns: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_expected_count", "max_namespace_instances", "max_total_instances"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise PolicyError(f"{name.replace('_', '-')}: must be a whole number >= 0, got {value!r}")
+        if self.max_price is not None and not (isinstance(self.max_price, Decimal) and self.max_price >= 0):
+            raise PolicyError(f"max-price: must be a price >= 0, got {self.max_price!r}")
+        for pattern in self.instance_types:
+            if not pattern or any(c.isspace() for c in pattern):
+                raise PolicyError(f"allowed-instance-type: {pattern!r} is not a glob of instance types")
+        object.__setattr__(self, "_patterns",
+                           tuple(re.compile(translate(p), re.IGNORECASE) for p in self.instance_types))
+
+    @property
+    def aggregate(self) -> bool:
+        return self.max_namespace_instances is not None or self.max_total_instances is not None
+
+    def refusal(self, *, namespace: str, uid: str, expected_count: int, max_price: Decimal,
+                instance_types: Iterable[str], pools: PoolView | None) -> str | None:
+        """Why this pool may buy nothing (guard, value and limit, every guard it breaks), or None."""
+        problems = []
+        if self.max_expected_count is not None and expected_count > self.max_expected_count:
+            problems.append(f"spec.expectedCount {expected_count} is over the limit of {self.max_expected_count} "
+                            f"per pool (--max-expected-count)")
+        if self.max_price is not None and max_price > self.max_price:
+            problems.append(f"spec.maxPrice {max_price} is over the limit of {self.max_price} USD/h "
+                            f"(--max-price)")
+        if self._patterns:
+            refused = [t for t in instance_types if not any(p.fullmatch(t) for p in self._patterns)]
+            if refused:
+                problems.append(f"spec.instanceTypes {', '.join(refused)} match none of the allowed patterns "
+                                f"{', '.join(self.instance_types)} (--allowed-instance-type)")
+        if self.aggregate:
+            problems += self._totals(namespace, uid, expected_count, pools)
+        if not problems:
+            return None
+        return "buying nothing (releasing still works): " + "; ".join(problems)
+
+    def _totals(self, namespace: str, uid: str, expected_count: int, pools: PoolView | None) -> list[str]:
+        """This pool's expectedCount plus every other pool's claim (the larger of its expectedCount
+        and what it holds) in the namespace and in the installation, against the limits."""
+        claims = pools.claims() if pools is not None else None
+        if claims is None:
+            return ["the operator does not know the other pools yet (a total limit is set); retrying"]
+        others = [c for c in claims if c.uid != uid]
+        problems = []
+        for scope, limit, mine, flag in (
+            (f"namespace {namespace}", self.max_namespace_instances,
+             [c for c in others if c.namespace == namespace], "--max-namespace-instances"),
+            ("the installation", self.max_total_instances, others, "--max-total-instances"),
+        ):
+            if limit is None:
+                continue
+            total = expected_count + sum(c.claim for c in mine)
+            if total > limit:
+                problems.append(f"{scope} would expect {total} instances (this pool {expected_count}, "
+                                f"{len(mine)} others {total - expected_count}), over the limit of {limit} "
+                                f"({flag})")
+        return problems
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The administrator's choices handed to the reconciler. The default is the safe one:
+    Tencent's endpoints only, no loopback, no spending limits beyond the CRD's."""
+
+    endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
+    guards: SpendGuards = field(default_factory=SpendGuards)
+
+    @classmethod
+    def development(cls, guards: SpendGuards | None = None) -> Policy:
+        """Loopback endpoints allowed (the simulator on 127.0.0.1): tests, the demo, benchmarks."""
+        return cls(EndpointPolicy.permissive_loopback(), guards or SpendGuards())
+
+    @classmethod
+    def from_config(cls, config: Any) -> Policy:
+        return cls(
+            EndpointPolicy(tuple(config.allowed_endpoints) or DEFAULT_ALLOWED_ENDPOINTS,
+                           config.allow_loopback_endpoints),
+            SpendGuards(
+                max_expected_count=config.max_expected_count,
+                max_namespace_instances=config.max_namespace_instances,
+                max_total_instances=config.max_total_instances,
+                max_price=config.max_price,
+                instance_types=tuple(config.allowed_instance_types),
+            ),
+        )
+
+
+def parse_price(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise PolicyError(f"--max-price {text!r}: not a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise PolicyError(f"--max-price {text!r}: must be a price >= 0")
+    return value

@@ -1,0 +1,187 @@
+"""The administrator's policy, in process: endpoints a pool may name, and spend guards.
+
+An endpoint outside the allow-list is refused (InvalidConfig) before any request is sent: the
+simulator's ledger stays empty and the Secret gets no finalizer. A pool over a spend guard buys
+nothing (Degraded/SpendGuard, Progressing False) but still scales in and is deleted.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.controller.policy import EndpointPolicy, Policy, SpendGuards
+from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+from tests.support.inprocess import World, pool_spec, world
+
+
+def _condition(w: World, name: str, kind: str, namespace: str = "team") -> dict[str, Any]:
+    status = w.kube.objects[(namespace, name)]["status"]
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def _guarded(**guards: Any) -> Policy:
+    return Policy.development(SpendGuards(**guards))
+
+
+# -- endpoints -----------------------------------------------------------------------------------------
+
+async def test_loopback_endpoint_refused_by_default_before_any_request() -> None:
+    async with world(policy=Policy()) as w:  # the reconciler's default: Tencent's endpoints only
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        obj = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=2))
+        await w.settle("team", "pool")
+        degraded = _condition(w, "pool", "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "InvalidConfig"
+        assert "spec.endpoint" in degraded["message"] and "--allowed-endpoint" in degraded["message"]
+        assert "--allow-loopback-endpoints" in degraded["message"]
+        assert w.sim.simulator.ledger.entries() == [], "no request (not even GetCallerIdentity) was sent"
+        assert w.kube.secrets[("team", "creds")]["finalizers"] == [], "the Secret was not touched"
+        assert w.bought(obj["metadata"]["uid"]) == 0
+        # Never bought: its deletion completes without contacting the endpoint.
+        w.kube.delete("team", "pool")
+        await w.settle("team", "pool")
+        assert ("team", "pool") not in w.kube.objects
+        assert w.sim.simulator.ledger.entries() == []
+
+
+async def test_endpoint_not_in_allow_list_refused() -> None:
+    policy = Policy(EndpointPolicy(allowed=("https://cvm.example.internal",)))
+    async with world(policy=policy) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "pool", pool_spec(w.sim, endpoint="https://metadata.internal:8443"))
+        await w.settle("team", "pool")
+        degraded = _condition(w, "pool", "Degraded")
+        assert degraded["reason"] == "InvalidConfig"
+        assert "'https://metadata.internal:8443'" in degraded["message"]
+        assert "https://cvm.example.internal" in degraded["message"]
+        assert w.sim.simulator.ledger.entries() == []
+
+
+async def test_allowed_loopback_endpoint_buys() -> None:
+    async with world(policy=Policy.development()) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        obj = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=2))
+        await w.settle("team", "pool")
+        assert len(w.owned(obj["metadata"]["uid"])) == 2
+
+
+async def test_client_value_error_becomes_invalid_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever CvmClient's own checks refuse is a condition, never an exception out of a pass."""
+    async def refuse(*_: Any, **__: Any) -> Any:
+        raise ValueError("endpoint must be http(s)://host[:port], got 'https://u:p@host'")
+
+    monkeypatch.setattr(CloudAccess, "identity", refuse)
+    async with world() as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "pool", pool_spec(w.sim))
+        outcome = await w.reconcile("team", "pool")
+        assert outcome is not None and outcome.problem and "cannot make a CVM client" in outcome.problem
+        assert _condition(w, "pool", "Degraded")["reason"] == "InvalidConfig"
+
+
+async def test_userinfo_endpoint_is_invalid_config_not_a_crash() -> None:
+    async with world() as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "pool", pool_spec(w.sim, endpoint=w.sim.url.replace("http://", "http://u:p@")))
+        await w.settle("team", "pool")
+        assert _condition(w, "pool", "Degraded")["reason"] == "InvalidConfig"
+        assert w.sim.simulator.ledger.entries() == []
+
+
+# -- spend guards --------------------------------------------------------------------------------------
+
+async def _refused(w: World, name: str, needle: str, namespace: str = "team") -> None:
+    before = len(w.sim.simulator.ledger.entries("RunInstances"))
+    await w.settle(namespace, name)
+    degraded = _condition(w, name, "Degraded", namespace)
+    assert degraded["status"] == "True" and degraded["reason"] == "SpendGuard", degraded
+    assert needle in degraded["message"], degraded["message"]
+    progressing = _condition(w, name, "Progressing", namespace)
+    assert progressing["status"] == "False" and progressing["reason"] == "SpendGuard", progressing
+    uid = w.kube.objects[(namespace, name)]["metadata"]["uid"]
+    assert w.bought(uid) == 0
+    assert len(w.sim.simulator.ledger.entries("RunInstances")) == before, "not even tried"
+
+
+async def test_max_expected_count_guard_then_lowered_buys() -> None:
+    async with world(policy=_guarded(max_expected_count=3)) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        obj = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=5))
+        await _refused(w, "pool", "spec.expectedCount 5 is over the limit of 3 per pool (--max-expected-count)")
+        w.kube.edit_spec("team", "pool", {"expectedCount": 3})
+        await w.settle("team", "pool")
+        assert len(w.owned(obj["metadata"]["uid"])) == 3
+        assert _condition(w, "pool", "Degraded")["status"] == "False"
+
+
+async def test_max_price_guard() -> None:
+    async with world(policy=_guarded(max_price=Decimal("0.5"))) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "pool", pool_spec(w.sim, maxPrice="1.0"))
+        await _refused(w, "pool", "spec.maxPrice 1.0 is over the limit of 0.5 USD/h (--max-price)")
+
+
+async def test_instance_type_guard() -> None:
+    async with world(policy=_guarded(instance_types=("S5.*",))) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "pool", pool_spec(w.sim))  # S5.MEDIUM4 and SA2.MEDIUM4
+        await _refused(w, "pool", "spec.instanceTypes SA2.MEDIUM4 match none of the allowed patterns S5.*")
+        w.kube.edit_spec("team", "pool", {"instanceTypes": ["S5.MEDIUM4"]})
+        await w.settle("team", "pool")
+        assert len(w.owned(w.kube.objects[("team", "pool")]["metadata"]["uid"])) == 5
+
+
+async def test_namespace_total_guard_counts_other_pools_only_in_the_namespace() -> None:
+    async with world(policy=_guarded(max_namespace_instances=6)) as w:
+        for namespace in ("team", "other"):
+            w.kube.put_secret(namespace, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        first = w.kube.create("team", "first", pool_spec(w.sim, expectedCount=4))
+        await w.settle("team", "first")
+        assert len(w.owned(first["metadata"]["uid"])) == 4
+        w.kube.create("other", "elsewhere", pool_spec(w.sim, expectedCount=4))  # another namespace: fine
+        await w.settle("other", "elsewhere")
+        w.kube.create("team", "second", pool_spec(w.sim, expectedCount=3))
+        await _refused(w, "second", "namespace team would expect 7 instances (this pool 3, 1 others 4), "
+                                    "over the limit of 6 (--max-namespace-instances)")
+        w.kube.edit_spec("team", "second", {"expectedCount": 2})
+        await w.settle("team", "second")
+        assert len(w.owned(w.kube.objects[("team", "second")]["metadata"]["uid"])) == 2
+
+
+async def test_installation_total_guard() -> None:
+    async with world(policy=_guarded(max_total_instances=5)) as w:
+        for namespace in ("team", "other"):
+            w.kube.put_secret(namespace, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create("team", "first", pool_spec(w.sim, expectedCount=4))
+        await w.settle("team", "first")
+        w.kube.create("other", "second", pool_spec(w.sim, expectedCount=2))
+        await _refused(w, "second", "the installation would expect 6 instances (this pool 2, 1 others 4), "
+                                    "over the limit of 5 (--max-total-instances)", namespace="other")
+
+
+async def test_guard_blocks_purchases_only_scale_in_and_deletion_still_work() -> None:
+    async with world() as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        obj = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=5))
+        uid = obj["metadata"]["uid"]
+        await w.settle("team", "pool")
+        assert len(w.owned(uid)) == 5
+        # The administrator sets a guard below what the pool already has (a restart with new flags).
+        w.policy = _guarded(max_expected_count=2)
+        await w.crash()
+        w.kube.edit_spec("team", "pool", {"expectedCount": 4})  # still over: scale-in still happens
+        await w.settle("team", "pool")
+        assert len(w.owned(uid)) == 4
+        assert _condition(w, "pool", "Degraded")["reason"] == "SpendGuard"
+        # Instances lost are not replaced while over the guard.
+        victim = w.owned(uid)[0].instance_id
+        w.sim.simulator.market.reclaim([victim])
+        await w.settle("team", "pool")
+        assert len(w.owned(uid)) == 3 and w.bought(uid) == 5
+        w.kube.delete("team", "pool")
+        await w.settle("team", "pool")
+        assert ("team", "pool") not in w.kube.objects and w.owned(uid) == []
