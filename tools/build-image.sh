@@ -99,7 +99,7 @@ echo "build-image: building $tag from deploy/Dockerfile on $base" >&2
 echo "build-image: built in $((SECONDS - started)) s" >&2
 
 rm -f "$archive"
-"${engine[@]}" save --format oci-archive -o "$archive" "$tag" >/dev/null 2>&1 ||
+"${engine[@]}" save -q --format oci-archive -o "$archive" "$tag" >/dev/null 2>&1 ||
   "${engine[@]}" save -o "$archive" "$tag" >/dev/null
 size=$("${engine[@]}" image inspect --format '{{.Size}}' "$tag")
 echo "build-image: $tag is $((size / 1000000)) MB; archive $archive" >&2

@@ -16,5 +16,5 @@ cp "$root/tools/pause/Containerfile" "$context/"
 engine=(podman --runtime runc --cgroup-manager cgroupfs --events-backend file)
 "${engine[@]}" build -q -t "$tag" "$context" >/dev/null
 rm -f "$out/pause.oci.tar"
-"${engine[@]}" save --format oci-archive -o "$out/pause.oci.tar" "$tag" >/dev/null
+"${engine[@]}" save -q --format oci-archive -o "$out/pause.oci.tar" "$tag" >/dev/null
 echo "$tag"

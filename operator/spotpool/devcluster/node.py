@@ -113,6 +113,9 @@ class Node:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock_host()
         try:
+            # Pods of a run that was killed before it could stop its node would hold on to the
+            # pod addresses and the cgroup root; with the lock held, nothing else owns them.
+            self._kill_pod_processes()
             self._host_network()
             self._start_containerd()
             self._start_kubelet()
