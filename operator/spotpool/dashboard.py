@@ -176,7 +176,7 @@ def _market_panels() -> list[Builder[Panel]]:
             _query("A", "max by (namespace, environment, zone, instance_type) "
                         f"(spotpool_pool_market_price_usd{{{ENV}}})",
                    "{{environment}} {{zone}} {{instance_type}}"),
-            _query("B", f"max by (namespace, environment) (spotpool_pool_max_price_usd{{{ENV}}})",
+            _query("B", f"max by (namespace, environment) (spotpool_environment_max_price_usd{{{ENV}}})",
                    "{{environment}} maxPrice"),
         ).decimals(4).override_by_query("B", [dashed]),
         _timeseries(

@@ -29,7 +29,8 @@ API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup")
 INTERRUPTION_KINDS = ("lost", "launch_failed")
-FULFIL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+# Seven buckets: one histogram per environment, so every bucket costs a series per pool.
+FULFIL_BUCKETS = (5, 30, 60, 300, 900, 1800, 3600)
 
 
 class Metrics:
@@ -66,9 +67,10 @@ class Metrics:
                                     (*POOL_LABELS, "state"), registry=r)
         self.market_price = Gauge("spotpool_pool_market_price_usd",
                                   "Spot market price of the pool, USD per instance-hour.", POOL_LABELS, registry=r)
-        self.max_price = Gauge("spotpool_pool_max_price_usd",
-                               "The environment's maxPrice applied to the pool, USD per instance-hour.",
-                               POOL_LABELS, registry=r)
+        self.max_price = Gauge("spotpool_environment_max_price_usd",
+                               "The environment's maxPrice, USD per instance-hour (one series per "
+                               "environment, not per pool: it is the same for all of them).",
+                               ENV_LABELS, registry=r)
 
         self.launches = Counter("spotpool_instance_launches_total",
                                 "Instances bought (returned by RunInstances).", POOL_LABELS, registry=r)
@@ -141,6 +143,7 @@ class Metrics:
         self.hourly_cost.labels(*env).set(hourly_cost)
         self.ready.labels(*env).set(1 if ready else 0)
         self.degraded.labels(*env).set(1 if degraded else 0)
+        self.max_price.labels(*env).set(max_price)
         for reason in RELEASE_REASONS:
             self.releases.labels(*env, reason)  # series exist from the start: rate() sees the first
         for zone, instance_type, running_n, pending_n, price in pools:
@@ -150,7 +153,6 @@ class Metrics:
                 self.interruptions.labels(*pool, kind)
             self.pool_instances.labels(*pool, "running").set(running_n)
             self.pool_instances.labels(*pool, "pending").set(pending_n)
-            self.max_price.labels(*pool).set(max_price)
             if price is not None:
                 self.market_price.labels(*pool).set(price)
 

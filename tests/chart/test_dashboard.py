@@ -150,7 +150,7 @@ REQUIRED_PANELS = {
     "Pending instances": ["spotpool_environment_pending_instances"],
     "Launch refusals by code": ["spotpool_launch_refusals_total"],
     "Interruptions by zone x type": ["spotpool_instance_interruptions_total"],
-    "Market price per pool vs max price": ["spotpool_pool_market_price_usd", "spotpool_pool_max_price_usd"],
+    "Market price per pool vs max price": ["spotpool_pool_market_price_usd", "spotpool_environment_max_price_usd"],
     "Hourly cost": ["spotpool_environment_hourly_cost_usd"],
     "Instances per pool": ["spotpool_pool_instances"],
     "CVM API latency by action (p50, p95, p99)": ["spotpool_cvm_api_request_duration_seconds_bucket"],

@@ -2,8 +2,8 @@
 
 `spotpool operator` runs against the CVM simulator with pools that produce every kind of series the
 dashboard reads: launches, a refused purchase (a zone whose spot quota is zero), reclaims, a
-scale-in, injected CVM API errors, and reconcile errors (a pool naming a Secret the operator may
-not read: it runs as the chart's ServiceAccount, with the chart's RBAC narrowed to one Secret).
+scale-in, injected CVM API errors, and reconcile errors (a pool whose status the operator may not
+write: it runs as the chart's ServiceAccount, with the chart's RBAC narrowed to the other pools).
 Prometheus (Debian's package) scrapes it every second; every query of every panel, as Grafana would
 send it, must then return at least one number. `promtool check metrics` must find nothing to say
 about the spotpool series.
@@ -32,14 +32,14 @@ SCRAPE_INTERVAL = "1s"
 RATE_INTERVAL = "30s"  # $__rate_interval: many scrapes, and short enough that fresh activity shows
 PANEL_TIMEOUT = 120.0
 CHURN_EVERY = 5.0  # seconds between two reclaims while some panel still waits for data
-READABLE_SECRET = "cvm"  # the Secret the Pools helper creates
+WRITABLE_POOLS = ["main", "capped"]  # the pools whose status the operator may write; not "locked"
 CAPPED_ZONE = "ap-guangzhou-7"  # no other pool here uses it
 
 
 @pytest.fixture
 def chart_identity(cluster: Cluster, crd: str, namespace: str, tmp_path: Path) -> Iterator[Path]:
     """A kubeconfig for the chart's ServiceAccount (TokenRequest), with the chart's RBAC for
-    `namespace` except that it may read only the Secret `cvm`."""
+    `namespace` except that it may write the status of `WRITABLE_POOLS` only."""
     kubectl = cluster.kubectl
     releases = Releases(Helm(cluster.helm, tmp_path / "helm-home", cluster.kubeconfig))
     try:
@@ -47,9 +47,9 @@ def chart_identity(cluster: Cluster, crd: str, namespace: str, tmp_path: Path) -
                                       "--set", f"rbac.namespaces={{{namespace}}}")
         fullname = f"{release}-spotpool"
         role = kubectl.json("get", "role", fullname, f"--namespace={namespace}")
-        secrets = [r for r in role["rules"] if r.get("resources") == ["secrets"]]
-        assert len(secrets) == 1, role["rules"]
-        secrets[0]["resourceNames"] = [READABLE_SECRET]
+        status = [r for r in role["rules"] if r.get("resources") == ["spotcomputeenvironments/status"]]
+        assert len(status) == 1, role["rules"]
+        status[0]["resourceNames"] = WRITABLE_POOLS
         kubectl.run("replace", "-f", "-", input=json.dumps(role))
         deployment = kubectl.get("deployment", fullname, namespace)
         assert deployment is not None
@@ -87,9 +87,8 @@ def test_every_dashboard_panel_gets_data_from_a_real_prometheus(
     # operator tries, is refused with LimitExceeded.UserSpotQuota, and backs off and retries).
     simulator.control("POST", "market", {"zoneQuotas": {CAPPED_ZONE: 0}})
     pools.create("capped", expectedCount=2, zones=[CAPPED_ZONE], instanceTypes=["S5.MEDIUM4"])
-    # Reconcile errors: the operator is Forbidden to read this pool's Secret.
-    pools.secret("out-of-reach")
-    pools.create("locked", expectedCount=1, secret="out-of-reach")
+    # Reconcile errors: the operator is Forbidden to write this pool's status.
+    pools.create("locked", expectedCount=0)
     # Launches, per-pool instances, prices, cost, and (once Ready) a time to fulfil.
     pools.create("main", expectedCount=6, allocationStrategy="Diversified")
     pools.wait_ready("main", 6)
@@ -134,9 +133,9 @@ def test_every_dashboard_panel_gets_data_from_a_real_prometheus(
     problems = check_metrics(operator.metrics())
     ours = [p for p in problems if "spotpool_" in p]
     assert not ours, "promtool check metrics:\n" + "\n".join(problems)
-    # The operator was Forbidden exactly where it was meant to be (the one Secret), nowhere else.
+    # The operator was Forbidden exactly where it was meant to be (the one pool's status), nowhere else.
     logs = operator.logs().splitlines()
     denied = [line for line in logs if 'HTTP/1.1" 403' in line or 'HTTP/1.1\\" 403' in line]
     assert denied, "no request of the operator was Forbidden: the reconcile errors came from elsewhere"
-    assert all("/secrets/out-of-reach " in line for line in denied), "\n".join(denied[:10])
+    assert all("/spotcomputeenvironments/locked/status" in line for line in denied), "\n".join(denied[:10])
     assert not [line for line in logs if "APIForbiddenError" in line]
