@@ -28,7 +28,9 @@ archive=${SPOTPOOL_IMAGE_ARCHIVE:-$cache/spotpool.oci.tar}
 base_mode=${SPOTPOOL_BASE:-auto}
 upstream_base=docker.io/library/python:3.11-slim
 debian_suite=bookworm
-debian_mirror=${SPOTPOOL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The mirror this machine's apt already uses (it is the one known to be reachable), else Debian's.
+apt_mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\/\{0,1\}\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+debian_mirror=${SPOTPOOL_DEBIAN_MIRROR:-${apt_mirror:-http://deb.debian.org/debian}}
 debian_packages=python3,python3-venv,python3-pip,ca-certificates
 ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 
