@@ -79,7 +79,7 @@ class _SingleFlight(Generic[T]):
             return self._value[1]
         if self._running is None or self._running[0] != self._generation:
             generation, started = self._generation, self._clock()
-            task: asyncio.Task[T] = asyncio.ensure_future(compute())  # type: ignore[arg-type]
+            task: asyncio.Task[T] = asyncio.ensure_future(compute())
             self._running = (generation, task)
 
             def finished(done: asyncio.Task[T]) -> None:
@@ -225,7 +225,8 @@ class CloudAccess:
     async def close(self) -> None:
         observers, self._observers = list(self._observers.values()), {}
         await asyncio.gather(*(o.close() for o in observers), return_exceptions=True)
-        clients, self._clients = list(self._clients.values()), {}
+        clients = list(self._clients.values())
+        self._clients.clear()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 

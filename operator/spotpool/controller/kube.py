@@ -59,7 +59,7 @@ class ClusterKubeApi:
 
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         if api_client is None:
-            kubernetes.config.load_config()
+            kubernetes.config.load_config()  # type: ignore[no-untyped-call]
             configuration = kubernetes.client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = KUBE_THREADS
             api_client = kubernetes.client.ApiClient(configuration)

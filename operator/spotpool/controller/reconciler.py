@@ -250,6 +250,7 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
 def _deleted_already(status: Mapping[str, Any]) -> bool:
     """A deletion that already released everything and let its Secret go (a restart between
     the Secret's finalizer and the object's): the status it wrote says so, and nothing is left."""
-    progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    progressing: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
     return (progressing.get("reason") == "Deleted" and not status.get("inflightLaunches")
             and not status.get("currentCount"))

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -35,7 +35,7 @@ def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str)
     if not RUNTIME.leadership.is_leader():
         log.info("not leading: Event %s not posted (%s)", reason, message[:200])
         return
-    kopf.event(dict(body), type=type, reason=reason, message=message[:1024])
+    kopf.event(cast(kopf.Body, dict(body)), type=type, reason=reason, message=message[:1024])
 
 
 class Runtime:

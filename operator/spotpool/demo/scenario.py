@@ -241,7 +241,7 @@ class Demo:
             self.run_dir.release()
 
     def remaining(self) -> float:
-        left = self.deadline - time.monotonic()
+        left = float(self.deadline - time.monotonic())
         if left <= 0:
             raise DemoError(f"the demo's --timeout of {self.args.timeout:.0f} s ran out")
         return left

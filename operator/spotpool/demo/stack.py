@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -261,7 +261,7 @@ class Cluster:
         if self._api is None:
             from kubernetes import config
 
-            self._api = config.new_client_from_config(
+            self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=str(self.kubeconfig) if self.kubeconfig else None)
         return self._api
 
@@ -269,7 +269,8 @@ class Cluster:
         from kubernetes.client import ApiException, CustomObjectsApi
 
         try:
-            return CustomObjectsApi(self.api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            found = CustomObjectsApi(self.api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(dict[str, Any], found)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -281,4 +282,5 @@ class Cluster:
         response = CoreV1Api(self.api).list_namespaced_event(
             obj["metadata"]["namespace"], field_selector=f"involvedObject.uid={obj['metadata']['uid']}",
             _preload_content=False, _request_timeout=10)
-        return json.loads(response.data)["items"]
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]  # type: ignore[attr-defined]
+        return items

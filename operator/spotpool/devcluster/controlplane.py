@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -107,7 +108,7 @@ def ensure_binaries() -> Path:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -170,7 +171,8 @@ class ControlPlane:
     def _start(self) -> None:
         assert self.workdir is not None and self.binaries is not None
         workloads = self.advertise_address is not None
-        keys = pki_mod.generate(self.workdir / "pki", (self.advertise_address,) if workloads else ())
+        extra_ips: tuple[str, ...] = (self.advertise_address,) if self.advertise_address is not None else ()
+        keys = pki_mod.generate(self.workdir / "pki", extra_ips)
         self.pki = keys
         etcd_port, peer_port = free_port(), free_port()
         self.api_port = self.api_port or free_port()
@@ -287,7 +289,7 @@ class ControlPlane:
         self._wait(lambda: self._http_ok(f"{self.server}/readyz", ctx), "kube-apiserver /readyz after a restart")
         return time.monotonic() - started
 
-    def _wait(self, ready: callable, what: str) -> None:  # type: ignore[valid-type]
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             for proc in self.procs:
@@ -306,7 +308,7 @@ class ControlPlane:
     def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2, context=context) as resp:
-                return resp.status == 200
+                return bool(resp.status == 200)
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 

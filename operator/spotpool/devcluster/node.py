@@ -283,7 +283,7 @@ state = "{root / 'state'}"
     def _image_in(archive: Path) -> str:
         """The name an OCI archive carries in its index (podman writes the full reference)."""
         index = json.loads(_run("tar", "-xOf", str(archive), "index.json").stdout)
-        return index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        return str(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])
 
     def _start_kubelet(self) -> None:
         plane = self.plane
@@ -417,7 +417,7 @@ state = "{root / 'state'}"
             with contextlib.suppress(OSError):
                 import urllib.request
                 with urllib.request.urlopen(f"http://127.0.0.1:{ready}/ready", timeout=2) as resp:
-                    return resp.status == 200
+                    return bool(resp.status == 200)
             return False
 
         self._wait(answers, "CoreDNS to be ready")

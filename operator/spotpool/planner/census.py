@@ -164,9 +164,10 @@ def take_census(
         elif instance.instance_id not in owned:
             owned[instance.instance_id] = instance
     unlisted_ids: set[str] = set()
-    for instance_id, instance in confirmed.items():
-        if instance is None or instance_id in owned:
+    for instance_id, looked_up in confirmed.items():
+        if looked_up is None or instance_id in owned:
             continue
+        instance = looked_up
         if instance.tags.get(OWNER_UID_TAG) != owner_uid:
             foreign += 1  # not a purchase of ours (an id forged into status): it accounts for nothing
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -513,7 +514,7 @@ def describe_zone_instance_config_infos(
             raise ApiError(
                 "InvalidParameterValue", f"sort-keys value {key!r} is not like cpu:desc or mem:asc."
             )
-        items.sort(key=lambda item, c=column: item[c], reverse=order == "desc")
+        items.sort(key=operator.itemgetter(column), reverse=order == "desc")
     return success_body({"InstanceTypeQuotaSet": items}, ctx.request_id)
 
 

@@ -109,7 +109,7 @@ class RegionIndex:
         (`filter(bucket.__contains__, ...)`); only filters without an index cost Python calls.
         """
         ordered: list[Bucket] = []
-        members: list[Container] = []
+        members: list[Container[str]] = []
         rest: list[tuple[str, list[str]]] = []
         for name, values in filters:
             bucket = self._bucket(name, values)
@@ -134,7 +134,7 @@ class RegionIndex:
         selected = list(ids)
         return len(selected), [source[iid] for iid in selected[offset : offset + limit]]
 
-    def _state_members(self, states: list[str]) -> Container:
+    def _state_members(self, states: list[str]) -> Container[str]:
         """The ids in any of `states`; state buckets are in state-change order, so they only
         ever serve as membership tests, never as the page order."""
         buckets = [self._by_state[s] for s in set(states) if s in self._by_state]

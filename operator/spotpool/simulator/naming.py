@@ -6,6 +6,7 @@ the simulator applies the same rules as RunInstances (reference §3.2).
 
 from __future__ import annotations
 
+import functools
 import re
 
 DEFAULT_NAME = "Unnamed"
@@ -22,11 +23,14 @@ def expand_names(template: str | None, count: int) -> list[str]:
         return [DEFAULT_NAME] * count
     if _PATTERN.search(template):
         return [
-            _PATTERN.sub(
-                lambda m, i=i: str(int(m.group(1)) + i).zfill(int(m.group(2) or 0)), template
-            )
+            _PATTERN.sub(functools.partial(_numbered, offset=i), template)
             for i in range(count)
         ]
     if count == 1:
         return [template]
     return [f"{template}{i + 1}" for i in range(count)]
+
+
+def _numbered(match: re.Match[str], *, offset: int) -> str:
+    """One `{R:start[,width]}` placeholder for the `offset`-th instance of a launch."""
+    return str(int(match.group(1)) + offset).zfill(int(match.group(2) or 0))

@@ -195,7 +195,8 @@ def unflatten(flat: dict[str, str]) -> dict[str, Any]:
         if isinstance(node.get(parts[-1]), dict):
             raise ApiError("InvalidParameter", f"The parameter {dotted!r} conflicts with another.")
         node[parts[-1]] = value
-    return _lists_from_indexes(root, "")  # type: ignore[return-value]
+    result: dict[str, Any] = _lists_from_indexes(root, "")
+    return result
 
 
 _INDEX = re.compile(r"0|[1-9][0-9]{0,5}")
