@@ -167,7 +167,7 @@ class Metrics:
 
 def _label_sets(metric: Gauge) -> Iterable[tuple[str, ...]]:
     # prometheus-client keeps children keyed by label tuples; collect() is the public way to read them.
-    names = metric._labelnames  # noqa: SLF001 - stable attribute, no public accessor
+    names = metric._labelnames
     seen: set[tuple[str, ...]] = set()
     for family in metric.collect():
         for sample in family.samples:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,9 @@ from spotpool.controller.kube import KubeApi
 from spotpool.controller.redaction import REDACTOR
 
 
-def credentials_entry(namespace: str, name: str, body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, str]] | None:
+def credentials_entry(
+    namespace: str, name: str, body: Mapping[str, Any]
+) -> dict[tuple[str, str], dict[str, str]] | None:
     """What the operator keeps of a Secret it watches: the data of Secrets that hold a key pair,
     nothing of any other (a cluster's other Secrets are never held in memory)."""
     data = body.get("data") or {}

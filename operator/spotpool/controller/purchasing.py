@@ -220,4 +220,4 @@ def price_text(batch: LaunchBatch) -> str:
     return f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
 
 
-__all__: list[Any] = ["Purchasing", "PurchaseResult", "describe"]
+__all__: list[Any] = ["PurchaseResult", "Purchasing", "describe"]

@@ -30,7 +30,7 @@ from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import Conflict, KubeApi
 from spotpool.controller.observer import Observer
 from spotpool.controller.policy import Policy, PoolView
-from spotpool.controller.purchasing import Purchasing, PurchaseResult, describe
+from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
 from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, build_status, plan
@@ -240,7 +240,8 @@ class Reconciler:
 def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
     label = "Cleanup" if reason is ReleaseReason.UNWANTED else reason.value
     why = {
-        ReleaseReason.SCALE_IN: f"expectedCount is {ctx.spec.expected_count} (scaleInPolicy {ctx.spec.scale_in_policy})",
+        ReleaseReason.SCALE_IN: f"expectedCount is {ctx.spec.expected_count} "
+                                f"(scaleInPolicy {ctx.spec.scale_in_policy})",
         ReleaseReason.DELETE: "the SpotComputeEnvironment is being deleted",
         ReleaseReason.UNWANTED: "they failed to launch or were shut down",
     }[reason]

@@ -12,9 +12,9 @@ from typing import Any, cast
 import kopf
 
 from spotpool.cloud.client import warm_up
+from spotpool.controller import leadership
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.config import OperatorConfig
-from spotpool.controller import leadership
 from spotpool.controller.kube import ClusterKubeApi
 from spotpool.controller.leadership import LeaderElector, Standalone
 from spotpool.controller.policy import IndexedPools, Policy

@@ -62,7 +62,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--use-current-context", action="store_true",
                        help="use the cluster of the current kube context (e.g. kind) instead of a local control plane")
     where.add_argument("--kubeconfig", type=Path, help="use the cluster of this kubeconfig's current context")
-    parser.add_argument("--namespace", default="spotpool-demo", help="namespace of the demo pool (default spotpool-demo)")
+    parser.add_argument("--namespace", default="spotpool-demo",
+                        help="namespace of the demo pool (default spotpool-demo)")
     parser.add_argument("--exit-when-healed", action="store_true",
                         help="exit once the pool has healed (default: keep running until Ctrl-C)")
     parser.add_argument("--timeout", type=float, default=300.0,

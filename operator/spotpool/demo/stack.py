@@ -78,7 +78,7 @@ class RunDir:
 
     def acquire(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the demo's lifetime
+        lock = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

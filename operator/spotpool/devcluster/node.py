@@ -129,7 +129,7 @@ class Node:
         """Wait for any other node on this machine to stop: the bridge, its addresses, the cgroup root
         and the iptables rules are the host's, so two test runs at once would tear down each other's."""
         LOCK.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(LOCK, "w")  # noqa: SIM115 - held until stop()
+        self._lock_file = open(LOCK, "w")
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:
             try:

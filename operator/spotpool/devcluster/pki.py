@@ -50,7 +50,7 @@ class Pki:
 class _Issuer:
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spotpool-devcluster-ca")])
         self.name = name
         self.cert = (
@@ -80,7 +80,7 @@ class _Issuer:
         sans: list[x509.GeneralName] | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
 from spotpool.api.names import LAUNCH_TAG
+from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
 from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, PoolKey
 
 

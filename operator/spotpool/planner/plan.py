@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from spotpool.api.spec import EnvironmentSpec
-from spotpool.cloud.models import LAUNCH_FAILED, SHUTDOWN, TERMINATING, Instance, SpotOffer
+from spotpool.cloud.models import LAUNCH_FAILED, SHUTDOWN, TERMINATING, SpotOffer
 from spotpool.planner.census import Census, take_census
 from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import plan_launches

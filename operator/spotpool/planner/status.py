@@ -13,13 +13,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from spotpool.api.names import ENVIRONMENT_LABEL
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import RUNNING, Instance, SpotOffer
 from spotpool.planner import conditions
 from spotpool.planner.census import Census
 from spotpool.planner.degraded import Problem, find_problems
 from spotpool.planner.formatting import format_cost, format_price, format_time
-from spotpool.api.names import ENVIRONMENT_LABEL
 from spotpool.planner.model import ErrorRecord, InflightLaunch, PoolBackoff, PoolKey
 from spotpool.planner.persistence import backoff_to_status, inflight_to_status
 from spotpool.planner.pools import assess_pools

@@ -18,7 +18,8 @@ STS_API_VERSION = "2018-08-13"
 def caller_identity(action: str, request_id: str, account_id: str) -> bytes:
     if action != "GetCallerIdentity":
         raise ApiError(
-            "InvalidAction", f"The action {action!r} does not exist in STS {STS_API_VERSION} (simulated: GetCallerIdentity)."
+            "InvalidAction",
+            f"The action {action!r} does not exist in STS {STS_API_VERSION} (simulated: GetCallerIdentity).",
         )
     return success_body(
         {
