@@ -57,6 +57,7 @@ def test_default_render(helm: Helm) -> None:
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
         "ClusterRoleBinding", "Service", "Deployment", "ConfigMap", "Pod",
         "Role", "RoleBinding", "PodDisruptionBudget",  # leader election's Lease, two replicas
+        "NetworkPolicy",
     ])
     deployment = one(objects, "Deployment", "spotpool")
     assert deployment["spec"]["replicas"] == 2
@@ -64,7 +65,8 @@ def test_default_render(helm: Helm) -> None:
                                               "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.0"
-    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=json",
+    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
+                                 "--log-format=json",
                                  "--log-level=info", "--observe-interval=15", "--progress-interval=2",
                                  *LEADER_ELECTION_ARGS]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
@@ -88,7 +90,8 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     )
     pod = one(objects, "Deployment")["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--log-format=plain",
+    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
+                                 "--log-format=plain",
                                  "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
                                  "--cluster-id=prod-gz", *LEADER_ELECTION_ARGS]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"

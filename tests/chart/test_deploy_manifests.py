@@ -38,7 +38,7 @@ def test_kustomize_builds_the_whole_install(bin_dir: Path) -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole",
                             "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap",
-                            "Role", "RoleBinding", "PodDisruptionBudget"])
+                            "Role", "RoleBinding", "PodDisruptionBudget", "NetworkPolicy"])
     source = yaml.safe_load((REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml").read_text())
     (crd,) = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     assert crd["spec"] == source["spec"]
