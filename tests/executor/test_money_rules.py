@@ -256,29 +256,28 @@ async def test_nothing_is_bought_when_the_journal_write_loses_its_precondition()
 
 # -- crash at every failpoint ---------------------------------------------------------------------------
 
+async def passes_crashing_at(w: World, point: str, hit: int, passes: int) -> None:
+    """`passes` passes with the failpoint armed: each crash throws the operator away and the next
+    pass runs on a new one, as a restarted process would."""
+    failpoints.arm(point, raise_=Crash(), count=hit)
+    for _ in range(passes):
+        try:
+            await w.reconcile(NS, NAME)
+        except Crash:
+            await w.crash()
+        w.clock.advance(5)
+    failpoints.disarm()
+
+
 @pytest.mark.parametrize("point", failpoints.POINTS)
 @pytest.mark.parametrize("hit", [1, 2])
 async def test_a_crash_at_any_point_neither_overbuys_nor_leaks(point: str, hit: int) -> None:
     async with world() as w:
         uid = await start(w, expectedCount=150, zones=["ap-guangzhou-3"])
-        failpoints.arm(point, raise_=Crash(), count=hit)
-        for _ in range(6):
-            try:
-                await w.reconcile(NS, NAME)
-            except Crash:
-                await w.crash()
-            w.clock.advance(5)
-        failpoints.disarm()
+        await passes_crashing_at(w, point, hit, passes=6)
         await w.settle(NS, NAME)
         assert len(w.owned(uid)) == 150 and w.bought(uid) == 150
         w.kube.edit_spec(NS, NAME, {"expectedCount": 20})
-        failpoints.arm(point, raise_=Crash(), count=hit)
-        for _ in range(4):
-            try:
-                await w.reconcile(NS, NAME)
-            except Crash:
-                await w.crash()
-            w.clock.advance(5)
-        failpoints.disarm()
+        await passes_crashing_at(w, point, hit, passes=4)
         await w.settle(NS, NAME, step=20)
         assert len(w.owned(uid)) == 20 and w.bought(uid) == 150
