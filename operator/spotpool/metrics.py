@@ -157,15 +157,21 @@ class Metrics:
                 self.market_price.labels(*pool).set(price)
 
     def forget_environment(self, namespace: str, name: str) -> None:
-        """Drop the gauges of a deleted environment so dashboards stop showing it; counters stay."""
-        for gauge in (self.expected, self.current, self.running, self.pending, self.hourly_cost,
-                      self.ready, self.degraded, self.pool_instances, self.market_price, self.max_price):
-            for labels in list(_label_sets(gauge)):
+        """Drop every series of a deleted environment, counters and histograms included: pools come
+        and go, and a registry that kept each one's series would grow with the churn. (A counter
+        that disappears reads to Prometheus as a series that ended, which is what happened.)"""
+        per_environment = (
+            self.expected, self.current, self.running, self.pending, self.hourly_cost, self.ready,
+            self.degraded, self.pool_instances, self.market_price, self.max_price, self.launches,
+            self.refusals, self.releases, self.interruptions, self.time_to_fulfil, self.reconcile_errors,
+        )
+        for metric in per_environment:
+            for labels in list(_label_sets(metric)):
                 if labels[:2] == (namespace, name):
-                    gauge.remove(*labels)
+                    metric.remove(*labels)
 
 
-def _label_sets(metric: Gauge) -> Iterable[tuple[str, ...]]:
+def _label_sets(metric: Gauge | Counter | Histogram) -> Iterable[tuple[str, ...]]:
     # prometheus-client keeps children keyed by label tuples; collect() is the public way to read them.
     names = metric._labelnames
     seen: set[tuple[str, ...]] = set()

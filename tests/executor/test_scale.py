@@ -64,3 +64,6 @@ async def test_a_purchase_counts_in_current_count_as_soon_as_it_answers() -> Non
         await w.reconcile(NS, "pool")  # one pass: bought, no listing since
         status = w.kube.objects[(NS, "pool")]["status"]
         assert status["currentCount"] == 250 and status["pendingCount"] == 250
+        launched = [e for e in w.events if e.reason == "Launched"]
+        assert len(launched) == 1, "one Event for the pass's purchases, not one per RunInstances call"
+        assert launched[0].message.startswith("Bought 250 ") and "and 240 more" in launched[0].message

@@ -31,7 +31,10 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     parser.add_argument("--metrics-port", type=int, default=8080,
                         help="port serving /metrics, /healthz and /readyz (0 picks a free one)")
     parser.add_argument("--observe-interval", type=float, default=15.0,
-                        help="seconds between observations of a settled pool (default 15)")
+                        help="seconds between sweeps of each account and region's instances; a pool whose "
+                             "instances changed is reconciled right after (default 15)")
+    parser.add_argument("--heartbeat-interval", type=float, default=300.0,
+                        help="seconds between passes of a settled pool that nothing woke (default 300)")
     parser.add_argument("--progress-interval", type=float, default=2.0,
                         help="seconds between observations while buying or releasing (default 2)")
     parser.add_argument("--cluster-id", default=os.environ.get("SPOTPOOL_CLUSTER_ID"),
@@ -110,6 +113,7 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         observe_interval=args.observe_interval,
+        heartbeat_interval=args.heartbeat_interval,
         progress_interval=args.progress_interval,
         cluster_id=args.cluster_id,
         log_level=args.log_level,

@@ -11,7 +11,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
-    observe_interval: float = 15.0  # seconds between observations of a settled pool
+    observe_interval: float = 15.0  # seconds between sweeps of an account and region's instances
+    heartbeat_interval: float = 300.0  # seconds between passes of a settled pool nothing woke
     progress_interval: float = 2.0  # seconds between observations while buying or releasing
     cluster_id: str | None = None  # None: the kube-system namespace UID
     offers_max_age: float = 30.0  # seconds a market price read is reused

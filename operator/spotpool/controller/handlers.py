@@ -52,6 +52,13 @@ def credential_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> 
     return credentials_entry(namespace, name, body)
 
 
+@kopf.on.event("", "v1", "secrets")
+def credentials_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A key-pair Secret changed (rotated, created, deleted): its namespace's pools look again now."""
+    if type is not None and (type == "DELETED" or credentials_entry(namespace, name, body) is not None):
+        RUNTIME.wake_namespace(namespace)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -75,16 +82,20 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
     RUNTIME.watch_secrets(credential_secrets)
     uid = meta["uid"]
     memory, lock = _state(memo)
-    wakeup = RUNTIME.wakeup(uid)
+    wakeup = RUNTIME.wakeup(uid, meta["namespace"])
     config = RUNTIME.config
     while not stopped:
         wakeup.clear()
+        # A settled pool sleeps until something wakes it: its slice of the sweep changed, its spec
+        # or Secret changed, or this replica became the leader; the heartbeat is the safety net.
         delay = config.observe_interval
         try:
             assert RUNTIME.reconciler is not None
             outcome = await RUNTIME.reconciler.reconcile(body, memory, lock)
             if outcome.progressing:
                 delay = config.progress_interval
+            elif outcome.problem is None:
+                delay = config.heartbeat_interval
             if not RUNTIME.leadership.is_leader():
                 # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
                 log.debug("%s/%s: pass fenced: not leading", meta["namespace"], meta["name"])

@@ -68,6 +68,7 @@ class PurchaseResult:
     backoff: dict[PoolKey, PoolBackoff]
     sequence: int
     bought: list[InflightLaunch] = field(default_factory=list)
+    launched: list[tuple[LaunchBatch, list[str]]] = field(default_factory=list)  # new purchases, for the Event
     last_error: ErrorRecord | None = None
     price_refused: bool = False
 
@@ -110,6 +111,8 @@ class Purchasing:
                     calls.create_task(in_turn(self._buy(ctx, launch, batch, result)))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None  # the pass fails as the first call did
+        finally:
+            self._reporting.bought(ctx, result.launched)  # one Event for the pass, crash or not
         return result
 
     def _intents(
@@ -173,6 +176,7 @@ class Purchasing:
         self._settle(result, replace(launch, instance_ids=tuple(ids)))
         result.backoff = record_success(result.backoff, pool, ctx.now)
         self._reporting.launched(ctx, batch, ids)
+        result.launched.append((batch, ids))
 
     async def _run(self, ctx: PassContext, launch: InflightLaunch) -> list[str]:
         ctx.fence()

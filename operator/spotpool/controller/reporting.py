@@ -113,9 +113,23 @@ class Reporting:
 
     def launched(self, ctx: PassContext, batch: LaunchBatch, ids: list[str]) -> None:
         self._metrics.launches.labels(ctx.ref.namespace, ctx.ref.name, *batch.pool).inc(len(ids))
-        price = f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
-        self.event(ctx, "Normal", "Launched", f"Bought {len(ids)} {batch.instance_type} in {batch.zone}{price} "
-                                              f"(maxPrice {batch.max_price}): {ids_text(ids)}")
+
+    def bought(self, ctx: PassContext, launched: list[tuple[LaunchBatch, list[str]]]) -> None:
+        """One Event for a pass's purchases, however many batches: per pool the count and the price,
+        then the ids (bounded). A deficit of 10,000 is 100 calls, not 100 Events."""
+        if not launched:
+            return
+        per_pool: dict[tuple[str, str], tuple[int, LaunchBatch]] = {}
+        for batch, ids in launched:
+            count, _ = per_pool.get(batch.pool, (0, batch))
+            per_pool[batch.pool] = (count + len(ids), batch)
+        parts = []
+        for (zone, kind), (count, batch) in per_pool.items():
+            price = f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
+            parts.append(f"{count} {kind} in {zone}{price}")
+        ids = [i for _, batch_ids in launched for i in batch_ids]
+        max_price = launched[0][0].max_price
+        self.event(ctx, "Normal", "Launched", f"Bought {'; '.join(parts)} (maxPrice {max_price}): {ids_text(ids)}")
 
     def refused(self, ctx: PassContext, pool: PoolKey, code: str) -> None:
         self._metrics.refusals.labels(ctx.ref.namespace, ctx.ref.name, *pool, code_label(code)).inc()

@@ -50,6 +50,7 @@ class Runtime:
         self.pools = IndexedPools()  # every pool's claim, for the spend guards' totals
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._namespaces: dict[str, str] = {}  # uid -> namespace, to wake a namespace's pools
 
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
@@ -112,8 +113,15 @@ class Runtime:
         if self.cloud is not None:
             await self.cloud.close()
 
-    def wakeup(self, uid: str) -> asyncio.Event:
+    def wakeup(self, uid: str, namespace: str | None = None) -> asyncio.Event:
+        if namespace is not None:
+            self._namespaces[uid] = namespace
         return self._wakeups.setdefault(uid, asyncio.Event())
+
+    def wake_namespace(self, namespace: str) -> None:
+        for uid, where in self._namespaces.items():
+            if where == namespace and uid in self._wakeups:
+                self._wakeups[uid].set()
 
     def wake(self, uid: str) -> None:
         self.wakeup(uid).set()
@@ -126,6 +134,7 @@ class Runtime:
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._wakeups.pop(uid, None)
+        self._namespaces.pop(uid, None)
         self.metrics.forget_environment(namespace, name)
 
 
