@@ -110,6 +110,12 @@ def assert_runs_as_the_chart_says(cluster: NodeCluster, pod: dict[str, Any], ima
     assert facts["host"] == kubernetes_service["spec"]["clusterIP"], facts
 
 
+def endpoint_flags(simulator: SimulatorProcess) -> list[str]:
+    """The administrator's allow-list for a simulator on the node network (plain http, so the
+    development flag too): pools may name no other endpoint than Tencent's otherwise."""
+    return [f"--allowed-endpoint={simulator.url}", "--allow-insecure-endpoints"]
+
+
 def reconcile_a_pool(cluster: NodeCluster, simulator: SimulatorProcess, count: int = 3) -> tuple[Pools, str]:
     """A pool in a namespace of its own, converged by the in-cluster operator against the simulator."""
     namespace = unique_name("pools")
@@ -154,7 +160,7 @@ class ServiceEndpointsDiscovery:
         discovery = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            def do_GET(self) -> None:
                 body = json.dumps(discovery.targets()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -181,9 +187,11 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
     cluster, kubectl, helm = node_cluster, node_cluster.kubectl, node_cluster.helm
     namespace, release = unique_name("spotpool"), unique_name("sp")
     kubectl.run("create", "namespace", namespace)
-    # Default values but the cluster id: the image is the chart's own reference, loaded into the
-    # node's runtime without a registry.
+    # Default values but the cluster id and the simulator's endpoint allowed: the image is the
+    # chart's own reference, loaded into the node's runtime without a registry.
     helm.run("install", release, CHART, f"--namespace={namespace}", "--set", f"operator.clusterId={release}",
+             "--set-json", json.dumps([node_simulator.url]).join(("endpoints.allowed=", "")),
+             "--set", "endpoints.allowInsecure=true",
              "--wait", f"--timeout={POD_TIMEOUT}s", timeout=POD_TIMEOUT + 60)
     deployment = kubectl.json("get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
     replicas = deployment["items"][0]["spec"]["replicas"]
@@ -265,6 +273,15 @@ def test_kustomize_deploy_runs_the_operator_on_a_real_node_and_reconciles(
 ) -> None:
     cluster, kubectl = node_cluster, node_cluster.kubectl
     kubectl.run("apply", "-k", str(REPO / "deploy"), timeout=120)  # as README says
+    deployment = kubectl.json("get", "deployment", "-n", "spotpool-system",
+                              "-l", "app.kubernetes.io/component=operator")
+    # The administrator allows the simulator's endpoint (a JSON patch of the args, as README shows).
+    name = deployment["items"][0]["metadata"]["name"]
+    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": flag}
+             for flag in endpoint_flags(node_simulator)]
+    kubectl.run("patch", "deployment", name, "-n", "spotpool-system", "--type=json", "-p", json.dumps(patch))
+    kubectl.run("rollout", "status", f"deployment/{name}", "-n", "spotpool-system", f"--timeout={POD_TIMEOUT}s",
+                timeout=POD_TIMEOUT + 30)
     deployment = kubectl.json("get", "deployment", "-n", "spotpool-system",
                               "-l", "app.kubernetes.io/component=operator")
     replicas = deployment["items"][0]["spec"]["replicas"]

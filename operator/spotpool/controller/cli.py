@@ -14,7 +14,6 @@ from spotpool.controller.leadership import Timing
 from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
 
-
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("plain", "json")
 
@@ -53,6 +52,9 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     policy.add_argument("--allow-loopback-endpoints", action="store_true",
                         help="DEVELOPMENT ONLY: also allow endpoints on loopback hosts (127.0.0.0/8, ::1, "
                              "localhost), http included: the simulator of the demo and the tests")
+    policy.add_argument("--allow-insecure-endpoints", action="store_true",
+                        help="DEVELOPMENT ONLY: accept plain http for endpoints listed with --allowed-endpoint "
+                             "(the simulator on a test cluster's network); credentials then cross it unencrypted")
     policy.add_argument("--max-expected-count", type=int, default=None, metavar="N",
                         help="a pool whose spec.expectedCount is above N buys nothing")
     policy.add_argument("--max-namespace-instances", type=int, default=None, metavar="N",
@@ -125,6 +127,7 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         retry_period=args.retry_period,
         allowed_endpoints=tuple(args.allowed_endpoints),
         allow_loopback_endpoints=args.allow_loopback_endpoints,
+        allow_insecure_endpoints=args.allow_insecure_endpoints,
         max_expected_count=args.max_expected_count,
         max_namespace_instances=args.max_namespace_instances,
         max_total_instances=args.max_total_instances,

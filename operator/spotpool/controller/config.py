@@ -32,6 +32,7 @@ class OperatorConfig:
     # pool's region. Unset guards: unlimited (the CRD's own bounds).
     allowed_endpoints: tuple[str, ...] = ()
     allow_loopback_endpoints: bool = False  # development only: the simulator on 127.0.0.1
+    allow_insecure_endpoints: bool = False  # development only: http to listed endpoints
     max_expected_count: int | None = None
     max_namespace_instances: int | None = None
     max_total_instances: int | None = None

@@ -7,7 +7,9 @@ who installs the operator decides where it may send credentials and how much it 
   pool's region (`https://cvm.tencentcloudapi.com`, `https://cvm.<region>.tencentcloudapi.com`,
   `https://cvm.intl.tencentcloudapi.com`), https only. Loopback hosts (127.0.0.0/8, ::1, localhost),
   over http or https and on any port, only with the development flag `--allow-loopback-endpoints`
-  (the demo, the simulator tests). Anything else is refused before a request is sent (the operator
+  (the demo, the simulator tests); plain http to an endpoint the administrator lists only with the
+  development flag `--allow-insecure-endpoints` (a simulator on a test cluster's network, never a
+  real cloud). Anything else is refused before a request is sent (the operator
   would hand it a signed request, and quote its errors back to the pool's author).
 - `SpendGuards`: maximum `expectedCount` of a pool, maximum `maxPrice`, allowed instance types
   (globs), maximum expected instances per namespace and per installation. A pool over a guard buys
@@ -38,6 +40,7 @@ DEFAULT_ALLOWED_ENDPOINTS = (
 
 ENDPOINT_FLAG = "--allowed-endpoint"
 LOOPBACK_FLAG = "--allow-loopback-endpoints"
+INSECURE_FLAG = "--allow-insecure-endpoints"
 SPEND_GUARD = "SpendGuard"  # the Degraded reason of a pool over a guard (planner.degraded)
 
 
@@ -86,6 +89,7 @@ class EndpointPolicy:
 
     allowed: tuple[str, ...] = DEFAULT_ALLOWED_ENDPOINTS
     allow_loopback: bool = False
+    allow_insecure: bool = False  # development only: http to endpoints the allow-list names
 
     def __post_init__(self) -> None:
         for entry in self.allowed:
@@ -95,8 +99,9 @@ class EndpointPolicy:
                 raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: {exc}") from None
             if is_loopback(target.host) and not self.allow_loopback:
                 raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: a loopback host needs {LOOPBACK_FLAG}")
-            if target.scheme != "https" and not is_loopback(target.host):
-                raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: https is required (http only for loopback)")
+            if target.scheme != "https" and not is_loopback(target.host) and not self.allow_insecure:
+                raise PolicyError(f"{ENDPOINT_FLAG} {entry!r}: https is required (http only for loopback, "
+                                  f"or with {INSECURE_FLAG})")
 
     @classmethod
     def permissive_loopback(cls) -> EndpointPolicy:
@@ -118,7 +123,7 @@ class EndpointPolicy:
                 return None
             return (f"spec.endpoint {shown!r} is refused: loopback endpoints are for development only and the "
                     f"operator runs without {LOOPBACK_FLAG}; {allowed}")
-        if target.scheme == "https" and target in self._allowed_for(region):
+        if (target.scheme == "https" or self.allow_insecure) and target in self._allowed_for(region):
             return None
         return f"spec.endpoint {shown!r} is refused: not an allowed endpoint; {allowed}"
 
@@ -276,7 +281,7 @@ class Policy:
     def from_config(cls, config: Any) -> Policy:
         return cls(
             EndpointPolicy(tuple(config.allowed_endpoints) or DEFAULT_ALLOWED_ENDPOINTS,
-                           config.allow_loopback_endpoints),
+                           config.allow_loopback_endpoints, config.allow_insecure_endpoints),
             SpendGuards(
                 max_expected_count=config.max_expected_count,
                 max_namespace_instances=config.max_namespace_instances,

@@ -76,6 +76,14 @@ def test_explicit_allow_list_replaces_the_default_and_knows_regions() -> None:
     assert policy.refusal("https://cvm.tencentcloudapi.com", REGION) is not None
 
 
+def test_insecure_flag_allows_http_to_listed_endpoints_only() -> None:
+    policy = EndpointPolicy(("http://10.213.0.1:9000",), allow_insecure=True)
+    assert policy.refusal("http://10.213.0.1:9000", REGION) is None
+    assert policy.refusal("http://10.213.0.1:9001", REGION) is not None  # not listed
+    assert policy.refusal("http://10.0.0.2:9000", REGION) is not None
+    assert "--allow-loopback-endpoints" in (policy.refusal("http://127.0.0.1:9000", REGION) or "")
+
+
 @pytest.mark.parametrize("entry", ["http://gw.example.com", "https://u@gw.example.com", "https://gw/x",
                                    "http://127.0.0.1:9000", "gw.example.com"])
 def test_bad_allow_list_entries_are_startup_errors(entry: str) -> None:
