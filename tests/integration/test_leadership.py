@@ -21,7 +21,6 @@ from typing import Any
 
 import kubernetes
 import pytest
-
 from spotpool.controller.leadership import (
     KubeLeaseStore,
     LeaderElector,
@@ -30,6 +29,7 @@ from spotpool.controller.leadership import (
     Timing,
     lease_name,
 )
+
 from tests.conftest import Cluster
 from tests.support.kube import unique_name, wait_for
 

@@ -12,7 +12,6 @@ import uuid
 
 import httpx
 import pytest
-
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.models import Credentials
 from spotpool.cloud.ratelimit import (

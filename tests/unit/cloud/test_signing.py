@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from spotpool.cloud.signing import (
     canonical_request,
     expected_signature,
