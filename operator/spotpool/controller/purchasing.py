@@ -23,7 +23,6 @@ import logging
 import random
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from spotpool.api.names import LAUNCH_TAG, environment_tags
 from spotpool.cloud.errors import CloudError, ErrorCategory
@@ -45,7 +44,7 @@ from spotpool.planner import (
     record_refusal,
     record_success,
 )
-from spotpool.planner.formatting import format_price, format_time
+from spotpool.planner.formatting import format_time
 from spotpool.planner.persistence import inflight_to_status
 
 log = logging.getLogger(__name__)
@@ -219,9 +218,3 @@ class Purchasing:
 def describe(exc: CloudError) -> str:
     return f"{exc.code}: {exc.message}" + (f" (RequestId {exc.request_id})" if exc.request_id else "")
 
-
-def price_text(batch: LaunchBatch) -> str:
-    return f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
-
-
-__all__: list[Any] = ["PurchaseResult", "Purchasing", "describe"]
