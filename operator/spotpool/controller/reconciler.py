@@ -156,6 +156,8 @@ class Reconciler:
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=offers,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
                        purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None)
+        if decided.notes:
+            log.debug("%s: %s", ctx.ref, "; ".join(decided.notes))
         acted = await self._act(ctx, decided, memory)
         if acted.purchases.price_refused:
             self._cloud.forget_offers(ctx.key)  # the market moved above the bid: read it again next pass
