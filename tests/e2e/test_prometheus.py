@@ -139,3 +139,8 @@ def test_every_dashboard_panel_gets_data_from_a_real_prometheus(
     assert denied, "no request of the operator was Forbidden: the reconcile errors came from elsewhere"
     assert all("/spotcomputeenvironments/locked/status" in line for line in denied), "\n".join(denied[:10])
     assert not [line for line in logs if "APIForbiddenError" in line]
+    # The reconcile errors reached the pool's author as Events that say what failed, and never as a
+    # Python traceback (kopf posts its per-object logger's records as Events).
+    failures = [e["message"] for e in pools.events("locked") if "reconcile failed" in e.get("message", "")]
+    assert failures and all("Forbidden" in m or "ApiException" in m for m in failures), failures
+    assert not [e for e in pools.events("locked") if "Traceback" in e.get("message", "")]

@@ -147,6 +147,11 @@ def test_spec_is_immutable() -> None:
         (spec_with(credentialsSecretRef={"name": "Not_A_Name"}), "spec.credentialsSecretRef.name"),
         (spec_with(endpoint="cvm.tencentcloudapi.com"), "spec.endpoint"),
         (spec_with(endpoint="https://cvm.tencentcloudapi.com/v3"), "spec.endpoint"),
+        # User info once passed the model and made every reconcile raise (issue 10).
+        (spec_with(endpoint="https://u:p@cvm.tencentcloudapi.com"), "spec.endpoint"),
+        (spec_with(endpoint="https://cvm.tencentcloudapi.com#frag"), "spec.endpoint"),
+        (spec_with(endpoint="https://cvm.tencentcloudapi.com?x=1"), "spec.endpoint"),
+        (spec_with(endpoint="ftp://cvm.tencentcloudapi.com"), "spec.endpoint"),
         (spec_with(instanceNamePrefix="x" * 41), "spec.instanceNamePrefix"),
         (spec_with(instanceNamePrefix="-render"), "spec.instanceNamePrefix"),
         (spec_with(network={"vpcId": "vpc-2zehk4c3"}), "spec.network"),

@@ -19,6 +19,7 @@ import kopf
 from spotpool.api.names import FINALIZER, PREFIX
 from spotpool.controller import GROUP, PLURAL, VERSION
 from spotpool.controller.credentials import credentials_entry
+from spotpool.controller.redaction import tracebacks_off_events
 from spotpool.controller.reporting import PoolMemory
 from spotpool.controller.runtime import RUNTIME
 
@@ -34,7 +35,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration", v1=False)
     settings.posting.reporting_component = "spotpool"
     settings.posting.reporting_instance = socket.gethostname()
-    settings.posting.level = logging.INFO
+    # Warnings and errors of the per-object loggers become Events too (a pool author sees why a pass
+    # failed), as their message alone: never a traceback (`tracebacks_off_events`), never a secret
+    # (the redactor scrubs every record where it is made).
+    settings.posting.loggers = True
+    settings.posting.level = logging.WARNING
+    if not tracebacks_off_events():
+        raise kopf.PermanentError("kopf's Event poster was not found: refusing to post log records unformatted")
     settings.posting.event_name_prefix = "spotpool-"
     # A stopping daemon finishes its current reconcile (bounded by the API timeouts) before it goes.
     settings.background.cancellation_polling = 0.5

@@ -87,4 +87,26 @@ class Redactor(logging.Filter):
         logging.setLogRecordFactory(scrubbing)
 
 
+class EventText(logging.Formatter):
+    """The text of a log record that becomes a Kubernetes Event (kopf's poster): the message alone,
+    bounded, with no traceback and no stack. Pool authors read Events; the operator's own log keeps
+    the traceback for its administrator."""
+
+    MAX = 1024
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()[: self.MAX]
+
+
+def tracebacks_off_events(logger_name: str = "kopf.objects") -> int:
+    """Give every handler of kopf's per-object logger that posts Events the `EventText` format;
+    returns how many it found (kopf attaches one, `K8sPoster`, at import)."""
+    found = 0
+    for handler in logging.getLogger(logger_name).handlers:
+        if type(handler).__name__ == "K8sPoster":
+            handler.setFormatter(EventText())
+            found += 1
+    return found
+
+
 REDACTOR = Redactor()

@@ -150,3 +150,23 @@ def test_installed_it_scrubs_every_logger_whatever_its_handlers() -> None:
         logger.removeHandler(keep)
     assert seen[0].getMessage() == f"token {MASK} leaked"
     assert seen[1].exc_info is None and SECRET not in (seen[1].exc_text or "") and MASK in (seen[1].exc_text or "")
+
+
+def test_events_get_the_message_alone_never_a_traceback() -> None:
+    """kopf posts its per-object logger's records as Events through its `K8sPoster`; with our
+    formatter, an error logged with a traceback becomes a one-line Event."""
+    import kopf._core.engines.posting  # noqa: F401 - attaches kopf's poster, as the operator does
+
+    from spotpool.controller.redaction import EventText, tracebacks_off_events
+
+    assert tracebacks_off_events() == 1
+    poster = next(h for h in logging.getLogger("kopf.objects").handlers if type(h).__name__ == "K8sPoster")
+    assert isinstance(poster.formatter, EventText)
+    try:
+        raise RuntimeError("inner detail")
+    except RuntimeError:
+        record = logging.getLogger("test").makeRecord("test", logging.ERROR, __file__, 1, "reconcile failed (%s)",
+                                                      ("RuntimeError",), __import__("sys").exc_info())
+    text = poster.format(record)
+    assert text == "reconcile failed (RuntimeError)" and "Traceback" not in text
+    assert len(EventText().format(logging.makeLogRecord({"msg": "x" * 5000}))) == EventText.MAX
