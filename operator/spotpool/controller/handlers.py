@@ -85,8 +85,11 @@ def _state(memo: kopf.Memo) -> tuple[PoolMemory, asyncio.Lock]:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
 async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                    logger: kopf.Logger, credential_secrets: kopf.Index[Any, Any], **_: Any) -> None:
+                    logger: kopf.Logger, credential_secrets: kopf.Index[Any, Any],
+                    spot_pools: kopf.Index[Any, Any], **_: Any) -> None:
+    # kopf hands indices only to handlers, and starts none before every index is filled.
     RUNTIME.watch_secrets(credential_secrets)
+    RUNTIME.watch_pools(spot_pools)
     uid = meta["uid"]
     memory, lock = _state(memo)
     wakeup = RUNTIME.wakeup(uid, meta["namespace"])
@@ -116,8 +119,10 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
 async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                             credential_secrets: kopf.Index[Any, Any], **_: Any) -> None:
+                             credential_secrets: kopf.Index[Any, Any], spot_pools: kopf.Index[Any, Any],
+                             **_: Any) -> None:
     RUNTIME.watch_secrets(credential_secrets)
+    RUNTIME.watch_pools(spot_pools)
     assert RUNTIME.reconciler is not None
     memory, lock = _state(memo)
     outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)
@@ -145,9 +150,3 @@ def spot_pools(namespace: str, body: kopf.Body, **_: Any) -> Any:
 
     return {namespace: pool_claim(body)}
 
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def hand_pools(spot_pools: kopf.Index[Any, Any], **_: Any) -> None:
-    """kopf passes indices only to handlers; an object's event handlers run before its daemon
-    starts, and only once every index is filled from the initial listing."""
-    RUNTIME.watch_pools(spot_pools)
