@@ -30,7 +30,13 @@ binaries:
 system-deps:
 	tools/install-system-deps.sh
 
-test: venv binaries system-deps
+# ruff (pyflakes, pycodestyle, imports, bugbear, pyupgrade) and mypy (strict for planner/ and cloud/),
+# configured in pyproject.toml; part of `make test`.
+lint: venv
+	$(VENV)/bin/ruff check operator tests benchmarks tools
+	$(VENV)/bin/mypy
+
+test: venv lint binaries system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv

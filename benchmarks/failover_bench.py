@@ -55,7 +55,6 @@ from typing import Any
 
 from spotpool.controller.leadership import KubeLeaseStore, LeaderElector, Timing
 
-
 # -- the child: an elector and nothing else ------------------------------------------------------
 
 def emit(event: str, **fields: Any) -> None:

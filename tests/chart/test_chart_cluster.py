@@ -137,7 +137,8 @@ def test_install_upgrade_uninstall_carries_and_keeps_the_crd(
                                ("serviceaccount", f"{name}-spotpool", namespace),
                                ("clusterrole", f"{name}-spotpool", None),
                                ("clusterrolebinding", f"{name}-spotpool-cluster", None)):
-        wait_for(lambda: cluster.kubectl.get(kind, obj_name, ns) is None, timeout=30,
+        wait_for(lambda kind=kind, obj_name=obj_name, ns=ns: cluster.kubectl.get(kind, obj_name, ns) is None,
+                 timeout=30,
                  what=f"{kind} {obj_name} to be deleted by helm uninstall")
     kept = cluster.kubectl.get("crd", crd)
     assert kept and "deletionTimestamp" not in kept["metadata"]
@@ -174,7 +175,8 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
         ("get", SCE, anywhere), ("get", SCE, "--subresource=status", anywhere),
         ("delete", SCE, anywhere), ("create", SCE, anywhere), ("update", SCE, anywhere),
         ("update", SCE, "--subresource=status", anywhere), ("delete", "secrets", anywhere),
-        ("update", "secrets", anywhere), ("create", "secrets", anywhere), ("create", "pods", anywhere), ("patch", "events", anywhere),
+        ("update", "secrets", anywhere), ("create", "secrets", anywhere), ("create", "pods", anywhere),
+        ("patch", "events", anywhere),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("delete", "namespaces"),
     ]
     for check in allowed:

@@ -138,7 +138,7 @@ def test_environment_series_are_filtered_by_the_variables(board: dict[str, Any])
 def test_operator_wide_series_really_have_no_environment_label() -> None:
     metrics = Metrics()
     for metric in (metrics.api_latency, metrics.api_errors, metrics.reconcile_duration):
-        assert "environment" not in metric._labelnames  # noqa: SLF001 - no public accessor
+        assert "environment" not in metric._labelnames
 
 
 # The panels the on-call engineer relies on, and a series each must show.

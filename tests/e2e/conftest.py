@@ -111,7 +111,9 @@ def ready(obj: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def operator_factory(cluster: Cluster, crd: str, namespace: str, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+def operator_factory(
+    cluster: Cluster, crd: str, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
     cluster_id = unique_name("cluster")  # one installation per test: restarts keep the same id
 

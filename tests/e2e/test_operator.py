@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
+
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.models import Credentials, RunInstancesRequest
-
 from tests.e2e.conftest import Pools, condition, ready, status
 from tests.support.kube import wait_for
 from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY, OperatorProcess, SimulatorProcess
@@ -239,7 +240,7 @@ def test_converges_exactly_under_faults_and_throttling(
     for _ in range(3):
         victim = simulator.alive(uid)[0]["instanceId"]
         simulator.control("POST", "reclaim", {"instanceIds": [victim]})
-        wait_for(lambda: victim not in {i["instanceId"] for i in simulator.alive(uid)}, timeout=10,
+        wait_for(lambda victim=victim: victim not in {i["instanceId"] for i in simulator.alive(uid)}, timeout=10,
                  what="the reclaim")
         pools.wait_ready("rough", 12, timeout=120)
     wait_for(exact_and_busy, timeout=180, what="40 calls answered with 12 alive")
@@ -252,9 +253,9 @@ def test_converges_exactly_under_faults_and_throttling(
 
 
 def _now_iso() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_kubectl_get_shows_the_pool(operator: OperatorProcess, pools: Pools) -> None:

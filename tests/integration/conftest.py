@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from spotpool.cloud import CloudError, CloudNetworkError, CvmClient, ErrorCategory
 from spotpool.cloud.models import TERMINATING, Credentials, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry

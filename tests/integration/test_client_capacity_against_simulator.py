@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from spotpool.cloud import CloudError, CvmClient, ErrorCategory
 from spotpool.cloud.models import (
     ENOUGH_STOCK,

@@ -21,6 +21,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+
 from spotpool.controller.leadership import (
     KubeLeaseStore,
     LeaderElector,
@@ -29,7 +30,6 @@ from spotpool.controller.leadership import (
     Timing,
     lease_name,
 )
-
 from tests.conftest import Cluster
 from tests.support.kube import unique_name, wait_for
 

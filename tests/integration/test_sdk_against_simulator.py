@@ -16,13 +16,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
-from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
 from tencentcloud.common import credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.cvm.v20170312 import cvm_client, models
+
+from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
+from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
 
 T = TypeVar("T")
 GUIDE_PURCHASE = {

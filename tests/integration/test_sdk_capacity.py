@@ -8,9 +8,9 @@ through the SDK's models, never through raw JSON.
 
 from __future__ import annotations
 
-from spotpool.simulator import RunningSimulator
 from tencentcloud.cvm.v20170312 import models
 
+from spotpool.simulator import RunningSimulator
 from tests.integration.test_sdk_against_simulator import (
     GUIDE_PURCHASE,
     in_thread,

@@ -22,6 +22,7 @@ import yarl
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from spotpool.cloud.signing import sign
 from spotpool.simulator import RunningSimulator, Simulator, SimulatorConfig, run_simulator
 from spotpool.simulator.cli import cli

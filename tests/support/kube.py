@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T | None | bool],
+    condition: Callable[[], T | bool | None],
     *,
     timeout: float,
     interval: float = 0.25,
@@ -40,7 +40,9 @@ class Kubectl:
     binary: Path
     kubeconfig: Path
 
-    def run(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,

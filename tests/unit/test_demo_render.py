@@ -60,11 +60,14 @@ def event(n: int, reason: str = "Launched", message: str = "Bought 1", *, type_:
 
 
 MARKET = {"pools": [
-    {"zone": "ap-guangzhou-3", "instanceType": "S5.MEDIUM4", "spotPrice": 0.01546, "onDemandPrice": 0.0859, "stock": 498},
-    {"zone": "ap-guangzhou-3", "instanceType": "SA2.MEDIUM4", "spotPrice": 0.0178, "onDemandPrice": 0.0712, "stock": 499},
+    {"zone": "ap-guangzhou-3", "instanceType": "S5.MEDIUM4", "spotPrice": 0.01546, "onDemandPrice": 0.0859,
+     "stock": 498},
+    {"zone": "ap-guangzhou-3", "instanceType": "SA2.MEDIUM4", "spotPrice": 0.0178, "onDemandPrice": 0.0712,
+     "stock": 499},
     {"zone": "ap-guangzhou-4", "instanceType": "S5.MEDIUM4", "spotPrice": 0.0189, "onDemandPrice": 0.0859, "stock": 0,
      "soldOut": True},
-    {"zone": "ap-guangzhou-4", "instanceType": "SA2.MEDIUM4", "spotPrice": 0.01424, "onDemandPrice": 0.0712, "stock": 499},
+    {"zone": "ap-guangzhou-4", "instanceType": "SA2.MEDIUM4", "spotPrice": 0.01424, "onDemandPrice": 0.0712,
+     "stock": 499},
 ]}
 
 

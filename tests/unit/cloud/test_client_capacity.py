@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tencentcloud.cvm.v20170312 import models as sdk
+
 from spotpool.cloud.errors import CloudError, CloudNetworkError
 from spotpool.cloud.models import (
     ENOUGH_STOCK,
@@ -25,8 +27,6 @@ from spotpool.cloud.models import (
     RunInstancesRequest,
     ZoneQuota,
 )
-from tencentcloud.cvm.v20170312 import models as sdk
-
 from tests.unit.cloud.test_client_unit import error, make_client, reply
 
 ZONE = "ap-guangzhou-3"

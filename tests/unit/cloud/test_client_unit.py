@@ -7,18 +7,19 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from tencentcloud.cvm.v20170312 import models as sdk
+
 from spotpool import __version__
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.errors import CloudError, CloudNetworkError, ErrorCategory
 from spotpool.cloud.models import Credentials, Instance, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
-from tencentcloud.cvm.v20170312 import models as sdk
 
 FAKE_KEY = "EXAMPLEKEYtc3fakeSecretKey0123456"
 SECRET = "S3cr3tKeyThatMustNeverLeak0123456789"
@@ -437,7 +438,7 @@ async def test_a_listing_that_missed_an_instance_is_read_again() -> None:
         page = current[body["Offset"]:body["Offset"] + body["Limit"]]
         return reply({"TotalCount": len(current), "InstanceSet": page})
 
-    client, fake, _ = make_client(handler)
+    client, _, _ = make_client(handler)
     async with client:
         found = await client.describe_instances()
     assert {i.instance_id for i in found} == {i["InstanceId"] for i in after}
@@ -495,7 +496,7 @@ async def test_instance_fields_are_mapped() -> None:
     assert instance == Instance(
         instance_id="ins-00000007", zone="ap-guangzhou-3", instance_type="S5.MEDIUM4",
         state="PENDING", charge_type="SPOTPAID",
-        created_time=datetime(2024, 5, 1, 8, 30, tzinfo=timezone.utc),
+        created_time=datetime(2024, 5, 1, 8, 30, tzinfo=UTC),
         tags={"spotpool.io/environment": "batch/farm"}, name="farm-7", cpu=2, memory_gib=4,
     )
     assert instance.alive
@@ -551,7 +552,7 @@ async def test_retries_stop_at_max_attempts_with_capped_full_jitter() -> None:
     assert len(fake.requests) == 7
     ceilings = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0]
     assert len(rec.sleeps) == 6
-    assert all(0 <= s <= c for s, c in zip(rec.sleeps, ceilings))
+    assert all(0 <= s <= c for s, c in zip(rec.sleeps, ceilings, strict=True))
     assert len(set(rec.sleeps)) == 6  # jittered, not a fixed schedule
 
 
@@ -848,7 +849,7 @@ async def test_secrets_never_leak_to_logs_reprs_or_errors(caplog: pytest.LogCapt
         error("RequestLimitExceeded"),
         error("AuthFailure.SignatureFailure", f"bad signature for key {SECRET} token {TOKEN}"),
     )
-    client, fake, rec = make_client(answers, credentials=credentials)
+    client, fake, _ = make_client(answers, credentials=credentials)
     texts = [repr(client), str(client), repr(credentials), str(credentials)]
     async with client:
         with pytest.raises(CloudError) as caught:

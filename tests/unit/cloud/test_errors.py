@@ -8,6 +8,7 @@ that the choice keeps the reference's retry meaning.
 from __future__ import annotations
 
 import pytest
+
 from spotpool.cloud.errors import (
     ALREADY_GONE_CODES,
     CODE_CATEGORIES,

@@ -7,11 +7,13 @@ concurrent sleepers observe the time at which a real clock would wake them, with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 
 import httpx
 import pytest
+
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.models import Credentials
 from spotpool.cloud.ratelimit import (
@@ -61,7 +63,7 @@ async def test_concurrent_callers_never_exceed_the_rate_in_any_second(rate: floa
     assert _max_in_any_window(times) <= rate
     # ... and does not dawdle: evenly spaced, the last one 3 s after the first.
     assert times[-1] - times[0] == pytest.approx(3.0)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == pytest.approx([1 / rate] * len(gaps))
 
 

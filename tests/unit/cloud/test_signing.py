@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from spotpool.cloud.signing import (
     canonical_request,
     expected_signature,

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.leadership import (
     Action,
@@ -21,8 +22,8 @@ from spotpool.controller.leadership import (
     LeaderElector,
     LeaseConflict,
     LeaseRecord,
-    Timing,
     Standalone,
+    Timing,
     claim,
     decide,
     expires_at,

@@ -50,7 +50,9 @@ def test_secret_in_the_arguments_is_masked(redactor: Redactor, capture: tuple[lo
     assert text == f"WARNING headers: {{'Authorization': 'key={MASK}'}}, attempt 2\n"
 
 
-def test_secret_in_the_exception_text_is_masked(redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]) -> None:
+def test_secret_in_the_exception_text_is_masked(
+    redactor: Redactor, capture: tuple[logging.Logger, io.StringIO]
+) -> None:
     logger, out = capture
     redactor.add(SECRET)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spotpool.api.names import LAUNCH_TAG
 from spotpool.cloud.errors import ErrorCategory
 from spotpool.cloud.models import (
     LAUNCH_FAILED,
@@ -26,7 +27,6 @@ from spotpool.cloud.models import (
     Instance,
     SpotOffer,
 )
-from spotpool.api.names import LAUNCH_TAG
 from spotpool.planner import (
     INFLIGHT_VISIBILITY_GRACE,
     MAX_LAUNCH_COUNT,

@@ -11,13 +11,13 @@ import json
 from typing import Any
 
 import pytest
+
 from spotpool.cloud.models import RUNNING, TERMINATING
 from spotpool.simulator.actions import ACTIONS, CallContext
 from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.config import SimulatorConfig, StockStatusSpec
 from spotpool.simulator.market import Market
 from spotpool.simulator.params import parse_json
-
 from tests.unit.simulator.test_market import (
     REGION,
     TYPE,
