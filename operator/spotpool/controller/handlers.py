@@ -40,7 +40,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # (the redactor scrubs every record where it is made).
     settings.posting.loggers = True
     settings.posting.level = logging.WARNING
-    if not tracebacks_off_events():
+    if not tracebacks_off_events(only_while=lambda: RUNTIME.leadership.is_leader()):
         raise kopf.PermanentError("kopf's Event poster was not found: refusing to post log records unformatted")
     settings.posting.event_name_prefix = "spotpool-"
     # A stopping daemon finishes its current reconcile (bounded by the API timeouts) before it goes.

@@ -98,13 +98,25 @@ class EventText(logging.Formatter):
         return record.getMessage()[: self.MAX]
 
 
-def tracebacks_off_events(logger_name: str = "kopf.objects") -> int:
-    """Give every handler of kopf's per-object logger that posts Events the `EventText` format;
-    returns how many it found (kopf attaches one, `K8sPoster`, at import)."""
+class _While(logging.Filter):
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        super().__init__()
+        self._condition = condition
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._condition()
+
+
+def tracebacks_off_events(logger_name: str = "kopf.objects", *, only_while: Callable[[], bool] | None = None) -> int:
+    """Give every handler of kopf's per-object logger that posts Events the `EventText` format, and
+    with `only_while` (leadership) let it post only while that holds: a standby must post nothing.
+    Returns how many it found (kopf attaches one, `K8sPoster`, at import)."""
     found = 0
     for handler in logging.getLogger(logger_name).handlers:
         if type(handler).__name__ == "K8sPoster":
             handler.setFormatter(EventText())
+            if only_while is not None:
+                handler.addFilter(_While(only_while))
             found += 1
     return found
 

@@ -172,3 +172,23 @@ def test_events_get_the_message_alone_never_a_traceback() -> None:
     text = poster.format(record)
     assert text == "reconcile failed (RuntimeError)" and "Traceback" not in text
     assert len(EventText().format(logging.makeLogRecord({"msg": "x" * 5000}))) == EventText.MAX
+
+
+def test_a_standby_posts_no_events() -> None:
+    """Only the leader speaks for a pool: kopf's poster passes records only while leading."""
+    import kopf._core.engines.posting  # noqa: F401 - attaches kopf's poster, as the operator does
+
+    from spotpool.controller.redaction import tracebacks_off_events
+
+    leading = {"now": False}
+    poster = next(h for h in logging.getLogger("kopf.objects").handlers if type(h).__name__ == "K8sPoster")
+    before = list(poster.filters)
+    try:
+        tracebacks_off_events(only_while=lambda: leading["now"])
+        record = logging.makeLogRecord({"msg": "Handler failed temporarily: not the leader"})
+        ours = [f for f in poster.filters if f not in before]
+        assert [f.filter(record) for f in ours] == [False]
+        leading["now"] = True
+        assert [f.filter(record) for f in ours] == [True]
+    finally:
+        poster.filters[:] = before
