@@ -153,22 +153,6 @@ def one_run(args: argparse.Namespace, kubeconfig: Path, namespace: str, sig: sig
 
 # -- operators: two real `spotpool operator` processes and one pool ------------------------------
 
-def leader_gauge(operator: Any) -> float | None:
-    """`spotpool_leader` from a process's /metrics; None when it does not answer (dead, stopped)."""
-    import re
-
-    import httpx
-
-    if not operator.running:
-        return None
-    try:
-        text = httpx.get(f"{operator.metrics_url}/metrics", timeout=0.5).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^spotpool_leader (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
-
-
 def launches(operator: Any) -> float:
     """Instances this process bought in its life (`spotpool_instance_launches_total`, all series)."""
     import re
@@ -230,7 +214,7 @@ def operator_runs(args: argparse.Namespace, plane: Any, bin_dir: Path, tmp: Path
 
     def one_leader(operators: list[OperatorProcess]) -> OperatorProcess:
         def check() -> OperatorProcess | None:
-            readings = [(op, leader_gauge(op)) for op in operators]
+            readings = [(op, op.leader_gauge()) for op in operators]
             leaders = [op for op, g in readings if g == 1.0]
             return leaders[0] if len(leaders) == 1 and all(g == 0.0 for op, g in readings
                                                            if op is not leaders[0]) else None
@@ -262,7 +246,7 @@ def operator_runs(args: argparse.Namespace, plane: Any, bin_dir: Path, tmp: Path
                 custom.patch_namespaced_custom_object(benchlib.GROUP, benchlib.VERSION, namespace, benchlib.PLURAL,
                                                       "pool", {"spec": {"expectedCount": count}})
                 bound = args.lease_duration + 4 * args.retry_period + 30
-                until(lambda standby=standby: leader_gauge(standby) == 1.0, bound, "the standby to lead")
+                until(lambda standby=standby: standby.leader_gauge() == 1.0, bound, "the standby to lead")
                 leads = time.monotonic() - signalled
 
                 def first_purchase(since: float = signalled_wall) -> float | None:

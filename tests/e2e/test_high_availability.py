@@ -60,18 +60,6 @@ MEASURED: dict[str, float] = {}  # printed at the end of each test (pytest -s sh
 
 # -- the processes -----------------------------------------------------------------------------------
 
-def gauge(operator: OperatorProcess) -> float | None:
-    """`spotpool_leader` from the process's own /metrics; None when it cannot answer (dead, paused)."""
-    if not operator.running:
-        return None
-    try:
-        text = httpx.get(f"{operator.metrics_url}/metrics", timeout=0.5).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^spotpool_leader (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
-
-
 def cvm_calls(operator: OperatorProcess) -> float:
     """CVM API requests this process made (all actions), from its own metrics."""
     text = httpx.get(f"{operator.metrics_url}/metrics", timeout=5).text
@@ -91,7 +79,7 @@ class Replicas:
     def leader(self, timeout: float = 30) -> OperatorProcess:
         """The one process whose gauge reads 1 while every other running one reads 0."""
         def one() -> OperatorProcess | None:
-            readings = [(op, gauge(op)) for op in self.operators if op.running]
+            readings = [(op, op.leader_gauge()) for op in self.operators if op.running]
             leaders = [op for op, g in readings if g == 1.0]
             if len(leaders) == 1 and all(g == 0.0 for op, g in readings if op is not leaders[0]):
                 return leaders[0]
@@ -104,7 +92,7 @@ class Replicas:
 
     def wait_leads(self, operator: OperatorProcess, since: float, timeout: float) -> float:
         """Seconds from `since` (monotonic) until `operator`'s gauge reads 1."""
-        wait_for(lambda: gauge(operator) == 1.0, timeout=timeout, interval=0.05,
+        wait_for(lambda: operator.leader_gauge() == 1.0, timeout=timeout, interval=0.05,
                  what=f"{operator.workdir.name} to lead")
         return time.monotonic() - since
 
@@ -114,7 +102,7 @@ class Replicas:
     def start_sampling(self) -> None:
         def sample() -> None:
             while not self._stop.is_set():
-                self.samples.append((time.monotonic(), tuple(gauge(op) for op in self.operators)))
+                self.samples.append((time.monotonic(), tuple(op.leader_gauge() for op in self.operators)))
                 self._stop.wait(0.2)
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -314,7 +302,7 @@ def test_paused_leader_resumed_after_takeover_writes_and_buys_nothing(
         return "stops leading" in after and FENCED in after
     wait_for(fenced_after_resume, timeout=3 * OBSERVE_INTERVAL + SLACK,
              what="the resumed leader to step down and run a fenced pass")
-    assert gauge(leader) == 0.0
+    assert leader.leader_gauge() == 0.0
     # One full pass of the standby after that (its sweep lists the instances): nothing changed.
     seen = len(simulator.calls("DescribeInstances"))
     wait_for(lambda: len(simulator.calls("DescribeInstances")) > seen, timeout=3 * OBSERVE_INTERVAL,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +138,18 @@ class OperatorProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
+
+    def leader_gauge(self) -> float | None:
+        """`spotpool_leader` from the process's own /metrics; None when it cannot answer (dead,
+        paused)."""
+        if not self.running:
+            return None
+        try:
+            text = httpx.get(f"{self.metrics_url}/metrics", timeout=0.5).text
+        except httpx.HTTPError:
+            return None
+        found = re.search(r"^spotpool_leader (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
 
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
