@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from spotpool.api.names import SECRET_FINALIZER
+from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller import failpoints
+from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.reporting import PoolMemory
 from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
 from spotpool.simulator.faults import FaultSpec
@@ -46,8 +48,16 @@ def condition(w: World, kind: str) -> dict[str, Any]:
 
 
 def run_instances_calls(w: World, secret_id: str | None = None) -> list[Any]:
+    """RunInstances calls that may buy (a DryRun launch check never does)."""
     return [c for c in w.sim.simulator.ledger.entries("RunInstances")
-            if secret_id is None or c.secret_id == secret_id]
+            if (secret_id is None or c.secret_id == secret_id) and not c.params.get("DryRun")]
+
+
+async def launch_spec_checked(w: World) -> None:
+    """Record the spec as already checked (status.validatedLaunchSpec), so that no DryRun check
+    comes before the pass's purchase."""
+    spec = EnvironmentSpec.from_k8s(w.kube.objects[(NS, NAME)]["spec"])
+    await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(spec, "100000000001")})
 
 
 async def crash_before_the_call(w: World) -> None:
@@ -153,6 +163,7 @@ async def test_replay_buys_what_the_lost_call_never_bought_once() -> None:
 async def test_replay_of_a_call_whose_answer_was_lost_returns_the_same_instances() -> None:
     async with world() as w:
         uid = await start(w, expectedCount=5)
+        await launch_spec_checked(w)
         w.sim.simulator.faults.set("RunInstances", FaultSpec(drop_rate=1.0, drop_phase="after", times=3))
         await w.reconcile(NS, NAME)  # bought, but every answer lost: outcome unknown
         assert w.bought(uid) == 5 and status(w)["inflightLaunches"][0]["instanceIds"] == []

@@ -60,6 +60,13 @@ async def buy(client: CvmClient, count: int, token: str, **kwargs: Any) -> list[
     return await client.run_instances(RunInstancesRequest(**{**args, **kwargs}))
 
 
+def check(**changes: Any) -> RunInstancesRequest:
+    """One instance to check with DryRun (check_purchase sends its own ClientToken)."""
+    args: dict[str, Any] = {"zone": ZONE, "instance_type": TYPE, "image_id": IMAGE, "count": 1,
+                            "client_token": "unused"}
+    return RunInstancesRequest(**{**args, **changes})
+
+
 async def test_on_demand_instances_are_bought_and_described_as_such(
     client: CvmClient, simulator: RunningSimulator
 ) -> None:
@@ -103,10 +110,8 @@ async def test_on_demand_quota_refusal_is_a_quota_error(
 async def test_check_purchase_passes_or_raises_and_never_buys(
     client: CvmClient, simulator: RunningSimulator
 ) -> None:
-    await client.check_purchase(zone=ZONE, instance_type=TYPE, image_id=IMAGE, max_price="0.05")
-    await client.check_purchase(
-        zone=ZONE, instance_type=TYPE, image_id=IMAGE, count=3, charge_type=POSTPAID_BY_HOUR
-    )
+    await client.check_purchase(check(max_price="0.05"))
+    await client.check_purchase(check(count=3, charge_type=POSTPAID_BY_HOUR))
     refusals = {}
     for name, kwargs in {
         "image": {"image_id": "img-BAD"},
@@ -122,7 +127,7 @@ async def test_check_purchase_passes_or_raises_and_never_buys(
             **kwargs,
         }
         with pytest.raises(CloudError) as caught:
-            await client.check_purchase(**args)
+            await client.check_purchase(check(**args))
         refusals[name] = (caught.value.code, caught.value.category)
     assert refusals == {
         "image": ("InvalidImageId.Malformed", ErrorCategory.INVALID_REQUEST),
@@ -206,15 +211,33 @@ async def test_an_image_that_disappeared_fails_the_check_as_not_found(
 ) -> None:
     result = await market(simulator, {"images": [IMAGE]})
     assert result["pools"] == []
-    await client.check_purchase(zone=ZONE, instance_type=TYPE, image_id=IMAGE, max_price="0.05")
+    await client.check_purchase(check(max_price="0.05"))
     with pytest.raises(CloudError) as caught:
-        await client.check_purchase(
-            zone=ZONE, instance_type=TYPE, image_id="img-00000000", charge_type=POSTPAID_BY_HOUR
-        )
+        await client.check_purchase(check(image_id="img-00000000", charge_type=POSTPAID_BY_HOUR))
     assert caught.value.code == "InvalidImageId.NotFound"
     assert caught.value.category is ErrorCategory.INVALID_REQUEST
     async with httpx.AsyncClient(base_url=simulator.url) as http:
         assert (await http.get("/_sim/market")).json()["images"] == [IMAGE]
+
+
+async def test_a_subnet_that_does_not_exist_or_lies_elsewhere_fails_the_check(
+    client: CvmClient, simulator: RunningSimulator
+) -> None:
+    await market(simulator, {"subnets": {"subnet-ahv6swf2": ZONE}})
+    vpc: dict[str, Any] = {"vpc_id": "vpc-2ari9m7h", "max_price": "0.05"}
+    await client.check_purchase(check(subnet_id="subnet-ahv6swf2", **vpc))
+    codes = []
+    for subnet, zone in (("subnet-00000000", ZONE), ("subnet-ahv6swf2", "ap-guangzhou-4")):
+        with pytest.raises(CloudError) as caught:
+            await client.check_purchase(check(subnet_id=subnet, zone=zone, **vpc))
+        assert caught.value.category is ErrorCategory.INVALID_REQUEST
+        codes.append(caught.value.code)
+    assert codes == ["InvalidParameterValue.SubnetNotExist", "InvalidParameterValue.SubnetIdZoneIdNotMatch"]
+    async with httpx.AsyncClient(base_url=simulator.url) as http:
+        assert (await http.get("/_sim/market")).json()["subnets"] == {"subnet-ahv6swf2": ZONE}
+        refused = await http.post("/_sim/market", json={"subnets": {"subnet-ahv6swf2": "ap-nowhere-1"}})
+        assert refused.status_code == 400
+    assert simulator.market.instances() == []
 
 
 async def test_terminating_spot_and_on_demand_together_ends_both(

@@ -26,6 +26,7 @@ Behaviour that the operator relies on, and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -189,6 +190,11 @@ def _transport_failure(exc: httpx.HTTPError) -> str:
         if isinstance(exc, kind):
             return f"{type(exc).__name__}: {description}"
     return f"{type(exc).__name__}: the HTTP exchange failed"
+
+
+class DryRunBought(CloudNetworkError):
+    """`check_purchase` got instance ids back: the endpoint bought despite DryRun. A caller must
+    not repeat the check on its own (each repeat may buy again)."""
 
 
 class CvmClient:
@@ -802,52 +808,24 @@ class CvmClient:
 
     # ------------------------------------------- on-demand, stock, quota and price (issue 11)
 
-    async def check_purchase(
-        self,
-        *,
-        zone: str,
-        instance_type: str,
-        image_id: str,
-        count: int = 1,
-        charge_type: str = SPOTPAID,
-        max_price: Decimal | str | None = None,
-        tags: dict[str, str] | None = None,
-        vpc_id: str | None = None,
-        subnet_id: str | None = None,
-        security_group_ids: Sequence[str] | None = None,
-        system_disk_type: str | None = None,
-        system_disk_size_gib: int | None = None,
-        key_ids: Sequence[str] | None = None,
-    ) -> None:
-        """RunInstances with DryRun: returns when the purchase would pass now, raises the
-        CloudError the purchase would get otherwise (a bad image, subnet or type, sold out,
-        quota). Nothing is bought.
+    async def check_purchase(self, request: RunInstancesRequest) -> None:
+        """RunInstances with DryRun: returns when `request` would pass now, raises the CloudError
+        the purchase would get otherwise (a bad image, subnet or type, sold out, quota). Nothing
+        is bought.
 
-        A fresh ClientToken is sent so the check may be retried like any idempotent purchase;
-        CVM checks stock too, so a pass says nothing about later. An answer that carries instance
-        ids means the server bought despite DryRun: that is raised, never ignored.
+        The request is sent as given (the same one a purchase would send) but with `dry_run` set
+        and a fresh `dryrun-<uuid>` ClientToken, so the check may be retried like any idempotent
+        purchase and never collides with a real purchase's token. CVM checks stock too, so a pass
+        says nothing about later. An answer that carries instance ids means the server bought
+        despite DryRun: that is raised (`DryRunBought`), never ignored.
         """
-        if charge_type == SPOTPAID and max_price is None:
+        if request.charge_type == SPOTPAID and request.max_price is None:
             raise ValueError("a spot purchase check needs max_price (its bid)")
-        ids = await self.run_instances(RunInstancesRequest(
-            zone=zone,
-            instance_type=instance_type,
-            image_id=image_id,
-            count=count,
-            max_price=max_price,
-            client_token=f"dryrun-{uuid.uuid4()}",
-            tags=dict(tags or {}),
-            vpc_id=vpc_id,
-            subnet_id=subnet_id,
-            security_group_ids=tuple(security_group_ids or ()),
-            system_disk_type=system_disk_type,
-            system_disk_size_gib=system_disk_size_gib,
-            key_ids=tuple(key_ids or ()),
-            dry_run=True,
-            charge_type=charge_type,
-        ))
+        ids = await self.run_instances(
+            dataclasses.replace(request, dry_run=True, client_token=f"dryrun-{uuid.uuid4()}")
+        )
         if ids:
-            raise CloudNetworkError(
+            raise DryRunBought(
                 SERVER_NETWORK_ERROR,
                 f"RunInstances with DryRun answered {len(ids)} instance ids: "
                 f"{', '.join(ids[:10])}",

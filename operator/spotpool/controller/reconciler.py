@@ -1,6 +1,8 @@
 """One pass over one environment, in one direction: resolve → observe → plan → act → report.
 
 - resolve (`context.resolve`): spec, credentials, the account they act in, the journal.
+- check (`launchcheck.LaunchChecker`): a new or changed launch spec is tried with RunInstances
+  DryRun; a configuration the cloud refuses buys nothing (Degraded/InvalidConfig).
 - observe: this environment's slice of its account's shared sweep (`observer.Observer`), the
   market, and an `InstanceIds` lookup of journal ids the sweep lacks.
 - plan (`planner.plan`): called once; every decision about money is made there.
@@ -18,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -28,13 +30,14 @@ from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import Conflict, KubeApi
+from spotpool.controller.launchcheck import STATUS_FIELD, LaunchChecker
 from spotpool.controller.observer import Observer
 from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
 from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, build_status, plan
-from spotpool.planner.degraded import REASON_BY_CATEGORY
+from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class Reconciler:
         self._reporting = Reporting(kube=kube, metrics=metrics, post_event=post_event)
         self._purchasing = Purchasing(kube=kube, reporting=self._reporting, cluster_id=cloud.cluster_id,
                                       rng=rng or random.Random())
+        self._launch_checks = LaunchChecker(self._purchasing.request)
 
     async def reconcile(self, body: Mapping[str, Any], memory: PoolMemory, lock: asyncio.Lock, *,
                         deleting: bool = False) -> Outcome:
@@ -148,6 +152,14 @@ class Reconciler:
         if isinstance(resolved, Blocked):
             return await self._blocked(body, memory, status, resolved, now, deleting, fence)
         ctx = resolved
+        # A new or changed launch spec is tried with RunInstances DryRun first: a refusal buys
+        # nothing this pass (releases go on, as under a spend guard) and names the spec field.
+        checked = await self._launch_checks.check(ctx)
+        if checked is not None:
+            for note in checked.notes:
+                self._reporting.event(ctx, "Warning", "LaunchCheck", note)
+            if checked.refused is not None:
+                ctx = replace(ctx, purchases_refused=(DegradedReason.INVALID_CONFIG, checked.refused))
         try:
             observation, offers = await self._observe(ctx)
         except CloudError as exc:
@@ -172,6 +184,8 @@ class Reconciler:
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
             purchases_refused=ctx.purchases_refused,
         )
+        if checked is not None and checked.record is not None:
+            report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
         fence()
         await self._reporting.write(ctx.ref, body, memory, report, now)
         self._reporting.observe(ctx, memory, report)

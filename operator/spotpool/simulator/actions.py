@@ -236,6 +236,7 @@ def _launch_request(
                     "InvalidParameterValue.SubnetIdMalformed",
                     f"SubnetId {vpc.subnet_id!r} is malformed.",
                 )
+            ctx.market.check_subnet(vpc.subnet_id, params.placement.zone)
             subnet_id = vpc.subnet_id
     groups = tuple(params.security_group_ids or ())
     if len(groups) > MAX_SECURITY_GROUPS:

@@ -134,6 +134,12 @@ class MarketSpec(_Strict):
         description="the image ids that exist (others are InvalidImageId.NotFound); "
         "None: every well-formed img-xxxxxxxx exists",
     )
+    subnets: dict[str, str] | None = Field(
+        default=None,
+        description="the subnet ids that exist, each with its zone (others are "
+        "InvalidParameterValue.SubnetNotExist, one of another zone SubnetIdZoneIdNotMatch); "
+        "None: every well-formed subnet-xxxxxxxx exists in every zone",
+    )
     reclaim_rate_per_hour: float = Field(
         default=0.0, ge=0, description="random reclaims per running instance-hour"
     )
@@ -221,6 +227,9 @@ class SimulatorConfig(_Strict):
                 raise ValueError(f"market.pools: unknown zone {pool.zone!r}")
             if pool.instance_type not in self.instance_types:
                 raise ValueError(f"market.pools: unknown instance type {pool.instance_type!r}")
+        for subnet, zone in (self.market.subnets or {}).items():
+            if zone not in known_zones:
+                raise ValueError(f"market.subnets: {subnet}: unknown zone {zone!r}")
         for field in ("zone_quota_vcpus", "zone_on_demand_quota_vcpus"):
             for zone in getattr(self.market, field):
                 if zone not in known_zones:

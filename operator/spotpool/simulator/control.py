@@ -65,12 +65,14 @@ class PoolUpdate(_Body):
 
 class MarketBody(_Body):
     """`zoneQuotas` sets spot vCPU quotas, `onDemandZoneQuotas` pay-as-you-go ones; `images`
-    the image ids that exist from now on (absent: unchanged; reset restores the configuration)."""
+    the image ids that exist from now on, `subnets` the subnet ids (with their zones) that do
+    (absent: unchanged; reset restores the configuration)."""
 
     pools: list[PoolUpdate] = Field(default_factory=list)
     zone_quotas: dict[str, int] = Field(default_factory=dict)
     on_demand_zone_quotas: dict[str, int] = Field(default_factory=dict)
     images: list[str] | None = None
+    subnets: dict[str, str] | None = None
 
 
 def add_control_routes(app: web.Application, sim: Simulator) -> None:
@@ -282,6 +284,7 @@ async def _market(sim: Simulator) -> web.Response:
             "pools": [_pool_view(sim, p) for p in sim.market.pools()],
             "zoneQuotas": _quota_view(sim),
             "images": sim.market.images(),
+            "subnets": sim.market.subnets(),
         }
     )
 
@@ -303,6 +306,9 @@ async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
             raise _BadRequest(f"unknown zone {zone!r}")
         if vcpus < 0:
             raise _BadRequest(f"the quota of {zone} must not be negative")
+    for subnet, zone in (body.subnets or {}).items():
+        if market.region_of_zone(zone) is None:
+            raise _BadRequest(f"subnet {subnet}: unknown zone {zone!r}")
     changed = [
         _pool_view(
             sim,
@@ -320,6 +326,8 @@ async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
         market.set_zone_quota(zone, vcpus, POSTPAID_BY_HOUR)
     if body.images is not None:
         market.set_images(body.images)
+    if body.subnets is not None:
+        market.set_subnets(body.subnets)
     return _json({"pools": changed, "zoneQuotas": _quota_view(sim)})
 
 

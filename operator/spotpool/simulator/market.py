@@ -140,6 +140,7 @@ class Market:
             charge: dict.fromkeys(self._zone_region, 0) for charge in (SPOTPAID, POSTPAID_BY_HOUR)
         }
         self._images = None if market.images is None else set(market.images)
+        self._subnet_zones = None if market.subnets is None else dict(market.subnets)
         self._instances: dict[str, SimInstance] = {}
         self._regions = {region: RegionIndex() for region in config.regions}
         self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
@@ -626,6 +627,30 @@ class Market:
         """From now on only these images exist (None: every well-formed id), so a test can make a
         pool's image disappear and see a DryRun turn it into InvalidImageId.NotFound."""
         self._images = None if images is None else set(images)
+
+    def check_subnet(self, subnet_id: str, zone: str) -> None:
+        """Refuse a subnet that does not exist (when subnets are set) or lies in another zone, as
+        RunInstances does: InvalidParameterValue.SubnetNotExist / SubnetIdZoneIdNotMatch."""
+        if self._subnet_zones is None:
+            return
+        subnet_zone = self._subnet_zones.get(subnet_id)
+        if subnet_zone is None:
+            raise ApiError(
+                "InvalidParameterValue.SubnetNotExist", f"The subnet {subnet_id} does not exist."
+            )
+        if subnet_zone != zone:
+            raise ApiError(
+                "InvalidParameterValue.SubnetIdZoneIdNotMatch",
+                f"The subnet {subnet_id} is in {subnet_zone}, not in {zone}.",
+            )
+
+    def subnets(self) -> dict[str, str] | None:
+        """The subnet ids that exist with their zones; None when every well-formed id does."""
+        return None if self._subnet_zones is None else dict(sorted(self._subnet_zones.items()))
+
+    def set_subnets(self, subnets: dict[str, str] | None) -> None:
+        """From now on only these subnets (id -> zone) exist; None: every well-formed id, anywhere."""
+        self._subnet_zones = None if subnets is None else dict(subnets)
 
     def set_zone_quota(self, zone: str, vcpus: int, charge_type: str = SPOTPAID) -> None:
         """Set a zone's vCPU quota for a charge type; instances over it keep running, as a

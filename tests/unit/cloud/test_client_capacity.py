@@ -16,6 +16,7 @@ import httpx
 import pytest
 from tencentcloud.cvm.v20170312 import models as sdk
 
+from spotpool.cloud.client import DryRunBought
 from spotpool.cloud.errors import CloudError, CloudNetworkError
 from spotpool.cloud.models import (
     ENOUGH_STOCK,
@@ -170,6 +171,11 @@ async def test_purchase_arguments_that_make_no_sense_are_refused_before_any_call
 # ----------------------------------------------------------------------- check_purchase
 
 
+def check(**changes: Any) -> RunInstancesRequest:
+    """A one-instance purchase to check (check_purchase sets DryRun and its own token)."""
+    return RunInstancesRequest(**{**RUN, "count": 1, "client_token": "unused", **changes})
+
+
 @pytest.mark.parametrize(
     "answer",
     [error("DryRunOperation", "would have succeeded"), reply({"InstanceIdSet": []})],
@@ -178,43 +184,47 @@ async def test_purchase_arguments_that_make_no_sense_are_refused_before_any_call
 async def test_check_purchase_passes_on_either_documented_answer(answer: httpx.Response) -> None:
     client, fake, _ = make_client(lambda a, b, r: answer)
     async with client:
-        await client.check_purchase(  # returns: the purchase would pass
-            zone=ZONE,
-            instance_type="S5.MEDIUM4",
-            image_id="img-pmqg1cw7",
-            charge_type=POSTPAID_BY_HOUR,
-        )
+        await client.check_purchase(check(charge_type=POSTPAID_BY_HOUR))  # returns: it would pass
     [body] = fake.bodies("RunInstances")
     assert body["DryRun"] is True and body["InstanceChargeType"] == POSTPAID_BY_HOUR
     assert body["ClientToken"].startswith("dryrun-") and body["InstanceCount"] == 1
+
+
+async def test_check_purchase_sends_the_purchase_itself_under_a_fresh_token() -> None:
+    client, fake, _ = make_client(lambda a, b, r: reply({"InstanceIdSet": []}))
+    request = RunInstancesRequest(**RUN, max_price="0.05")
+    async with client:
+        await client.check_purchase(request)
+        await client.check_purchase(request)
+        await client.run_instances(request)
+    first, second, bought = fake.bodies("RunInstances")
+    assert first["DryRun"] is True and "DryRun" not in bought
+    assert first["ClientToken"] != second["ClientToken"] != bought["ClientToken"]
+    same = {key: value for key, value in bought.items() if key != "ClientToken"}
+    assert {key: value for key, value in first.items() if key not in ("ClientToken", "DryRun")} == same
 
 
 async def test_check_purchase_raises_the_refusal_the_purchase_would_get() -> None:
     client, _, _ = make_client(lambda a, b, r: error("InvalidImageId.NotFound", "no such image"))
     async with client:
         with pytest.raises(CloudError) as caught:
-            await client.check_purchase(
-                zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-00000000", max_price="1"
-            )
+            await client.check_purchase(check(image_id="img-00000000", max_price="1"))
     assert caught.value.code == "InvalidImageId.NotFound"
 
 
 async def test_a_dry_run_that_bought_instances_is_an_error_not_a_pass() -> None:
     client, _, _ = make_client(lambda a, b, r: reply({"InstanceIdSet": ["ins-abcd1234"]}))
     async with client:
-        with pytest.raises(CloudNetworkError, match="ins-abcd1234"):
-            await client.check_purchase(
-                zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-pmqg1cw7", max_price="1"
-            )
+        with pytest.raises(DryRunBought, match="ins-abcd1234") as caught:
+            await client.check_purchase(check(max_price="1"))
+    assert isinstance(caught.value, CloudNetworkError)
 
 
 async def test_a_spot_check_needs_a_bid() -> None:
     client, fake, _ = make_client(lambda a, b, r: reply({}))
     async with client:
         with pytest.raises(ValueError, match="max_price"):
-            await client.check_purchase(
-                zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-pmqg1cw7"
-            )
+            await client.check_purchase(check())
     assert fake.requests == []
 
 

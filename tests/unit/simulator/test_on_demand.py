@@ -469,6 +469,28 @@ def test_only_the_listed_images_exist_when_images_are_set(clock: FakeClock) -> N
     assert market.images() == ["img-pmqg1cw7"]
 
 
+def test_only_the_listed_subnets_exist_each_in_its_zone_when_subnets_are_set(clock: FakeClock) -> None:
+    market = Market(small_config(market={"subnets": {"subnet-ahv6swf2": ZONE}}), clock)
+
+    def in_subnet(subnet: str, zone: str = ZONE, **changes: Any) -> dict[str, Any]:
+        return purchase(Placement={"Zone": zone}, VirtualPrivateCloud={"VpcId": "vpc-2ari9m7h", "SubnetId": subnet},
+                        **changes)
+
+    assert call(market, "RunInstances", in_subnet("subnet-ahv6swf2"))["InstanceIdSet"]
+    missing = in_subnet("subnet-00000000", DryRun=True)
+    assert call_error(market, "RunInstances", missing) == "InvalidParameterValue.SubnetNotExist"
+    elsewhere = in_subnet("subnet-ahv6swf2", "ap-guangzhou-4", DryRun=True)
+    assert call_error(market, "RunInstances", elsewhere) == "InvalidParameterValue.SubnetIdZoneIdNotMatch"
+    assert call_error(market, "RunInstances", purchase(DryRun=True)) == "DryRunOperation"  # default subnet
+    market.set_subnets(None)  # every well-formed id exists again, anywhere
+    assert call_error(market, "RunInstances", missing) == "DryRunOperation"
+    assert market.subnets() is None
+    market.reset()
+    assert market.subnets() == {"subnet-ahv6swf2": ZONE}
+    with pytest.raises(ValueError, match="unknown zone"):
+        small_config(market={"subnets": {"subnet-ahv6swf2": "ap-nowhere-1"}})
+
+
 def test_a_batch_mixing_charge_types_is_refused_whole(market: Market, clock: FakeClock) -> None:
     spot = launch(market, 2)
     od = launch(market, 2, charge_type=OD)
