@@ -7,6 +7,7 @@ The metric names are API: the dashboard test checks that every series it queries
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (
@@ -27,7 +28,9 @@ POOL_LABELS = (*ENV_LABELS, "zone", "instance_type")
 # large pool can take many minutes when the market is tight.
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup")
+RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup", "ReturnToSpot")
+CAPACITY_SERIES = (("spot", "spot"), ("on-demand", "base"), ("on-demand", "fallback"))
+"""(capacity_type, role) of spotpool_environment_capacity_instances, in `capacity` order."""
 INTERRUPTION_KINDS = ("lost", "launch_failed")
 # Seven buckets: one histogram per environment, so every bucket costs a series per pool.
 FULFIL_BUCKETS = (5, 30, 60, 300, 900, 1800, 3600)
@@ -55,7 +58,24 @@ class Metrics:
         self.pending = Gauge("spotpool_environment_pending_instances",
                              "Instances bought but not yet running.", ENV_LABELS, registry=r)
         self.hourly_cost = Gauge("spotpool_environment_hourly_cost_usd",
-                                 "Market price of the alive instances, USD per hour.", ENV_LABELS, registry=r)
+                                 "What the alive instances cost per hour, USD: spot at the market price, "
+                                 "on-demand at the list price.", ENV_LABELS, registry=r)
+        self.max_hourly_cost = Gauge("spotpool_environment_max_hourly_cost_usd",
+                                     "spec.maxHourlyCost, USD per hour (absent when the pool sets no cap).",
+                                     ENV_LABELS, registry=r)
+        self.capacity = Gauge("spotpool_environment_capacity_instances",
+                              "Alive instances by capacity type (spot, on-demand) and role (spot; base: "
+                              "spec.onDemand.baseCount; fallback: bought while spot was short).",
+                              (*ENV_LABELS, "capacity_type", "role"), registry=r)
+        self.spot_short = Gauge("spotpool_environment_spot_short",
+                                "1 while spot cannot fill the pool's deficit (the fallback's wait runs), else 0.",
+                                ENV_LABELS, registry=r)
+        self.fallbacks = Counter("spotpool_fallback_instances_total",
+                                 "On-demand instances bought because spot stayed short past "
+                                 "spec.onDemand.fallback.after.", ENV_LABELS, registry=r)
+        self.returns = Counter("spotpool_returns_to_spot_total",
+                               "Fallback on-demand instances released once a spot replacement ran.",
+                               ENV_LABELS, registry=r)
         self.ready = Gauge("spotpool_environment_ready",
                            "1 when every expected instance is running, else 0.", ENV_LABELS, registry=r)
         self.degraded = Gauge("spotpool_environment_degraded",
@@ -133,9 +153,23 @@ class Metrics:
         degraded: bool,
         pools: Iterable[tuple[str, str, int, int, float | None]],
         max_price: float,
+        capacity: tuple[int, int, int] = (0, 0, 0),
+        max_hourly_cost: float | None = None,
+        spot_short: bool = False,
     ) -> None:
-        """Set every gauge of one environment; `pools` yields (zone, type, running, pending, price)."""
+        """Set every gauge of one environment; `pools` yields (zone, type, running, pending, price);
+        `capacity` is (spot, on-demand base, on-demand fallback) alive."""
         env = (namespace, name)
+        for (capacity_type, role), count in zip(CAPACITY_SERIES, capacity, strict=True):
+            self.capacity.labels(*env, capacity_type, role).set(count)
+        if max_hourly_cost is None:
+            with contextlib.suppress(KeyError):  # no cap (any more): no series
+                self.max_hourly_cost.remove(*env)
+        else:
+            self.max_hourly_cost.labels(*env).set(max_hourly_cost)
+        self.spot_short.labels(*env).set(1 if spot_short else 0)
+        self.fallbacks.labels(*env)
+        self.returns.labels(*env)
         self.expected.labels(*env).set(expected)
         self.current.labels(*env).set(current)
         self.running.labels(*env).set(running)
@@ -164,6 +198,7 @@ class Metrics:
             self.expected, self.current, self.running, self.pending, self.hourly_cost, self.ready,
             self.degraded, self.pool_instances, self.market_price, self.max_price, self.launches,
             self.refusals, self.releases, self.interruptions, self.time_to_fulfil, self.reconcile_errors,
+            self.max_hourly_cost, self.capacity, self.spot_short, self.fallbacks, self.returns,
         )
         for metric in per_environment:
             for labels in list(_label_sets(metric)):

@@ -77,6 +77,21 @@ INVALID = [
     ("six security groups", with_spec(network={"securityGroupIds": [f"sg-0000000{i}" for i in range(6)]}),
      "spec.network.securityGroupIds"),
     ("malformed key id", with_spec(loginSettings={"keyIds": ["key-1"]}), "spec.loginSettings.keyIds"),
+    ("zero maxHourlyCost", with_spec(maxHourlyCost="0"), "spec.maxHourlyCost"),
+    ("non-decimal maxHourlyCost", with_spec(maxHourlyCost="cheap"), "spec.maxHourlyCost"),
+    ("negative baseCount", with_spec(onDemand={"baseCount": -1}), "spec.onDemand.baseCount"),
+    ("fallback without a wait", with_spec(onDemand={"fallback": {}}), "spec.onDemand.fallback.after"),
+    ("malformed fallback wait", with_spec(onDemand={"fallback": {"after": "5 minutes"}}),
+     "spec.onDemand.fallback.after"),
+    ("fallback wait over 24h", with_spec(onDemand={"fallback": {"after": "25h"}}), "spec.onDemand.fallback.after"),
+    ("unknown fallback reason", with_spec(onDemand={"fallback": {"after": "5m", "reasons": ["Expensive"]}}),
+     "spec.onDemand.fallback.reasons"),
+    ("zero maxInFlight", with_spec(onDemand={"returnToSpot": {"maxInFlight": 0}}),
+     "spec.onDemand.returnToSpot.maxInFlight"),
+    ("maxInFlight over 100%", with_spec(onDemand={"returnToSpot": {"maxInFlight": "101%"}}),
+     "spec.onDemand.returnToSpot.maxInFlight"),
+    ("maxInFlight not a percentage", with_spec(onDemand={"returnToSpot": {"maxInFlight": "half"}}),
+     "spec.onDemand.returnToSpot.maxInFlight"),
 ]
 
 
@@ -137,6 +152,20 @@ def test_defaults_are_filled_in(cluster: Cluster, crd: str, namespace: str) -> N
     assert spec["allocationStrategy"] == "LowestPrice"
     assert spec["scaleInPolicy"] == "NewestFirst"
     assert spec["paused"] is False
+
+
+def test_on_demand_defaults_and_every_documented_shape_are_accepted(cluster: Cluster, crd: str, namespace: str) -> None:
+    obj = with_spec(allocationStrategy="CapacityOptimized", maxHourlyCost="2.50",
+                    onDemand={"fallback": {"after": "1h30m"}, "returnToSpot": {"maxInFlight": 2}})
+    cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}")
+    spec = cluster.kubectl.get("sce", "valid", namespace)["spec"]  # type: ignore[index]
+    assert spec["onDemand"]["baseCount"] == 0
+    assert spec["onDemand"]["fallback"]["reasons"] == ["SoldOut", "QuotaExceeded", "PriceAboveMax"]
+    assert spec["onDemand"]["returnToSpot"] == {"enabled": True, "maxInFlight": 2}
+    obj = with_spec(onDemand={"baseCount": 1, "returnToSpot": {"maxInFlight": "100%"}})
+    cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}")
+    spec = cluster.kubectl.get("sce", "valid", namespace)["spec"]  # type: ignore[index]
+    assert spec["onDemand"]["returnToSpot"]["maxInFlight"] == "100%"
 
 
 @pytest.mark.parametrize(("case", "obj", "field"), INVALID, ids=[c[0] for c in INVALID])

@@ -196,6 +196,27 @@ def test_spec_is_immutable() -> None:
         (spec_with(scaleInPolicy="Random"), "spec.scaleInPolicy"),
         (spec_with(paused="yes"), "spec.paused"),
         (spec_with(replicas=3), "spec.replicas"),
+        (spec_with(maxHourlyCost="0"), "spec.maxHourlyCost"),
+        (spec_with(maxHourlyCost="lots"), "spec.maxHourlyCost"),
+        (spec_with(onDemand={"baseCount": -1}), "spec.onDemand.baseCount"),
+        (spec_with(onDemand={"baseCount": "2"}), "spec.onDemand.baseCount"),
+        (spec_with(onDemand={"fallback": {}}), "spec.onDemand.fallback.after"),
+        (spec_with(onDemand={"fallback": {"after": "5 minutes"}}), "spec.onDemand.fallback.after"),
+        (spec_with(onDemand={"fallback": {"after": "m"}}), "spec.onDemand.fallback.after"),
+        (spec_with(onDemand={"fallback": {"after": "25h"}}), "spec.onDemand.fallback.after"),
+        (spec_with(onDemand={"fallback": {"after": 300}}), "spec.onDemand.fallback.after"),
+        (spec_with(onDemand={"fallback": {"after": "5m", "reasons": []}}), "spec.onDemand.fallback.reasons"),
+        (spec_with(onDemand={"fallback": {"after": "5m", "reasons": ["Expensive"]}}),
+         "spec.onDemand.fallback.reasons[0]"),
+        (spec_with(onDemand={"fallback": {"after": "5m", "reasons": ["SoldOut", "SoldOut"]}}),
+         "spec.onDemand.fallback.reasons"),
+        (spec_with(onDemand={"fallback": {"after": "5m", "maxCount": -1}}), "spec.onDemand.fallback.maxCount"),
+        (spec_with(onDemand={"returnToSpot": {"maxInFlight": 0}}), "spec.onDemand.returnToSpot.maxInFlight"),
+        (spec_with(onDemand={"returnToSpot": {"maxInFlight": "0%"}}), "spec.onDemand.returnToSpot.maxInFlight"),
+        (spec_with(onDemand={"returnToSpot": {"maxInFlight": "101%"}}), "spec.onDemand.returnToSpot.maxInFlight"),
+        (spec_with(onDemand={"returnToSpot": {"maxInFlight": "half"}}), "spec.onDemand.returnToSpot.maxInFlight"),
+        (spec_with(onDemand={"returnToSpot": {"enabled": "yes"}}), "spec.onDemand.returnToSpot.enabled"),
+        (spec_with(onDemand={"spot": 1}), "spec.onDemand.spot"),
     ],
 )
 def test_invalid_values_raise_a_value_error_naming_the_field(document: dict[str, Any], field: str) -> None:
@@ -253,3 +274,23 @@ def test_zones_must_start_with_the_region() -> None:
 def test_finance_region_zones_are_accepted() -> None:
     spec = EnvironmentSpec.from_k8s(spec_with(region="ap-shanghai-fsi", zones=["ap-shanghai-fsi-1"]))
     assert spec.zones == ("ap-shanghai-fsi-1",)
+
+
+def test_on_demand_fields_and_their_defaults() -> None:
+    spec = EnvironmentSpec.from_k8s(spec_with(
+        expectedCount=10, maxHourlyCost="2.50", onDemand={"baseCount": 3, "fallback": {"after": "1h30m"}}))
+    assert spec.max_hourly_cost == Decimal("2.50")
+    assert spec.on_demand is not None and spec.base_count == 3
+    fallback = spec.on_demand.fallback
+    assert fallback is not None and fallback.after_seconds == 5400 and fallback.max_count is None
+    assert [r.value for r in fallback.reasons] == ["SoldOut", "QuotaExceeded", "PriceAboveMax"]
+    assert spec.on_demand.return_to_spot.enabled and spec.on_demand.return_to_spot.max_in_flight == "25%"
+    assert spec.on_demand.return_to_spot.budget(10) == 3  # ceil(2.5)
+
+
+def test_the_base_is_capped_at_expected_count_and_budgets_never_reach_zero() -> None:
+    spec = EnvironmentSpec.from_k8s(
+        spec_with(expectedCount=2, onDemand={"baseCount": 5, "returnToSpot": {"maxInFlight": "1%"}}))
+    assert spec.base_count == 2
+    assert spec.on_demand is not None and spec.on_demand.return_to_spot.budget(2) == 1
+    assert spec.on_demand.return_to_spot.budget(0) == 1

@@ -51,6 +51,15 @@ class AllocationStrategy(StrEnum):
     LOWEST_PRICE = "LowestPrice"
     DIVERSIFIED = "Diversified"
     PRIORITIZED = "Prioritized"
+    CAPACITY_OPTIMIZED = "CapacityOptimized"  # price weighed with stock and the reclaims observed
+
+
+class FallbackReason(StrEnum):
+    """Why spot cannot fill a deficit; `spec.onDemand.fallback.reasons` picks which ones fall back."""
+
+    SOLD_OUT = "SoldOut"  # every pool sold out or without stock (market, or a capacity refusal)
+    QUOTA_EXCEEDED = "QuotaExceeded"  # no spot vCPU quota left (DescribeAccountQuota, or a refusal)
+    PRICE_ABOVE_MAX = "PriceAboveMax"  # the market is above spec.maxPrice
 
 
 class ScaleInPolicy(StrEnum):
@@ -138,6 +147,40 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+_DURATION = re.compile(r"^(?:([0-9]{1,4})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,5})s)?$")
+MAX_FALLBACK_WAIT_SECONDS = 24 * 3600
+
+
+def _parse_duration(value: object) -> int:
+    """A Go-style duration of hours, minutes and seconds (`90s`, `5m`, `1h30m`) as seconds.
+
+    The CRD checks the same pattern; seconds are enough precision for a wait measured in passes.
+    """
+    if isinstance(value, bool) or not isinstance(value, str) or not value:
+        raise ValueError('must be a duration such as "5m", "90s" or "1h30m"')
+    match = _DURATION.fullmatch(value)
+    if match is None or not any(match.groups()):
+        raise ValueError(f'must be a duration such as "5m", "90s" or "1h30m", got {value[:40]!r}')
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_FALLBACK_WAIT_SECONDS:
+        raise ValueError(f"must be at most 24h, got {value!r}")
+    return total
+
+
+def _parse_int_or_percent(value: object) -> int | str:
+    """An instance count (>= 1) or a percentage of expectedCount ("25%", 1 to 100)."""
+    if isinstance(value, bool):
+        raise ValueError('must be a count such as 2 or a percentage such as "25%"')
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}%", value) and 1 <= int(value[:-1]) <= 100:
+        return value
+    raise ValueError(f'must be a count such as 2 or a percentage from "1%" to "100%", got {str(value)[:40]!r}')
+
+
 _StrictStr = Annotated[str, StringConstraints(strict=True)]
 _DnsSubdomain = Annotated[
     str,
@@ -215,6 +258,38 @@ class LoginSettings(_SpecModel):
     ] = ()
 
 
+class Fallback(_SpecModel):
+    """Buy on-demand for the spot shortfall once spot has been short for `after`."""
+
+    after_seconds: Annotated[int, BeforeValidator(_parse_duration)] = Field(alias="after")
+    reasons: Annotated[
+        tuple[FallbackReason, ...], Field(min_length=1, max_length=3), AfterValidator(_unique)
+    ] = tuple(FallbackReason)
+    max_count: Annotated[int, Field(strict=True, ge=0, le=MAX_EXPECTED_COUNT)] | None = None
+
+
+class ReturnToSpot(_SpecModel):
+    """Replace fallback on-demand instances by spot ones when spot can be had again."""
+
+    enabled: Annotated[bool, Field(strict=True)] = True
+    max_in_flight: Annotated[int | str, BeforeValidator(_parse_int_or_percent)] = "25%"
+
+    def budget(self, expected_count: int) -> int:
+        """Replacements at a time: the count, or the percentage of expectedCount rounded up (>= 1)."""
+        if isinstance(self.max_in_flight, int):
+            return self.max_in_flight
+        percent = int(self.max_in_flight[:-1])
+        return max(1, -(-expected_count * percent // 100))
+
+
+class OnDemand(_SpecModel):
+    """Pay-as-you-go (POSTPAID_BY_HOUR) instances: a base always bought so, and a fallback."""
+
+    base_count: Annotated[int, Field(strict=True, ge=0, le=MAX_EXPECTED_COUNT)] = 0
+    fallback: Fallback | None = None
+    return_to_spot: ReturnToSpot = Field(default_factory=ReturnToSpot)
+
+
 class EnvironmentSpec(_SpecModel):
     """`spec` of a SpotComputeEnvironment (see docs/contract.md)."""
 
@@ -251,6 +326,14 @@ class EnvironmentSpec(_SpecModel):
     ] = Field(default_factory=dict)
     scale_in_policy: ScaleInPolicy = ScaleInPolicy.NEWEST_FIRST
     paused: Annotated[bool, Field(strict=True)] = False
+    on_demand: OnDemand | None = None
+    max_hourly_cost: _MaxPrice | None = None
+
+    @property
+    def base_count(self) -> int:
+        """On-demand instances always kept (at most expectedCount)."""
+        base = self.on_demand.base_count if self.on_demand is not None else 0
+        return min(base, self.expected_count)
 
     @field_validator("zones")
     @classmethod

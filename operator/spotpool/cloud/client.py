@@ -772,39 +772,10 @@ class CvmClient:
     async def describe_spot_offers(
         self, *, zones: Sequence[str], instance_types: Sequence[str]
     ) -> list[SpotOffer]:
-        """The spot market for every requested zone x instance type the API reports.
-
-        Values are sent at most 5 per filter (the older, stricter SDK limit; the newer one says
-        100), so many zones or types take several calls. Pools the API does not list are absent.
-        """
-        wanted_zones, wanted_types = wire.unique(zones), wire.unique(instance_types)
-        offers: dict[tuple[str, str], SpotOffer] = {}
-        for zone_batch in wire.chunks(wanted_zones, wire.MAX_FILTER_VALUES):
-            for type_batch in wire.chunks(wanted_types, wire.MAX_FILTER_VALUES):
-                filters = wire.filters_param({
-                    "zone": zone_batch,
-                    "instance-type": type_batch,
-                    "instance-charge-type": [wire.SPOTPAID],
-                })
-                response = await self.call("DescribeZoneInstanceConfigInfos", {"Filters": filters})
-                quotas = response.get("InstanceTypeQuotaSet") or []
-                if not isinstance(quotas, list):
-                    raise _invalid("DescribeZoneInstanceConfigInfos",
-                                   "InstanceTypeQuotaSet is not a list")
-                for raw in quotas:
-                    if not isinstance(raw, dict):
-                        raise _invalid("DescribeZoneInstanceConfigInfos",
-                                       "an InstanceTypeQuotaSet item is not a JSON object")
-                    if raw.get("InstanceChargeType", wire.SPOTPAID) != wire.SPOTPAID:
-                        continue
-                    try:
-                        offer = wire.parse_offer(raw)
-                    except ValueError as exc:  # wire's own message, no server data in it
-                        raise _invalid("DescribeZoneInstanceConfigInfos",
-                                       f"malformed offer: {exc}") from None
-                    if offer.zone in zone_batch and offer.instance_type in type_batch:
-                        offers[(offer.zone, offer.instance_type)] = offer
-        return list(offers.values())
+        """The spot market for every requested zone x instance type the API reports (the SPOTPAID
+        items of `describe_offers`). Pools the API does not list are absent."""
+        offers = await self.describe_offers(zones=zones, instance_types=instance_types, charge_types=(SPOTPAID,))
+        return [offer.as_spot() for offer in offers]
 
     # ------------------------------------------- on-demand, stock, quota and price (issue 11)
 
@@ -842,7 +813,8 @@ class CvmClient:
         """Every requested zone x instance type x charge type the API reports, with its price,
         list price, sold-out flag and StatusCategory (DescribeZoneInstanceConfigInfos).
 
-        Batched like describe_spot_offers (at most 5 values per filter). Items of charge types
+        Values are sent at most 5 per filter (the older, stricter SDK limit; the newer one says
+        100), so many zones or types take several calls. Items of charge types
         or pools that were not asked for are dropped; pools the API does not list are absent.
         """
         for charge in charge_types:

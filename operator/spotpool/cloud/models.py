@@ -60,6 +60,7 @@ class SpotOffer:
     sold_out: bool
     cpu: int = 0
     memory_gib: int = 0
+    status_category: str | None = None  # one of STOCK_CATEGORIES, None when unknown
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class Offer:
     status_category: str | None
     cpu: int = 0
     memory_gib: int = 0
+
+    def as_spot(self) -> SpotOffer:
+        """This offer as the planner's spot market entry (meant for a SPOTPAID offer)."""
+        return SpotOffer(self.zone, self.instance_type, self.price, self.list_price, self.sold_out,
+                         self.cpu, self.memory_gib, self.status_category)
 
     @property
     def stock_rank(self) -> int | None:

@@ -24,7 +24,6 @@ from .models import (  # issue 11: on-demand, stock, quota and price
     Offer,
     PriceQuote,
     RunInstancesRequest,
-    SpotOffer,
     ZoneQuota,
 )
 
@@ -254,34 +253,6 @@ def _decimal(value: Any) -> Decimal | None:
     return result if result.is_finite() else None
 
 
-def parse_offer(raw: Any) -> SpotOffer:
-    """A DescribeZoneInstanceConfigInfos item as a SpotOffer.
-
-    The reference cannot say which ItemPrice field carries the spot price (open question 5); the
-    discounted price is the natural reading, the list price the fallback when it is absent or not
-    positive (a zero "discount price" would make a pool look free). ValueError when the item
-    breaks the documented shape (the server may be hostile).
-    """
-    if not isinstance(raw, Mapping):
-        raise ValueError("an offer is not a JSON object")
-    price = raw.get("Price") or {}
-    if not isinstance(price, Mapping):
-        raise ValueError("Price is not a JSON object")
-    list_price = _decimal(price.get("UnitPrice"))
-    spot_price = _decimal(price.get("UnitPriceDiscount"))
-    if spot_price is None or spot_price <= 0:
-        spot_price = list_price
-    return SpotOffer(
-        zone=_text(raw.get("Zone"), MAX_FIELD, "Zone"),
-        instance_type=_text(raw.get("InstanceType"), MAX_FIELD, "InstanceType"),
-        spot_price=spot_price,
-        list_price=list_price,
-        sold_out=raw.get("Status") == "SOLD_OUT",
-        cpu=_count(raw.get("Cpu"), "Cpu"),
-        memory_gib=_count(raw.get("Memory"), "Memory"),
-    )
-
-
 # ------------------------------------------------ on-demand, stock, quota and price (issue 11)
 
 _QUOTA_SETS = {SPOTPAID: "SpotPaidQuotaSet", POSTPAID_BY_HOUR: "PostPaidQuotaSet"}
@@ -314,7 +285,8 @@ def _item_price(
     """(price paid, list price, the ItemPrice) of an object carrying an ItemPrice as `Price`.
 
     The paid price is UnitPriceDiscount, or UnitPrice when that is absent or not positive (a zero
-    "discount price" would make a pool look free); see parse_offer.
+    "discount price" would make a pool look free). The reference cannot say which ItemPrice
+    field carries the spot price (open question 5); the discounted price is the natural reading.
     """
     price = raw.get("Price") or {}
     if not isinstance(price, Mapping):

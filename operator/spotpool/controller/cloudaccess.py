@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,10 +21,21 @@ from typing import Generic, TypeVar
 
 from spotpool.api.names import DEFAULT_ENDPOINT, sts_endpoint
 from spotpool.cloud.client import CvmClient
-from spotpool.cloud.models import CallerIdentity, Credentials, Instance, SpotOffer
+from spotpool.cloud.errors import CloudError
+from spotpool.cloud.models import (
+    POSTPAID_BY_HOUR,
+    SPOTPAID,
+    AccountQuota,
+    CallerIdentity,
+    Credentials,
+    Instance,
+    Offer,
+    SpotOffer,
+)
 from spotpool.controller.observer import Observer, ObserverKey
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 
@@ -33,8 +45,23 @@ MAX_CLIENTS = 256
 MAX_OFFER_READS = 1024
 """Cached market reads (per account and set of pools) kept; the least recently used goes first."""
 
+QUOTA_MAX_AGE = 60.0
+"""Seconds a DescribeAccountQuota answer is reused by every pool of the account and region; a
+pass that bought forgets it, so the next plan starts from what the purchase left."""
+
+MAX_QUOTA_READS = 1024
+"""Accounts whose quota is cached; the least recently used goes first."""
+
 MAX_IDENTITIES = 4096
 """Key pairs whose account is remembered; past this the oldest is forgotten (and asked again)."""
+
+
+@dataclass(frozen=True)
+class Market:
+    """One read of DescribeZoneInstanceConfigInfos: the spot market and the on-demand offers."""
+
+    spot: dict[tuple[str, str], SpotOffer]
+    on_demand: dict[tuple[str, str], Offer]
 
 
 @dataclass(frozen=True)
@@ -130,7 +157,8 @@ class CloudAccess:
         # endpoints and pool sets, and none of these may grow with them.
         self._clients: OrderedDict[AccountKey, CvmClient] = OrderedDict()
         self._offers: OrderedDict[tuple[AccountKey, frozenset[str], frozenset[str]],
-                                  _SingleFlight[list[SpotOffer]]] = OrderedDict()
+                                  _SingleFlight[list[Offer]]] = OrderedDict()
+        self._quotas: OrderedDict[AccountKey, _SingleFlight[AccountQuota | None]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def client(self, key: AccountKey, credentials: Credentials) -> CvmClient:
@@ -181,7 +209,9 @@ class CloudAccess:
 
     async def offers(
         self, key: AccountKey, client: CvmClient, zones: Sequence[str], instance_types: Sequence[str]
-    ) -> dict[tuple[str, str], SpotOffer]:
+    ) -> Market:
+        """Spot and on-demand offers of the pools, in one read shared by every pool asking for
+        the same zones and types through the same account."""
         cache_key = (key, frozenset(zones), frozenset(instance_types))
         flight = self._offers.get(cache_key)
         if flight is None:
@@ -190,9 +220,39 @@ class CloudAccess:
                 self._offers.popitem(last=False)
         self._offers.move_to_end(cache_key)
         offers = await flight.get(
-            lambda: client.describe_spot_offers(zones=list(zones), instance_types=list(instance_types))
+            lambda: client.describe_offers(zones=list(zones), instance_types=list(instance_types),
+                                           charge_types=(SPOTPAID, POSTPAID_BY_HOUR))
         )
-        return {(o.zone, o.instance_type): o for o in offers}
+        return Market(
+            spot={(o.zone, o.instance_type): o.as_spot() for o in offers if o.charge_type == SPOTPAID},
+            on_demand={(o.zone, o.instance_type): o for o in offers if o.charge_type == POSTPAID_BY_HOUR},
+        )
+
+    async def quota(self, key: AccountKey, client: CvmClient) -> AccountQuota | None:
+        """The account's spot and on-demand vCPU quota left per zone of the region, shared by
+        its pools; None when it cannot be read (the plan then learns quota from refusals, as
+        the cloud still enforces it). Every zone in one read, so pools of any zones share it."""
+        flight = self._quotas.get(key)
+        if flight is None:
+            flight = self._quotas[key] = _SingleFlight(QUOTA_MAX_AGE, self._clock)
+            while len(self._quotas) > MAX_QUOTA_READS:
+                self._quotas.popitem(last=False)
+        self._quotas.move_to_end(key)
+
+        async def read() -> AccountQuota | None:
+            try:
+                return await client.describe_account_quota()
+            except CloudError as exc:  # kept as "unknown" for QUOTA_MAX_AGE: not asked again each pass
+                log.debug("DescribeAccountQuota in %s failed (%s): planning without quota", key.region, exc.code)
+                return None
+
+        return await flight.get(read)
+
+    def forget_quota(self, key: AccountKey) -> None:
+        """Drop the cached quota (after a purchase used some of it)."""
+        flight = self._quotas.get(key)
+        if flight is not None:
+            flight.invalidate()
 
     def forget_offers(self, key: AccountKey) -> None:
         """Drop cached prices, e.g. after a price refusal: the market moved under us."""

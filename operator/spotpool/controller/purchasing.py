@@ -70,6 +70,7 @@ class PurchaseResult:
     launched: list[tuple[LaunchBatch, list[str]]] = field(default_factory=list)  # new purchases, for the Event
     last_error: ErrorRecord | None = None
     price_refused: bool = False
+    on_demand_backoff: dict[PoolKey, PoolBackoff] = field(default_factory=dict)  # kept in memory only
 
 
 class Purchasing:
@@ -79,10 +80,13 @@ class Purchasing:
         self._cluster_id = cluster_id
         self._rng = rng
 
-    async def execute(self, ctx: PassContext, plan: Plan, resource_version: str | None) -> PurchaseResult:
+    async def execute(self, ctx: PassContext, plan: Plan, resource_version: str | None,
+                      on_demand_backoff: dict[PoolKey, PoolBackoff] | None = None) -> PurchaseResult:
         """Record intents, then replay and buy concurrently. Raises `kube.Conflict` (nothing was
-        bought) when the journal write loses its precondition."""
-        result = PurchaseResult(list(plan.journal), dict(ctx.backoff), ctx.sequence)
+        bought) when the journal write loses its precondition. On-demand refusals back off in
+        `on_demand_backoff` (the process's memory), never the spot pool's persisted backoff."""
+        result = PurchaseResult(list(plan.journal), dict(ctx.backoff), ctx.sequence,
+                                on_demand_backoff=dict(on_demand_backoff or {}))
         for dropped in (*ctx.malformed, *plan.dropped):
             self._reporting.record_dropped(ctx, dropped)
         intents = self._intents(ctx, plan.launches, result)
@@ -121,7 +125,8 @@ class Purchasing:
         for batch in batches:
             token = client_token(ctx.ref.uid, result.sequence, batch.zone, batch.instance_type, batch.count)
             result.sequence += 1
-            launch = InflightLaunch(token, batch.zone, batch.instance_type, batch.count, ctx.now)
+            launch = InflightLaunch(token, batch.zone, batch.instance_type, batch.count, ctx.now,
+                                    charge_type=batch.charge_type)
             result.journal.append(launch)
             intents.append((launch, batch))
         return intents
@@ -144,7 +149,8 @@ class Purchasing:
 
     async def _buy(self, ctx: PassContext, launch: InflightLaunch, batch: LaunchBatch, result: PurchaseResult) -> None:
         pool = batch.pool
-        where = f"{batch.count} {batch.instance_type} in {batch.zone}"
+        on_demand = launch.on_demand
+        where = f"{batch.count} {'on-demand ' if on_demand else ''}{batch.instance_type} in {batch.zone}"
         try:
             failpoint("before-run-instances")
             failpoint("run-instances-in-flight")
@@ -159,12 +165,17 @@ class Purchasing:
             self._forget(result, launch)
             self._reporting.refused(ctx, pool, exc.code)
             if exc.category in REFUSALS:
-                result.backoff = record_refusal(
-                    result.backoff, pool, code=exc.code, message=exc.message, category=exc.category,
+                table = result.on_demand_backoff if on_demand else result.backoff
+                table = record_refusal(
+                    table, pool, code=exc.code, message=exc.message, category=exc.category,
                     now=ctx.now, rng=self._rng, market_price=batch.market_price, max_price=batch.max_price,
                 )
+                if on_demand:
+                    result.on_demand_backoff = table
+                else:
+                    result.backoff = table
                 result.price_refused |= exc.category is ErrorCategory.PRICE
-                retry = result.backoff[pool].retry_after
+                retry = table[pool].retry_after
                 self._reporting.event(ctx, "Warning", "LaunchRefused",
                                       f"RunInstances refused {where}: {exc.code}: {exc.message}"
                                       + (f"; retrying that pool after {format_time(retry)}" if retry else ""))
@@ -173,7 +184,10 @@ class Purchasing:
             self._reporting.event(ctx, "Warning", "LaunchFailed", f"RunInstances for {where} failed: {describe(exc)}")
             return
         self._settle(result, replace(launch, instance_ids=tuple(ids)))
-        result.backoff = record_success(result.backoff, pool, ctx.now)
+        if on_demand:
+            result.on_demand_backoff = record_success(result.on_demand_backoff, pool, ctx.now)
+        else:
+            result.backoff = record_success(result.backoff, pool, ctx.now)
         self._reporting.launched(ctx, batch, ids)
         result.launched.append((batch, ids))
 
@@ -189,7 +203,8 @@ class Purchasing:
             instance_type=launch.instance_type,
             image_id=spec.image_id,
             count=launch.count,
-            max_price=spec.max_price,
+            max_price=None if launch.on_demand else spec.max_price,
+            charge_type=launch.charge_type,
             client_token=launch.client_token,
             tags={**spec.tags, **environment_tags(uid=ctx.ref.uid, namespace=ctx.ref.namespace,
                                                   name=ctx.ref.name, cluster_id=self._cluster_id),

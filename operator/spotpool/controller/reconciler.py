@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from spotpool.cloud.errors import CloudError
-from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.cloud.models import AccountQuota
+from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
@@ -38,6 +39,8 @@ from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
 from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, build_status, plan
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
+from spotpool.planner.formatting import parse_time
+from spotpool.planner.model import CapacitySignals
 
 log = logging.getLogger(__name__)
 
@@ -161,18 +164,25 @@ class Reconciler:
             if checked.refused is not None:
                 ctx = replace(ctx, purchases_refused=(DegradedReason.INVALID_CONFIG, checked.refused))
         try:
-            observation, offers = await self._observe(ctx)
+            observation, market, quota = await self._observe(ctx)
         except CloudError as exc:
             return await self._blocked(body, memory, status, Blocked(
                 REASON_BY_CATEGORY[exc.category], describe(exc), ctx.spec), now, deleting, fence)
-        decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=offers,
+        signals = CapacitySignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
+                                  quota=quota, reclaims=memory.recent_reclaims(now),
+                                  spot_short_since=_spot_short_since(status))
+        decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=market.spot,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
-                       purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None)
+                       purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None,
+                       capacity=signals)
         if decided.notes:
             log.debug("%s: %s", ctx.ref, "; ".join(decided.notes))
         acted = await self._act(ctx, decided, memory)
+        memory.on_demand_backoff = acted.purchases.on_demand_backoff
         if acted.purchases.price_refused:
             self._cloud.forget_offers(ctx.key)  # the market moved above the bid: read it again next pass
+        if acted.purchases.bought:
+            self._cloud.forget_quota(ctx.key)  # the purchases used quota: the next plan reads what is left
         census = decided.census.after(journal=acted.purchases.journal, bought=acted.purchases.bought,
                                       released=acted.released, owner_uid=ctx.ref.uid)
         self._reporting.notice_losses(ctx, memory, census)
@@ -180,9 +190,9 @@ class Reconciler:
             spec=ctx.spec, generation=ctx.ref.generation, environment_label=ctx.ref.name, now=now,
             previous_conditions=list(status.get("conditions") or []), census=census,
             journal=acted.purchases.journal, sequence=acted.purchases.sequence, account=ctx.account,
-            offers=offers, backoff=acted.purchases.backoff, last_error=acted.last_error,
+            offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
-            purchases_refused=ctx.purchases_refused,
+            purchases_refused=ctx.purchases_refused, capacity=signals, outcome=decided.capacity,
         )
         if checked is not None and checked.record is not None:
             report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
@@ -196,25 +206,30 @@ class Reconciler:
         return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
                        deletion_complete=complete)
 
-    async def _observe(self, ctx: PassContext) -> tuple[Observation, dict[tuple[str, str], Any]]:
-        """The listing's slice and the market (one round trip), then the journal ids it lacks."""
-        listed, offers = await asyncio.gather(
+    async def _observe(self, ctx: PassContext) -> tuple[Observation, Market, AccountQuota | None]:
+        """The listing's slice, the market and the account's quota (one round trip, each shared
+        with the account's other pools), then the journal ids the listing lacks."""
+        listed, market, quota = await asyncio.gather(
             self._observer(ctx).slice(ctx.ref.uid),
             self._cloud.offers(ctx.key, ctx.client, ctx.spec.zones, ctx.spec.instance_types),
+            self._cloud.quota(ctx.key, ctx.client),
         )
         seen = {i.instance_id for i in listed}
         missing = sorted({i for launch in ctx.journal for i in launch.instance_ids} - seen)
         confirmed = await self._cloud.look_up(ctx.client, missing)
-        return Observation(listed=tuple(listed), confirmed=confirmed), offers
+        return Observation(listed=tuple(listed), confirmed=confirmed), market, quota
 
     def _observer(self, ctx: PassContext) -> Observer:
         return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client)
 
     async def _act(self, ctx: PassContext, decided: Plan, memory: PoolMemory) -> _Acted:
-        purchases = await self._purchasing.execute(ctx, decided, memory.resource_version(ctx.ref.resource_version))
+        purchases = await self._purchasing.execute(ctx, decided, memory.resource_version(ctx.ref.resource_version),
+                                                   memory.on_demand_backoff)
         released: list[str] = []
         last_error = purchases.last_error
-        for batches, reason in ((decided.releases, decided.release_reason), (decided.cleanup, ReleaseReason.UNWANTED)):
+        for batches, reason in ((decided.returns, ReleaseReason.RETURN_TO_SPOT),
+                                (decided.releases, decided.release_reason),
+                                (decided.cleanup, ReleaseReason.UNWANTED)):
             for ids in batches:
                 if reason is None:
                     continue
@@ -260,8 +275,22 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
                                 f"(scaleInPolicy {ctx.spec.scale_in_policy})",
         ReleaseReason.DELETE: "the SpotComputeEnvironment is being deleted",
         ReleaseReason.UNWANTED: "they failed to launch or were shut down",
+        ReleaseReason.RETURN_TO_SPOT: "fallback on-demand instances whose spot replacements run",
     }[reason]
     return label, why
+
+
+def _spot_short_since(status: Mapping[str, Any]) -> datetime | None:
+    """When spot became short, as the last pass wrote it (the fallback's wait counts from it).
+    Unreadable means not recorded: the wait starts again, which only delays a fallback."""
+    capacity = status.get("capacity")
+    since = capacity.get("spotShortSince") if isinstance(capacity, Mapping) else None
+    if not isinstance(since, str):
+        return None
+    try:
+        return parse_time(since)
+    except ValueError:
+        return None
 
 
 def _deleted_already(status: Mapping[str, Any]) -> bool:

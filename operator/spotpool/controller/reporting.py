@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,9 @@ from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.kube import KubeApi
 from spotpool.metrics import Metrics
-from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolKey, StatusReport
+from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
 from spotpool.planner.formatting import format_price, format_time, parse_time
+from spotpool.planner.model import Purpose
 
 if TYPE_CHECKING:
     from spotpool.controller.context import ObjectRef, PassContext
@@ -34,6 +36,12 @@ written when anything a user sees changes; the heartbeat only proves the operato
 must stay cheap at scale: 500 settled pools cost 500 / 1800 s = 0.28 writes per second."""
 
 MAX_IDS_IN_EVENT = 10
+
+RECLAIM_WINDOW = timedelta(hours=1)
+MAX_RECLAIMS_KEPT = 1000
+"""Reclaims remembered per environment (the newest): enough to rank pools, bounded whatever the
+cloud reclaims. Lost on restart, like all of PoolMemory: the ranking then starts from price and
+stock alone."""
 
 
 class EventSink(Protocol):
@@ -53,6 +61,14 @@ class PoolMemory:
     alive: dict[str, Instance] | None = None
     released: dict[str, datetime] = field(default_factory=dict)
     shortfall_since: float | None = None
+    on_demand_backoff: dict[PoolKey, PoolBackoff] = field(default_factory=dict)
+    reclaims: deque[tuple[datetime, PoolKey]] = field(default_factory=lambda: deque(maxlen=MAX_RECLAIMS_KEPT))
+
+    def recent_reclaims(self, now: datetime) -> dict[PoolKey, int]:
+        """Instances lost per pool within `RECLAIM_WINDOW` (CapacityOptimized weighs them)."""
+        while self.reclaims and self.reclaims[0][0] <= now - RECLAIM_WINDOW:
+            self.reclaims.popleft()
+        return dict(Counter(pool for _, pool in self.reclaims))
 
     def resource_version(self, body_version: str | None) -> str | None:
         """The object's resourceVersion as this process last saw it: the body's, unless the body
@@ -113,23 +129,32 @@ class Reporting:
 
     def launched(self, ctx: PassContext, batch: LaunchBatch, ids: list[str]) -> None:
         self._metrics.launches.labels(ctx.ref.namespace, ctx.ref.name, *batch.pool).inc(len(ids))
+        if batch.purpose is Purpose.FALLBACK:
+            self._metrics.fallbacks.labels(ctx.ref.namespace, ctx.ref.name).inc(len(ids))
 
     def bought(self, ctx: PassContext, launched: list[tuple[LaunchBatch, list[str]]]) -> None:
         """One Event for a pass's purchases, however many batches: per pool the count and the price,
         then the ids (bounded). A deficit of 10,000 is 100 calls, not 100 Events."""
         if not launched:
             return
-        per_pool: dict[tuple[str, str], tuple[int, LaunchBatch]] = {}
+        per_pool: dict[tuple[str, str, Purpose], tuple[int, LaunchBatch]] = {}
         for batch, ids in launched:
-            count, _ = per_pool.get(batch.pool, (0, batch))
-            per_pool[batch.pool] = (count + len(ids), batch)
+            count, _ = per_pool.get((*batch.pool, batch.purpose), (0, batch))
+            per_pool[(*batch.pool, batch.purpose)] = (count + len(ids), batch)
         parts = []
-        for (zone, kind), (count, batch) in per_pool.items():
+        for (zone, kind, purpose), (count, batch) in per_pool.items():
             price = f" at {format_price(batch.market_price)} USD/h" if batch.market_price is not None else ""
-            parts.append(f"{count} {kind} in {zone}{price}")
+            parts.append(f"{count} {kind} in {zone}{price} ({PURPOSE_WORDS[purpose]})")
         ids = [i for _, batch_ids in launched for i in batch_ids]
         max_price = launched[0][0].max_price
         self.event(ctx, "Normal", "Launched", f"Bought {'; '.join(parts)} (maxPrice {max_price}): {ids_text(ids)}")
+        fallback = sum(len(ids) for batch, ids in launched if batch.purpose is Purpose.FALLBACK)
+        if fallback:
+            fallback_spec = ctx.spec.on_demand.fallback if ctx.spec.on_demand else None
+            after = fallback_spec.after_seconds if fallback_spec else 0
+            self.event(ctx, "Warning", "FallbackToOnDemand",
+                       f"Bought {fallback} on-demand instances: spot could not fill the pool for {after} s "
+                       f"(spec.onDemand.fallback.after); they return to spot when it can be had again")
 
     def refused(self, ctx: PassContext, pool: PoolKey, code: str) -> None:
         self._metrics.refusals.labels(ctx.ref.namespace, ctx.ref.name, *pool, code_label(code)).inc()
@@ -143,6 +168,11 @@ class Reporting:
         for instance_id in ids:
             memory.released[instance_id] = ctx.now
         self._metrics.releases.labels(ctx.ref.namespace, ctx.ref.name, label).inc(len(ids))
+        if label == ReleaseReason.RETURN_TO_SPOT:
+            self._metrics.returns.labels(ctx.ref.namespace, ctx.ref.name).inc(len(ids))
+            self.event(ctx, "Normal", "ReturnedToSpot", f"Released {len(ids)} fallback on-demand instances: "
+                                                        f"spot replacements run in their place: {ids_text(ids)}")
+            return
         self.event(ctx, "Normal", "Released", f"Released {len(ids)} instances ({label}: {why}): {ids_text(ids)}")
 
     def notice_losses(self, ctx: PassContext, memory: PoolMemory, census: Census) -> None:
@@ -164,6 +194,8 @@ class Reporting:
             if now is not None and now.state in (PENDING, RUNNING):
                 continue
             kind = "launch_failed" if now is not None and now.state == LAUNCH_FAILED else "lost"
+            if kind == "lost" and before.zone and before.instance_type:
+                memory.reclaims.append((ctx.now, (before.zone, before.instance_type)))
             self._metrics.interruptions.labels(ctx.ref.namespace, ctx.ref.name, before.zone, before.instance_type,
                                                kind).inc()
             lost[kind].append(instance_id)
@@ -182,6 +214,7 @@ class Reporting:
     # -- metrics -----------------------------------------------------------------------------------
     def observe(self, ctx: PassContext, memory: PoolMemory, report: StatusReport) -> None:
         status = report.body
+        capacity = status.get("capacity") or {}
         expected = 0 if ctx.deleting else ctx.spec.expected_count
         running = status["runningCount"]
         if running < expected and memory.shortfall_since is None:
@@ -199,11 +232,22 @@ class Reporting:
                     float(Decimal(p["marketPrice"])) if "marketPrice" in p else None)
                    for p in status["pools"]],
             max_price=float(ctx.spec.max_price),
+            capacity=(capacity.get("spot", 0), capacity.get("onDemandBase", 0), capacity.get("onDemandFallback", 0)),
+            max_hourly_cost=float(ctx.spec.max_hourly_cost) if ctx.spec.max_hourly_cost is not None else None,
+            spot_short=capacity.get("spotShortSince") is not None,
         )
 
     def observe_blocked(self, ref: ObjectRef) -> None:
         self._metrics.degraded.labels(ref.namespace, ref.name).set(1)
         self._metrics.ready.labels(ref.namespace, ref.name).set(0)
+
+
+PURPOSE_WORDS = {
+    Purpose.SPOT: "spot",
+    Purpose.BASE: "on-demand base",
+    Purpose.FALLBACK: "on-demand fallback",
+    Purpose.RETURN: "spot, replacing on-demand fallback",
+}
 
 
 def ids_text(ids: list[str], limit: int = MAX_IDS_IN_EVENT) -> str:

@@ -130,7 +130,7 @@ class Census:
         for launch in bought:
             for instance_id in launch.instance_ids:
                 owned.setdefault(instance_id, Instance(
-                    instance_id, launch.zone, launch.instance_type, PENDING, "SPOTPAID", None,
+                    instance_id, launch.zone, launch.instance_type, PENDING, launch.charge_type, None,
                     {OWNER_UID_TAG: owner_uid},
                 ))
         unlisted = frozenset(i.instance_id for i in self.unlisted)

@@ -29,6 +29,7 @@ class DegradedReason(StrEnum):
     ACCOUNT_CHANGED = "AccountChanged"  # the credentials now name another account than the one bought in
     INVALID_CONFIG = "InvalidConfig"
     SPEND_GUARD = "SpendGuard"  # over a limit the operator's administrator set: buying nothing
+    MAX_HOURLY_COST_REACHED = "MaxHourlyCostReached"  # spec.maxHourlyCost leaves no room for the deficit
     INSTANCES_UNLISTED = "InstancesUnlisted"  # bought instances the tag listing keeps missing
     QUOTA_EXCEEDED = "QuotaExceeded"
     PRICE_ABOVE_MAX = "PriceAboveMax"
@@ -55,6 +56,7 @@ REASON_BY_CATEGORY = {
 _MARKET_REASONS = {
     Verdict.NOT_OFFERED: DegradedReason.INSUFFICIENT_CAPACITY,
     Verdict.SOLD_OUT: DegradedReason.INSUFFICIENT_CAPACITY,
+    Verdict.NO_QUOTA: DegradedReason.QUOTA_EXCEEDED,
     Verdict.NO_PRICE: DegradedReason.INSUFFICIENT_CAPACITY,
     Verdict.PRICE_ABOVE_MAX: DegradedReason.PRICE_ABOVE_MAX,
 }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from spotpool.api.names import OWNER_UID_TAG
 from spotpool.cloud.errors import ErrorCategory
-from spotpool.cloud.models import Instance
+from spotpool.cloud.models import POSTPAID_BY_HOUR, SPOTPAID, AccountQuota, Instance, Offer
 
 if TYPE_CHECKING:
     from spotpool.planner.census import Census
@@ -51,6 +51,7 @@ class ReleaseReason(StrEnum):
     """Why instances are released; the executor puts it in events and the releases metric."""
 
     SCALE_IN = "ScaleIn"  # more alive than expectedCount
+    RETURN_TO_SPOT = "ReturnToSpot"  # fallback on-demand instances whose spot replacement runs
     DELETE = "Delete"  # the object is being deleted
     UNWANTED = "Unwanted"  # dead instances (launch failed, shut down) that still exist
 
@@ -103,17 +104,32 @@ class InflightLaunch:
     count: int
     requested_at: datetime
     instance_ids: tuple[str, ...] = ()
+    charge_type: str = SPOTPAID  # a replay must repeat it: POSTPAID_BY_HOUR for on-demand
 
     @property
     def pool(self) -> PoolKey:
         return (self.zone, self.instance_type)
 
+    @property
+    def on_demand(self) -> bool:
+        return self.charge_type == POSTPAID_BY_HOUR
+
+
+class Purpose(StrEnum):
+    """Why a launch batch is bought: the events, the metrics and the fallback bookkeeping say so."""
+
+    SPOT = "Spot"  # the spot share of the deficit
+    BASE = "OnDemandBase"  # spec.onDemand.baseCount
+    FALLBACK = "OnDemandFallback"  # spot was short for spec.onDemand.fallback.after
+    RETURN = "ReturnToSpot"  # a spot replacement for a fallback on-demand instance
+
 
 @dataclass(frozen=True)
 class LaunchBatch:
-    """One RunInstances call to make: `count` (1..MAX_LAUNCH_COUNT) spot instances in one pool.
+    """One RunInstances call to make: `count` (1..MAX_LAUNCH_COUNT) instances in one pool.
 
-    `max_price` is the spec's bid; `market_price` is the price the plan was made at (for events).
+    `max_price` is the spec's bid (spot only); `market_price` is the hourly price the plan was
+    made at (the spot market, or the on-demand list price), for events and the spend cap.
     """
 
     zone: str
@@ -121,10 +137,15 @@ class LaunchBatch:
     count: int
     max_price: Decimal
     market_price: Decimal | None
+    purpose: Purpose = Purpose.SPOT
 
     @property
     def pool(self) -> PoolKey:
         return (self.zone, self.instance_type)
+
+    @property
+    def charge_type(self) -> str:
+        return SPOTPAID if self.purpose in (Purpose.SPOT, Purpose.RETURN) else POSTPAID_BY_HOUR
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,9 @@ class Plan:
     - `unlisted_overdue`: bought instances the tag listing still lacks past the grace (Degraded).
     - `deletion_complete`: when deleting, True once nothing owned remains to release or wait for.
     - `notes`: why the plan is what it is (no buyable pool, paused...), for logs.
+    - `returns`: fallback on-demand id batches to release (`ReleaseReason.RETURN_TO_SPOT`): their
+      spot replacements run.
+    - `capacity`: the fallback timer, the shortage's reasons and the spend cap's verdict.
     """
 
     journal: tuple[InflightLaunch, ...]
@@ -185,7 +209,46 @@ class Plan:
     unlisted_overdue: int = 0
     deletion_complete: bool = False
     notes: tuple[str, ...] = ()
+    returns: tuple[tuple[str, ...], ...] = ()
+    capacity: CapacityOutcome | None = None
 
     @property
     def acts(self) -> bool:
-        return bool(self.replays or self.launches or self.releases or self.cleanup)
+        return bool(self.replays or self.launches or self.releases or self.cleanup or self.returns)
+
+
+@dataclass(frozen=True)
+class CapacityOutcome:
+    """What the plan decided about capacity types and cost, for the status and the next pass.
+
+    - `spot_short_since`: since when spot has been unable to fill the deficit (carried from pass
+      to pass through the status; None once spot fills it or nothing is missing).
+    - `spot_short_reasons`: why (FallbackReason values), empty when spot is not short.
+    - `fallback_due`: the fallback's wait is over (purchases on-demand may be in `launches`).
+    - `capped`: the hourly spend cap kept `capped_count` instances from being bought, with the
+      sentence that says so.
+    """
+
+    spot_short_since: datetime | None = None
+    spot_short_reasons: tuple[str, ...] = ()
+    fallback_due: bool = False
+    capped_count: int = 0
+    capped: str | None = None
+
+
+@dataclass(frozen=True)
+class CapacitySignals:
+    """The planner's inputs about capacity beyond the spot market (all optional).
+
+    - `on_demand`: the POSTPAID_BY_HOUR offers per pool (stock and list price).
+    - `on_demand_backoff`: on-demand refusals per pool (kept apart from the spot pools' backoff).
+    - `quota`: the account's remaining vCPU quota per zone (None: not known, not limiting).
+    - `reclaims`: instances reclaimed per pool in the last hour (CapacityOptimized weighs them).
+    - `spot_short_since`: the shortage's start as the previous pass recorded it.
+    """
+
+    on_demand: Mapping[PoolKey, Offer] | None = None
+    on_demand_backoff: Mapping[PoolKey, PoolBackoff] | None = None
+    quota: AccountQuota | None = None
+    reclaims: Mapping[PoolKey, int] | None = None
+    spot_short_since: datetime | None = None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spotpool.cloud.errors import ErrorCategory
+from spotpool.cloud.models import CHARGE_TYPES, SPOTPAID
 from spotpool.planner.formatting import format_time, parse_time
 from spotpool.planner.model import (
     MAX_JOURNAL_RECORDS,
@@ -27,7 +28,7 @@ from spotpool.planner.model import (
 
 
 def inflight_to_status(launch: InflightLaunch) -> dict[str, Any]:
-    return {
+    record = {
         "clientToken": launch.client_token,
         "zone": launch.zone,
         "instanceType": launch.instance_type,
@@ -35,6 +36,9 @@ def inflight_to_status(launch: InflightLaunch) -> dict[str, Any]:
         "requestedAt": format_time(launch.requested_at),
         "instanceIds": list(launch.instance_ids),
     }
+    if launch.charge_type != SPOTPAID:  # spot records stay as every earlier version wrote them
+        record["chargeType"] = launch.charge_type
+    return record
 
 
 _TOKEN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -93,6 +97,9 @@ def _record(item: Mapping[str, Any]) -> InflightLaunch:
         raise ValueError("instanceIds is not a list of at most count ids")
     if not all(isinstance(i, str) and _INSTANCE_ID.fullmatch(i) for i in ids):
         raise ValueError("instanceIds holds something that is not an instance id")
+    charge_type = item.get("chargeType", SPOTPAID)
+    if charge_type not in CHARGE_TYPES:
+        raise ValueError(f"chargeType is not one of {', '.join(CHARGE_TYPES)}")
     return InflightLaunch(
         client_token=token,
         zone=zone,
@@ -100,6 +107,7 @@ def _record(item: Mapping[str, Any]) -> InflightLaunch:
         count=count,
         requested_at=parse_time(str(item["requestedAt"])),
         instance_ids=tuple(ids),
+        charge_type=charge_type,
     )
 
 

@@ -13,28 +13,59 @@ never wrong and stops paying for surplus sooner, whereas waiting for launches to
 scale-in to the launch bookkeeping: one stuck record would block releases. Counting unseen
 launches into the surplus instead could release instances that are still needed if a launch then
 fails. Deficit and surplus can never both be positive.
+
+Capacity types (spec.onDemand), in the order a pass buys them, each within the quota and the
+hourly spend cap (`planner.allowance`):
+
+1. base: the deficit's share that restores `baseCount` on-demand instances;
+2. spot: the rest of the deficit, over the spot pools in the strategy's order;
+3. fallback: what spot could not fill, bought on-demand once spot has been short for
+   `fallback.after` for one of `fallback.reasons` (the shortage's start is carried from pass to
+   pass in the status; it resets as soon as spot fills the deficit or nothing is missing);
+4. return: with nothing missing and spot buyable, spot replacements for fallback on-demand
+   instances, at most `returnToSpot.maxInFlight` in flight. A fallback instance is released
+   (`ReturnToSpot`) only once a running spot instance takes its place, so a replacement that
+   fails to launch costs nothing but its own attempt; pending replacements are not surplus.
+
+Releases prefer fallback on-demand instances (the dearest, and the ones meant to go), keep the
+base, and otherwise follow scaleInPolicy.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from spotpool.api.spec import EnvironmentSpec
-from spotpool.cloud.models import LAUNCH_FAILED, SHUTDOWN, TERMINATING, SpotOffer
+from spotpool.api.spec import AllocationStrategy, EnvironmentSpec
+from spotpool.cloud.models import (
+    LAUNCH_FAILED,
+    SHUTDOWN,
+    TERMINATING,
+    Instance,
+    SpotOffer,
+)
+from spotpool.planner.allowance import Allowance
+from spotpool.planner.capacity import Mix, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census, take_census
+from spotpool.planner.formatting import as_utc, format_cost
 from spotpool.planner.journal import JournalDecision, decide_journal
-from spotpool.planner.launch import plan_launches
+from spotpool.planner.launch import Launches, plan_launches
 from spotpool.planner.model import (
+    CapacityOutcome,
+    CapacitySignals,
     InflightLaunch,
     LaunchBatch,
     Observation,
     Plan,
     PoolBackoff,
     PoolKey,
+    Purpose,
     ReleaseReason,
 )
-from spotpool.planner.pools import assess_pools, order_buyable
+from spotpool.planner.pools import assess_pools, order_buyable, shortage_reason
 from spotpool.planner.release import batch_ids, release_order
 
 DEAD_STATES = frozenset({LAUNCH_FAILED, SHUTDOWN})
@@ -45,17 +76,24 @@ may bring those back, and they are not the planner's to destroy while the object
 """
 
 
+@dataclass(frozen=True)
+class _OnDemandPool:
+    key: PoolKey
+    market_price: Decimal | None
+
+
 def plan(
     *,
     spec: EnvironmentSpec,
     observation: Observation,
     journal: list[InflightLaunch] | tuple[InflightLaunch, ...],
-    offers: dict[PoolKey, SpotOffer],
-    backoff: dict[PoolKey, PoolBackoff],
+    offers: Mapping[PoolKey, SpotOffer],
+    backoff: Mapping[PoolKey, PoolBackoff],
     now: datetime,
     owner_uid: str,
     deleting: bool = False,
     purchases_refused: str | None = None,
+    capacity: CapacitySignals | None = None,
 ) -> Plan:
     """Decide, once per pass, what to replay, buy and release.
 
@@ -66,68 +104,229 @@ def plan(
     `purchases_refused` (why: a spend guard the administrator set) buys and replays nothing but
     releases as usual: a guard stops spending, never scale-in, cleanup or deletion.
     """
+    capacity = capacity or CapacitySignals()
     observed = take_census(
         instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
     )
     decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
                               purchases_refused=purchases_refused)
     census = observed.keeping(decision.keep)
+    prices = Prices(offers, capacity.on_demand or {})
     if deleting:
-        return _plan_deletion(spec, census, offers, decision)
+        return _plan_deletion(spec, census, prices, decision)
 
-    deficit = census.deficit(spec.expected_count)
-    surplus = census.surplus(spec.expected_count)
+    expected = spec.expected_count
+    deficit = census.deficit(expected)
+    mix = take_mix(census, spec.base_count)
     notes = [f"ignored {census.foreign} instances not owned by {owner_uid}"] if census.foreign else []
+    outcome = CapacityOutcome()
     launches: list[LaunchBatch] = []
-    releases: list[list[str]] = []
-    cleanup: list[list[str]] = []
+    returns: list[Instance] = []
+    releases: list[Instance] = []
+    cleanup: list[Instance] = []
 
     if spec.paused:
         notes.append("paused: buying and releasing nothing")
     else:
-        if deficit and purchases_refused:
+        if purchases_refused and deficit:
             notes.append(f"{deficit} instances short: {purchases_refused}")
-        elif deficit:
-            assessments = assess_pools(spec, offers, backoff, now)
-            buyable = order_buyable(spec, assessments)
-            if not buyable:
-                reasons = "; ".join(a.why_not(spec.max_price) for a in assessments)
-                notes.append(f"{deficit} instances short and no pool can be bought: {reasons}")
-            occupancy = census.alive_by_pool() + census.unseen_by_pool
-            launches = plan_launches(
-                deficit=deficit,
-                strategy=spec.allocation_strategy,
-                pools=buyable,
-                occupancy=occupancy,
-                max_price=spec.max_price,
-            )
-        if surplus:
-            ordered = release_order(census.alive, spec.scale_in_policy, _known_prices(offers))
-            releases = batch_ids(ordered[:surplus])
-        cleanup = batch_ids(
-            sorted(
-                (instance for instance in census.owned if instance.state in DEAD_STATES),
-                key=lambda instance: instance.instance_id,
-            )
-        )
+        if not purchases_refused:
+            bought, outcome = _buy(spec, census, mix, deficit, offers, backoff, capacity, prices, now, notes)
+            launches += bought
+        returns, releases = _release(spec, census, mix, prices)
+        if not purchases_refused and not deficit:
+            launches += _return_to_spot(spec, census, mix, returns, releases, offers, backoff, capacity, prices, now)
+        cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
 
+    return_reason = ReleaseReason.RETURN_TO_SPOT if mix.spot_running else ReleaseReason.SCALE_IN
+    if returns and return_reason is ReleaseReason.SCALE_IN:  # no spot runs: plain scale-in, in one list
+        releases, returns = returns + releases, []
     return Plan(
         journal=decision.keep,
         replays=decision.replay,
         launches=tuple(launches),
-        releases=_frozen(releases),
+        releases=_frozen(batch_ids(releases)),
         release_reason=ReleaseReason.SCALE_IN if releases else None,
-        cleanup=_frozen(cleanup),
+        cleanup=_frozen(batch_ids(cleanup)),
         dropped=decision.dropped,
         census=census,
         unlisted_overdue=decision.unlisted_overdue,
         notes=tuple(notes),
+        returns=_frozen(batch_ids(returns)),
+        capacity=outcome,
     )
 
 
-def _plan_deletion(
-    spec: EnvironmentSpec, census: Census, offers: dict[PoolKey, SpotOffer], decision: JournalDecision
-) -> Plan:
+def _allowance(
+    spec: EnvironmentSpec,
+    census: Census,
+    offers: Mapping[PoolKey, SpotOffer],
+    capacity: CapacitySignals,
+    prices: Prices,
+) -> Allowance:
+    """What is left of the quota and the cap once the alive instances and in-flight purchases
+    are counted. Under a cap an unpriced spot instance counts at the bid (the most it can bill)."""
+    cost = hourly_cost(census.alive, prices, unknown=spec.max_price)
+    for record in census.records:
+        price = prices.of(record.launch.pool, record.launch.on_demand)
+        cost += (price if price is not None else spec.max_price) * record.unseen
+    cpu = {key: offer.cpu for key, offer in offers.items()}
+    for key, od in (capacity.on_demand or {}).items():
+        cpu.setdefault(key, od.cpu)
+    return Allowance(quota=capacity.quota, cpu=cpu, cap=spec.max_hourly_cost, cost=cost)
+
+
+def _buy(
+    spec: EnvironmentSpec,
+    census: Census,
+    mix: Mix,
+    deficit: int,
+    offers: Mapping[PoolKey, SpotOffer],
+    backoff: Mapping[PoolKey, PoolBackoff],
+    capacity: CapacitySignals,
+    prices: Prices,
+    now: datetime,
+    notes: list[str],
+) -> tuple[list[LaunchBatch], CapacityOutcome]:
+    """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring)."""
+    allowance = _allowance(spec, census, offers, capacity, prices)
+    base_need = min(deficit, max(0, spec.base_count - mix.on_demand - mix.on_demand_unseen))
+    base = _on_demand(spec, base_need, Purpose.BASE, capacity, prices, allowance, now)
+    spot_need = deficit - base_need
+    assessments = assess_pools(spec, offers, backoff, now, capacity.quota)
+    buyable = order_buyable(spec, assessments, capacity.reclaims)
+    spot = plan_launches(
+        deficit=spot_need, strategy=spec.allocation_strategy, pools=list(buyable),
+        occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price, allowance=allowance,
+    )
+    reasons: set[str] = set()
+    if spot.unfilled and not allowance.capped:
+        reasons = {r.value for a in assessments if not a.buyable and (r := shortage_reason(a)) is not None}
+        if allowance.quota_bound:
+            reasons.add("QuotaExceeded")
+        if not buyable:
+            why = "; ".join(a.why_not(spec.max_price) for a in assessments)
+            notes.append(f"{spot.unfilled} instances short and no spot pool can be bought: {why}")
+    short = bool(reasons)
+    since = (as_utc(capacity.spot_short_since) if capacity.spot_short_since else now) if short else None
+    fallback = spec.on_demand.fallback if spec.on_demand else None
+    due = (fallback is not None and since is not None and bool(reasons & {r.value for r in fallback.reasons})
+           and now >= since + timedelta(seconds=fallback.after_seconds))
+    fallen_back: Launches = Launches((), 0)
+    if due and fallback is not None:
+        room = spot.unfilled
+        if fallback.max_count is not None:
+            inflight = max(0, mix.on_demand_unseen - max(0, spec.base_count - mix.on_demand))
+            room = min(room, max(0, fallback.max_count - len(mix.fallback) - inflight))
+        fallen_back = _on_demand(spec, room, Purpose.FALLBACK, capacity, prices, allowance, now)
+    launches = [*base.batches, *spot.batches, *fallen_back.batches]
+    capped = deficit - sum(b.count for b in launches) if allowance.capped else 0
+    message = None
+    if capped:
+        message = (f"the pool costs {format_cost(allowance.cost)} USD/h with this pass's purchases, against "
+                   f"spec.maxHourlyCost {spec.max_hourly_cost} USD/h: {capped} instances short are not bought")
+    outcome = CapacityOutcome(
+        spot_short_since=since,
+        spot_short_reasons=tuple(sorted(reasons)),
+        fallback_due=due,
+        capped_count=capped if message else 0,
+        capped=message,
+    )
+    return launches, outcome
+
+
+def _on_demand(
+    spec: EnvironmentSpec, need: int, purpose: Purpose, capacity: CapacitySignals, prices: Prices, allowance: Allowance,
+    now: datetime,
+) -> Launches:
+    """On-demand batches for `need` instances: the cheapest list price first (candidate order on
+    ties), skipping pools sold out as pay-as-you-go, unpriced, or backing off after a refusal."""
+    if need <= 0:
+        return Launches((), 0)
+    od_offers = capacity.on_demand or {}
+    od_backoff = capacity.on_demand_backoff or {}
+    pools = []
+    for index, key in enumerate((zone, kind) for kind in spec.instance_types for zone in spec.zones):
+        offer = od_offers.get(key)
+        if offer is not None and (offer.sold_out or offer.status_category == "WithoutStock"):
+            continue
+        entry = od_backoff.get(key)
+        if entry is not None and entry.retry_after is not None and as_utc(entry.retry_after) > now:
+            continue
+        price = prices.of(key, on_demand=True)
+        if price is None:
+            continue
+        pools.append((price, index, _OnDemandPool(key, price)))
+    ordered = [pool for _, _, pool in sorted(pools, key=lambda item: (item[0], item[1]))]
+    return plan_launches(deficit=need, strategy=AllocationStrategy.LOWEST_PRICE, pools=list(ordered),
+                         occupancy=Counter(), max_price=spec.max_price, purpose=purpose, allowance=allowance)
+
+
+def _release(spec: EnvironmentSpec, census: Census, mix: Mix, prices: Prices) -> tuple[list[Instance], list[Instance]]:
+    """(fallback on-demand instances a running spot instance replaces, other surplus to release).
+
+    With `alive - expected` instances too many: first the fallback on-demand instances that
+    running spot instances make redundant; pending spot instances that replace the remaining
+    fallback ones are kept (they are a return in progress, not surplus); the rest goes by
+    scaleInPolicy, the base on-demand instances last.
+    """
+    expected = spec.expected_count
+    surplus = census.surplus(expected)
+    if not surplus:
+        return [], []
+    redundant = min(len(mix.fallback), max(0, mix.spot_running + mix.on_demand - expected))
+    returns = list(reversed(mix.fallback))[:redundant]  # newest fallback first
+    returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled
+    protected = mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ()
+    rest = surplus - redundant - len(protected)
+    if rest <= 0:
+        return returns, []
+    gone = {i.instance_id for i in (*returns, *protected)}
+    base = {i.instance_id for i in mix.base}
+    candidates = [i for i in census.alive if i.instance_id not in gone]
+    ordered = release_order(candidates, spec.scale_in_policy, _known(prices, on_demand=False),
+                            _known(prices, on_demand=True))
+    ordered = [i for i in ordered if i.instance_id not in base] + [i for i in ordered if i.instance_id in base]
+    return returns, ordered[:rest]
+
+
+def _return_to_spot(
+    spec: EnvironmentSpec,
+    census: Census,
+    mix: Mix,
+    returns: list[Instance],
+    releases: list[Instance],
+    offers: Mapping[PoolKey, SpotOffer],
+    backoff: Mapping[PoolKey, PoolBackoff],
+    capacity: CapacitySignals,
+    prices: Prices,
+    now: datetime,
+) -> list[LaunchBatch]:
+    """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
+
+    Replacements in flight are what the pool has beyond expectedCount once this pass's releases
+    are done (pending spot, unseen purchases): new ones only fill the budget up.
+    """
+    if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
+        return []
+    fallback_left = len(mix.fallback) - len(returns)
+    if fallback_left <= 0:
+        return []
+    in_flight = census.alive_count + census.inflight_unseen - len(returns) - len(releases) - spec.expected_count
+    budget = spec.on_demand.return_to_spot.budget(spec.expected_count)
+    wanted = min(fallback_left, budget) - max(0, in_flight)
+    if wanted <= 0:
+        return []
+    buyable = order_buyable(spec, assess_pools(spec, offers, backoff, now, capacity.quota), capacity.reclaims)
+    allowance = _allowance(spec, census, offers, capacity, prices)
+    return list(plan_launches(
+        deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
+        occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
+        purpose=Purpose.RETURN, allowance=allowance,
+    ).batches)
+
+
+def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decision: JournalDecision) -> Plan:
     """Release every owned instance not already terminating; buy and replay nothing.
 
     Done only when nothing owned remains except terminating instances AND no launch record is
@@ -135,7 +334,8 @@ def _plan_deletion(
     otherwise its instances would outlive the object.
     """
     remaining = [instance for instance in census.owned if instance.state != TERMINATING]
-    releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known_prices(offers)))
+    releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known(prices, on_demand=False),
+                                       _known(prices, on_demand=True)))
     return Plan(
         journal=decision.keep,
         replays=(),
@@ -154,5 +354,7 @@ def _frozen(batches: list[list[str]]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(batch) for batch in batches)
 
 
-def _known_prices(offers: dict[PoolKey, SpotOffer]) -> dict[PoolKey, Decimal]:
-    return {key: offer.spot_price for key, offer in offers.items() if offer.spot_price is not None}
+def _known(prices: Prices, *, on_demand: bool) -> dict[PoolKey, Decimal]:
+    keys = set(prices.spot) | set(prices.on_demand)
+    known = {key: prices.of(key, on_demand) for key in keys}
+    return {key: price for key, price in known.items() if price is not None}

@@ -7,25 +7,29 @@ choice never depends on the order the cloud listed instances in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 
 from spotpool.api.spec import ScaleInPolicy
-from spotpool.cloud.models import PENDING, Instance
+from spotpool.cloud.models import PENDING, POSTPAID_BY_HOUR, Instance
 from spotpool.planner.formatting import as_utc
 from spotpool.planner.model import MAX_RELEASE_IDS, PoolKey
 
 
 def release_order(
-    instances: Iterable[Instance], policy: ScaleInPolicy, prices: dict[PoolKey, Decimal]
+    instances: Iterable[Instance],
+    policy: ScaleInPolicy,
+    prices: Mapping[PoolKey, Decimal],
+    on_demand_prices: Mapping[PoolKey, Decimal] | None = None,
 ) -> list[Instance]:
     """All `instances`, most releasable first.
 
     - NewestFirst: latest `created_time` first (least invested, least likely to hold state).
     - OldestFirst: earliest first (refreshes the fleet).
-    - MostExpensiveFirst: highest market price of the instance's pool first, then newest.
-      A pool without a known price sorts after every priced one.
+    - MostExpensiveFirst: highest hourly price first (the pool's market price for spot, its list
+      price, from `on_demand_prices`, for on-demand), then newest. An instance without a known
+      price sorts after every priced one.
     An instance with no `created_time` sorts after those with one.
     """
 
@@ -37,7 +41,8 @@ def release_order(
         if policy is ScaleInPolicy.OLDEST_FIRST:
             return (started, unknown_time, moment or 0.0, instance.instance_id)
         if policy is ScaleInPolicy.MOST_EXPENSIVE_FIRST:
-            price = prices.get((instance.zone, instance.instance_type))
+            table = (on_demand_prices or {}) if instance.charge_type == POSTPAID_BY_HOUR else prices
+            price = table.get((instance.zone, instance.instance_type))
             return (
                 started,
                 price is None,

@@ -10,17 +10,24 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from spotpool.api.names import ENVIRONMENT_LABEL
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import RUNNING, Instance, SpotOffer
 from spotpool.planner import conditions
+from spotpool.planner.capacity import Capacity, Mix, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census
-from spotpool.planner.degraded import Problem, find_problems
+from spotpool.planner.degraded import DegradedReason, Problem, find_problems
 from spotpool.planner.formatting import format_cost, format_price, format_time
-from spotpool.planner.model import ErrorRecord, InflightLaunch, PoolBackoff, PoolKey
+from spotpool.planner.model import (
+    CapacityOutcome,
+    CapacitySignals,
+    ErrorRecord,
+    InflightLaunch,
+    PoolBackoff,
+    PoolKey,
+)
 from spotpool.planner.persistence import backoff_to_status, inflight_to_status
 from spotpool.planner.pools import assess_pools
 
@@ -68,6 +75,8 @@ def build_status(
     deleting: bool = False,
     unlisted_overdue: int = 0,
     purchases_refused: tuple[str, str] | None = None,
+    capacity: CapacitySignals | None = None,
+    outcome: CapacityOutcome | None = None,
 ) -> StatusReport:
     """The status after this pass, for every kind of pass.
 
@@ -81,6 +90,9 @@ def build_status(
       it makes the environment Degraded whatever the counts.
     - `purchases_refused`: (reason, message) of a spend guard (the pass observed and may release,
       but buys nothing): Degraded with that reason, and a deficit is not Progressing.
+    - `capacity` and `outcome`: the plan's capacity inputs and verdict (on-demand prices, quota,
+      the fallback timer, the spend cap): `status.capacity`, and a deficit the cap leaves unbought
+      is Degraded `MaxHourlyCostReached` like a spend guard.
     """
     offers = offers or {}
     backoff = backoff or {}
@@ -106,7 +118,11 @@ def build_status(
             ready=False, progressing=False, degraded=True,
         )
 
-    pools = assess_pools(spec, dict(offers), dict(backoff), now)
+    capacity = capacity or CapacitySignals()
+    outcome = outcome or CapacityOutcome()
+    if purchases_refused is None and outcome.capped:
+        purchases_refused = (DegradedReason.MAX_HOURLY_COST_REACHED.value, outcome.capped)
+    pools = assess_pools(spec, offers, backoff, now, capacity.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     counts = conditions.Counts(
         expected=spec.expected_count,
@@ -149,6 +165,17 @@ def build_status(
                 entry.pop("retryAfter", None)
         pool_entries.append(entry)
 
+    mix = take_mix(census, spec.base_count)
+    roles = mix.roles()
+    capacity_body: dict[str, Any] = {
+        "spot": len(mix.spot),
+        "onDemandBase": len(mix.base),
+        "onDemandFallback": len(mix.fallback),
+        # merge-patch null removes what no longer holds
+        "spotShortSince": format_time(outcome.spot_short_since) if outcome.spot_short_since else None,
+        "spotShortReasons": list(outcome.spot_short_reasons) or None,
+        "returning": _returning(mix, spec.expected_count) or None,
+    }
     listed = sorted(census.owned, key=lambda i: (i.state == RUNNING, i.instance_id))
     body: dict[str, Any] = {
         "observedGeneration": generation,
@@ -156,9 +183,11 @@ def build_status(
         "runningCount": census.running,
         "pendingCount": census.pending,
         "selector": selector(environment_label),
-        "hourlyCost": format_cost(_hourly_cost(census.alive, offers)),
+        "hourlyCost": format_cost(hourly_cost(census.alive, Prices(offers, capacity.on_demand or {}))),
+        "capacity": capacity_body,
         "pools": pool_entries,
-        "instances": [_instance_entry(instance) for instance in listed[:MAX_STATUS_INSTANCES]],
+        "instances": [_instance_entry(instance, roles.get(instance.instance_id))
+                      for instance in listed[:MAX_STATUS_INSTANCES]],
         # merge-patch null removes a stale count
         "instancesOmitted": len(listed) - MAX_STATUS_INSTANCES if len(listed) > MAX_STATUS_INSTANCES else None,
         "inflightLaunches": [inflight_to_status(launch) for launch in journal],
@@ -174,26 +203,22 @@ def build_status(
     return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0])
 
 
-def _hourly_cost(alive: tuple[Instance, ...], offers: Mapping[PoolKey, SpotOffer]) -> Decimal:
-    """What the alive instances cost per hour at today's market (spot bills the market price).
-
-    An instance whose pool has no known price adds nothing: the sum is a lower bound then.
-    """
-    total = Decimal(0)
-    for instance in alive:
-        offer = offers.get((instance.zone, instance.instance_type))
-        if offer is not None and offer.spot_price is not None:
-            total += offer.spot_price
-    return total
+def _returning(mix: Mix, expected: int) -> int:
+    """Spot replacements on their way for fallback on-demand instances: the pending spot
+    instances the pool has beyond expectedCount, at most one per fallback instance."""
+    beyond = len(mix.spot) + mix.on_demand - expected
+    return max(0, min(len(mix.spot_pending), len(mix.fallback), beyond))
 
 
-def _instance_entry(instance: Instance) -> dict[str, Any]:
+def _instance_entry(instance: Instance, role: Capacity | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": instance.instance_id,
         "zone": instance.zone,
         "instanceType": instance.instance_type,
         "state": instance.state,
     }
+    if role is not None:
+        entry["capacity"] = role.value
     if instance.created_time is not None:
         entry["launchTime"] = format_time(instance.created_time)
     return entry

@@ -108,9 +108,9 @@ def test_a_plain_instance_still_parses_and_its_retained_size_is_counted() -> Non
 
 
 def test_offer_prices_of_absurd_length_are_no_price() -> None:
-    offer = wire.parse_offer({"Zone": "z", "InstanceType": "t",
-                              "Price": {"UnitPrice": "9" * 100, "UnitPriceDiscount": 0.5}})
-    assert offer.list_price is None and str(offer.spot_price) == "0.5"
+    offer = wire.parse_config_item({"Zone": "z", "InstanceType": "t", "InstanceChargeType": "SPOTPAID",
+                                    "Price": {"UnitPrice": "9" * 100, "UnitPriceDiscount": 0.5}})
+    assert offer.list_price is None and str(offer.price) == "0.5"
 
 
 # --------------------------------------------------------------- rate-limit buckets per key

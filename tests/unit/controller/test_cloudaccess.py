@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from spotpool.api.names import CLUSTER_TAG, DEFAULT_ENDPOINT, OWNER_UID_TAG
-from spotpool.cloud.models import CallerIdentity, Credentials, Instance, SpotOffer
+from spotpool.cloud.models import SPOTPAID, CallerIdentity, Credentials, Instance, Offer
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 
 SECRET_KEY = "UnitTestSecretKeyValue0123456789"
@@ -46,9 +46,12 @@ class FakeCvm:
         await self.gate.wait()
         return list(self.instances)
 
-    async def describe_spot_offers(self, *, zones: list[str], instance_types: list[str]) -> list[SpotOffer]:
+    async def describe_offers(self, *, zones: list[str], instance_types: list[str],
+                              charge_types: tuple[str, ...]) -> list[Offer]:
         self.offer_reads += 1
-        return [SpotOffer(z, t, Decimal("0.02"), Decimal("0.1"), False) for z in zones for t in instance_types]
+        return [Offer(z, t, charge, Decimal("0.02") if charge == SPOTPAID else Decimal("0.1"), Decimal("0.1"),
+                      False, "EnoughStock")
+                for z in zones for t in instance_types for charge in charge_types]
 
     async def get_caller_identity(self) -> CallerIdentity:
         self.identity_calls += 1
@@ -283,9 +286,10 @@ async def test_offers_are_cached_per_account_and_forgotten_on_request() -> None:
     cloud = access(factory, offers_max_age=60)
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
-    offers = await cloud.offers(key, client, ["ap-guangzhou-3"], ["S5.MEDIUM4", "SA2.MEDIUM4"])
-    assert set(offers) == {("ap-guangzhou-3", "S5.MEDIUM4"), ("ap-guangzhou-3", "SA2.MEDIUM4")}
-    assert offers[("ap-guangzhou-3", "S5.MEDIUM4")].spot_price == Decimal("0.02")
+    market = await cloud.offers(key, client, ["ap-guangzhou-3"], ["S5.MEDIUM4", "SA2.MEDIUM4"])
+    assert set(market.spot) == {("ap-guangzhou-3", "S5.MEDIUM4"), ("ap-guangzhou-3", "SA2.MEDIUM4")}
+    assert market.spot[("ap-guangzhou-3", "S5.MEDIUM4")].spot_price == Decimal("0.02")
+    assert market.on_demand[("ap-guangzhou-3", "S5.MEDIUM4")].price == Decimal("0.1")
     # The same candidate sets in another order are the same cache entry.
     await cloud.offers(key, client, ["ap-guangzhou-3"], ["SA2.MEDIUM4", "S5.MEDIUM4"])
     assert client.offer_reads == 1

@@ -23,7 +23,7 @@ def launch(
 ) -> list[tuple[str, str, int]]:
     batches = plan_launches(
         deficit=deficit, strategy=strategy, pools=pools(), occupancy=occupancy or Counter(), max_price=MAX
-    )
+    ).batches
     assert all(b.max_price == MAX and b.market_price == Decimal("0.0200") for b in batches)
     return [(b.zone, b.instance_type, b.count) for b in batches]
 
@@ -33,8 +33,8 @@ def test_no_deficit_or_no_pool_means_no_batch() -> None:
     assert (
         plan_launches(
             deficit=5, strategy=AllocationStrategy.LOWEST_PRICE, pools=[], occupancy=Counter(), max_price=MAX
-        )
-        == []
+        ).unfilled
+        == 5
     )
 
 

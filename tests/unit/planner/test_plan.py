@@ -214,7 +214,7 @@ def test_never_buys_above_max_price_and_says_why() -> None:
     offers = all_offered("0.0600")
     p = run(offers=offers, expectedCount=2, maxPrice="0.0500")
     assert p.launches == () and p.census.deficit(2) == 2
-    assert "2 instances short and no pool can be bought" in p.notes[0]
+    assert "2 instances short and no spot pool can be bought" in p.notes[0]
     assert "market price 0.0600 USD/h in ap-guangzhou-3/S5.MEDIUM4 is above maxPrice 0.0500" in p.notes[0]
 
 

@@ -100,6 +100,9 @@ def test_full_shape_for_a_converged_environment() -> None:
         "pendingCount": 1,
         "selector": "spotpool.io/environment=render-farm",
         "hourlyCost": "0.0427",
+        "capacity": {"spot": 2, "onDemandBase": 0, "onDemandFallback": 0,
+                     # merge-patch nulls: remove what no longer holds
+                     "spotShortSince": None, "spotShortReasons": None, "returning": None},
         "instancesOmitted": None,  # merge-patch null: removes a stale count
         "inflightLaunches": [],
         "launchSequence": 0,
@@ -125,12 +128,13 @@ def test_full_shape_for_a_converged_environment() -> None:
         },
     ]
     assert result["instances"] == [
-        {"id": "ins-aaaaaaa2", "zone": Z4, "instanceType": SA2, "state": "PENDING"},
+        {"id": "ins-aaaaaaa2", "zone": Z4, "instanceType": SA2, "state": "PENDING", "capacity": "Spot"},
         {
             "id": "ins-aaaaaaa1",
             "zone": Z3,
             "instanceType": S5,
             "state": "RUNNING",
+            "capacity": "Spot",
             "launchTime": "2025-06-01T10:30:00Z",
         },
     ]

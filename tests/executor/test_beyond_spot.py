@@ -1,0 +1,186 @@
+"""Beyond spot, in-process against the simulator: the on-demand base, the fallback after its wait,
+the return to spot under its budget (replacement first), the hourly spend cap, quota-aware
+planning, and an on-demand purchase replayed after a crash with its own charge type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from spotpool.api.spec import EnvironmentSpec
+from spotpool.cloud.models import POSTPAID_BY_HOUR, RUNNING, SPOTPAID
+from spotpool.controller import failpoints
+from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
+from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+from tests.support.inprocess import TYPES, ZONES, World, pool_spec, world
+
+NS, NAME = "team", "pool"
+
+
+class Crash(Exception):
+    """Raised at a failpoint: the process dies there."""
+
+
+@pytest.fixture(autouse=True)
+def _disarm() -> Any:
+    yield
+    failpoints.disarm()
+
+
+async def start(w: World, **spec: Any) -> str:
+    w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+    uid = str(w.kube.create(NS, NAME, pool_spec(w.sim, **spec))["metadata"]["uid"])
+    body = w.kube.objects[(NS, NAME)]
+    await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(EnvironmentSpec.from_k8s(body["spec"]),
+                                                                      "100000000001")})
+    return uid
+
+
+def status(w: World) -> dict[str, Any]:
+    return dict(w.kube.objects[(NS, NAME)]["status"])
+
+
+def condition(w: World, kind: str) -> dict[str, Any]:
+    return next(c for c in status(w)["conditions"] if c["type"] == kind)
+
+
+def by_charge(w: World, uid: str) -> dict[str, int]:
+    counts = {SPOTPAID: 0, POSTPAID_BY_HOUR: 0}
+    for instance in w.owned(uid):
+        counts[instance.charge_type] += 1
+    return counts
+
+
+def sell_out_spot(w: World, sold_out: bool = True) -> None:
+    for zone in ZONES:
+        for kind in TYPES:
+            w.sim.simulator.market.update_pool(zone, kind, sold_out=sold_out)
+
+
+def reasons(w: World) -> list[str]:
+    return [e.reason for e in w.events]
+
+
+async def passes_until(w: World, done: Callable[[], bool], *, limit: int = 200, step: float = 5.0,
+                       each: Callable[[], None] | None = None) -> int:
+    """Reconcile, `step` simulated seconds apart, until `done()`; `each` checks an invariant after
+    every pass."""
+    for count in range(1, limit + 1):
+        await w.reconcile(NS, NAME)
+        if each is not None:
+            each()
+        if done():
+            return count
+        w.clock.advance(step)
+    raise AssertionError(f"not done after {limit} passes")
+
+
+async def test_the_base_is_on_demand_and_the_rest_spot() -> None:
+    async with world() as w:
+        uid = await start(w, expectedCount=5, onDemand={"baseCount": 2})
+        await w.settle(NS, NAME)
+        assert by_charge(w, uid) == {SPOTPAID: 3, POSTPAID_BY_HOUR: 2}
+        capacity = status(w)["capacity"]
+        assert (capacity["spot"], capacity["onDemandBase"], capacity["onDemandFallback"]) == (3, 2, 0)
+        roles = sorted(i["capacity"] for i in status(w)["instances"])
+        assert roles == ["OnDemandBase", "OnDemandBase", "Spot", "Spot", "Spot"]
+        assert condition(w, "Ready")["status"] == "True"
+        assert w.bought(uid) == 5
+
+
+async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_replacement_first() -> None:
+    async with world() as w:
+        sell_out_spot(w)
+        uid = await start(w, expectedCount=4, onDemand={
+            "fallback": {"after": "5m"}, "returnToSpot": {"maxInFlight": 2}})
+        started = w.clock()
+        await passes_until(w, lambda: "spotShortSince" in status(w).get("capacity", {}))
+        await w.crash()  # the wait is in the status: a restart does not start it again
+        await passes_until(w, lambda: by_charge(w, uid)[POSTPAID_BY_HOUR] > 0, step=15.0)
+        waited = w.clock() - started
+        assert 300 <= waited <= 300 + 2 * 15.0, waited
+        assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 4}
+        assert "FallbackToOnDemand" in reasons(w)
+        await w.settle(NS, NAME)
+        assert status(w)["capacity"]["onDemandFallback"] == 4 and condition(w, "Ready")["status"] == "True"
+        assert "spotShortSince" not in status(w)["capacity"]  # nothing missing: no shortage
+
+        sell_out_spot(w, False)  # restocked
+        market = w.sim.simulator.market
+
+        def replacement_first() -> None:
+            alive = w.owned(uid)
+            running = [i for i in alive if i.state == RUNNING]
+            assert len(running) >= 4, "an on-demand instance went before its replacement ran"
+            extra_spot = sum(1 for i in alive if i.charge_type == SPOTPAID) - (4 - sum(
+                1 for i in alive if i.charge_type == POSTPAID_BY_HOUR))
+            assert extra_spot <= 2, "more replacements in flight than the budget"
+
+        await passes_until(w, lambda: by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 0},
+                           each=replacement_first)
+        await w.settle(NS, NAME)
+        assert "ReturnedToSpot" in reasons(w)
+        assert status(w)["capacity"] == {"spot": 4, "onDemandBase": 0, "onDemandFallback": 0}
+        # Every on-demand instance ever bought was a fallback one, and each was replaced once.
+        ever = [i for i in market.all_instances_ever() if i.tags.get("spotpool.io/environment-uid") == uid]
+        assert sum(1 for i in ever if i.charge_type == POSTPAID_BY_HOUR) == 4
+        assert sum(1 for i in ever if i.charge_type == SPOTPAID) == 4
+
+
+async def test_no_fallback_without_one_configured() -> None:
+    async with world() as w:
+        sell_out_spot(w)
+        uid = await start(w, expectedCount=3)
+        await passes_until(w, lambda: w.clock() > 1200, step=60.0)
+        assert w.bought(uid) == 0
+        assert condition(w, "Degraded")["reason"] == "InsufficientCapacity"
+        assert status(w)["capacity"]["spotShortReasons"] == ["SoldOut"]
+
+
+async def test_the_cap_holds_while_stock_is_plentiful() -> None:
+    async with world() as w:
+        market = w.sim.simulator.market
+        prices = sorted(p.spot_price for p in market.pools("ap-guangzhou"))
+        cap = round(prices[0] * 3.5, 6)  # room for three of the cheapest, not four
+        uid = await start(w, expectedCount=10, maxHourlyCost=f"{cap:.6f}")
+        await w.settle(NS, NAME)
+        assert w.bought(uid) == 3
+        degraded = condition(w, "Degraded")
+        assert degraded["reason"] == "MaxHourlyCostReached"
+        cost = sum(i.spot_price for i in w.owned(uid))
+        assert degraded["message"] == (f"the pool costs {cost:.4f} USD/h with this pass's purchases, against "
+                                       f"spec.maxHourlyCost {cap:.6f} USD/h: 7 instances short are not bought")
+        assert condition(w, "Progressing")["reason"] == "MaxHourlyCostReached"
+        # Lowering the cap below the cost stops buying but releases nothing; expectedCount does.
+        w.kube.edit_spec(NS, NAME, {"maxHourlyCost": "0.000001"})
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 3
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 1})
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 1 and w.bought(uid) == 3
+
+
+async def test_quota_steers_purchases_to_the_zone_with_quota_left() -> None:
+    async with world() as w:
+        w.sim.simulator.market.set_zone_quota(ZONES[0], 0)
+        uid = await start(w, expectedCount=6)
+        await w.settle(NS, NAME)
+        assert {i.zone for i in w.owned(uid)} == {ZONES[1]} and len(w.owned(uid)) == 6
+        refused = [c for c in w.sim.simulator.ledger.entries("RunInstances") if c.error_code]
+        assert refused == [], "the plan learnt the quota from DescribeAccountQuota, not from refusals"
+        pools = {(p["zone"], p["instanceType"]): p for p in status(w)["pools"]}
+        assert not pools[(ZONES[0], TYPES[0])]["available"]
+
+
+async def test_an_on_demand_purchase_lost_in_a_crash_is_replayed_on_demand() -> None:
+    async with world() as w:
+        uid = await start(w, expectedCount=2, onDemand={"baseCount": 2})
+        failpoints.arm("after-run-instances", raise_=Crash())
+        with pytest.raises(Crash):
+            await w.reconcile(NS, NAME)
+        await w.crash()
+        await w.settle(NS, NAME)
+        assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 2}
+        assert w.bought(uid) == 2
