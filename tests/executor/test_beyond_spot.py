@@ -184,3 +184,32 @@ async def test_an_on_demand_purchase_lost_in_a_crash_is_replayed_on_demand() -> 
         await w.settle(NS, NAME)
         assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 2}
         assert w.bought(uid) == 2
+
+
+async def crashing_passes(w: World, point: str, hit: int, passes: int) -> None:
+    """`passes` passes with the failpoint armed; each crash restarts the operator."""
+    failpoints.arm(point, raise_=Crash(), count=hit)
+    for _ in range(passes):
+        try:
+            await w.reconcile(NS, NAME)
+        except Crash:
+            await w.crash()
+        w.clock.advance(5)
+    failpoints.disarm()
+
+
+@pytest.mark.parametrize("point", failpoints.POINTS)
+async def test_a_crash_at_any_point_of_a_fallback_and_its_return_buys_each_instance_once(point: str) -> None:
+    async with world() as w:
+        sell_out_spot(w)
+        uid = await start(w, expectedCount=6, onDemand={
+            "baseCount": 2, "fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": 2}})
+        await crashing_passes(w, point, 1, passes=6)
+        await w.settle(NS, NAME)
+        assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 6} and w.bought(uid) == 6
+        sell_out_spot(w, False)
+        await crashing_passes(w, point, 1, passes=6)
+        await passes_until(w, lambda: by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 2})
+        await w.settle(NS, NAME)
+        assert by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 2}
+        assert w.bought(uid) == 10  # 2 base + 4 fallback + one spot replacement per fallback instance
