@@ -84,6 +84,13 @@ class PoolMachine(RuleBasedStateMachine):
         self.world.kube.edit_spec(NS, NAME, {"paused": paused})
 
     @precondition(lambda self: not self.deleted)
+    @rule(base=st.integers(0, 6))
+    def on_demand_base(self, base: int) -> None:
+        """Part of the pool on-demand. The return to spot is off: a lowered base then keeps its
+        instances, so every purchase still answers a deficit and the money checks stay exact."""
+        self.world.kube.edit_spec(NS, NAME, {"onDemand": {"baseCount": base, "returnToSpot": {"enabled": False}}})
+
+    @precondition(lambda self: not self.deleted)
     @rule()
     def delete(self) -> None:
         self.deleted = True
