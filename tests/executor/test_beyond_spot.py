@@ -13,8 +13,7 @@ from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import POSTPAID_BY_HOUR, RUNNING, SPOTPAID
 from spotpool.controller import failpoints
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
-from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
-from tests.support.inprocess import TYPES, ZONES, World, pool_spec, world
+from tests.support.inprocess import TYPES, ZONES, World, world
 
 NS, NAME = "team", "pool"
 
@@ -30,8 +29,8 @@ def _disarm() -> Any:
 
 
 async def start(w: World, **spec: Any) -> str:
-    w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
-    uid = str(w.kube.create(NS, NAME, pool_spec(w.sim, **spec))["metadata"]["uid"])
+    """A pool whose launch spec counts as checked: these tests are about what it buys."""
+    uid = await w.start_pool(NS, NAME, **spec)
     body = w.kube.objects[(NS, NAME)]
     await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(EnvironmentSpec.from_k8s(body["spec"]),
                                                                       "100000000001")})
@@ -39,11 +38,11 @@ async def start(w: World, **spec: Any) -> str:
 
 
 def status(w: World) -> dict[str, Any]:
-    return dict(w.kube.objects[(NS, NAME)]["status"])
+    return w.status(NS, NAME)
 
 
 def condition(w: World, kind: str) -> dict[str, Any]:
-    return next(c for c in status(w)["conditions"] if c["type"] == kind)
+    return w.condition(NS, NAME, kind)
 
 
 def by_charge(w: World, uid: str) -> dict[str, int]:

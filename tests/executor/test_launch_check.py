@@ -9,8 +9,7 @@ from typing import Any
 
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
-from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
-from tests.support.inprocess import World, pool_spec, world
+from tests.support.inprocess import World, world
 
 NS, NAME = "team", "pool"
 ACCOUNT = "100000000001"
@@ -19,16 +18,15 @@ SUBNETS = {"ap-guangzhou-3": "subnet-ahv6swf2", "ap-guangzhou-4": "subnet-mt7v2y
 
 
 async def start(w: World, **spec: Any) -> str:
-    w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
-    return str(w.kube.create(NS, NAME, pool_spec(w.sim, **spec))["metadata"]["uid"])
+    return await w.start_pool(NS, NAME, **spec)
 
 
 def status(w: World) -> dict[str, Any]:
-    return dict(w.kube.objects[(NS, NAME)]["status"])
+    return w.status(NS, NAME)
 
 
 def condition(w: World, kind: str) -> dict[str, Any]:
-    return next(c for c in status(w)["conditions"] if c["type"] == kind)
+    return w.condition(NS, NAME, kind)
 
 
 def dry_runs(w: World) -> list[Any]:

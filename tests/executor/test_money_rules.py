@@ -17,7 +17,6 @@ from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller import failpoints
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.reporting import PoolMemory
-from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
 from spotpool.simulator.faults import FaultSpec
 from tests.support.inprocess import OTHER_ACCOUNT, ROTATED_KEY, World, pool_spec, world
 
@@ -35,16 +34,15 @@ def _disarm() -> Any:
 
 
 async def start(w: World, **spec: Any) -> str:
-    w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
-    return str(w.kube.create(NS, NAME, pool_spec(w.sim, **spec))["metadata"]["uid"])
+    return await w.start_pool(NS, NAME, **spec)
 
 
 def status(w: World) -> dict[str, Any]:
-    return dict(w.kube.objects[(NS, NAME)]["status"])
+    return w.status(NS, NAME)
 
 
 def condition(w: World, kind: str) -> dict[str, Any]:
-    return next(c for c in status(w)["conditions"] if c["type"] == kind)
+    return w.condition(NS, NAME, kind)
 
 
 def run_instances_calls(w: World, secret_id: str | None = None) -> list[Any]:

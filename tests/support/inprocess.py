@@ -314,6 +314,18 @@ class World:
         market = self.sim.simulator.market
         return sum(1 for i in market.all_instances_ever() if i.tags.get(OWNER_UID_TAG) == uid)
 
+    # -- the pool under test ---------------------------------------------------------------------------
+    async def start_pool(self, namespace: str, name: str, **spec: Any) -> str:
+        """The Secret `creds` (the simulator's demo key pair) and a pool naming it; its uid."""
+        self.kube.put_secret(namespace, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        return str(self.kube.create(namespace, name, pool_spec(self.sim, **spec))["metadata"]["uid"])
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.kube.objects[(namespace, name)]["status"])
+
+    def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any]:
+        return next(c for c in self.status(namespace, name)["conditions"] if c["type"] == kind)
+
 
 def _registry() -> Any:
     from prometheus_client import CollectorRegistry

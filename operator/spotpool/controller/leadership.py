@@ -177,7 +177,8 @@ def lease_name(cluster_id: str) -> str:
     get different Leases, and any id gives a valid object name.
     """
     digest = hashlib.sha256(cluster_id.encode()).hexdigest()[:10]
-    slug = re.sub(r"[^a-z0-9]+", "-", cluster_id.lower()).strip("-")[:40].strip("-")
+    # 16 + 36 + 1 + 10 = 63, the longest object name a Lease may have; a UUID (36) fits whole.
+    slug = re.sub(r"[^a-z0-9]+", "-", cluster_id.lower()).strip("-")[:36].strip("-")
     return f"spotpool-leader-{slug}-{digest}" if slug else f"spotpool-leader-{digest}"
 
 

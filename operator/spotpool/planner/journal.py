@@ -43,8 +43,9 @@ class JournalDecision:
 def decide_journal(
     *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool, purchases_refused: str | None = None
 ) -> JournalDecision:
-    """Apply the rules above to every record of `census`, oldest first. `purchases_refused` (a spend
-    guard's message) holds every replay, as a deletion or a pause does: a replay may buy."""
+    """Apply the rules above to every record of `census`, oldest first. `purchases_refused` (why
+    purchases are refused: a spend guard, a failed launch check) holds every replay, as a deletion
+    or a pause does: a replay may buy."""
     now = as_utc(now)
     candidates = {(zone, kind) for zone in spec.zones for kind in spec.instance_types}
     known = [r for r in census.records if r.launch.instance_ids]
@@ -93,7 +94,7 @@ def _why_not_replay(
     if deleting:
         return "the environment is being deleted"
     if purchases_refused:
-        return "purchases are refused by a spend guard"
+        return "purchases are refused (a spend guard, or a launch check that failed)"
     if spec.paused:
         return "spec.paused is true"
     if launch.pool not in candidates:

@@ -139,6 +139,11 @@ def test_lease_name_is_a_valid_name_per_cluster_id(a: str, b: str) -> None:
         assert lease_name(a) != lease_name(b)
 
 
+def test_a_long_cluster_id_still_makes_a_valid_lease_name() -> None:
+    name = lease_name("0" * 37)  # found by the property above: 64 characters before the fix
+    assert DNS_LABEL.match(name) and len(name) == 63, name
+
+
 def test_lease_name_is_readable() -> None:
     name = lease_name("1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e")
     assert name.startswith("spotpool-leader-1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d")
