@@ -836,14 +836,14 @@ class CvmClient:
                 response = await self.call("DescribeZoneInstanceConfigInfos", {"Filters": filters})
                 items = response.get("InstanceTypeQuotaSet") or []
                 if not isinstance(items, list):
-                    raise self._malformed(
+                    raise _invalid(
                         "DescribeZoneInstanceConfigInfos", "InstanceTypeQuotaSet is not a list"
                     )
                 for raw in items:
                     try:
                         offer = wire.parse_config_item(raw)
                     except ValueError as exc:  # wire's own words, no server data in them
-                        raise self._malformed("DescribeZoneInstanceConfigInfos", str(exc)) from None
+                        raise _invalid("DescribeZoneInstanceConfigInfos", str(exc)) from None
                     if (
                         offer.zone in zone_batch
                         and offer.instance_type in type_batch
@@ -867,7 +867,7 @@ class CvmClient:
             try:
                 quota = wire.parse_account_quota(response)
             except ValueError as exc:  # wire's own words, no server data in them
-                raise self._malformed("DescribeAccountQuota", str(exc)) from None
+                raise _invalid("DescribeAccountQuota", str(exc)) from None
             if batch:  # a server that ignores the filter must not widen the answer
                 quota = AccountQuota(
                     region=quota.region,
@@ -909,11 +909,4 @@ class CvmClient:
         try:
             return wire.parse_price_quote(response, charge_type)
         except ValueError as exc:  # wire's own words, no server data in them
-            raise self._malformed("InquiryPriceRunInstances", str(exc)) from None
-
-    @staticmethod
-    def _malformed(action: str, message: str) -> CloudNetworkError:
-        """A 200 answer that breaks the documented shape: a server fault, like a non-JSON body."""
-        return CloudNetworkError(
-            SERVER_NETWORK_ERROR, f"malformed {action} answer: {message}", action=action
-        )
+            raise _invalid("InquiryPriceRunInstances", str(exc)) from None

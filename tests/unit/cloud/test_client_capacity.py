@@ -317,10 +317,10 @@ async def test_offers_are_batched_five_values_per_filter_and_by_charge_type() ->
         {"InstanceTypeQuotaSet": [item(Price=[1])]},
     ],
 )
-async def test_malformed_offers_are_a_server_fault(answer: dict[str, Any]) -> None:
+async def test_malformed_offers_are_invalid_responses(answer: dict[str, Any]) -> None:
     client, _, _ = make_client(lambda a, b, r: reply(answer))
     async with client:
-        with pytest.raises(CloudNetworkError, match="malformed DescribeZoneInstanceConfigInfos"):
+        with pytest.raises(CloudError, match="DescribeZoneInstanceConfigInfos failed: InvalidResponse"):
             await client.describe_offers(zones=[ZONE], instance_types=["S5.MEDIUM4"])
 
 
@@ -406,10 +406,10 @@ async def test_account_quota_for_zones_is_batched_and_narrowed() -> None:
         },
     ],
 )
-async def test_malformed_quota_is_a_server_fault_never_a_number(answer: dict[str, Any]) -> None:
+async def test_malformed_quota_is_an_invalid_response_never_a_number(answer: dict[str, Any]) -> None:
     client, _, _ = make_client(lambda a, b, r: reply(answer))
     async with client:
-        with pytest.raises(CloudNetworkError, match="malformed DescribeAccountQuota"):
+        with pytest.raises(CloudError, match="DescribeAccountQuota failed: InvalidResponse"):
             await client.describe_account_quota()
 
 
@@ -505,10 +505,10 @@ async def test_spot_inquiry_sends_the_bid_only_when_given() -> None:
 @pytest.mark.parametrize(
     "answer", [{}, {"Price": {}}, {"Price": {"InstancePrice": {"Price": 1, "ChargeUnit": 7}}}]
 )
-async def test_malformed_price_is_a_server_fault(answer: dict[str, Any]) -> None:
+async def test_malformed_price_is_an_invalid_response(answer: dict[str, Any]) -> None:
     client, _, _ = make_client(lambda a, b, r: reply(answer))
     async with client:
-        with pytest.raises(CloudNetworkError, match="malformed InquiryPriceRunInstances"):
+        with pytest.raises(CloudError, match="InquiryPriceRunInstances failed: InvalidResponse"):
             await client.inquiry_price(
                 zone=ZONE, instance_type="S5.MEDIUM4", image_id="img-pmqg1cw7"
             )
