@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from spotpool.api.names import CLUSTER_TAG, DEFAULT_ENDPOINT, OWNER_UID_TAG
-from spotpool.cloud.models import SPOTPAID, CallerIdentity, Credentials, Instance, Offer
+from spotpool.cloud.errors import CloudError, ErrorCategory
+from spotpool.cloud.models import SPOTPAID, AccountQuota, CallerIdentity, Credentials, Instance, Offer, ZoneQuota
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 
 SECRET_KEY = "UnitTestSecretKeyValue0123456789"
@@ -37,6 +38,8 @@ class FakeCvm:
         self.instances = list(instances or [])
         self.listings: list[tuple[str, str]] = []
         self.offer_reads = 0
+        self.quota_reads = 0
+        self.quota_error: CloudError | None = None
         self.gate = asyncio.Event()
         self.gate.set()
         self.closed = False
@@ -52,6 +55,12 @@ class FakeCvm:
         return [Offer(z, t, charge, Decimal("0.02") if charge == SPOTPAID else Decimal("0.1"), Decimal("0.1"),
                       False, "EnoughStock")
                 for z in zones for t in instance_types for charge in charge_types]
+
+    async def describe_account_quota(self) -> AccountQuota:
+        self.quota_reads += 1
+        if self.quota_error is not None:
+            raise self.quota_error
+        return AccountQuota("ap-guangzhou", spot={"ap-guangzhou-3": ZoneQuota("ap-guangzhou-3", 8, 2, 6)}, on_demand={})
 
     async def get_caller_identity(self) -> CallerIdentity:
         self.identity_calls += 1
@@ -327,3 +336,28 @@ async def test_clients_and_market_reads_are_bounded_least_recently_used_first(
         await cloud.offers(keys[0], first, zones, ["S5.MEDIUM4"])
     await cloud.offers(keys[0], first, ["ap-guangzhou-3"], ["S5.MEDIUM4"])  # evicted: read again
     assert first.offer_reads == 4
+
+
+async def test_the_quota_is_shared_and_a_failed_read_means_unknown_for_a_while() -> None:
+    now = [0.0]
+    factory = Factory()
+    cloud = access(factory, clock=lambda: now[0])
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    quota = await cloud.quota(key, client)
+    assert quota is not None and quota.remaining("ap-guangzhou-3", SPOTPAID) == 6
+    await cloud.quota(key, client)
+    assert client.quota_reads == 1  # shared by every pass of the account within the minute
+    cloud.forget_quota(key)  # a pass bought: the next plan reads what is left
+    await cloud.quota(key, client)
+    assert client.quota_reads == 2
+
+    denied = AccountKey.of(ENDPOINT, "ap-guangzhou", Credentials("AKIDOTHER", "other-key"))
+    other = cloud.client(denied, Credentials("AKIDOTHER", "other-key"))
+    other.quota_error = CloudError("UnauthorizedOperation", "no CAM permission", action="DescribeAccountQuota",
+                                   category=ErrorCategory.AUTH)
+    assert await cloud.quota(denied, other) is None
+    assert await cloud.quota(denied, other) is None
+    assert other.quota_reads == 1  # not asked again every pass
+    now[0] += 61
+    assert await cloud.quota(denied, other) is None and other.quota_reads == 2
