@@ -109,7 +109,10 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
         sell_out_spot(w, False)  # restocked
         market = w.sim.simulator.market
 
+        progressing: set[str] = set()
+
         def replacement_first() -> None:
+            progressing.add(condition(w, "Progressing")["reason"])
             alive = w.owned(uid)
             running = [i for i in alive if i.state == RUNNING]
             assert len(running) >= 4, "an on-demand instance went before its replacement ran"
@@ -121,6 +124,7 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
                            each=replacement_first)
         await w.settle(NS, NAME)
         assert "ReturnedToSpot" in reasons(w)
+        assert "ReturningToSpot" in progressing and "ScalingIn" not in progressing, progressing
         assert status(w)["capacity"] == {"spot": 4, "onDemandBase": 0, "onDemandFallback": 0}
         # Every on-demand instance ever bought was a fallback one, and each was replaced once.
         ever = [i for i in market.all_instances_ever() if i.tags.get("spotpool.io/environment-uid") == uid]

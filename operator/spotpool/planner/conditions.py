@@ -31,6 +31,7 @@ class Counts:
     surplus: int
     inflight_unseen: int
     remaining: int  # owned instances not yet terminating (what a deletion still has to release)
+    returning: int = 0  # pending spot replacements of fallback on-demand instances (not surplus)
 
 
 def ready(counts: Counts, *, deleting: bool) -> tuple[bool, str, str]:
@@ -67,6 +68,9 @@ def progressing(counts: Counts, *, paused: bool, deleting: bool,
                 f"({counts.deficit} short, {counts.surplus} surplus)"
             ),
         )
+    if counts.returning and counts.surplus <= counts.returning:
+        return True, "ReturningToSpot", (f"{counts.returning} spot replacements are starting; the on-demand "
+                                         f"fallback instances they replace go once they run")
     if counts.surplus:
         return True, "ScalingIn", f"releasing {counts.surplus} surplus instances"
     if counts.deficit and refused is not None:

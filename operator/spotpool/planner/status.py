@@ -124,6 +124,8 @@ def build_status(
         purchases_refused = (DegradedReason.MAX_HOURLY_COST_REACHED.value, outcome.capped)
     pools = assess_pools(spec, offers, backoff, now, capacity.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
+    mix = take_mix(census, spec.base_count)
+    returning = 0 if deleting else _returning(mix, spec.expected_count)
     counts = conditions.Counts(
         expected=spec.expected_count,
         running=census.running,
@@ -132,6 +134,7 @@ def build_status(
         surplus=census.surplus(expected),
         inflight_unseen=census.inflight_unseen,
         remaining=census.remaining,
+        returning=returning,
     )
     problems = find_problems(
         pools=pools,
@@ -165,7 +168,6 @@ def build_status(
                 entry.pop("retryAfter", None)
         pool_entries.append(entry)
 
-    mix = take_mix(census, spec.base_count)
     roles = mix.roles()
     capacity_body: dict[str, Any] = {
         "spot": len(mix.spot),
@@ -174,7 +176,7 @@ def build_status(
         # merge-patch null removes what no longer holds
         "spotShortSince": format_time(outcome.spot_short_since) if outcome.spot_short_since else None,
         "spotShortReasons": list(outcome.spot_short_reasons) or None,
-        "returning": _returning(mix, spec.expected_count) or None,
+        "returning": returning or None,
     }
     listed = sorted(census.owned, key=lambda i: (i.state == RUNNING, i.instance_id))
     body: dict[str, Any] = {
