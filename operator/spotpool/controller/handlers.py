@@ -98,14 +98,12 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
         wakeup.clear()
         # A settled pool sleeps until something wakes it: its slice of the sweep changed, its spec
         # or Secret changed, or this replica became the leader; the heartbeat is the safety net.
+        # A pool whose fallback instances wait for spot is not settled (`Outcome.next_delay`).
         delay = config.observe_interval
         try:
             assert RUNTIME.reconciler is not None
             outcome = await RUNTIME.reconciler.reconcile(body, memory, lock)
-            if outcome.progressing:
-                delay = config.progress_interval
-            elif outcome.problem is None:
-                delay = config.heartbeat_interval
+            delay = outcome.next_delay(config)
             if not RUNTIME.leadership.is_leader():
                 # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
                 log.debug("%s/%s: pass fenced: not leading", meta["namespace"], meta["name"])

@@ -24,9 +24,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.errors import CloudError
 from spotpool.cloud.models import AccountQuota
 from spotpool.controller.cloudaccess import CloudAccess, Market
+from spotpool.controller.config import OperatorConfig
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
@@ -37,7 +39,7 @@ from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
-from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, build_status, plan
+from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, StatusReport, build_status, plan
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.formatting import parse_time
 from spotpool.planner.model import CapacitySignals
@@ -52,6 +54,18 @@ class Outcome:
     progressing: bool
     deletion_complete: bool = False
     problem: str | None = None
+    awaiting_spot: bool = False  # fallback on-demand instances wait for spot to come back
+
+    def next_delay(self, config: OperatorConfig) -> float:
+        """Seconds until the next pass unless something wakes the pool sooner: the progress
+        interval while buying or releasing; the observe interval after a problem, or while
+        fallback instances wait to return to spot (only the market says when, and a market change
+        wakes nobody); otherwise the settled pools' heartbeat."""
+        if self.progressing:
+            return config.progress_interval
+        if self.problem is not None or self.awaiting_spot:
+            return config.observe_interval
+        return config.heartbeat_interval
 
 
 class Leadership(Protocol):
@@ -204,7 +218,7 @@ class Reconciler:
             await self._guard.release(ctx.ref.namespace, ctx.spec.credentials_secret_ref.name,
                                       leaving_uid=ctx.ref.uid)
         return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
-                       deletion_complete=complete)
+                       deletion_complete=complete, awaiting_spot=not deleting and _awaits_spot(ctx.spec, report))
 
     async def _observe(self, ctx: PassContext) -> tuple[Observation, Market, AccountQuota | None]:
         """The listing's slice, the market and the account's quota (one round trip, each shared
@@ -291,6 +305,13 @@ def _spot_short_since(status: Mapping[str, Any]) -> datetime | None:
         return parse_time(since)
     except ValueError:
         return None
+
+
+def _awaits_spot(spec: EnvironmentSpec, report: StatusReport) -> bool:
+    """The pool holds fallback on-demand instances that are to return to spot."""
+    returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled and not spec.paused
+    capacity = report.body.get("capacity") or {}
+    return returning and bool(capacity.get("onDemandFallback"))
 
 
 def _deleted_already(status: Mapping[str, Any]) -> bool:
