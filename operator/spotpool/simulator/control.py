@@ -181,13 +181,24 @@ def _instance_view(inst: SimInstance) -> dict[str, Any]:
         "launchRequestId": inst.launch_request_id,
         "terminatedBy": inst.terminated_by,
         "terminatedAt": None if inst.terminated_at is None else iso_time(inst.terminated_at),
+        # Epoch seconds on the clock of the ledger's `time`, to order an instance's life against
+        # the API calls (launchTime and terminatedAt above have CVM's whole-second resolution).
+        "timeline": {
+            "launchedAt": inst.created_at,
+            "runningAt": inst.running_at,
+            "terminatedAt": inst.terminated_at,
+        },
     }
 
 
 async def _instances(sim: Simulator, request: web.Request) -> web.Response:
     """All visible instances; optional filters region, zone, instanceType, chargeType, state,
-    tag=key=value."""
+    tag=key=value. `ever=true` lists every instance bought since the last reset instead, gone
+    ones included (with the state they had when they went)."""
     query = request.query
+    ever = query.get("ever", "false")
+    if ever not in ("true", "false"):
+        raise _BadRequest(f"ever must be true or false, got {ever!r}")
     tags = []
     for tag in query.getall("tag", []):
         key, sep, value = tag.partition("=")
@@ -207,11 +218,16 @@ async def _instances(sim: Simulator, request: web.Request) -> web.Response:
     ]
     selected = [
         _instance_view(inst)
-        for inst in sim.market.instances()
+        for inst in (_bought(sim) if ever == "true" else sim.market.instances())
         if all(getattr(inst, field) == value for field, value in checks)
         and all(inst.tags.get(key) == value for key, value in tags)
     ]
     return _json({"count": len(selected), "instances": selected})
+
+
+def _bought(sim: Simulator) -> list[SimInstance]:
+    sim.market.advance()
+    return sim.market.all_instances_ever()
 
 
 async def _calls(sim: Simulator, request: web.Request) -> web.Response:

@@ -248,6 +248,7 @@ class Market:
             self._set_state(inst, LAUNCH_FAILED, "FAILED")
             self._release_capacity(inst)
             return
+        inst.running_at = at
         self._set_state(inst, RUNNING, "SUCCESS")
         if inst.spot:
             self._schedule_reclaim(inst, at)

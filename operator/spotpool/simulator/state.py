@@ -96,6 +96,7 @@ class SimInstance:
     latest_operation_request_id: str = ""
     terminated_by: str | None = None
     terminated_at: float | None = None
+    running_at: float | None = None  # when it became RUNNING (the boot's scheduled time)
     reclaim_epoch: int = 0
     charge_type: str = SPOTPAID
     rendered: str | None = field(default=None, repr=False)
