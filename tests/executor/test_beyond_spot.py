@@ -108,6 +108,7 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
 
         sell_out_spot(w, False)  # restocked
         market = w.sim.simulator.market
+        calls_before_return = len(w.sim.simulator.ledger.entries())
 
         progressing: set[str] = set()
 
@@ -125,6 +126,18 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
         await w.settle(NS, NAME)
         assert "ReturnedToSpot" in reasons(w)
         assert "ReturningToSpot" in progressing and "ScalingIn" not in progressing, progressing
+        # Within passes too: replaying the cloud's calls in order, the pool never held more than
+        # expectedCount + maxInFlight (a return's release comes before the next replacements).
+        alive, peak = 4, 4
+        for call in w.sim.simulator.ledger.entries()[calls_before_return:]:
+            if call.error_code or call.params.get("DryRun"):
+                continue
+            if call.action == "RunInstances":
+                alive += int(call.params["InstanceCount"])
+            elif call.action == "TerminateInstances":
+                alive -= len(call.params["InstanceIds"])
+            peak = max(peak, alive)
+        assert alive == 4 and peak <= 4 + 2, peak
         assert status(w)["capacity"] == {"spot": 4, "onDemandBase": 0, "onDemandFallback": 0}
         # Every on-demand instance ever bought was a fallback one, and each was replaced once.
         ever = [i for i in market.all_instances_ever() if i.tags.get("spotpool.io/environment-uid") == uid]

@@ -42,7 +42,7 @@ from spotpool.metrics import Metrics
 from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, StatusReport, build_status, plan
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.formatting import parse_time
-from spotpool.planner.model import CapacitySignals
+from spotpool.planner.model import CapacitySignals, Purpose
 
 log = logging.getLogger(__name__)
 
@@ -237,29 +237,41 @@ class Reconciler:
         return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client)
 
     async def _act(self, ctx: PassContext, decided: Plan, memory: PoolMemory) -> _Acted:
+        """Returns first, then purchases, then the other releases. A fallback instance whose spot
+        replacement runs goes before the next replacements are bought, so the pool never holds more
+        than maxInFlight beyond expectedCount; if that release fails, no new replacement is bought
+        this pass."""
+        released, last_error = await self._release(ctx, memory, decided.returns, ReleaseReason.RETURN_TO_SPOT)
+        if last_error is not None:
+            decided = replace(decided, launches=tuple(b for b in decided.launches if b.purpose is not Purpose.RETURN))
         purchases = await self._purchasing.execute(ctx, decided, memory.resource_version(ctx.ref.resource_version),
                                                    memory.on_demand_backoff)
-        released: list[str] = []
-        last_error = purchases.last_error
-        for batches, reason in ((decided.returns, ReleaseReason.RETURN_TO_SPOT),
-                                (decided.releases, decided.release_reason),
-                                (decided.cleanup, ReleaseReason.UNWANTED)):
-            for ids in batches:
-                if reason is None:
-                    continue
-                ctx.fence()
-                try:
-                    await ctx.client.terminate_instances(ids)
-                    failpoint("after-terminate-instances")
-                except CloudError as exc:
-                    last_error = ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
-                    self._reporting.event(ctx, "Warning", "ReleaseFailed",
-                                          f"TerminateInstances of {len(ids)} instances failed: {describe(exc)}")
-                    break
-                released += ids
-                self._observer(ctx).released(ids)
-                self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
+        last_error = last_error or purchases.last_error
+        for batches, reason in ((decided.releases, decided.release_reason), (decided.cleanup, ReleaseReason.UNWANTED)):
+            if reason is None:
+                continue
+            ids, error = await self._release(ctx, memory, batches, reason)
+            released += ids
+            last_error = error or last_error
         return _Acted(purchases, released, last_error)
+
+    async def _release(self, ctx: PassContext, memory: PoolMemory, batches: tuple[tuple[str, ...], ...],
+                       reason: ReleaseReason) -> tuple[list[str], ErrorRecord | None]:
+        """TerminateInstances batch by batch; the first failure stops the rest (next pass retries)."""
+        released: list[str] = []
+        for ids in batches:
+            ctx.fence()
+            try:
+                await ctx.client.terminate_instances(ids)
+                failpoint("after-terminate-instances")
+            except CloudError as exc:
+                self._reporting.event(ctx, "Warning", "ReleaseFailed",
+                                      f"TerminateInstances of {len(ids)} instances failed: {describe(exc)}")
+                return released, ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
+            released += ids
+            self._observer(ctx).released(ids)
+            self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
+        return released, None
 
     async def _blocked(self, body: Mapping[str, Any], memory: PoolMemory, status: Mapping[str, Any],
                        blocked: Blocked, now: datetime, deleting: bool, fence: Callable[[], None]) -> Outcome:
