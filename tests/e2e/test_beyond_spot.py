@@ -9,6 +9,7 @@ ledger and its instances' timelines), never from the operator's own account.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -125,8 +126,9 @@ EXPECTED, IN_FLIGHT = 4, 2
 
 
 def test_the_return_to_spot_keeps_the_pool_running_and_its_budget(
-    operator: OperatorProcess, pools: Pools, simulator: SimulatorProcess
+    operator_factory: Callable[..., OperatorProcess], pools: Pools, simulator: SimulatorProcess
 ) -> None:
+    operator = operator_factory(extra_args=("--market-max-age=3",))  # the restock is seen within 3 s
     sell_out_spot(simulator)
     pools.create("back", expectedCount=EXPECTED,
                  onDemand={"fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": IN_FLIGHT}})

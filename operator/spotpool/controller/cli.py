@@ -36,6 +36,9 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         help="seconds between passes of a settled pool that nothing woke (default 300)")
     parser.add_argument("--progress-interval", type=float, default=2.0,
                         help="seconds between observations while buying or releasing (default 2)")
+    parser.add_argument("--market-max-age", type=float, default=30.0,
+                        help="seconds a read of prices, stock and quota is reused by the pools of an account "
+                             "(default 30); a sold-out pool coming back is noticed within it")
     parser.add_argument("--cluster-id", default=os.environ.get("SPOTPOOL_CLUSTER_ID"),
                         help="tag value that tells this installation's instances from others' on the same "
                              "account (default: $SPOTPOOL_CLUSTER_ID, else the kube-system namespace UID)")
@@ -115,6 +118,7 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         observe_interval=args.observe_interval,
+        offers_max_age=args.market_max_age,
         heartbeat_interval=args.heartbeat_interval,
         progress_interval=args.progress_interval,
         cluster_id=args.cluster_id,
