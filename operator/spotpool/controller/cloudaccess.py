@@ -45,10 +45,6 @@ MAX_CLIENTS = 256
 MAX_OFFER_READS = 1024
 """Cached market reads (per account and set of pools) kept; the least recently used goes first."""
 
-QUOTA_MAX_AGE = 60.0
-"""Seconds a DescribeAccountQuota answer is reused by every pool of the account and region; a
-pass that bought forgets it, so the next plan starts from what the purchase left."""
-
 MAX_QUOTA_READS = 1024
 """Accounts whose quota is cached; the least recently used goes first."""
 
@@ -230,11 +226,12 @@ class CloudAccess:
 
     async def quota(self, key: AccountKey, client: CvmClient) -> AccountQuota | None:
         """The account's spot and on-demand vCPU quota left per zone of the region, shared by
-        its pools; None when it cannot be read (the plan then learns quota from refusals, as
+        its pools for as long as a market read (a pass that bought forgets it, so the next plan
+        starts from what the purchase left); None when it cannot be read (the plan then learns quota from refusals, as
         the cloud still enforces it). Every zone in one read, so pools of any zones share it."""
         flight = self._quotas.get(key)
         if flight is None:
-            flight = self._quotas[key] = _SingleFlight(QUOTA_MAX_AGE, self._clock)
+            flight = self._quotas[key] = _SingleFlight(self._offers_max_age, self._clock)
             while len(self._quotas) > MAX_QUOTA_READS:
                 self._quotas.popitem(last=False)
         self._quotas.move_to_end(key)
@@ -242,7 +239,7 @@ class CloudAccess:
         async def read() -> AccountQuota | None:
             try:
                 return await client.describe_account_quota()
-            except CloudError as exc:  # kept as "unknown" for QUOTA_MAX_AGE: not asked again each pass
+            except CloudError as exc:  # kept as "unknown" as long as an answer: not asked each pass
                 log.debug("DescribeAccountQuota in %s failed (%s): planning without quota", key.region, exc.code)
                 return None
 
