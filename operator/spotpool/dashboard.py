@@ -37,6 +37,7 @@ from grafana_foundation_sdk.builders.dashboard import (
 from grafana_foundation_sdk.builders.gauge import Panel as Gauge
 from grafana_foundation_sdk.builders.prometheus import Dataquery as Query
 from grafana_foundation_sdk.builders.stat import Panel as Stat
+from grafana_foundation_sdk.builders.statetimeline import Panel as StateTimeline
 from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -56,6 +57,8 @@ from grafana_foundation_sdk.models.dashboard import (
     Panel,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
     VariableSort,
 )
@@ -181,13 +184,68 @@ def _market_panels() -> list[Builder[Panel]]:
         ).decimals(4).override_by_query("B", [dashed]),
         _timeseries(
             10, "Hourly cost",
-            "What the alive instances cost per hour at their pools' market price, stacked by "
-            "environment: the top of the stack is the total spend rate of the selection.",
+            "What the alive instances cost per hour, stacked by environment: spot instances at their "
+            "pools' market price, on-demand ones at the list price. The top of the stack is the total "
+            "spend rate of the selection.",
             "currencyUSD",
             _query("A", f"sum by (namespace, environment) (spotpool_environment_hourly_cost_usd{{{ENV}}})",
                    "{{namespace}}/{{environment}}"),
             stacked=True,
         ).decimals(4),
+    ]
+
+
+def _capacity_panels() -> list[Builder[Panel]]:
+    dashed = DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})
+    short = ValueMap({"0": ValueMappingResult(text="spot fills", color="green", index=0),
+                      "1": ValueMappingResult(text="spot short", color="red", index=1)})
+    return [
+        _timeseries(
+            21, "Instances by capacity type and role",
+            "Alive instances by capacity type and role, stacked: spot; on-demand base "
+            "(spec.onDemand.baseCount, always on-demand); on-demand fallback (bought because spot stayed "
+            "short past spec.onDemand.fallback.after). Fallback instances go back to spot, replacement "
+            "first, once spot can be had again.",
+            "short",
+            _query("A", "sum by (namespace, environment, capacity_type, role) "
+                        f"(spotpool_environment_capacity_instances{{{ENV}}})",
+                   "{{environment}} {{capacity_type}} ({{role}})"),
+            stacked=True,
+        ),
+        _timeseries(
+            22, "Hourly cost vs max hourly cost",
+            "What each environment's alive instances cost per hour (spot at the market price, on-demand "
+            "at the list price) against its spec.maxHourlyCost (dashed; absent without a cap). At the cap "
+            "nothing more is bought and the environment reports MaxHourlyCostReached.",
+            "currencyUSD",
+            _query("A", f"sum by (namespace, environment) (spotpool_environment_hourly_cost_usd{{{ENV}}})",
+                   "{{environment}} cost"),
+            _query("B", f"max by (namespace, environment) (spotpool_environment_max_hourly_cost_usd{{{ENV}}})",
+                   "{{environment}} maxHourlyCost"),
+        ).decimals(4).override_by_query("B", [dashed]),
+        _timeseries(
+            23, "Fallbacks to on-demand and returns to spot",
+            "On-demand instances bought as a fallback for missing spot capacity, and fallback instances "
+            "released once their spot replacement ran (ReturnToSpot), as the increase over each interval. "
+            "Steady fallbacks mean the spot pools chosen are often short: add zones or instance types.",
+            "short",
+            _query("A", "sum by (namespace, environment) "
+                        f"(increase(spotpool_fallback_instances_total{{{ENV}}}{RATE}))",
+                   "{{environment}} fallback to on-demand"),
+            _query("B", "sum by (namespace, environment) "
+                        f"(increase(spotpool_returns_to_spot_total{{{ENV}}}{RATE}))",
+                   "{{environment}} returned to spot"),
+        ),
+        StateTimeline().id(24).title("Spot short")
+        .description("Whether spot can fill each environment's deficit: red while every candidate spot pool "
+                     "is sold out, out of quota or above maxPrice and instances are missing. With "
+                     "spec.onDemand.fallback, on-demand instances are bought once this has lasted `after`.")
+        .datasource(DATASOURCE).unit("short").min(0).max(1).height(8).span(12)
+        .mappings([short]).thresholds(_thresholds((None, "green"), (1, "red")))
+        .legend(VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
+                .show_legend(True))
+        .with_target(_query("A", f"max by (namespace, environment) (spotpool_environment_spot_short{{{ENV}}})",
+                            "{{namespace}}/{{environment}}")),
     ]
 
 
@@ -216,8 +274,8 @@ def _churn_panels() -> list[Builder[Panel]]:
         ),
         _timeseries(
             14, "Launches and releases",
-            "Instances bought, and instances released by spotpool by reason (ScaleIn, Delete, Cleanup), "
-            "per minute. Launches without a matching rise in running instances mean churn.",
+            "Instances bought, and instances released by spotpool by reason (ScaleIn, Delete, Cleanup, "
+            "ReturnToSpot), per minute. Launches without a matching rise in running instances mean churn.",
             "cpm",
             _query("A", "sum by (namespace, environment) "
                         f"(rate(spotpool_instance_launches_total{{{ENV}}}{RATE})) * 60",
@@ -277,8 +335,9 @@ def build() -> Dashboard:
     environment_query = 'label_values(spotpool_environment_expected_instances{namespace=~"$namespace"}, environment)'
     dashboard = (
         Dashboard(TITLE).uid(UID)
-        .description("Health of spotpool's spot pools: fulfilment, market prices and cost, refusals and "
-                     "interruptions, and the operator's own CVM API and reconcile behaviour.")
+        .description("Health of spotpool's spot pools: fulfilment, market prices and cost, the spot and "
+                     "on-demand capacity mix, refusals and interruptions, and the operator's own CVM API "
+                     "and reconcile behaviour.")
         .tags(["spotpool", "tencentcloud", "spot"])
         .time("now-6h", "now").refresh("30s").timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
@@ -301,6 +360,7 @@ def build() -> Dashboard:
     sections = [
         (Row("Fulfilment").id(1), _fulfilment_panels()),
         (Row("Market and cost").id(8), _market_panels()),
+        (Row("Spot and on-demand").id(20), _capacity_panels()),
         (Row("Refusals, interruptions and churn").id(11), _churn_panels()),
         (Row("Operator and CVM API").id(15), _operator_panels()),
     ]

@@ -158,6 +158,12 @@ REQUIRED_PANELS = {
     "Reconcile duration (p95)": ["spotpool_reconcile_duration_seconds_bucket"],
     "Reconcile errors": ["spotpool_reconcile_errors_total"],
     "Time to fulfil (p95)": ["spotpool_time_to_fulfil_seconds_bucket"],
+    "Instances by capacity type and role": ["spotpool_environment_capacity_instances"],
+    "Hourly cost vs max hourly cost": ["spotpool_environment_hourly_cost_usd",
+                                       "spotpool_environment_max_hourly_cost_usd"],
+    "Fallbacks to on-demand and returns to spot": ["spotpool_fallback_instances_total",
+                                                   "spotpool_returns_to_spot_total"],
+    "Spot short": ["spotpool_environment_spot_short"],
 }
 
 
@@ -173,6 +179,25 @@ def test_required_panels(board: dict[str, Any]) -> None:
     assert "sum by (code) (rate(spotpool_launch_refusals_total" in by_title["Launch refusals by code"]
     assert "sum by (action, code)" in by_title["CVM API errors by action x code"]
     assert "by (zone, instance_type" in by_title["Interruptions by zone x type"]
+    assert "by (namespace, environment, capacity_type, role)" in by_title["Instances by capacity type and role"]
+    for counter in ("spotpool_fallback_instances_total", "spotpool_returns_to_spot_total"):
+        assert f"(increase({counter}{{" in by_title["Fallbacks to on-demand and returns to spot"]
+
+
+def test_capacity_panels_stack_the_roles_dash_the_cap_and_name_the_spot_short_state(board: dict[str, Any]) -> None:
+    by_title = {p["title"]: p for p in panels(board)}
+    mix = by_title["Instances by capacity type and role"]
+    assert mix["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    cost = by_title["Hourly cost vs max hourly cost"]
+    assert [t["refId"] for t in cost["targets"]] == ["A", "B"]
+    assert "max_hourly_cost" in cost["targets"][1]["expr"]
+    dashed = cost["fieldConfig"]["overrides"][0]
+    assert dashed["matcher"] == {"id": "byFrameRefID", "options": "B"}
+    assert dashed["properties"][0]["id"] == "custom.lineStyle"
+    short = by_title["Spot short"]
+    assert short["type"] == "state-timeline"
+    mapped = short["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert (mapped["0"]["text"], mapped["1"]["text"]) == ("spot fills", "spot short")
 
 
 def test_panels_fit_the_grid_without_overlap(board: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
 """`spotpool demo` end to end, as `make demo` runs it: its own control plane (or an existing cluster),
 the simulator and the operator as processes, a pool converging, two instances reclaimed, healing,
-and nothing left running afterwards."""
+spot sold out and the pool falling back to on-demand after its wait, spot restocked and the pool
+back on spot (replacements first), and nothing left running afterwards. The demo itself waits on the
+pool's status and events; this test reads what it printed."""
 
 from __future__ import annotations
 
@@ -17,14 +19,21 @@ from tests.support.kube import unique_name
 
 pytestmark = pytest.mark.cluster
 
-FULL_SIX = r"expected 6  current 6  running 6  pending 0  cost [0-9.]+ USD/h  \|  Ready True"
+FULL_SIX = (r"expected 6  current 6  running 6  pending 0  spot 6  on-demand base 0  fallback 0  "
+            r"cost [0-9.]+ USD/h  \|  Ready True")
+ON_DEMAND_MIX = (r"expected 6  current 6  running 6  pending 0  spot 3  on-demand base 0  fallback 3  "
+                 r"cost [0-9.]+ USD/h  \|  Ready True")
+FALLBACK_AFTER = 20  # spec.onDemand.fallback.after of deploy/examples/simulator-pool.yaml, in seconds
+MAX_IN_FLIGHT = 2  # its returnToSpot.maxInFlight
+SUMMARY_LINE = re.compile(r"^\[ *[0-9.]+s\] (?:deleting  )?expected \d+  current (\d+)  running (\d+)  pending (\d+)"
+                          r"  spot (\d+)  on-demand base (\d+)  fallback (\d+)  (?:returning (\d+)  )?cost", re.M)
 
 
 def run_demo(*args: str, run_dir: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "spotpool", "demo", "--exit-when-healed", "--timeout", "180",
+        [sys.executable, "-m", "spotpool", "demo", "--exit-when-healed", "--timeout", "240",
          "--run-dir", str(run_dir), *args],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=360, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, f"spotpool demo exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -46,8 +55,16 @@ def still_running(pid: int, name: str) -> bool:
     return state != "Z" and ours
 
 
+def ids_of(text: str) -> list[str]:
+    return re.findall(r"\bins-\w{8}\b", text)
+
+
 def check_story(output: str) -> None:
     converging, _, after_reclaim = output.partition("== healing")
+    after_reclaim, _, sold_out = after_reclaim.partition("== spot sold out")
+    sold_out, _, restocked = sold_out.partition("== spot restocked")
+    restocked, _, summary = restocked.partition("== summary ==")
+    assert summary, output
     # converged: Ready with 6 of 6 running, and the table of pools printed
     assert re.search(FULL_SIX, converging), converging
     assert re.search(r"^Ready: 6 of 6 running, [0-9.]+ s after the pool was applied$", converging, re.M)
@@ -63,16 +80,73 @@ def check_story(output: str) -> None:
     lost = {i for message in lost_events for i in re.findall(r"\bins-\w{8}\b", message)}
     assert lost == reclaimed, after_reclaim
     # ... and replaced: Ready with 6 running again
-    healed, _, summary = after_reclaim.partition("healed:")
-    assert summary, after_reclaim
+    healed, _, healed_line = after_reclaim.partition("healed:")
+    assert healed_line, after_reclaim
     assert re.search(FULL_SIX, healed), healed
-    assert re.search(r"Ready again with 6 running, [0-9.]+ s after the reclaim", summary)
+    assert re.search(r"Ready again with 6 running, [0-9.]+ s after the reclaim", healed_line)
+
+    check_fallback(sold_out)
+    check_return(restocked, bought_on_demand=fallback_ids(sold_out))
 
     # the summary, then the cleanup: the pool deleted with its instances released, processes stopped
     assert re.search(r"time to Ready +[0-9.]+ s", summary) and re.search(r"time to heal +[0-9.]+ s", summary)
+    fallback = re.search(r"time to fallback +([0-9.]+) s \(from the spot sell-out to the first on-demand", summary)
+    assert fallback and float(fallback.group(1)) >= FALLBACK_AFTER, summary
+    assert re.search(r"time to spot +[0-9.]+ s \(from the restock to all spot again; running never below 6\)", summary)
     assert re.search(r"metrics +curl -s http://127\.0\.0\.1:\d+/metrics", summary)
     assert "instances still alive in the simulator: 0" in summary
     assert "nothing the demo started is left running" in summary
+
+
+def fallback_ids(sold_out: str) -> set[str]:
+    launched = re.findall(r"event .*Normal +Launched +Bought .*\(on-demand fallback\).*", sold_out)
+    return {i for line in launched for i in ids_of(line.rpartition("):")[2])}
+
+
+def check_fallback(sold_out: str) -> None:
+    """Spot sold out and 3 instances reclaimed: short for fallback.after, then 3 on-demand, Ready."""
+    market = re.search(r"^POST http://127\.0\.0\.1:\d+/_sim/market (\{.*\}): every spot pool", sold_out, re.M)
+    assert market and market.group(1).count('"soldOut":true') == 4, sold_out
+    reclaim = re.search(r'POST http://127\.0\.0\.1:\d+/_sim/reclaim \{"instanceIds": \[(.*)\]\}', sold_out)
+    assert reclaim and len(ids_of(reclaim.group(1))) == 3, sold_out
+    # short first: the operator reports spot short (SoldOut) while no on-demand instance exists yet
+    short = re.search(r"^\[.*\|  spot short since \d\d:\d\d:\d\d \(SoldOut\)$", sold_out, re.M)
+    assert short, sold_out
+    states = [tuple(int(n or 0) for n in m.groups()) for m in SUMMARY_LINE.finditer(sold_out)]
+    assert states and all(fallback == 0 for *_, fallback, _ in states[:1]), states
+    first_fallback = next(i for i, (*_, fallback, _) in enumerate(states) if fallback)
+    assert any(running == 3 for _, running, *_ in states[:first_fallback]), states  # stayed short a while
+    assert sold_out.index(short.group(0)) < sold_out.index("FallbackToOnDemand")
+    # then on-demand, announced as such, for exactly what spot could not fill
+    assert re.search(rf"event .*Warning +FallbackToOnDemand +Bought 3 on-demand instances: spot could not fill the "
+                     rf"pool for {FALLBACK_AFTER} s", sold_out), sold_out
+    assert len(fallback_ids(sold_out)) == 3, sold_out
+    waited = re.search(r"^fallback: the first on-demand instance ([0-9.]+) s after the sell-out", sold_out, re.M)
+    assert waited and FALLBACK_AFTER <= float(waited.group(1)) < FALLBACK_AFTER + 60, sold_out
+    assert re.search(ON_DEMAND_MIX, sold_out), sold_out
+    assert re.search(r"^on-demand: Ready with 3 spot \+ 3 on-demand fallback instances", sold_out, re.M)
+    assert re.search(r"capacity +spot 3 +on-demand base 0 +on-demand fallback 3", sold_out)  # the settled frame
+
+
+def check_return(restocked: str, *, bought_on_demand: set[str]) -> None:
+    """Spot restocked: replacements bought first, each fallback instance released once one runs,
+    at most maxInFlight at a time, never fewer than 6 running, and all spot at the end."""
+    market = re.search(r"^POST http://127\.0\.0\.1:\d+/_sim/market (\{.*\}): spot can be had again", restocked, re.M)
+    assert market and market.group(1).count('"soldOut":false') == 4, restocked
+    replacing = [m.start() for m in re.finditer(r"event .*Normal +Launched +Bought .*\(spot, replacing on-demand "
+                                                r"fallback\)", restocked)]
+    returned = list(re.finditer(r"event .*Normal +ReturnedToSpot +Released \d+ fallback on-demand instances: spot "
+                                r"replacements run in their place: (.*)", restocked))
+    assert replacing and returned, restocked
+    assert replacing[0] < returned[0].start(), "an on-demand instance went before any replacement was bought"
+    assert {i for m in returned for i in ids_of(m.group(1))} == bought_on_demand, restocked
+    states = [tuple(int(n or 0) for n in m.groups()) for m in SUMMARY_LINE.finditer(restocked)]
+    assert states and all(running >= 6 for _, running, *_ in states), states
+    assert all(returning <= MAX_IN_FLIGHT for *_, returning in states), states
+    assert any(returning for *_, returning in states), "no replacement was ever reported on its way"
+    assert re.search(FULL_SIX, restocked), restocked
+    assert re.search(r"^back to spot: 6 of 6 spot, no on-demand left, [0-9.]+ s after the restock; running never "
+                     r"below 6 during the return$", restocked, re.M), restocked
 
 
 def test_demo_brings_up_a_cluster_converges_heals_and_leaves_nothing_running(tmp_path: Path) -> None:

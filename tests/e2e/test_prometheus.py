@@ -1,9 +1,10 @@
 """The Grafana dashboard against a real Prometheus scraping a real operator.
 
 `spotpool operator` runs against the CVM simulator with pools that produce every kind of series the
-dashboard reads: launches, a refused purchase (a zone whose spot quota is zero), reclaims, a
-scale-in, injected CVM API errors, and reconcile errors (a pool whose status the operator may not
-write: it runs as the chart's ServiceAccount, with the chart's RBAC narrowed to the other pools).
+dashboard reads: launches, an on-demand base and an hourly spend cap, a refused purchase (a zone
+whose spot quota is zero), reclaims, a scale-in, injected CVM API errors, and reconcile errors (a
+pool whose status the operator may not write: it runs as the chart's ServiceAccount, with the
+chart's RBAC narrowed to the other pools).
 Prometheus (Debian's package) scrapes it every second; every query of every panel, as Grafana would
 send it, must then return at least one number. `promtool check metrics` must find nothing to say
 about the spotpool series.
@@ -15,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,12 @@ PANEL_TIMEOUT = 120.0
 CHURN_EVERY = 5.0  # seconds between two reclaims while some panel still waits for data
 WRITABLE_POOLS = ["main", "capped"]  # the pools whose status the operator may write; not "locked"
 CAPPED_ZONE = "ap-guangzhou-7"  # no other pool here uses it
+MAX_HOURLY_COST = "2.5"  # far above what "main" costs: the cap is drawn, never reached
+
+
+def status_capacity(obj: dict[str, Any]) -> tuple[int, int, int]:
+    capacity = (obj.get("status") or {}).get("capacity") or {}
+    return capacity.get("spot", 0), capacity.get("onDemandBase", 0), capacity.get("onDemandFallback", 0)
 
 
 @pytest.fixture
@@ -83,23 +91,33 @@ def test_every_dashboard_panel_gets_data_from_a_real_prometheus(
     prom = prometheus_factory(operator)
     prom.wait_targets_up()
 
-    # A refusal that lasts: the zone's spot quota is zero (the offers do not show quota, so the
-    # operator tries, is refused with LimitExceeded.UserSpotQuota, and backs off and retries).
+    # A refusal that lasts: the zone's spot quota is zero, and the key may not read its quota (a CAM
+    # policy without DescribeAccountQuota), so the operator plans without it, tries, is refused with
+    # LimitExceeded.UserSpotQuota, and backs off and retries. (With the quota readable it would
+    # never try that zone, and the refusals panel would have nothing to show.)
     simulator.control("POST", "market", {"zoneQuotas": {CAPPED_ZONE: 0}})
+    simulator.control("POST", "faults", {"DescribeAccountQuota": {"errorRate": 1.0,
+                                                                  "errorCodes": ["UnauthorizedOperation"]}})
     pools.create("capped", expectedCount=2, zones=[CAPPED_ZONE], instanceTypes=["S5.MEDIUM4"])
     # Reconcile errors: the operator is Forbidden to write this pool's status.
     pools.create("locked", expectedCount=0)
-    # Launches, per-pool instances, prices, cost, and (once Ready) a time to fulfil.
-    pools.create("main", expectedCount=6, allocationStrategy="Diversified")
+    # Launches, per-pool instances, prices, cost, and (once Ready) a time to fulfil; the capacity
+    # panels get an on-demand base next to the spot instances, and the cost panel a cap to draw.
+    pools.create("main", expectedCount=6, allocationStrategy="Diversified", onDemand={"baseCount": 1},
+                 maxHourlyCost=MAX_HOURLY_COST)
     pools.wait_ready("main", 6)
     pools.wait("capped", lambda o: condition(o, "Degraded").get("status") == "True", what="Degraded")
     uid = pools.uid("main")
+    assert status_capacity(pools.get("main")) == (5, 1, 0)
+
+    def spot_alive() -> list[dict[str, Any]]:  # reclaims take spot instances only
+        return [i for i in simulator.alive(uid) if i["chargeType"] == "SPOTPAID"]
 
     # CVM API errors: the next DescribeInstances calls fail (the client retries them).
     simulator.control("POST", "faults", {"DescribeInstances": {"errorRate": 1.0, "errorCodes": ["InternalError"],
                                                                "times": 3}})
     # An interruption, healed.
-    simulator.control("POST", "reclaim", {"instanceIds": [simulator.alive(uid)[0]["instanceId"]]})
+    simulator.control("POST", "reclaim", {"instanceIds": [spot_alive()[0]["instanceId"]]})
     pools.wait_ready("main", 6)
     # A scale-in: releases with reason ScaleIn.
     pools.scale("main", 4)
@@ -120,7 +138,7 @@ def test_every_dashboard_panel_gets_data_from_a_real_prometheus(
             if result and has_finite_value(result):
                 del pending[index]
         if pending and time.monotonic() >= next_churn:
-            alive = simulator.alive(uid)
+            alive = spot_alive()
             if alive:
                 simulator.control("POST", "reclaim", {"instanceIds": [alive[0]["instanceId"]]})
             next_churn = time.monotonic() + CHURN_EVERY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ TYPES = ["S5.MEDIUM4", "SA2.MEDIUM4"]
 
 
 def environment(*, running: int = 6, pending: int = 0, expected: int = 6, generation: int = 1,
-                observed: int = 1, ready: str = "True", with_status: bool = True) -> dict[str, Any]:
+                observed: int = 1, ready: str = "True", with_status: bool = True,
+                capacity: dict[str, Any] | None = None, on_demand: dict[str, Any] | None = None) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "apiVersion": "spotpool.io/v1alpha1",
         "kind": "SpotComputeEnvironment",
@@ -23,6 +25,8 @@ def environment(*, running: int = 6, pending: int = 0, expected: int = 6, genera
         "spec": {"expectedCount": expected, "maxPrice": "0.0923", "region": "ap-guangzhou", "zones": ZONES,
                  "instanceTypes": TYPES, "allocationStrategy": "Diversified"},
     }
+    if on_demand is not None:
+        obj["spec"]["onDemand"] = on_demand
     if not with_status:
         return obj
     per_pool = [(running // 4 + (1 if i < running % 4 else 0), pending if i == 0 else 0) for i in range(4)]
@@ -47,7 +51,14 @@ def environment(*, running: int = 6, pending: int = 0, expected: int = 6, genera
             {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": "no refusals from the cloud"},
         ],
     }
+    if capacity is not None:
+        obj["status"]["capacity"] = capacity
     return obj
+
+
+FALLBACK = {"fallback": {"after": "20s"}, "returnToSpot": {"maxInFlight": 2}}
+SHORT = {"spot": 3, "onDemandBase": 0, "onDemandFallback": 0, "spotShortSince": "2026-01-01T10:00:05Z",
+         "spotShortReasons": ["SoldOut"]}
 
 
 def event(n: int, reason: str = "Launched", message: str = "Bought 1", *, type_: str = "Normal",
@@ -207,3 +218,71 @@ def test_pick_victims_prefers_running_instances_in_different_pools() -> None:
     same_pool = [i for i in instances if i["zone"] == "z3"]
     assert [i["instanceId"] for i in render.pick_victims(same_pool)] == ["ins-1", "ins-2"]
     assert render.pick_victims(instances[2:3]) == []
+
+
+def test_frame_shows_the_capacity_mix_and_the_replacements_on_their_way() -> None:
+    mix = {"spot": 5, "onDemandBase": 1, "onDemandFallback": 2, "returning": 2}
+    frame = render.render_frame(environment(running=6, pending=2, expected=6, capacity=mix, on_demand=FALLBACK),
+                                [], MARKET)
+    assert ("capacity     spot 5   on-demand base 1   on-demand fallback 2   returning to spot 2 "
+            "(replacements first)") in frame
+    assert "spot short" not in frame
+    # before the operator reports capacity (an older status), no capacity line at all
+    assert "capacity" not in render.render_frame(environment(), [], MARKET)
+
+
+def test_frame_counts_down_to_the_fallback_while_spot_is_short() -> None:
+    obj = environment(running=3, ready="False", capacity=SHORT, on_demand=FALLBACK)
+    now = datetime(2026, 1, 1, 10, 0, 17, tzinfo=UTC)
+    frame = render.render_frame(obj, [], MARKET, now=now)
+    assert "spot short   since 10:00:05 (SoldOut): on-demand fallback after 20 s, in 8 s" in frame
+    late = render.render_frame(obj, [], MARKET, now=datetime(2026, 1, 1, 10, 0, 40, tzinfo=UTC))
+    assert "on-demand fallback after 20 s, due now" in late
+    # without a clock the frame still says why and how long the wait is
+    unclocked = render.render_frame(obj, [], MARKET)
+    assert "spot short   since 10:00:05 (SoldOut): on-demand fallback after 20 s" in unclocked
+    no_fallback = environment(running=3, ready="False", capacity=SHORT)
+    assert "no spec.onDemand.fallback, the pool waits for spot" in render.render_frame(no_fallback, [], MARKET, now=now)
+    colored = render.render_frame(obj, [], MARKET, now=now, color=True)
+    assert "\x1b[33mspot short" in colored
+
+
+def test_summary_line_has_the_capacity_mix_and_the_shortage() -> None:
+    short = environment(running=3, ready="False", capacity=SHORT, on_demand=FALLBACK)
+    line = render.summary_line(short)
+    assert "running 3  pending 0  spot 3  on-demand base 0  fallback 0  cost 0.1008 USD/h  |  Ready False" in line
+    assert line.endswith("  |  spot short since 10:00:05 (SoldOut)")
+    returning = environment(capacity={"spot": 5, "onDemandBase": 0, "onDemandFallback": 3, "returning": 2})
+    assert "spot 5  on-demand base 0  fallback 3  returning 2  cost" in render.summary_line(returning)
+
+
+def test_all_spot_needs_ready_with_every_instance_spot_and_nothing_returning() -> None:
+    assert render.is_all_spot(environment(capacity={"spot": 6, "onDemandBase": 0, "onDemandFallback": 0}))
+    assert not render.is_all_spot(environment(capacity={"spot": 3, "onDemandBase": 0, "onDemandFallback": 3}))
+    assert not render.is_all_spot(environment(capacity={"spot": 5, "onDemandBase": 1, "onDemandFallback": 0}))
+    assert not render.is_all_spot(environment(capacity={"spot": 6, "onDemandBase": 0, "onDemandFallback": 0,
+                                                        "returning": 1}))
+    assert not render.is_all_spot(environment(running=5, ready="False",
+                                              capacity={"spot": 6, "onDemandBase": 0, "onDemandFallback": 0}))
+
+
+@pytest.mark.parametrize(("after", "seconds"), [("20s", 20), ("5m", 300), ("1h30m", 5400), ("", None), ("soon", None)])
+def test_fallback_after_reads_the_duration(after: str, seconds: int | None) -> None:
+    assert render.fallback_after(environment(on_demand={"fallback": {"after": after}})) == seconds
+    assert render.fallback_after(environment()) is None
+
+
+def test_cost_line_shows_the_cap() -> None:
+    obj = environment()
+    obj["spec"]["maxHourlyCost"] = "0.5"
+    assert "hourly cost  0.1008 USD   (on demand: 0.4713 USD, 79% saved)   cap 0.5 USD/h" in render.render_frame(
+        obj, [], MARKET)
+
+
+def test_pick_victims_takes_spot_instances_only() -> None:
+    instances = [
+        {"instanceId": "ins-1", "zone": "z3", "instanceType": "A", "state": "RUNNING",
+         "chargeType": "POSTPAID_BY_HOUR"},
+        {"instanceId": "ins-2", "zone": "z3", "instanceType": "A", "state": "RUNNING", "chargeType": "SPOTPAID"},
+    ]
+    assert [i["instanceId"] for i in render.pick_victims(instances)] == ["ins-2"]

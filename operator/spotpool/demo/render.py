@@ -2,14 +2,17 @@
 
 `render_frame(obj, events, market)` turns the SpotComputeEnvironment (a dict as the API returns it),
 its Kubernetes Events and the simulator's market (`GET /_sim/market`) into the text of one frame;
-nothing here does I/O or reads the clock, so every frame can be unit-tested. `summary_line` and
-`event_line` are the one-line forms the demo prints when its output is not a terminal.
+nothing here does I/O or reads the clock (the caller passes `now` for the fallback's countdown), so
+every frame can be unit-tested. `summary_line` and `event_line` are the one-line forms the demo
+prints when its output is not a terminal.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -58,6 +61,42 @@ def counts(obj: dict[str, Any] | None) -> dict[str, int]:
     }
 
 
+def capacity(obj: dict[str, Any] | None) -> dict[str, int]:
+    """Alive instances by capacity type (status.capacity): spot, on-demand base, on-demand fallback,
+    and the spot replacements on their way for fallback instances (`returning`)."""
+    body = status_of(obj).get("capacity") or {}
+    return {key: int(body.get(key) or 0) for key in ("spot", "onDemandBase", "onDemandFallback", "returning")}
+
+
+def spot_short(obj: dict[str, Any] | None) -> tuple[str, list[str]] | None:
+    """(since, reasons) while the operator reports spot unable to fill the deficit, else None."""
+    body = status_of(obj).get("capacity") or {}
+    since = body.get("spotShortSince")
+    return (str(since), [str(r) for r in body.get("spotShortReasons") or []]) if since else None
+
+
+def _seconds(duration: str) -> int | None:
+    """A fallback's `after` ("20s", "5m", "1h30m") in seconds; None when it is not one."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration or "")
+    if not duration or match is None:
+        return None
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def fallback_after(obj: dict[str, Any] | None) -> int | None:
+    """spec.onDemand.fallback.after in seconds; None without a fallback."""
+    fallback = (spec_of(obj).get("onDemand") or {}).get("fallback") or {}
+    return _seconds(str(fallback.get("after") or ""))
+
+
+def is_all_spot(obj: dict[str, Any] | None) -> bool:
+    """Ready with every expected instance spot: no on-demand left and no replacement in flight."""
+    mix = capacity(obj)
+    return (is_ready(obj) and mix["spot"] == counts(obj)["expected"]
+            and mix["onDemandBase"] == mix["onDemandFallback"] == mix["returning"] == 0)
+
+
 def is_ready(obj: dict[str, Any] | None) -> bool:
     """Ready as the operator reports it, for the spec as it is now (not a stale generation)."""
     if obj is None:
@@ -95,10 +134,10 @@ def healed(obj: dict[str, Any] | None, events: Iterable[dict[str, Any]], reclaim
 
 
 def pick_victims(instances: Iterable[dict[str, Any]], count: int = 2) -> list[dict[str, Any]]:
-    """Running instances to reclaim, from different zone x type pools when there are several, so
-    the demo shows the operator refilling more than one pool. Deterministic for a given list."""
+    """Running spot instances to reclaim, from different zone x type pools when there are several,
+    so the demo shows the operator refilling more than one pool. Deterministic for a given list."""
     running = sorted(
-        (i for i in instances if i.get("state") == "RUNNING"),
+        (i for i in instances if i.get("state") == "RUNNING" and i.get("chargeType", "SPOTPAID") == "SPOTPAID"),
         key=lambda i: (i.get("zone", ""), i.get("instanceType", ""), i.get("instanceId", "")),
     )
     chosen: list[dict[str, Any]] = []
@@ -221,7 +260,45 @@ def _cost_line(obj: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
     if on_demand > 0 and all(row["onDemand"] is not None for row in rows if row["running"] + row["pending"]):
         saved = (1 - cost / on_demand) * 100
         line += f"   (on demand: {on_demand:.4f} USD, {saved:.0f}% saved)"
+    cap = spec_of(obj).get("maxHourlyCost")
+    if cap:
+        line += f"   cap {cap} USD/h"
     return line
+
+
+def _capacity_line(obj: dict[str, Any] | None) -> str:
+    mix = capacity(obj)
+    line = (f"capacity     spot {mix['spot']}   on-demand base {mix['onDemandBase']}   "
+            f"on-demand fallback {mix['onDemandFallback']}")
+    if mix["returning"]:
+        line += f"   returning to spot {mix['returning']} (replacements first)"
+    return line
+
+
+def _short_line(obj: dict[str, Any] | None, now: datetime | None) -> str | None:
+    """While spot is short: since when, why, and when the fallback buys on-demand."""
+    short = spot_short(obj)
+    if short is None:
+        return None
+    since, reasons = short
+    line = f"spot short   since {since[11:19] or since} ({', '.join(reasons) or '?'})"
+    after = fallback_after(obj)
+    if after is None:
+        return line + ": no spec.onDemand.fallback, the pool waits for spot"
+    line += f": on-demand fallback after {after} s"
+    started = parse_time(since)
+    if now is not None and started is not None:
+        left = after - (now - started).total_seconds()
+        line += f", in {math.ceil(left)} s" if left > 0 else ", due now"
+    return line
+
+
+def parse_time(text: str) -> datetime | None:
+    """An RFC 3339 time of the status (`2026-01-01T10:00:00Z`); None when it is not one."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _condition_style(kind: str, status: str) -> str | None:
@@ -241,8 +318,9 @@ def render_frame(
     width: int | None = None,
     color: bool = False,
     max_events: int = MAX_EVENTS,
+    now: datetime | None = None,
 ) -> str:
-    """One frame of the live view (no trailing newline)."""
+    """One frame of the live view (no trailing newline); `now` (aware) counts down the fallback."""
     lines: list[str] = []
 
     def add(text: str = "", name: str | None = None) -> None:
@@ -262,6 +340,11 @@ def render_frame(
         f"pending {numbers['pending']}   {_bar(numbers['running'], numbers['pending'], numbers['expected'])}")
     rows = _pool_rows(obj, market)
     add(_cost_line(obj, rows))
+    if status_of(obj).get("capacity"):
+        add(_capacity_line(obj))
+    short = _short_line(obj, now)
+    if short:
+        add(short, "yellow")
     add()
 
     zone_w = max([len("ZONE"), *(len(r["zone"]) for r in rows)])
@@ -300,5 +383,15 @@ def summary_line(obj: dict[str, Any] | None) -> str:
         for kind in CONDITIONS
     )
     deleting = "deleting  " if (obj.get("metadata") or {}).get("deletionTimestamp") else ""
+    mix = ""
+    if status_of(obj).get("capacity"):
+        parts = capacity(obj)
+        mix = (f"spot {parts['spot']}  on-demand base {parts['onDemandBase']}  "
+               f"fallback {parts['onDemandFallback']}  ")
+        if parts["returning"]:
+            mix += f"returning {parts['returning']}  "
+    short = spot_short(obj)
+    shortage = f"  |  spot short since {short[0][11:19]} ({', '.join(short[1]) or '?'})" if short else ""
     return (f"{deleting}expected {numbers['expected']}  current {numbers['current']}  "
-            f"running {numbers['running']}  pending {numbers['pending']}  cost {cost} USD/h  |  {conds}")
+            f"running {numbers['running']}  pending {numbers['pending']}  {mix}cost {cost} USD/h  |  "
+            f"{conds}{shortage}")

@@ -1,12 +1,17 @@
 """`spotpool demo`: bring everything up on one machine and show a pool converge, lose two instances
-to a reclaim, and heal.
+to a reclaim and heal, fall back to on-demand when spot sells out, and return to spot.
 
 The scenario: a cluster (the local control plane, or the current kube context), the CRD, the CVM
 simulator and the operator as child processes, the example pool applied; a live view until Ready;
 two instances reclaimed through the simulator's control API; the live view until the operator has
-reported both lost and is Ready again; a summary; then exit (`--exit-when-healed`) or keep showing
-the pool until Ctrl-C. Whatever happens, the pool is deleted first (so the operator releases its
-instances) and every process the demo started is stopped.
+reported both lost and is Ready again. Then every spot pool of the example sells out and three more
+instances are reclaimed: the pool stays short for `spec.onDemand.fallback.after`, buys on-demand
+instances for what is missing, and is Ready on a spot/on-demand mix. Then spot is restocked: the
+operator buys spot replacements first and releases each fallback on-demand instance only once its
+replacement runs, `returnToSpot.maxInFlight` at a time, until the pool is all spot again. A
+summary with the measured times; then exit (`--exit-when-healed`) or keep showing the pool until
+Ctrl-C. Whatever happens, the pool is deleted first (so the operator releases its instances) and
+every process the demo started is stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +55,8 @@ DEFAULT_SIMULATOR_PORT = 9000
 TICK = 1.0  # seconds between frames of the live view
 PAUSE_FOR_HUMANS = 3.0  # on a terminal, seconds the Ready frame stays before the reclaim
 DELETE_TIMEOUT = 60.0
+RECLAIMED = 2  # instances reclaimed to show healing
+RECLAIMED_WHEN_SOLD_OUT = 3  # instances reclaimed once spot has sold out: what the fallback buys
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         prog="spotpool demo",
         description="Start a local Kubernetes control plane (or use an existing cluster), the CVM "
         "simulator and the operator; apply deploy/examples/simulator-pool.yaml and show the pool "
-        "converge, lose two instances to a spot reclaim, and heal. Everything started is stopped on exit.",
+        "converge, lose two instances to a spot reclaim and heal, fall back to on-demand while spot is "
+        "sold out, and return to spot once it is restocked. Everything started is stopped on exit.",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--use-current-context", action="store_true",
@@ -65,9 +74,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="spotpool-demo",
                         help="namespace of the demo pool (default spotpool-demo)")
     parser.add_argument("--exit-when-healed", action="store_true",
-                        help="exit once the pool has healed (default: keep running until Ctrl-C)")
+                        help="exit once the story is over: healed, fallen back to on-demand and back on spot "
+                        "(default: keep running until Ctrl-C)")
     parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed to bring everything up, converge and heal (default 300)")
+                        help="seconds allowed to bring everything up and play the whole story (default 300)")
     parser.add_argument("--simulator-port", type=int, default=None,
                         help=f"port of the simulator (default {DEFAULT_SIMULATOR_PORT}, or a free one when taken)")
     parser.add_argument("--run-dir", type=Path, default=None,
@@ -113,7 +123,7 @@ class View:
     def settle(self, snap: Snapshot) -> None:
         """A phase ended: on a pipe, print the whole frame once so the log has the table."""
         if not self.tty:
-            frame = render.render_frame(snap.obj, snap.events, snap.market)
+            frame = render.render_frame(snap.obj, snap.events, snap.market, now=datetime.now(UTC))
             self.say("\n".join("    " + line for line in frame.splitlines()))
         self._drawn = False  # the next phase redraws below what was said in between
 
@@ -128,11 +138,12 @@ class View:
         problem = [render.style(render.clip("read failed: " + snap.problem, size.columns), "red", self.color)]
         tail = (problem if snap.problem else []) + footer.splitlines()  # commands wrap rather than clip
         # Fit the terminal: fewer events rather than a frame that scrolls.
-        fixed = render.render_frame(snap.obj, snap.events, snap.market, max_events=0).count("\n") + 1
+        fixed = render.render_frame(snap.obj, snap.events, snap.market, max_events=0,
+                                    now=datetime.now(UTC)).count("\n") + 1
         tail_rows = sum(max(1, -(-len(line) // size.columns)) for line in tail)
         room = size.lines - 1 - fixed - tail_rows - 3  # header, blank lines
         frame = render.render_frame(snap.obj, snap.events, snap.market, width=size.columns, color=self.color,
-                                    max_events=max(0, min(render.MAX_EVENTS, room)))
+                                    max_events=max(0, min(render.MAX_EVENTS, room)), now=datetime.now(UTC))
         lines = [header, "", *frame.splitlines(), "", *tail]
         home = "\x1b[H" if self._drawn else "\x1b[H\x1b[2J"
         self.out.write("\x1b[?25l" + home + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
@@ -200,7 +211,9 @@ class Demo:
         self.operator: Operator | None = None
         self.uid = ""
         self.applied_at = self.ready_after = self.healed_after = 0.0
-        self.healed = False
+        self.short_after = self.fallback_after = self.fallback_ready_after = self.spot_after = 0.0
+        self.lowest_running = 0  # the fewest instances running in the cloud during the return to spot
+        self.story_over = False
         self.reclaimed: list[dict[str, Any]] = []
         self.started: list[tuple[str, Any]] = []  # (name, Popen) of every process the demo started
         self._skip = [False]  # set by a Ctrl-C during cleanup: stop waiting for the pool to go
@@ -214,14 +227,18 @@ class Demo:
                 self.bring_up(cleanup)
                 self.converge()
                 self.heal()
-                self.view.settle(self.snapshot())
+                self.pause(f"healed {RECLAIMED} reclaimed instances in {self.healed_after:.1f} s")
+                self.fall_back()
+                self.pause(f"on a spot/on-demand mix; on-demand {self.fallback_after:.1f} s after the sell-out")
+                self.return_to_spot()
+                self.story_over = True
                 if self.args.exit_when_healed or not self.view.tty:  # a terminal gets it as a footer
                     self.say_summary()
                 if not self.args.exit_when_healed:
                     self.play()
             return 0
         except KeyboardInterrupt:
-            if self.healed:  # the way to end the default mode
+            if self.story_over:  # the way to end the default mode
                 return 0
             self.view.say("\ninterrupted")
             return 130
@@ -252,7 +269,7 @@ class Demo:
         say = self.view.say
         bins = binaries()
         say("spotpool demo: a pool of 6 Tencent Cloud spot instances, kept at its size by the operator, "
-            "bought from the bundled CVM simulator")
+            "bought from the bundled CVM simulator; on-demand while spot is sold out, then back to spot")
         say(f"  run directory   {shown(self.run_dir.path)}/ (logs, kubeconfig)")
 
         port = self._simulator_port()
@@ -370,8 +387,10 @@ class Demo:
         obj = self.cluster.get_environment(self.namespace, self.name)
         assert obj is not None
         self.uid = obj["metadata"]["uid"]
+        fallback = ((pool["spec"].get("onDemand") or {}).get("fallback") or {}).get("after")
+        extra = f", on-demand fallback after {fallback}" if fallback else ""
         self.view.say(f"\napplied {EXAMPLE} to namespace {self.namespace} (endpoint {self.simulator.url}, "  # type: ignore[union-attr]
-                      f"expectedCount {pool['spec']['expectedCount']}, {pool['spec']['allocationStrategy']})")
+                      f"expectedCount {pool['spec']['expectedCount']}, {pool['spec']['allocationStrategy']}{extra})")
 
     # -- the live view --------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -426,14 +445,9 @@ class Demo:
 
     def heal(self) -> None:
         assert self.simulator is not None
-        victims = render.pick_victims(self.simulator.owned(self.uid, "RUNNING"))
-        if len(victims) < 2:
-            raise DemoError(f"expected 2 running instances to reclaim, found {len(victims)}")
-        ids = [v["instanceId"] for v in victims]
-        answer = self.simulator.control("POST", "reclaim", {"instanceIds": ids})
+        victims = self._reclaim(RECLAIMED)
         reclaimed_at = time.monotonic()
-        if sorted(answer.get("reclaimed") or []) != sorted(ids):
-            raise DemoError(f"the simulator did not reclaim {ids}: {answer}")
+        ids = [v["instanceId"] for v in victims]
         self.reclaimed = victims
         names = " and ".join(f"{v['instanceId']} ({v['zone']}/{v['instanceType']})" for v in victims)
         title = f"healing: the cloud reclaimed {' and '.join(ids)}"
@@ -441,11 +455,105 @@ class Demo:
         self.view.say(f"POST {self.simulator.url}/_sim/reclaim {json.dumps({'instanceIds': ids})}: "
                       f"reclaimed {names}")
         snap = self.watch(title, lambda s: render.healed(s.obj, s.events, ids))
+        self.view.settle(snap)
         self.healed_after = time.monotonic() - reclaimed_at
-        self.healed = True
         lost = sorted(render.lost_ids(snap.events) & set(ids))
         self.view.say(f"healed: InstanceLost reported for {', '.join(lost)}; replaced, Ready again with "
                       f"{render.counts(snap.obj)['running']} running, {self.healed_after:.1f} s after the reclaim")
+
+    def _reclaim(self, count: int) -> list[dict[str, Any]]:
+        """Reclaim `count` running spot instances of the pool through the simulator's control API."""
+        assert self.simulator is not None
+        victims = render.pick_victims(self.simulator.owned(self.uid, "RUNNING"), count)
+        if len(victims) < count:
+            raise DemoError(f"expected {count} running spot instances to reclaim, found {len(victims)}")
+        ids = [v["instanceId"] for v in victims]
+        answer = self.simulator.control("POST", "reclaim", {"instanceIds": ids})
+        if sorted(answer.get("reclaimed") or []) != sorted(ids):
+            raise DemoError(f"the simulator did not reclaim {ids}: {answer}")
+        return victims
+
+    def _set_sold_out(self, sold_out: bool) -> str:
+        """Sell out (or restock) every spot pool the example may buy from; returns the request shown."""
+        assert self.simulator is not None and self.cluster is not None
+        spec = render.spec_of(self.cluster.get_environment(self.namespace, self.name))
+        body = {"pools": [{"zone": zone, "instanceType": kind, "soldOut": sold_out}
+                          for zone in spec.get("zones") or [] for kind in spec.get("instanceTypes") or []]}
+        self.simulator.control("POST", "market", body)
+        return f"POST {self.simulator.url}/_sim/market {json.dumps(body, separators=(',', ':'))}"
+
+    def pause(self, title: str) -> None:
+        """On a terminal, leave the settled frame up a moment (titled with what just happened)."""
+        if self.view.tty:
+            self.watch(title, None, until=time.monotonic() + PAUSE_FOR_HUMANS)
+
+    def fall_back(self) -> None:
+        """Sell out spot, take instances back: short, then on-demand after the fallback's wait."""
+        assert self.cluster is not None
+        after = render.fallback_after(self.cluster.get_environment(self.namespace, self.name))
+        if after is None:
+            raise DemoError(f"{EXAMPLE} has no spec.onDemand.fallback: nothing to show when spot sells out")
+        request = self._set_sold_out(True)
+        sold_out_at, sold_out_clock = time.monotonic(), datetime.now(UTC)
+        victims = self._reclaim(RECLAIMED_WHEN_SOLD_OUT)
+        ids = [v["instanceId"] for v in victims]
+        title = f"spot sold out: {len(ids)} instances gone, on-demand fallback after {after} s"
+        say = self.view.say
+        say(f"\n== {title} ==")
+        say(f"{request}: every spot pool of the pool sold out")
+        say(f"POST {self.simulator.url}/_sim/reclaim {json.dumps({'instanceIds': ids})}: "  # type: ignore[union-attr]
+            f"reclaimed {', '.join(ids)}")
+
+        short_since = [""]  # status.capacity.spotShortSince as last seen: when the fallback's wait began
+
+        def first_on_demand(snap: Snapshot) -> bool:
+            short = render.spot_short(snap.obj)
+            if short:
+                short_since[0] = short[0]
+            return render.capacity(snap.obj)["onDemandFallback"] > 0
+
+        self.watch(title, first_on_demand)
+        self.fallback_after = time.monotonic() - sold_out_at
+        began = render.parse_time(short_since[0])
+        self.short_after = (began - sold_out_clock).total_seconds() if began else 0.0
+        say(f"fallback: the first on-demand instance {self.fallback_after:.1f} s after the sell-out; the operator's "
+            f"wait (status.capacity.spotShortSince {short_since[0][11:19] or '?'}) began {self.short_after:.0f} s "
+            f"after it, and spec.onDemand.fallback.after is {after} s")
+        missing = render.counts(self.cluster.get_environment(self.namespace, self.name))["expected"]
+        snap = self.watch(title, lambda s: render.is_ready(s.obj)
+                          and render.capacity(s.obj)["spot"] + render.capacity(s.obj)["onDemandFallback"] == missing
+                          and render.capacity(s.obj)["onDemandFallback"] > 0)
+        self.fallback_ready_after = time.monotonic() - sold_out_at
+        self.view.settle(snap)
+        mix = render.capacity(snap.obj)
+        say(f"on-demand: Ready with {mix['spot']} spot + {mix['onDemandFallback']} on-demand fallback instances, "
+            f"{self.fallback_ready_after:.1f} s after the sell-out")
+
+    def return_to_spot(self) -> None:
+        """Restock spot: replacements first, then each fallback instance released, until all spot."""
+        assert self.simulator is not None and self.cluster is not None
+        budget = ((render.spec_of(self.cluster.get_environment(self.namespace, self.name)).get("onDemand") or {})
+                  .get("returnToSpot") or {}).get("maxInFlight", "25%")
+        request = self._set_sold_out(False)
+        restocked_at = time.monotonic()
+        title = f"spot restocked: back to spot, replacements first, {budget} at a time"
+        self.view.say(f"\n== {title} ==")
+        self.view.say(f"{request}: spot can be had again")
+        expected = render.counts(self.cluster.get_environment(self.namespace, self.name))["expected"]
+        self.lowest_running = expected
+
+        def all_spot(snap: Snapshot) -> bool:
+            # Replacement first, checked in the cloud itself: running never drops below expectedCount.
+            running = len(self.simulator.owned(self.uid, "RUNNING"))  # type: ignore[union-attr]
+            self.lowest_running = min(self.lowest_running, running)
+            return render.is_all_spot(snap.obj) and any(e.get("reason") == "ReturnedToSpot" for e in snap.events)
+
+        snap = self.watch(title, all_spot)
+        self.spot_after = time.monotonic() - restocked_at
+        self.view.settle(snap)
+        self.view.say(f"back to spot: {render.capacity(snap.obj)['spot']} of {expected} spot, no on-demand left, "
+                      f"{self.spot_after:.1f} s after the restock; running never below {self.lowest_running} "
+                      f"during the return")
 
     def play(self) -> None:
         if not self.view.tty:
@@ -473,7 +581,11 @@ class Demo:
         say("")
         say("== summary ==")
         say(f"  time to Ready   {self.ready_after:.1f} s (from kubectl apply to 6 of 6 running)")
-        say(f"  time to heal    {self.healed_after:.1f} s (from the reclaim of 2 instances to Ready again)")
+        say(f"  time to heal    {self.healed_after:.1f} s (from the reclaim of {RECLAIMED} instances to Ready again)")
+        say(f"  time to fallback {self.fallback_after:.1f} s (from the spot sell-out to the first on-demand "
+            "instance: fallback.after plus one pass)")
+        say(f"  time to spot    {self.spot_after:.1f} s (from the restock to all spot again; running never "
+            f"below {self.lowest_running})")
         say(f"  logs            {shown(self.operator.child.log)}, {shown(self.simulator.child.log)}")
         say(f"  kubectl         {self._shell_setup()}")
         say(f"                  kubectl get sce -n {ns}")
@@ -482,7 +594,7 @@ class Demo:
         say(f"  simulator       curl {self.simulator.url}/_sim/instances")
         say(f"                  {self._reclaim_example()}")
         say(f"                  curl -X POST {self.simulator.url}/_sim/market -d "
-            "'{\"zone\":\"ap-guangzhou-4\",\"instanceType\":\"SA2.MEDIUM4\",\"stock\":0}'")
+            "'{\"pools\":[{\"zone\":\"ap-guangzhou-4\",\"instanceType\":\"SA2.MEDIUM4\",\"stock\":0}]}'")
         say(f"  metrics         curl -s {self.operator.metrics_url}/metrics | grep ^spotpool_")
         if self.args.exit_when_healed:
             say("  (--exit-when-healed: stopping now; without it the demo keeps running until Ctrl-C)")
@@ -491,8 +603,9 @@ class Demo:
         """The footer of the live view once the demo is the user's to play with."""
         assert self.simulator is not None and self.operator is not None
         return "\n".join([
-            f"Ready in {self.ready_after:.1f} s; healed 2 reclaimed instances in {self.healed_after:.1f} s. "
-            "In another terminal, try:",
+            f"Ready in {self.ready_after:.1f} s; healed {RECLAIMED} reclaimed instances in {self.healed_after:.1f} s; "
+            f"on-demand {self.fallback_after:.1f} s after spot sold out, all spot {self.spot_after:.1f} s after "
+            "the restock. In another terminal, try:",
             f"  {self._shell_setup()}",
             f"  kubectl scale sce/{self.name} --replicas=10 -n {self.namespace}",
             f"  {self._reclaim_example()}",

@@ -162,10 +162,12 @@ class Operator:
     child: Child
     metrics_url: str
 
-    # The operator's defaults observe a settled pool every 15 s; the demo looks every 3 s so that a
-    # reclaim is noticed within a few seconds of it happening.
+    # The operator's defaults observe a settled pool every 15 s and reuse a market read for 30 s; the
+    # demo looks every 3 s so that a reclaim, a sell-out or a restock is noticed within a few seconds
+    # of it happening.
     OBSERVE_INTERVAL = 3.0
     PROGRESS_INTERVAL = 1.0
+    MARKET_MAX_AGE = 3.0
 
     @classmethod
     def spawn(cls, run_dir: Path, namespace: str, kubeconfig: Path | None, metrics_port: int) -> Operator:
@@ -173,7 +175,8 @@ class Operator:
         child = spawn("operator", [
             *SPOTPOOL, "operator", f"--namespace={namespace}", "--metrics-host=127.0.0.1",
             f"--metrics-port={metrics_port}", f"--observe-interval={cls.OBSERVE_INTERVAL}",
-            f"--progress-interval={cls.PROGRESS_INTERVAL}", "--log-level=info",
+            f"--progress-interval={cls.PROGRESS_INTERVAL}", f"--market-max-age={cls.MARKET_MAX_AGE}",
+            "--log-level=info",
             # The demo's simulator listens on 127.0.0.1 over http: a development-only endpoint.
             "--allow-loopback-endpoints",
         ], run_dir / "operator.log", env=env)
