@@ -21,7 +21,7 @@ hourly spend cap (`planner.allowance`):
 2. spot: the rest of the deficit, over the spot pools in the strategy's order;
 3. fallback: what spot could not fill, bought on-demand once spot has been short for
    `fallback.after` for one of `fallback.reasons` (the shortage's start is carried from pass to
-   pass in the status; it resets as soon as spot fills the deficit or nothing is missing);
+   pass in the status; it ends only when nothing is missing for spot);
 4. return: with nothing missing and spot buyable, spot replacements for fallback on-demand
    instances, at most `returnToSpot.maxInFlight` in flight. A fallback instance is released
    (`ReturnToSpot`) only once a running spot instance takes its place, so a replacement that
@@ -207,8 +207,11 @@ def _buy(
         if not buyable:
             why = "; ".join(a.why_not(spec.max_price) for a in assessments)
             notes.append(f"{spot.unfilled} instances short and no spot pool can be bought: {why}")
-    short = bool(reasons)
-    since = (as_utc(capacity.spot_short_since) if capacity.spot_short_since else now) if short else None
+    # The shortage starts when spot cannot be planned, and ends only when nothing is missing for spot:
+    # a pool that looks buyable again once its backoff lapses is tried, but one more refusal must
+    # not restart the wait (with refusals every few minutes it would never end).
+    previous = as_utc(capacity.spot_short_since) if capacity.spot_short_since else None
+    since = (previous or now) if reasons else (previous if spot_need else None)
     fallback = spec.on_demand.fallback if spec.on_demand else None
     due = (fallback is not None and since is not None and bool(reasons & {r.value for r in fallback.reasons})
            and now >= since + timedelta(seconds=fallback.after_seconds))

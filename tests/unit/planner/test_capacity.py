@@ -151,13 +151,25 @@ def test_only_the_configured_reasons_fall_back() -> None:
     assert bought(p) == {Purpose.FALLBACK: 2}
 
 
-def test_the_shortage_clock_resets_once_spot_fills_or_nothing_is_missing() -> None:
+def test_the_shortage_clock_resets_once_nothing_is_missing() -> None:
     long_ago = CapacitySignals(spot_short_since=NOW - timedelta(hours=1))
-    p = run(expectedCount=2, signals=long_ago, **fallback_spec())  # spot is buyable again
-    assert bought(p) == {Purpose.SPOT: 2} and p.capacity is not None and p.capacity.spot_short_since is None
+    p = run(spot("ins-0000000a"), spot("ins-0000000b"), expectedCount=2, signals=long_ago, **fallback_spec())
+    assert p.launches == () and p.capacity is not None and p.capacity.spot_short_since is None
     p = run(od("ins-0000000a"), od("ins-0000000b"), offers=sold_out(), expectedCount=2, signals=long_ago,
             **fallback_spec())
     assert p.launches == () and p.capacity is not None and p.capacity.spot_short_since is None
+
+
+def test_a_pool_that_looks_buyable_again_keeps_the_shortage_clock_until_spot_fills() -> None:
+    since = NOW - timedelta(minutes=3)
+    retrying = run(expectedCount=2, signals=CapacitySignals(spot_short_since=since), **fallback_spec())
+    assert bought(retrying) == {Purpose.SPOT: 2}  # the lapsed backoff lets spot be tried again
+    assert retrying.capacity is not None and retrying.capacity.spot_short_since == since
+    assert not retrying.capacity.spot_short_reasons and not retrying.capacity.fallback_due
+    # ... and when that try is refused, the wait goes on from where it was, not from now
+    refused = run(offers=sold_out(), expectedCount=2, signals=CapacitySignals(spot_short_since=since),
+                  **fallback_spec())
+    assert refused.capacity is not None and refused.capacity.spot_short_since == since
 
 
 def test_fallback_max_count_bounds_the_on_demand_instances() -> None:
