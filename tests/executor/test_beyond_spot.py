@@ -9,40 +9,16 @@ from typing import Any
 
 import pytest
 
-from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import POSTPAID_BY_HOUR, RUNNING, SPOTPAID
 from spotpool.controller import failpoints
-from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
-from tests.support.inprocess import TYPES, ZONES, World, world
-
-NS, NAME = "team", "pool"
+from tests.support.inprocess import NAME, NS, TYPES, ZONES, Crash, World, condition, passes_crashing_at, status, world
 
 
-class Crash(Exception):
-    """Raised at a failpoint: the process dies there."""
-
-
-@pytest.fixture(autouse=True)
-def _disarm() -> Any:
-    yield
-    failpoints.disarm()
-
-
-async def start(w: World, **spec: Any) -> str:
+async def start_checked(w: World, **spec: Any) -> str:
     """A pool whose launch spec counts as checked: these tests are about what it buys."""
     uid = await w.start_pool(NS, NAME, **spec)
-    body = w.kube.objects[(NS, NAME)]
-    await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(EnvironmentSpec.from_k8s(body["spec"]),
-                                                                      "100000000001")})
+    await w.mark_launch_checked(NS, NAME)
     return uid
-
-
-def status(w: World) -> dict[str, Any]:
-    return w.status(NS, NAME)
-
-
-def condition(w: World, kind: str) -> dict[str, Any]:
-    return w.condition(NS, NAME, kind)
 
 
 def by_charge(w: World, uid: str) -> dict[str, int]:
@@ -50,12 +26,6 @@ def by_charge(w: World, uid: str) -> dict[str, int]:
     for instance in w.owned(uid):
         counts[instance.charge_type] += 1
     return counts
-
-
-def sell_out_spot(w: World, sold_out: bool = True) -> None:
-    for zone in ZONES:
-        for kind in TYPES:
-            w.sim.simulator.market.update_pool(zone, kind, sold_out=sold_out)
 
 
 def reasons(w: World) -> list[str]:
@@ -78,7 +48,7 @@ async def passes_until(w: World, done: Callable[[], bool], *, limit: int = 200, 
 
 async def test_the_base_is_on_demand_and_the_rest_spot() -> None:
     async with world() as w:
-        uid = await start(w, expectedCount=5, onDemand={"baseCount": 2})
+        uid = await start_checked(w, expectedCount=5, onDemand={"baseCount": 2})
         await w.settle(NS, NAME)
         assert by_charge(w, uid) == {SPOTPAID: 3, POSTPAID_BY_HOUR: 2}
         capacity = status(w)["capacity"]
@@ -91,8 +61,8 @@ async def test_the_base_is_on_demand_and_the_rest_spot() -> None:
 
 async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_replacement_first() -> None:
     async with world() as w:
-        sell_out_spot(w)
-        uid = await start(w, expectedCount=4, onDemand={
+        w.sell_out_spot()
+        uid = await start_checked(w, expectedCount=4, onDemand={
             "fallback": {"after": "5m"}, "returnToSpot": {"maxInFlight": 2}})
         started = w.clock()
         await passes_until(w, lambda: "spotShortSince" in status(w).get("capacity", {}))
@@ -106,7 +76,7 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
         assert status(w)["capacity"]["onDemandFallback"] == 4 and condition(w, "Ready")["status"] == "True"
         assert "spotShortSince" not in status(w)["capacity"]  # nothing missing: no shortage
 
-        sell_out_spot(w, False)  # restocked
+        w.sell_out_spot(False)  # restocked
         market = w.sim.simulator.market
         calls_before_return = len(w.sim.simulator.ledger.entries())
 
@@ -147,8 +117,8 @@ async def test_fallback_after_the_wait_survives_a_restart_then_returns_to_spot_r
 
 async def test_no_fallback_without_one_configured() -> None:
     async with world() as w:
-        sell_out_spot(w)
-        uid = await start(w, expectedCount=3)
+        w.sell_out_spot()
+        uid = await start_checked(w, expectedCount=3)
         await passes_until(w, lambda: w.clock() > 1200, step=60.0)
         assert w.bought(uid) == 0
         assert condition(w, "Degraded")["reason"] == "InsufficientCapacity"
@@ -160,7 +130,7 @@ async def test_the_cap_holds_while_stock_is_plentiful() -> None:
         market = w.sim.simulator.market
         prices = sorted(p.spot_price for p in market.pools("ap-guangzhou"))
         cap = round(prices[0] * 3.5, 6)  # room for three of the cheapest, not four
-        uid = await start(w, expectedCount=10, maxHourlyCost=f"{cap:.6f}")
+        uid = await start_checked(w, expectedCount=10, maxHourlyCost=f"{cap:.6f}")
         await w.settle(NS, NAME)
         assert w.bought(uid) == 3
         degraded = condition(w, "Degraded")
@@ -181,7 +151,7 @@ async def test_the_cap_holds_while_stock_is_plentiful() -> None:
 async def test_quota_steers_purchases_to_the_zone_with_quota_left() -> None:
     async with world() as w:
         w.sim.simulator.market.set_zone_quota(ZONES[0], 0)
-        uid = await start(w, expectedCount=6)
+        uid = await start_checked(w, expectedCount=6)
         await w.settle(NS, NAME)
         assert {i.zone for i in w.owned(uid)} == {ZONES[1]} and len(w.owned(uid)) == 6
         refused = [c for c in w.sim.simulator.ledger.entries("RunInstances") if c.error_code]
@@ -192,7 +162,7 @@ async def test_quota_steers_purchases_to_the_zone_with_quota_left() -> None:
 
 async def test_an_on_demand_purchase_lost_in_a_crash_is_replayed_on_demand() -> None:
     async with world() as w:
-        uid = await start(w, expectedCount=2, onDemand={"baseCount": 2})
+        uid = await start_checked(w, expectedCount=2, onDemand={"baseCount": 2})
         failpoints.arm("after-run-instances", raise_=Crash())
         with pytest.raises(Crash):
             await w.reconcile(NS, NAME)
@@ -202,29 +172,17 @@ async def test_an_on_demand_purchase_lost_in_a_crash_is_replayed_on_demand() -> 
         assert w.bought(uid) == 2
 
 
-async def crashing_passes(w: World, point: str, hit: int, passes: int) -> None:
-    """`passes` passes with the failpoint armed; each crash restarts the operator."""
-    failpoints.arm(point, raise_=Crash(), count=hit)
-    for _ in range(passes):
-        try:
-            await w.reconcile(NS, NAME)
-        except Crash:
-            await w.crash()
-        w.clock.advance(5)
-    failpoints.disarm()
-
-
 @pytest.mark.parametrize("point", failpoints.POINTS)
 async def test_a_crash_at_any_point_of_a_fallback_and_its_return_buys_each_instance_once(point: str) -> None:
     async with world() as w:
-        sell_out_spot(w)
-        uid = await start(w, expectedCount=6, onDemand={
+        w.sell_out_spot()
+        uid = await start_checked(w, expectedCount=6, onDemand={
             "baseCount": 2, "fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": 2}})
-        await crashing_passes(w, point, 1, passes=6)
+        await passes_crashing_at(w, point, 1, passes=6)
         await w.settle(NS, NAME)
         assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 6} and w.bought(uid) == 6
-        sell_out_spot(w, False)
-        await crashing_passes(w, point, 1, passes=6)
+        w.sell_out_spot(False)
+        await passes_crashing_at(w, point, 1, passes=6)
         await passes_until(w, lambda: by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 2})
         await w.settle(NS, NAME)
         assert by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 2}

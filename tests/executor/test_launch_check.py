@@ -9,24 +9,11 @@ from typing import Any
 
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
-from tests.support.inprocess import World, world
+from tests.support.inprocess import NAME, NS, World, condition, start, status, world
 
-NS, NAME = "team", "pool"
 ACCOUNT = "100000000001"
 GOOD_IMAGE, MISSING_IMAGE = "img-pmqg1cw7", "img-0000dead"
 SUBNETS = {"ap-guangzhou-3": "subnet-ahv6swf2", "ap-guangzhou-4": "subnet-mt7v2yvb"}
-
-
-async def start(w: World, **spec: Any) -> str:
-    return await w.start_pool(NS, NAME, **spec)
-
-
-def status(w: World) -> dict[str, Any]:
-    return w.status(NS, NAME)
-
-
-def condition(w: World, kind: str) -> dict[str, Any]:
-    return w.condition(NS, NAME, kind)
 
 
 def dry_runs(w: World) -> list[Any]:

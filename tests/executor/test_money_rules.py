@@ -13,36 +13,23 @@ from typing import Any
 import pytest
 
 from spotpool.api.names import SECRET_FINALIZER
-from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller import failpoints
-from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.reporting import PoolMemory
 from spotpool.simulator.faults import FaultSpec
-from tests.support.inprocess import OTHER_ACCOUNT, ROTATED_KEY, World, pool_spec, world
-
-NS, NAME = "team", "pool"
-
-
-class Crash(Exception):
-    """Raised at a failpoint: the process dies there."""
-
-
-@pytest.fixture(autouse=True)
-def _disarm() -> Any:
-    yield
-    failpoints.disarm()
-
-
-async def start(w: World, **spec: Any) -> str:
-    return await w.start_pool(NS, NAME, **spec)
-
-
-def status(w: World) -> dict[str, Any]:
-    return w.status(NS, NAME)
-
-
-def condition(w: World, kind: str) -> dict[str, Any]:
-    return w.condition(NS, NAME, kind)
+from tests.support.inprocess import (
+    NAME,
+    NS,
+    OTHER_ACCOUNT,
+    ROTATED_KEY,
+    Crash,
+    World,
+    condition,
+    passes_crashing_at,
+    pool_spec,
+    start,
+    status,
+    world,
+)
 
 
 def run_instances_calls(w: World, secret_id: str | None = None) -> list[Any]:
@@ -52,10 +39,7 @@ def run_instances_calls(w: World, secret_id: str | None = None) -> list[Any]:
 
 
 async def launch_spec_checked(w: World) -> None:
-    """Record the spec as already checked (status.validatedLaunchSpec), so that no DryRun check
-    comes before the pass's purchase."""
-    spec = EnvironmentSpec.from_k8s(w.kube.objects[(NS, NAME)]["spec"])
-    await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(spec, "100000000001")})
+    await w.mark_launch_checked(NS, NAME)
 
 
 async def crash_before_the_call(w: World) -> None:
@@ -264,19 +248,6 @@ async def test_nothing_is_bought_when_the_journal_write_loses_its_precondition()
 
 
 # -- crash at every failpoint ---------------------------------------------------------------------------
-
-async def passes_crashing_at(w: World, point: str, hit: int, passes: int) -> None:
-    """`passes` passes with the failpoint armed: each crash throws the operator away and the next
-    pass runs on a new one, as a restarted process would."""
-    failpoints.arm(point, raise_=Crash(), count=hit)
-    for _ in range(passes):
-        try:
-            await w.reconcile(NS, NAME)
-        except Crash:
-            await w.crash()
-        w.clock.advance(5)
-    failpoints.disarm()
-
 
 @pytest.mark.parametrize("point", failpoints.POINTS)
 @pytest.mark.parametrize("hit", [1, 2])

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotpool.api.spec import EnvironmentSpec
 from spotpool.controller.config import OperatorConfig
-from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.reconciler import Outcome
-from tests.support.inprocess import TYPES, ZONES, World, world
+from tests.support.inprocess import World, world
 
 NS, NAME = "team", "pool"
 CONFIG = OperatorConfig(observe_interval=15.0, heartbeat_interval=300.0, progress_interval=2.0)
@@ -22,15 +20,7 @@ CONFIG = OperatorConfig(observe_interval=15.0, heartbeat_interval=300.0, progres
 
 async def start(w: World, **spec: Any) -> None:
     await w.start_pool(NS, NAME, **spec)
-    body = w.kube.objects[(NS, NAME)]
-    await w.kube.patch_status(NS, NAME, {STATUS_FIELD: launch_digest(EnvironmentSpec.from_k8s(body["spec"]),
-                                                                      "100000000001")})
-
-
-def sell_out_spot(w: World, sold_out: bool = True) -> None:
-    for zone in ZONES:
-        for kind in TYPES:
-            w.sim.simulator.market.update_pool(zone, kind, sold_out=sold_out)
+    await w.mark_launch_checked(NS, NAME)
 
 
 async def settled(w: World) -> Outcome:
@@ -42,7 +32,7 @@ async def settled(w: World) -> Outcome:
 
 async def test_fallback_instances_waiting_for_spot_are_looked_at_every_observe_interval() -> None:
     async with world() as w:
-        sell_out_spot(w)
+        w.sell_out_spot()
         await start(w, expectedCount=2, onDemand={"fallback": {"after": "0s"}})
         outcome = await settled(w)
         assert w.status(NS, NAME)["capacity"]["onDemandFallback"] == 2
@@ -59,7 +49,7 @@ async def test_fallback_instances_waiting_for_spot_are_looked_at_every_observe_i
         # Spot back: the return goes on (progress interval), and once every fallback instance has
         # gone the pool is settled again.
         w.kube.edit_spec(NS, NAME, {"paused": False})
-        sell_out_spot(w, False)
+        w.sell_out_spot(False)
         w.clock.advance(60)  # past the market read's reuse
         outcome = await settled(w)
         assert w.status(NS, NAME)["capacity"]["onDemandFallback"] == 0

@@ -20,14 +20,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from spotpool.controller import failpoints
 from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
 from spotpool.simulator.faults import FaultSpec
-from tests.support.inprocess import TYPES, ZONES, World, pool_spec, world
+from tests.support.inprocess import TYPES, ZONES, Crash, World, pool_spec, world
 
 NS, NAME = "team", "pool"
 EXAMPLES = int(os.environ.get("SPOTPOOL_STATEFUL_EXAMPLES", "40"))
-
-
-class Crash(Exception):
-    pass
 
 
 class PoolMachine(RuleBasedStateMachine):

@@ -28,10 +28,13 @@ from functools import partial
 from typing import Any
 
 from spotpool.api.names import OWNER_UID_TAG
+from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.ratelimit import RateLimiterRegistry
+from spotpool.controller import failpoints
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.kube import Conflict
+from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.policy import Policy, PoolClaim, pool_claim
 from spotpool.controller.reconciler import Outcome, Reconciler
 from spotpool.controller.reporting import PoolMemory
@@ -44,6 +47,13 @@ REGION = "ap-guangzhou"
 ZONES = ("ap-guangzhou-3", "ap-guangzhou-4")
 TYPES = ("S5.MEDIUM4", "SA2.MEDIUM4")
 OTHER_ACCOUNT = ("AKIDOTHERACCOUNT000000000000000000000", "otherAccountSecretKey0000000000000", "200000000002")
+DEMO_ACCOUNT = "100000000001"  # the account of the simulator's demo key pair
+
+
+class Crash(Exception):
+    """Raised at a failpoint in in-process tests: the process dies there."""
+
+
 ROTATED_KEY = ("AKIDROTATEDKEY00000000000000000000000", "rotatedSecretKey000000000000000000", "100000000001")
 
 
@@ -326,6 +336,18 @@ class World:
     def condition(self, namespace: str, name: str, kind: str) -> dict[str, Any]:
         return next(c for c in self.status(namespace, name)["conditions"] if c["type"] == kind)
 
+    async def mark_launch_checked(self, namespace: str, name: str) -> None:
+        """Record the pool's launch spec as already checked (status.validatedLaunchSpec), so that
+        no DryRun check comes before its purchases: for tests about what it buys."""
+        spec = EnvironmentSpec.from_k8s(self.kube.objects[(namespace, name)]["spec"])
+        await self.kube.patch_status(namespace, name, {STATUS_FIELD: launch_digest(spec, DEMO_ACCOUNT)})
+
+    def sell_out_spot(self, sold_out: bool = True) -> None:
+        """Every candidate pool sold out as spot (or restocked); pay-as-you-go stays for sale."""
+        for zone in ZONES:
+            for kind in TYPES:
+                self.sim.simulator.market.update_pool(zone, kind, sold_out=sold_out)
+
 
 def _registry() -> Any:
     from prometheus_client import CollectorRegistry
@@ -343,3 +365,34 @@ async def world(seed: int = 0, *, observe_interval: float = 1.0, limiter: RateLi
             yield w
         finally:
             await w.cloud.close()
+
+
+# -- the pool most in-process tests are about ----------------------------------------------------------
+
+NS, NAME = "team", "pool"
+
+
+async def start(w: World, **spec: Any) -> str:
+    """The Secret and the pool `team/pool` with `spec` over `pool_spec`'s defaults; its uid."""
+    return await w.start_pool(NS, NAME, **spec)
+
+
+def status(w: World) -> dict[str, Any]:
+    return w.status(NS, NAME)
+
+
+def condition(w: World, kind: str) -> dict[str, Any]:
+    return w.condition(NS, NAME, kind)
+
+
+async def passes_crashing_at(w: World, point: str, hit: int, passes: int) -> None:
+    """`passes` passes over `team/pool`, 5 s apart, with the failpoint armed: each crash throws the
+    operator away and the next pass runs on a new one, as a restarted process would."""
+    failpoints.arm(point, raise_=Crash(), count=hit)
+    for _ in range(passes):
+        try:
+            await w.reconcile(NS, NAME)
+        except Crash:
+            await w.crash()
+        w.clock.advance(5)
+    failpoints.disarm()

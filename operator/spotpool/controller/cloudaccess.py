@@ -35,6 +35,7 @@ from spotpool.cloud.models import (
 from spotpool.controller.observer import Observer, ObserverKey
 
 T = TypeVar("T")
+K = TypeVar("K")
 log = logging.getLogger(__name__)
 
 
@@ -208,13 +209,7 @@ class CloudAccess:
     ) -> Market:
         """Spot and on-demand offers of the pools, in one read shared by every pool asking for
         the same zones and types through the same account."""
-        cache_key = (key, frozenset(zones), frozenset(instance_types))
-        flight = self._offers.get(cache_key)
-        if flight is None:
-            flight = self._offers[cache_key] = _SingleFlight(self._offers_max_age, self._clock)
-            while len(self._offers) > MAX_OFFER_READS:
-                self._offers.popitem(last=False)
-        self._offers.move_to_end(cache_key)
+        flight = self._flight(self._offers, (key, frozenset(zones), frozenset(instance_types)), MAX_OFFER_READS)
         offers = await flight.get(
             lambda: client.describe_offers(zones=list(zones), instance_types=list(instance_types),
                                            charge_types=(SPOTPAID, POSTPAID_BY_HOUR))
@@ -227,14 +222,10 @@ class CloudAccess:
     async def quota(self, key: AccountKey, client: CvmClient) -> AccountQuota | None:
         """The account's spot and on-demand vCPU quota left per zone of the region, shared by
         its pools for as long as a market read (a pass that bought forgets it, so the next plan
-        starts from what the purchase left); None when it cannot be read (the plan then learns quota from refusals, as
-        the cloud still enforces it). Every zone in one read, so pools of any zones share it."""
-        flight = self._quotas.get(key)
-        if flight is None:
-            flight = self._quotas[key] = _SingleFlight(self._offers_max_age, self._clock)
-            while len(self._quotas) > MAX_QUOTA_READS:
-                self._quotas.popitem(last=False)
-        self._quotas.move_to_end(key)
+        starts from what the purchase left); None when it cannot be read (the plan then learns
+        quota from refusals, as the cloud still enforces it). Every zone in one read, so pools of
+        any zones share it."""
+        flight = self._flight(self._quotas, key, MAX_QUOTA_READS)
 
         async def read() -> AccountQuota | None:
             try:
@@ -244,6 +235,16 @@ class CloudAccess:
                 return None
 
         return await flight.get(read)
+
+    def _flight(self, cache: OrderedDict[K, _SingleFlight[T]], key: K, limit: int) -> _SingleFlight[T]:
+        """The cached read under `key`, made on first use; the least recently used go past `limit`."""
+        flight = cache.get(key)
+        if flight is None:
+            flight = cache[key] = _SingleFlight(self._offers_max_age, self._clock)
+            while len(cache) > limit:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return flight
 
     def forget_quota(self, key: AccountKey) -> None:
         """Drop the cached quota (after a purchase used some of it)."""
