@@ -2,9 +2,11 @@
 order, every settle ends with exactly the expected instances alive, nothing bought that the
 history did not need, and a deletion that leaves nothing running.
 
-Interleaved: scale up, down and to zero; candidate pools added and removed; pause; reclaims; cloud
-faults (errors, and RunInstances calls that buy but whose answer is lost); crashes at every
-failpoint; deletion. `SPOTPOOL_STATEFUL_EXAMPLES` (default 40) deepens the search for long runs.
+Interleaved: scale up, down and to zero; candidate pools added and removed; pause; an on-demand
+base, a fallback and the return to spot switched on and off; spot selling out and coming back;
+reclaims; cloud faults (errors, and RunInstances calls that buy but whose answer is lost); crashes
+at every failpoint; deletion. The only purchases beyond a deficit are the return's spot
+replacements: at most `maxInFlight` a pass, and never more than the on-demand instances bought. `SPOTPOOL_STATEFUL_EXAMPLES` (default 40) deepens the search for long runs.
 """
 
 from __future__ import annotations
@@ -37,16 +39,26 @@ class PoolMachine(RuleBasedStateMachine):
         self.paused = False
         self.deleted = False
         self.uid = ""
+        self.budget = 0  # spot replacements a pass may buy beyond the deficit (returnToSpot)
+        self.fallback = False  # spec.onDemand.fallback is set: a pool fills even with spot sold out
 
     def run(self, coroutine: Any) -> Any:
         return self.loop.run_until_complete(coroutine)
 
-    @initialize(seed=st.integers(0, 1000), expected=st.integers(0, 12))
-    def start(self, seed: int, expected: int) -> None:
+    @initialize(seed=st.integers(0, 1000), expected=st.integers(0, 12), fallback=st.booleans(),
+                sold_out=st.booleans())
+    def start(self, seed: int, expected: int, fallback: bool, sold_out: bool) -> None:
+        """Half the runs start with a fallback and the return to spot, half with spot sold out."""
         self.context = world(seed)
         self.w = self.run(self.context.__aenter__())
         self.w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
-        self.uid = self.w.kube.create(NS, NAME, pool_spec(self.w.sim, expectedCount=expected))["metadata"]["uid"]
+        extra: dict[str, Any] = {}
+        if fallback:
+            extra["onDemand"] = {"fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": 2}}
+            self.budget, self.fallback = 2, True
+        self.uid = self.w.kube.create(NS, NAME, pool_spec(self.w.sim, expectedCount=expected, **extra))[
+            "metadata"]["uid"]
+        self.w.sell_out_spot(sold_out)
         self.expected = self.need = expected
 
     def teardown(self) -> None:
@@ -80,11 +92,22 @@ class PoolMachine(RuleBasedStateMachine):
         self.world.kube.edit_spec(NS, NAME, {"paused": paused})
 
     @precondition(lambda self: not self.deleted)
-    @rule(base=st.integers(0, 6))
-    def on_demand_base(self, base: int) -> None:
-        """Part of the pool on-demand. The return to spot is off: a lowered base then keeps its
-        instances, so every purchase still answers a deficit and the money checks stay exact."""
-        self.world.kube.edit_spec(NS, NAME, {"onDemand": {"baseCount": base, "returnToSpot": {"enabled": False}}})
+    @rule(base=st.integers(0, 6), after=st.sampled_from(["0s", "30s"]), returning=st.booleans(),
+          budget=st.integers(1, 3))
+    def on_demand(self, base: int, after: str, returning: bool, budget: int) -> None:
+        """Part of the pool on-demand, a fallback while spot is short, and (maybe) the return to
+        spot, whose replacements are the only purchases beyond a deficit: at most `budget` a pass,
+        one per on-demand instance ever bought."""
+        self.world.kube.edit_spec(NS, NAME, {"onDemand": {
+            "baseCount": base, "fallback": {"after": after},
+            "returnToSpot": {"enabled": returning, "maxInFlight": budget}}})
+        self.budget = max(self.budget, budget) if returning else self.budget
+        self.fallback = True
+
+    @rule(sold_out=st.booleans())
+    def spot_market(self, sold_out: bool) -> None:
+        """Every spot pool sells out (only a fallback buys then), or comes back."""
+        self.world.sell_out_spot(sold_out)
 
     @precondition(lambda self: not self.deleted)
     @rule()
@@ -139,15 +162,18 @@ class PoolMachine(RuleBasedStateMachine):
         except Exception:  # a cloud fault mid-pass: kopf logs it and the daemon goes on
             pass
         created = w.bought(self.uid) - before
-        assert created <= room, f"a pass bought {created} with only {room} missing"
+        assert created <= room + self.budget, f"a pass bought {created} with only {room} missing"
         w.clock.advance(seconds)
         return crashed
 
     @rule()
     def settle(self) -> None:
-        """Faults clear, crashes stop; then the invariants must hold."""
+        """Faults clear, crashes stop (spot comes back, unless a fallback can fill the pool
+        without it); then the invariants must hold."""
         failpoints.disarm()
         self.world.sim.simulator.faults.clear()
+        if not self.fallback:
+            self.world.sell_out_spot(False)  # without a fallback only spot can fill the pool
         self.run(self.world.settle(NS, NAME, passes=80, step=15))
         w = self.world
         alive = len(w.owned(self.uid))
@@ -161,7 +187,9 @@ class PoolMachine(RuleBasedStateMachine):
     def never_bought_more_than_needed(self) -> None:
         if self.w is not None:
             bought = self.w.bought(self.uid)
-            assert bought <= self.need, f"bought {bought}, the history needed {self.need}"
+            # Spot replacements replace on-demand instances, one each at most.
+            replaceable = self.w.bought_on_demand(self.uid) if self.budget else 0
+            assert bought <= self.need + replaceable, f"bought {bought}, the history needed {self.need}"
 
 
 PoolMachine.TestCase.settings = settings(

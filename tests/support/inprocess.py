@@ -324,6 +324,11 @@ class World:
         market = self.sim.simulator.market
         return sum(1 for i in market.all_instances_ever() if i.tags.get(OWNER_UID_TAG) == uid)
 
+    def bought_on_demand(self, uid: str) -> int:
+        """Of those, the pay-as-you-go ones."""
+        market = self.sim.simulator.market
+        return sum(1 for i in market.all_instances_ever() if i.tags.get(OWNER_UID_TAG) == uid and not i.spot)
+
     # -- the pool under test ---------------------------------------------------------------------------
     async def start_pool(self, namespace: str, name: str, **spec: Any) -> str:
         """The Secret `creds` (the simulator's demo key pair) and a pool naming it; its uid."""
