@@ -169,19 +169,26 @@ class Reconciler:
         if isinstance(resolved, Blocked):
             return await self._blocked(body, memory, status, resolved, now, deleting, fence)
         ctx = resolved
-        # A new or changed launch spec is tried with RunInstances DryRun first: a refusal buys
-        # nothing this pass (releases go on, as under a spend guard) and names the spec field.
-        checked = await self._launch_checks.check(ctx)
+        # A new or changed launch spec is tried with RunInstances DryRun before anything is bought:
+        # a refusal buys nothing this pass (releases go on, as under a spend guard) and names the
+        # spec field. The check runs beside the observation, so it costs a pool's first purchase
+        # no round trip of its own; both end before the plan is made.
+        checking, observing = await asyncio.gather(self._launch_checks.check(ctx), self._observe(ctx),
+                                                   return_exceptions=True)
+        if isinstance(checking, BaseException):
+            raise checking
+        checked = checking
         if checked is not None:
             for note in checked.notes:
                 self._reporting.event(ctx, "Warning", "LaunchCheck", note)
             if checked.refused is not None:
                 ctx = replace(ctx, purchases_refused=(DegradedReason.INVALID_CONFIG, checked.refused))
-        try:
-            observation, market, quota = await self._observe(ctx)
-        except CloudError as exc:
+        if isinstance(observing, CloudError):
             return await self._blocked(body, memory, status, Blocked(
-                REASON_BY_CATEGORY[exc.category], describe(exc), ctx.spec), now, deleting, fence)
+                REASON_BY_CATEGORY[observing.category], describe(observing), ctx.spec), now, deleting, fence)
+        if isinstance(observing, BaseException):
+            raise observing
+        observation, market, quota = observing
         signals = CapacitySignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
                                   quota=quota, reclaims=memory.recent_reclaims(now),
                                   spot_short_since=_spot_short_since(status))
