@@ -150,6 +150,20 @@ class AccountQuota:
         row = rows.get(zone)
         return None if row is None else row.remaining
 
+    def minus(self, spent: Mapping[tuple[str, str], int]) -> AccountQuota:
+        """This quota once `spent` vCPUs, by (zone, charge type), are used (never below zero)."""
+
+        def rows(charge_type: str, current: dict[str, ZoneQuota]) -> dict[str, ZoneQuota]:
+            out = dict(current)
+            for (zone, charge), vcpus in spent.items():
+                row = out.get(zone)
+                if charge == charge_type and row is not None:
+                    out[zone] = ZoneQuota(zone, row.total, row.used + vcpus, max(0, row.remaining - vcpus))
+            return out
+
+        return AccountQuota(self.region, rows(SPOTPAID, self.spot), rows(POSTPAID_BY_HOUR, self.on_demand),
+                            self.app_id)
+
 
 @dataclass(frozen=True)
 class PriceQuote:

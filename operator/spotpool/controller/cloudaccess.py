@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
@@ -97,6 +97,11 @@ class _SingleFlight(Generic[T]):
     def invalidate(self) -> None:
         self._value = None
         self._generation += 1
+
+    def amend(self, change: Callable[[T], T]) -> None:
+        """Apply `change` to the kept value, if any, without asking again (nor restarting its age)."""
+        if self._value is not None:
+            self._value = (self._value[0], change(self._value[1]))
 
     async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
         if self._value is not None and self._clock() - self._value[0] < self._max_age:
@@ -221,8 +226,8 @@ class CloudAccess:
 
     async def quota(self, key: AccountKey, client: CvmClient) -> AccountQuota | None:
         """The account's spot and on-demand vCPU quota left per zone of the region, shared by
-        its pools for as long as a market read (a pass that bought forgets it, so the next plan
-        starts from what the purchase left); None when it cannot be read (the plan then learns
+        its pools for as long as a market read (a pass that bought takes its purchases off it, so
+        the next plan starts from what is left); None when it cannot be read (the plan then learns
         quota from refusals, as the cloud still enforces it). Every zone in one read, so pools of
         any zones share it."""
         flight = self._flight(self._quotas, key, MAX_QUOTA_READS)
@@ -246,11 +251,16 @@ class CloudAccess:
         cache.move_to_end(key)
         return flight
 
-    def forget_quota(self, key: AccountKey) -> None:
-        """Drop the cached quota (after a purchase used some of it)."""
+    def spend_quota(self, key: AccountKey, spent: Mapping[tuple[str, str], int]) -> None:
+        """Take what this pass bought, vCPUs by (zone, charge type), off the kept quota.
+
+        Asking the cloud again after every purchase would put a DescribeAccountQuota in front of
+        every pass of every pool of a busy account (hundreds a second, against 20/s): the answer is
+        amended instead, and read afresh once it is `--market-max-age` old.
+        """
         flight = self._quotas.get(key)
-        if flight is not None:
-            flight.invalidate()
+        if flight is not None and spent:
+            flight.amend(lambda quota: None if quota is None else quota.minus(spent))
 
     def forget_offers(self, key: AccountKey) -> None:
         """Drop cached prices, e.g. after a price refusal: the market moved under us."""

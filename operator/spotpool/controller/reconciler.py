@@ -39,7 +39,16 @@ from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
 from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
 from spotpool.metrics import Metrics
-from spotpool.planner import ErrorRecord, Observation, Plan, ReleaseReason, StatusReport, build_status, plan
+from spotpool.planner import (
+    ErrorRecord,
+    InflightLaunch,
+    Observation,
+    Plan,
+    ReleaseReason,
+    StatusReport,
+    build_status,
+    plan,
+)
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.formatting import parse_time
 from spotpool.planner.model import CapacitySignals, Purpose
@@ -203,7 +212,7 @@ class Reconciler:
         if acted.purchases.price_refused:
             self._cloud.forget_offers(ctx.key)  # the market moved above the bid: read it again next pass
         if acted.purchases.bought:
-            self._cloud.forget_quota(ctx.key)  # the purchases used quota: the next plan reads what is left
+            self._cloud.spend_quota(ctx.key, _vcpus_bought(acted.purchases.bought, market))
         census = decided.census.after(journal=acted.purchases.journal, bought=acted.purchases.bought,
                                       released=acted.released, owner_uid=ctx.ref.uid)
         self._reporting.notice_losses(ctx, memory, census)
@@ -311,6 +320,17 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
         ReleaseReason.RETURN_TO_SPOT: "fallback on-demand instances whose spot replacements run",
     }[reason]
     return label, why
+
+
+def _vcpus_bought(bought: list[InflightLaunch], market: Market) -> dict[tuple[str, str], int]:
+    """vCPUs the pass's purchases took, by (zone, charge type), from the pools' offers."""
+    spent: dict[tuple[str, str], int] = {}
+    for launch in bought:
+        offer = (market.on_demand if launch.on_demand else market.spot).get(launch.pool)
+        if offer is not None and offer.cpu > 0:
+            key = (launch.zone, launch.charge_type)
+            spent[key] = spent.get(key, 0) + offer.cpu * len(launch.instance_ids)
+    return spent
 
 
 def _spot_short_since(status: Mapping[str, Any]) -> datetime | None:
