@@ -6,7 +6,8 @@ Interleaved: scale up, down and to zero; candidate pools added and removed; paus
 base, a fallback and the return to spot switched on and off; spot selling out and coming back;
 reclaims; cloud faults (errors, and RunInstances calls that buy but whose answer is lost); crashes
 at every failpoint; deletion. The only purchases beyond a deficit are the return's spot
-replacements: at most `maxInFlight` a pass, and never more than the on-demand instances bought. `SPOTPOOL_STATEFUL_EXAMPLES` (default 40) deepens the search for long runs.
+replacements: at most `maxInFlight` a pass, and never more than the on-demand instances bought.
+`SPOTPOOL_STATEFUL_EXAMPLES` (default 40) deepens the search for long runs.
 """
 
 from __future__ import annotations
