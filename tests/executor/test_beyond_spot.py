@@ -187,3 +187,24 @@ async def test_a_crash_at_any_point_of_a_fallback_and_its_return_buys_each_insta
         await w.settle(NS, NAME)
         assert by_charge(w, uid) == {SPOTPAID: 4, POSTPAID_BY_HOUR: 2}
         assert w.bought(uid) == 10  # 2 base + 4 fallback + one spot replacement per fallback instance
+
+
+async def test_a_replacement_that_runs_releases_its_fallback_instance_before_the_next_sweep() -> None:
+    """The shared sweep runs every 15 s here; pending replacements are looked up by id each pass,
+    so the fallback instances go in the first pass after their replacements run."""
+    async with world(observe_interval=15.0) as w:
+        w.sell_out_spot()
+        uid = await start_checked(w, expectedCount=4, onDemand={
+            "fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": 4}})
+        await passes_until(w, lambda: by_charge(w, uid)[POSTPAID_BY_HOUR] == 4 and condition(
+            w, "Ready")["status"] == "True", step=5.0)
+        w.sell_out_spot(False)
+        running_at: list[float] = []
+
+        def note_running() -> None:
+            spot_running = [i for i in w.owned(uid) if i.charge_type == SPOTPAID and i.state == RUNNING]
+            if len(spot_running) == 4 and not running_at:
+                running_at.append(w.clock())
+
+        await passes_until(w, lambda: by_charge(w, uid)[POSTPAID_BY_HOUR] == 0, step=2.0, each=note_running)
+        assert running_at and w.clock() - running_at[0] <= 2.0, (running_at, w.clock())

@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from spotpool.api.names import OWNER_UID_TAG
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.errors import CloudError
-from spotpool.cloud.models import AccountQuota
+from spotpool.cloud.models import PENDING, AccountQuota, Instance
 from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
@@ -49,6 +50,7 @@ from spotpool.planner import (
     build_status,
     plan,
 )
+from spotpool.planner.capacity import is_on_demand
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.formatting import parse_time
 from spotpool.planner.model import CapacitySignals, Purpose
@@ -246,7 +248,7 @@ class Reconciler:
         )
         seen = {i.instance_id for i in listed}
         missing = sorted({i for launch in ctx.journal for i in launch.instance_ids} - seen)
-        confirmed = await self._cloud.look_up(ctx.client, missing)
+        confirmed = await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed))
         return Observation(listed=tuple(listed), confirmed=confirmed), market, quota
 
     def _observer(self, ctx: PassContext) -> Observer:
@@ -320,6 +322,28 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
         ReleaseReason.RETURN_TO_SPOT: "fallback on-demand instances whose spot replacements run",
     }[reason]
     return label, why
+
+
+MAX_REPLACEMENTS_LOOKED_UP = 100
+"""Pending spot replacements looked up by id per pass (one DescribeInstances call)."""
+
+
+def _returning_replacements(ctx: PassContext, listed: list[Instance]) -> list[str]:
+    """Pending spot instances of a pool that holds fallback on-demand ones: its spot replacements.
+
+    A fallback instance is released only once a replacement runs, and the shared sweep that lists
+    them runs once an interval: looked up by id every pass (at most `maxInFlight` of them), a
+    replacement that boots is seen at once, not up to an interval later. Other pending instances
+    wait for the sweep, as before.
+    """
+    on_demand = ctx.spec.on_demand
+    if on_demand is None or not on_demand.return_to_spot.enabled or ctx.deleting:
+        return []
+    alive = [i for i in listed if i.alive and i.tags.get(OWNER_UID_TAG) == ctx.ref.uid]
+    if sum(1 for i in alive if is_on_demand(i)) <= ctx.spec.base_count:
+        return []
+    pending = sorted(i.instance_id for i in alive if i.state == PENDING and not is_on_demand(i))
+    return pending[:MAX_REPLACEMENTS_LOOKED_UP]
 
 
 def _vcpus_bought(bought: list[InflightLaunch], market: Market) -> dict[tuple[str, str], int]:

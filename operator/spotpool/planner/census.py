@@ -165,7 +165,11 @@ def take_census(
             owned[instance.instance_id] = instance
     unlisted_ids: set[str] = set()
     for instance_id, looked_up in confirmed.items():
-        if looked_up is None or instance_id in owned:
+        if looked_up is None:
+            continue
+        if instance_id in owned:  # listed too: the look-up came after the listing, so it is fresher
+            if looked_up.tags.get(OWNER_UID_TAG) == owner_uid:
+                owned[instance_id] = looked_up
             continue
         instance = looked_up
         if instance.tags.get(OWNER_UID_TAG) != owner_uid:

@@ -83,7 +83,10 @@ class Observation:
     - `confirmed`: ids of journal records that the listing lacked, looked up by `InstanceIds`;
       `None` when the cloud does not know the id (the instance is gone). A looked-up instance
       counts as owned only if it carries the ownership tag, so an id forged into status can never
-      make the operator count or release an instance it does not own.
+      make the operator count or release an instance it does not own. A looked-up instance that
+      is listed too replaces the listed one (the look-up is the newer answer: a return to spot
+      looks up its pending replacements to see them run before the next sweep); `None` for a
+      listed id changes nothing.
     """
 
     listed: tuple[Instance, ...] = ()

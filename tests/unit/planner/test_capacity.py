@@ -407,3 +407,14 @@ def test_capacity_plans_keep_the_money_rules(
                  key=lambda i: (i.created_time, i.instance_id))
     kept_base = [i for i in ods[:base_now] if i.instance_id not in gone]
     assert len(kept_base) >= min(base_now, len(ods[:base_now]), expected) or len(alive) - len(gone) <= expected
+
+
+def test_a_look_up_of_a_listed_instance_is_the_fresher_answer() -> None:
+    listed = spot("ins-0000000a", state=PENDING, age_minutes=None)
+    running = spot("ins-0000000a")
+    census = census_of([listed], confirmed={"ins-0000000a": running})
+    assert [i.state for i in census.alive] == [RUNNING] and census.unlisted == ()
+    # Not ours, or unknown to the cloud: the listing stands.
+    foreign = make_instance("ins-0000000a", owner="someone-else")
+    assert [i.state for i in census_of([listed], confirmed={"ins-0000000a": foreign}).alive] == [PENDING]
+    assert [i.state for i in census_of([listed], confirmed={"ins-0000000a": None}).alive] == [PENDING]
