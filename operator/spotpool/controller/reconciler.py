@@ -324,8 +324,9 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
     return label, why
 
 
-MAX_REPLACEMENTS_LOOKED_UP = 100
-"""Pending spot replacements looked up by id per pass (one DescribeInstances call)."""
+MAX_REPLACEMENTS_LOOKED_UP = 1000
+"""Pending spot replacements looked up by id per pass: at most 10 DescribeInstances calls, and only
+while replacements boot (a couple of passes a round). Beyond it, the sweep sees the rest."""
 
 
 def _returning_replacements(ctx: PassContext, listed: list[Instance]) -> list[str]:
