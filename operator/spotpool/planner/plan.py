@@ -65,7 +65,7 @@ from spotpool.planner.model import (
     Purpose,
     ReleaseReason,
 )
-from spotpool.planner.pools import assess_pools, order_buyable, shortage_reason
+from spotpool.planner.pools import PoolAssessment, assess_pools, order_buyable, shortage_reason
 from spotpool.planner.release import batch_ids, release_order
 
 DEAD_STATES = frozenset({LAUNCH_FAILED, SHUTDOWN})
@@ -130,16 +130,21 @@ def plan(
     else:
         if purchases_refused and deficit:
             notes.append(f"{deficit} instances short: {purchases_refused}")
-        if not purchases_refused:
-            bought, outcome = _buy(spec, census, mix, deficit, offers, backoff, capacity, prices, now, notes)
-            launches += bought
         returns, releases = _release(spec, census, mix, prices)
-        if not purchases_refused and not deficit:
-            launches += _return_to_spot(spec, census, mix, returns, releases, offers, backoff, capacity, prices, now)
+        if not purchases_refused:
+            # One assessment of the spot pools and one allowance serve the deficit and the return
+            # (which only buys when nothing is missing, so the two never share a pass's room).
+            assessments = assess_pools(spec, offers, backoff, now, capacity.quota)
+            buyable = order_buyable(spec, assessments, capacity.reclaims)
+            allowance = _allowance(spec, census, offers, capacity, prices)
+            bought, outcome = _buy(spec, census, mix, deficit, assessments, buyable, allowance, capacity, prices,
+                                   now, notes)
+            launches += bought
+            if not deficit:
+                launches += _return_to_spot(spec, census, mix, returns, releases, buyable, allowance)
         cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
 
-    return_reason = ReleaseReason.RETURN_TO_SPOT if mix.spot_running else ReleaseReason.SCALE_IN
-    if returns and return_reason is ReleaseReason.SCALE_IN:  # no spot runs: plain scale-in, in one list
+    if returns and not mix.spot_running:  # no spot runs: nothing returns, it is plain scale-in
         releases, returns = returns + releases, []
     return Plan(
         journal=decision.keep,
@@ -181,20 +186,18 @@ def _buy(
     census: Census,
     mix: Mix,
     deficit: int,
-    offers: Mapping[PoolKey, SpotOffer],
-    backoff: Mapping[PoolKey, PoolBackoff],
+    assessments: list[PoolAssessment],
+    buyable: list[PoolAssessment],
+    allowance: Allowance,
     capacity: CapacitySignals,
     prices: Prices,
     now: datetime,
     notes: list[str],
 ) -> tuple[list[LaunchBatch], CapacityOutcome]:
     """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring)."""
-    allowance = _allowance(spec, census, offers, capacity, prices)
     base_need = min(deficit, max(0, spec.base_count - mix.on_demand - mix.on_demand_unseen))
     base = _on_demand(spec, base_need, Purpose.BASE, capacity, prices, allowance, now)
     spot_need = deficit - base_need
-    assessments = assess_pools(spec, offers, backoff, now, capacity.quota)
-    buyable = order_buyable(spec, assessments, capacity.reclaims)
     spot = plan_launches(
         deficit=spot_need, strategy=spec.allocation_strategy, pools=list(buyable),
         occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price, allowance=allowance,
@@ -299,11 +302,8 @@ def _return_to_spot(
     mix: Mix,
     returns: list[Instance],
     releases: list[Instance],
-    offers: Mapping[PoolKey, SpotOffer],
-    backoff: Mapping[PoolKey, PoolBackoff],
-    capacity: CapacitySignals,
-    prices: Prices,
-    now: datetime,
+    buyable: list[PoolAssessment],
+    allowance: Allowance,
 ) -> list[LaunchBatch]:
     """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
 
@@ -320,8 +320,6 @@ def _return_to_spot(
     wanted = min(fallback_left, budget) - max(0, in_flight)
     if wanted <= 0:
         return []
-    buyable = order_buyable(spec, assess_pools(spec, offers, backoff, now, capacity.quota), capacity.reclaims)
-    allowance = _allowance(spec, census, offers, capacity, prices)
     return list(plan_launches(
         deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
         occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
