@@ -121,6 +121,13 @@ class Metrics:
         self.reconcile_errors = Counter("spotpool_reconcile_errors_total",
                                         "Reconciles that ended in an error, by environment.", ENV_LABELS,
                                         registry=r)
+        self.orphans = Gauge("spotpool_orphan_instances",
+                             "Instances of this installation whose SpotComputeEnvironment no longer exists, as "
+                             "the last sweep of each key pair showed them (released after --orphan-grace).",
+                             ["region", "account"], registry=r)
+        self.orphans_released = Counter("spotpool_orphan_instances_released_total",
+                                        "Orphan instances the collector released.", ["region", "account"],
+                                        registry=r)
         self.leader = Gauge("spotpool_leader",
                             "1 while this replica may act: it holds the leader Lease within its renew "
                             "deadline, or runs without leader election; else 0.", registry=r)

@@ -46,3 +46,13 @@ def releases(cluster_helm: Helm) -> Iterator[Releases]:
     releases = Releases(cluster_helm)
     yield releases
     releases.uninstall_all()
+
+
+@pytest.fixture
+def leases(cluster: Cluster) -> Iterator[list[tuple[str, str]]]:
+    """(namespace, name) of Leases a test's operators or electors create outside the test's namespaces
+    (kube-system, by default): deleted afterwards, since no namespace deletion takes them along."""
+    made: list[tuple[str, str]] = []
+    yield made
+    for namespace, name in made:
+        cluster.kubectl.run("delete", "lease", name, f"--namespace={namespace}", "--ignore-not-found", check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,40 @@ class Helm:
         """The chart rendered with `args` (e.g. `--set`), as a list of objects."""
         out = self.run("template", release, chart, f"--namespace={namespace}", *args).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def operator_args(objects: list[dict[str, Any]]) -> list[str]:
+    """The rendered Deployment's operator command line."""
+    args: list[str] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def operator_lease(args: list[str]) -> tuple[str, str]:
+    """(namespace, name) of the Lease that an operator started with `args` campaigns for, computed by
+    the operator's own code (its CLI, the runtime's tag sanitizing, `leadership.from_config`). Without
+    a configured cluster id the runtime would read the kube-system UID; a made-up one stands in (the
+    default id does not enter the name)."""
+    from spotpool.controller.cli import parse
+    from spotpool.controller.leadership import KubeLeaseStore, LeaderElector, from_config
+    from spotpool.controller.runtime import _TAG_VALUE
+
+    config = parse(args)
+    cluster_id = _TAG_VALUE.sub("-", config.cluster_id)[:63] if config.cluster_id else str(uuid.uuid4())
+    elector = from_config(config, cluster_id, api_client=object())
+    assert isinstance(elector, LeaderElector) and isinstance(elector.store, KubeLeaseStore), args
+    return elector.store.namespace, elector.name
+
+
+def lease_rules(role: dict[str, Any]) -> dict[str, list[str] | None]:
+    """A leader-election Role's rules as {verb: resourceNames (None: any name)}; fails on anything but
+    coordination.k8s.io leases or on a verb granted twice."""
+    granted: dict[str, list[str] | None] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"], rule
+        for verb in rule["verbs"]:
+            assert verb not in granted, role["rules"]
+            granted[verb] = rule.get("resourceNames")
+    return granted
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:

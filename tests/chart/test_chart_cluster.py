@@ -155,6 +155,7 @@ def _can_i(cluster: Cluster, subject: str, *args: str) -> bool:
 
 
 SCE = "spotcomputeenvironments.spotpool.io"
+LEASES = "leases.coordination.k8s.io"
 
 
 def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, namespace: str,
@@ -170,6 +171,10 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
         ("watch", "namespaces"), ("get", "namespaces/kube-system"),
         # Key pairs come from a watch of Secrets, and each carries spotpool's finalizer while used.
         ("list", "secrets", anywhere), ("watch", "secrets", anywhere), ("patch", "secrets", anywhere),
+        # Leader election: its own Lease in kube-system, shared with any other installation.
+        ("get", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
+        ("update", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
+        ("create", LEASES, "--namespace=kube-system"),
     ]
     denied = [
         ("get", SCE, anywhere), ("get", SCE, "--subresource=status", anywhere),
@@ -178,6 +183,11 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
         ("update", "secrets", anywhere), ("create", "secrets", anywhere), ("create", "pods", anywhere),
         ("patch", "events", anywhere),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("delete", "namespaces"),
+        # No other Lease: kube-system holds the control plane's own.
+        ("get", f"{LEASES}/kube-scheduler", "--namespace=kube-system"),
+        ("update", f"{LEASES}/kube-controller-manager", "--namespace=kube-system"),
+        ("list", LEASES, "--namespace=kube-system"), ("delete", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
+        ("get", f"{LEASES}/spotpool-leader", f"--namespace={namespace}"), ("create", LEASES, anywhere),
     ]
     for check in allowed:
         assert _can_i(cluster, operator, *check), f"operator cannot {check}"

@@ -1,6 +1,7 @@
 """The chart's high availability as rendered by the real helm: two replicas electing a leader, a
 rollout that never leaves the pools without a standby, spreading over nodes and zones (soft by
-default, hard on request), the Lease's Role in one namespace, and refusals of unsafe settings."""
+default, hard on request), the Lease's Role in one namespace (kube-system, shared by every
+installation), and refusals of unsafe settings."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def test_two_replicas_roll_with_a_standby_always_up(helm: Helm) -> None:
                                               "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     container = pod_spec(objects)["containers"][0]
-    assert container["args"][-5:] == ["--leader-elect", "--leader-election-namespace=spotpool-system",
+    assert container["args"][-5:] == ["--leader-elect", "--leader-election-namespace=kube-system",
                                       "--lease-duration=15", "--renew-deadline=10", "--retry-period=2"]
+    # The Pod name is the identity's prefix. (Its namespace has no say in where the Lease is.)
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
            if e["name"] in ("POD_NAME", "POD_NAMESPACE")}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
@@ -81,25 +83,31 @@ def test_priority_class(helm: Helm) -> None:
 def test_the_lease_role_lives_in_one_namespace(helm: Helm) -> None:
     objects = helm.template()
     role = one(objects, "Role", "spotpool-leader-election")
-    assert role["metadata"]["namespace"] == "spotpool-system"
-    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                              "verbs": ["get", "create", "update"]}]
+    assert role["metadata"]["namespace"] == "kube-system"
+    # get and update on the operator's own Lease only: kube-system holds the control plane's Leases.
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["spotpool-leader"],
+         "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
     binding = one(objects, "RoleBinding", "spotpool-leader-election")
-    assert binding["metadata"]["namespace"] == "spotpool-system"
+    assert binding["metadata"]["namespace"] == "kube-system"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "spotpool-leader-election"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
     # No Lease rights anywhere else, cluster-wide least of all.
     for cluster_role in find(objects, "ClusterRole"):
         assert all("leases" not in rule["resources"] for rule in cluster_role["rules"])
+    assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == ["kube-system"]
 
 
-def test_a_shared_lease_namespace_for_two_installations(helm: Helm) -> None:
+def test_an_explicit_lease_namespace_wins(helm: Helm) -> None:
     objects = helm.template("--set", "leaderElection.namespace=spotpool-leases", release="canary",
                             namespace="canary")
     role = one(objects, "Role", "canary-spotpool-leader-election")
     binding = one(objects, "RoleBinding", "canary-spotpool-leader-election")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "spotpool-leases"
+    assert role["rules"][0]["resourceNames"] == ["spotpool-leader"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "canary-spotpool", "namespace": "canary"}]
     assert "--leader-election-namespace=spotpool-leases" in pod_spec(objects)["containers"][0]["args"]
 

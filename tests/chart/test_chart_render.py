@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import spotpool
-from tests.chart.helm import CHART, Helm, find, one
+from spotpool.controller.leadership import lease_name
+from tests.chart.helm import CHART, Helm, find, lease_rules, one, operator_args, operator_lease
 from tests.conftest import REPO
 
 VARIANTS = {
@@ -21,8 +22,9 @@ VARIANTS = {
     "credentials": ["--set", "credentials.create=true", "--set", "credentials.secretId=AKIDEXAMPLE",
                     "--set", "credentials.secretKey=example-key"],
 }
-# The chart's default leader election flags (templates/leader-election.yaml).
-LEADER_ELECTION_ARGS = ["--leader-elect", "--leader-election-namespace=spotpool-system", "--lease-duration=15",
+# The chart's default leader election flags (templates/leader-election.yaml): the Lease in kube-system,
+# whatever the release namespace.
+LEADER_ELECTION_ARGS = ["--leader-elect", "--leader-election-namespace=kube-system", "--lease-duration=15",
                         "--renew-deadline=10", "--retry-period=2"]
 # What `helm template` needs to render as for a cluster running the Prometheus Operator.
 PROMETHEUS_OPERATOR_API = ["--api-versions", "monitoring.coreos.com/v1"]
@@ -109,11 +111,11 @@ def test_limited_namespaces(helm: Helm) -> None:
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args
-    # Namespaced permissions only in the listed namespaces (and the Lease's in the release namespace)...
+    # Namespaced permissions only in the listed namespaces (and the Lease's in kube-system)...
     roles = find(objects, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["spotpool-system", "team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["kube-system", "team-a", "team-b"]
     bindings = find(objects, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["spotpool-system", "team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["kube-system", "team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
     # ...and cluster-wide only the reads kopf needs for discovery.
@@ -150,6 +152,58 @@ def test_rbac_grants_exactly_what_the_operator_needs(helm: Helm, variant: str) -
     for role in find(objects, "ClusterRole") + find(objects, "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+
+
+# Values that change the Lease's name: the cluster id (as given, and as the operator sanitizes it) and
+# the watched namespaces.
+LEASE_VARIANTS = {
+    "default": [],
+    "cluster-id": ["--set", "operator.clusterId=prod-gz"],
+    "uuid-cluster-id": ["--set", "operator.clusterId=1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e"],
+    "sanitized-cluster-id": ["--set-string", "operator.clusterId=Prod_GZ/eu 1 (été)!"],
+    "long-cluster-id": ["--set-string", "operator.clusterId=" + "Ab-" * 21],
+    "punctuation-cluster-id": ["--set-string", "operator.clusterId=--.--"],
+    "namespaces": ["--set", "rbac.namespaces={team-b,team-a}"],
+    "cluster-id-and-namespaces": ["--set", "operator.clusterId=1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e",
+                                  "--set", "rbac.namespaces={team-a}"],
+    "lease-namespace": ["--set", "leaderElection.namespace=spotpool-leases", "--set", "operator.clusterId=x"],
+}
+
+
+@pytest.mark.parametrize("variant", LEASE_VARIANTS)
+def test_the_lease_role_grants_the_operators_own_lease_only(helm: Helm, variant: str) -> None:
+    """The chart names the Lease (templates/_helpers.tpl `spotpool.leaseName`) exactly as the operator
+    does from the rendered flags (leadership.lease_name): get and update on that name only, since
+    kube-system holds the control plane's Leases too; create by any name (RBAC cannot name an object
+    being created)."""
+    objects = helm.template(*LEASE_VARIANTS[variant])
+    namespace, name = operator_lease(operator_args(objects))
+    role = one(objects, "Role", "spotpool-leader-election")
+    binding = one(objects, "RoleBinding", "spotpool-leader-election")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+    assert lease_rules(role) == {"get": [name], "update": [name], "create": None}
+    assert len(name) <= 63
+
+
+def test_two_releases_in_different_namespaces_share_the_lease(helm: Helm) -> None:
+    """Default values, two releases in two namespaces (both cluster-wide, both tagging with the
+    kube-system UID): the same Lease namespace and name, so they elect one leader between them."""
+    def lease(*args: str, release: str, namespace: str) -> tuple[str, str]:
+        """The Lease as the release's operator campaigns for it, checked against its Role."""
+        objects = helm.template(*args, release=release, namespace=namespace)
+        (role,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+        lease_namespace, name = operator_lease(operator_args(objects))
+        assert role["metadata"]["namespace"] == lease_namespace and lease_rules(role)["get"] == [name]
+        return lease_namespace, name
+
+    ops = lease(release="spotpool", namespace="spotpool-system")
+    assert ops == lease(release="canary", namespace="canary") == ("kube-system", lease_name()) \
+        == ("kube-system", "spotpool-leader")
+    # The same scope from two namespaces: one Lease too; disjoint scopes (a team each): one each.
+    team_a = lease("--set", "rbac.namespaces={team-a}", release="spotpool", namespace="spotpool-system")
+    assert team_a == lease("--set", "rbac.namespaces={team-a}", release="team-a-ops", namespace="team-a")
+    team_b = lease("--set", "rbac.namespaces={team-b}", release="team-b-ops", namespace="team-b")
+    assert len({ops, team_a, team_b}) == 3 and {ops[0], team_a[0], team_b[0]} == {"kube-system"}
 
 
 def test_service_monitor(helm: Helm) -> None:

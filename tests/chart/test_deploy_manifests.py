@@ -45,10 +45,11 @@ def test_kustomize_builds_the_whole_install(bin_dir: Path) -> None:
     namespace = next(o for o in objects if o["kind"] == "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
-        if obj["kind"] in {"ServiceAccount", "Service", "Deployment", "ConfigMap", "Role", "RoleBinding",
-                           "PodDisruptionBudget"}:
+        if obj["kind"] in {"ServiceAccount", "Service", "Deployment", "ConfigMap", "PodDisruptionBudget"}:
             assert obj["metadata"]["namespace"] == NAMESPACE
-    for binding in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
+        if obj["kind"] in {"Role", "RoleBinding"}:  # the leader-election Lease's, shared by installations
+            assert obj["metadata"]["namespace"] == "kube-system"
+    for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": NAMESPACE}]
 
 

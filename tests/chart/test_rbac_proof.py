@@ -18,11 +18,12 @@ Limited-namespace mode only: a cluster-wide operator on this shared control plan
 other tests' SpotComputeEnvironments.
 
 The chart's args include --leader-elect (on by default), so the operator acts only while it holds its
-Lease: the Lease rules of the separate leader-election Role (get, create, update on leases in the
-Lease namespace) are proven the same way. Without `get` or `create` the operator never leads, so
-nothing is reconciled; without `update` it creates the Lease, leads, cannot renew, and stops acting
-at its renew deadline for good: the scenario is started after that moment (`after`), so that the
-first step breaks whatever the machine's speed.
+Lease: the Lease rules of the separate leader-election Role (get and update on the operator's own
+Lease, create on leases, in the Lease namespace: kube-system by default) are proven the same way.
+Without `get` or `create` the operator never leads, so nothing is reconciled; without `update` it
+creates the Lease, leads, cannot renew, and stops acting at its renew deadline for good: the
+scenario is started after that moment (`after`), so that the first step breaks whatever the
+machine's speed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pytest
 import yaml
 
 from spotpool.api.names import CLUSTER_TAG
-from tests.chart.helm import Releases, one
+from tests.chart.helm import Releases, one, operator_args, operator_lease
 from tests.conftest import Cluster
 from tests.support.kube import Kubectl, token_kubeconfig, wait_for
 from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY, OperatorProcess, SimulatorProcess
@@ -162,13 +163,15 @@ class Installed:
     service_account: str
     role: str  # the namespaced rules, in the test's namespace
     cluster_role: str  # the cluster-scoped reads
-    lease_role: str  # the Lease rules, in the Lease namespace (the release namespace by default)
+    lease_role: str  # the Lease rules, in the Lease namespace (kube-system by default)
+    lease_namespace: str
 
 
-def install(releases: Releases, namespace: str) -> Installed:
+def install(releases: Releases, namespace: str, leases: list[tuple[str, str]]) -> Installed:
     """The chart in `namespace`, serving only `namespace`. (Tests ask for `namespace` before
     `releases`, so the release is uninstalled, cluster-scoped RBAC included, before the namespace
-    holding its record goes.)"""
+    holding its record goes.) The Lease its operator campaigns for goes into `leases`, to be deleted
+    after the test: it lives outside the test's namespace."""
     release, _ = releases.install(
         namespace, "--set", "crds.install=false", "--set", f"rbac.namespaces={{{namespace}}}",
         "--set", "operator.logLevel=debug",
@@ -176,10 +179,13 @@ def install(releases: Releases, namespace: str) -> Installed:
     manifest = releases.helm.run("get", "manifest", release, f"--namespace={namespace}").stdout
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    lease_role = one(objects, "Role", f"{release}-spotpool-leader-election")["metadata"]
+    leases.append(operator_lease(operator_args(objects)))
+    assert leases[-1][0] == lease_role["namespace"]
     return Installed(release, pod["containers"][0]["args"], pod["serviceAccountName"],
                      one(objects, "Role", f"{release}-spotpool")["metadata"]["name"],
                      one(objects, "ClusterRole")["metadata"]["name"],
-                     one(objects, "Role", f"{release}-spotpool-leader-election")["metadata"]["name"])
+                     lease_role["name"], lease_role["namespace"])
 
 
 def remove_verbs(kubectl: Kubectl, kind: str, name: str, namespace: str | None, api_group: str,
@@ -293,9 +299,9 @@ def release_pool(kubectl: Kubectl, namespace: str) -> None:
 
 def test_the_charts_permissions_are_enough_for_the_core_scenario(
     cluster: Cluster, crd: str, namespace: str, releases: Releases, simulator: SimulatorProcess,
-    tmp_path: Path,
+    leases: list[tuple[str, str]], tmp_path: Path,
 ) -> None:
-    installed = install(releases, namespace)
+    installed = install(releases, namespace, leases)
     assert "--namespace=" + namespace in installed.args and "--all-namespaces" not in installed.args
     operator = operator_process(cluster, installed, namespace, tmp_path).start()
     secret(cluster.kubectl, namespace)  # after the start, as users apply it: only a watch sees it
@@ -311,16 +317,17 @@ def test_the_charts_permissions_are_enough_for_the_core_scenario(
 @pytest.mark.parametrize("rule", NEEDED_RULES, ids=str)
 def test_the_scenario_fails_without_each_rule(
     rule: Rule, cluster: Cluster, crd: str, namespace: str, releases: Releases,
-    simulator: SimulatorProcess, tmp_path: Path,
+    simulator: SimulatorProcess, leases: list[tuple[str, str]], tmp_path: Path,
 ) -> None:
-    installed = install(releases, namespace)
+    installed = install(releases, namespace, leases)
     if rule.role == CLUSTER_ROLE:
         remove_verbs(cluster.kubectl, "clusterrole", installed.cluster_role, None, rule.api_group, rule.resource,
                      set(rule.verbs))
     elif rule.role == LEASE_ROLE:
-        assert f"--leader-election-namespace={namespace}" in installed.args and "--leader-elect" in installed.args
-        remove_verbs(cluster.kubectl, "role", installed.lease_role, namespace, rule.api_group, rule.resource,
-                     set(rule.verbs))
+        assert installed.lease_namespace == "kube-system"
+        assert "--leader-election-namespace=kube-system" in installed.args and "--leader-elect" in installed.args
+        remove_verbs(cluster.kubectl, "role", installed.lease_role, installed.lease_namespace, rule.api_group,
+                     rule.resource, set(rule.verbs))
     else:
         remove_verbs(cluster.kubectl, "role", installed.role, namespace, rule.api_group, rule.resource,
                      set(rule.verbs))

@@ -345,7 +345,7 @@ def test_apiserver_restart_during_a_scale_up_leaves_one_leader_and_the_exact_cou
     converge(pools, simulator, "outage", uid, expected, timeout=90)
     assert_bought_exactly(simulator, uid, expected)
     assert replicas.leader() is leader
-    lease = cluster.kubectl.get("lease", lease_name(leader.cluster_id), pools.namespace)
+    lease = cluster.kubectl.get("lease", lease_name(leader.cluster_id, [pools.namespace]), pools.namespace)
     assert lease is not None and lease["spec"]["holderIdentity"].startswith(leader.env["POD_NAME"] + "_")
     replicas.stop_sampling()
     replicas.assert_never_two_leaders()
@@ -356,8 +356,9 @@ def test_two_installations_on_one_cluster_elect_one_leader(
     cluster: Cluster, pools: Pools, simulator: SimulatorProcess, replicas_factory: Callable[..., Replicas]
 ) -> None:
     # Two installations: different release names and namespaces (POD_NAME, POD_NAMESPACE as the
-    # chart sets them), the same cluster id (the default: the kube-system UID) and, as documented for
-    # this case, the same leaderElection.namespace: here the pools' namespace.
+    # chart sets them; neither has a say in the Lease), the same cluster id, the same watched
+    # namespace, and so the same Lease namespace and name (the chart's default namespace is
+    # kube-system; here the pools' namespace, so the Lease goes with the test's namespace).
     expected = 10
     replicas = replicas_factory(envs=[{"POD_NAME": "spotpool-6d9f-abcde", "POD_NAMESPACE": "ops"},
                                       {"POD_NAME": "spotpool-canary-7c4b-fghij", "POD_NAMESPACE": "canary"}])
@@ -375,7 +376,7 @@ def test_two_installations_on_one_cluster_elect_one_leader(
     assert cvm_calls(leader) > 0
     assert "leads (term" not in follower.logs()
     leases = cluster.kubectl.json("get", "leases", f"--namespace={pools.namespace}")["items"]
-    assert [item["metadata"]["name"] for item in leases] == [lease_name(leader.cluster_id)]
+    assert [item["metadata"]["name"] for item in leases] == [lease_name(leader.cluster_id, [pools.namespace])]
     assert leases[0]["spec"]["holderIdentity"].startswith(leader.env["POD_NAME"] + "_")
     # Stable through several renewals, not just at one glance.
     replicas.wait_sampled_for(2 * TIMING.lease_duration)

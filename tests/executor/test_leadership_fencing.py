@@ -26,6 +26,10 @@ class Scripted:
         self.asked += 1
         return self.checks is None or self.asked <= self.checks
 
+    def remaining(self) -> float:
+        """A leader's time left in its term (the client bounds each spending call by it)."""
+        return 10.0
+
 
 async def start(w: World, count: int = 5) -> str:
     w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)

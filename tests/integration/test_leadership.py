@@ -1,5 +1,6 @@
 """Leader election against the real kube-apiserver: one leader among two, a paused leader fenced and
-replaced, a clean release handed over at once, stale writes refused.
+replaced, a clean release handed over at once, stale writes refused, and two installations from
+different namespaces meeting on one Lease in kube-system with the default flags.
 
 Each elector runs in a thread of its own with its own event loop, as it would in its own process:
 pausing one is blocking its loop (what SIGSTOP, a frozen VM or a stuck handler does to it), while
@@ -15,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ from typing import Any
 import kubernetes
 import pytest
 
+from spotpool.controller.config import OperatorConfig
 from spotpool.controller.leadership import (
     KubeLeaseStore,
     LeaderElector,
     LeaseConflict,
     LeaseRecord,
     Timing,
+    from_config,
     lease_name,
 )
 from tests.conftest import Cluster
@@ -243,3 +247,43 @@ def test_a_leader_overwritten_behind_its_back_steps_down(cluster: Cluster, names
     assert not any(e.is_leader() for e in electors)
     assert lease(cluster, namespace, leader.name)["spec"]["holderIdentity"] == intruder
     assert time.monotonic() - patched_at < 30
+
+
+async def test_installations_in_different_namespaces_meet_on_one_lease_by_default(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two installations with the default flags but for the timings, running in different namespaces
+    (POD_NAMESPACE) and watching the same namespace, with the default cluster id: their electors (as
+    the operator builds them) campaign for the same Lease in kube-system and elect one leader.
+    Watching another namespace, a third has a Lease, and a leader, of its own."""
+    monkeypatch.delenv("SPOTPOOL_CLUSTER_ID", raising=False)
+    config = OperatorConfig(leader_elect=True, namespaces=(namespace,), lease_duration=TIMING.lease_duration,
+                            renew_deadline=TIMING.renew_deadline, retry_period=TIMING.retry_period)
+    other_scope = unique_name("elsewhere")
+    electors = []
+    for home, scope in (("ops", namespace), ("canary", namespace), ("team", other_scope)):
+        monkeypatch.setenv("POD_NAMESPACE", home)
+        monkeypatch.setenv("POD_NAME", f"spotpool-{home}")
+        elector = from_config(replace(config, namespaces=(scope,)), unique_name("kube-system-uid"),
+                              api_client(cluster.kubeconfig))
+        assert isinstance(elector, LeaderElector) and isinstance(elector.store, KubeLeaseStore)
+        assert elector.store.namespace == "kube-system" and elector.name == lease_name(None, [scope])
+        electors.append(elector)
+    ops, canary, team = electors
+    assert ops.name == canary.name != team.name
+    try:
+        for elector in electors:
+            elector.start()
+        await asyncio.wait_for(team.wait_leading(), timeout=TAKEOVER_BOUND)
+        end = time.monotonic() + 2 * TIMING.lease_duration
+        while time.monotonic() < end:
+            assert ops.is_leader() + canary.is_leader() <= 1, "two leaders for one scope"
+            await asyncio.sleep(0.02)
+        assert ops.is_leader() + canary.is_leader() == 1 and team.is_leader()
+        leader = ops if ops.is_leader() else canary
+        assert lease(cluster, "kube-system", ops.name)["spec"]["holderIdentity"] == leader.identity
+    finally:
+        for elector in electors:
+            await elector.stop()
+        for name in {ops.name, team.name}:
+            cluster.kubectl.run("delete", "lease", name, "--namespace=kube-system", "--ignore-not-found")

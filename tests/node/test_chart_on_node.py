@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from spotpool.controller.leadership import lease_name
 from tests.chart.helm import CHART
 from tests.conftest import CRD_NAME, REPO
 from tests.e2e.conftest import Pools
@@ -252,16 +253,21 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
     left = kubectl.json("get", "all,serviceaccounts,secrets,configmaps,roles,rolebindings,poddisruptionbudgets",
                         "-n", namespace, "-l", label)["items"]
     assert left == [], [f"{o['kind']}/{o['metadata']['name']}" for o in left]
-    # What the operator made at run time: only its leader-election Lease, which stays by design
-    # (docs/high-availability.md: installations sharing a cluster id share it). Nothing else but
-    # what every namespace has. (The Lease still names the last leader: helm deletes the RBAC and
-    # the ServiceAccount while the pod is stopping, so its release of the Lease is refused.)
+    # The leader-election Role and RoleBinding lived in kube-system, with the Lease: gone too.
+    left = kubectl.json("get", "roles,rolebindings", "-n", "kube-system", "-l", label)["items"]
+    assert left == [], [f"{o['kind']}/{o['metadata']['name']}" for o in left]
+    # What the operator made at run time: only its leader-election Lease, in kube-system, which stays
+    # by design (docs/high-availability.md: every installation with the same cluster id and scope
+    # shares it). Nothing else but what every namespace has. (The Lease still names the last leader:
+    # helm deletes the RBAC and the ServiceAccount while the pod is stopping, so its release of the
+    # Lease is refused.)
     unlabelled = kubectl.json("get", "serviceaccounts,secrets,configmaps,leases.coordination.k8s.io",
                               "-n", namespace)["items"]
-    leases = [o for o in unlabelled if o["kind"] == "Lease"]
-    left = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in unlabelled if o["kind"] != "Lease")
+    left = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in unlabelled)
     assert left == ["ConfigMap/kube-root-ca.crt", "ServiceAccount/default"], left
-    assert [lease["metadata"]["name"].startswith("spotpool-leader-") for lease in leases] == [True], leases
+    lease = kubectl.get("lease", lease_name(release), "kube-system")  # operator.clusterId={release}, cluster-wide
+    assert lease is not None
+    kubectl.run("delete", "lease", lease_name(release), "-n", "kube-system")
     cluster_wide = kubectl.json("get", "clusterroles,clusterrolebindings", "-l", label)["items"]
     assert cluster_wide == [], [o["metadata"]["name"] for o in cluster_wide]
     assert kubectl.get("customresourcedefinition", CRD_NAME) is not None, "the CRD is kept"

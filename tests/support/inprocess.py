@@ -33,6 +33,8 @@ from spotpool.cloud.client import CvmClient
 from spotpool.cloud.ratelimit import RateLimiterRegistry
 from spotpool.controller import failpoints
 from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.controller.collector import OrphanCollector
+from spotpool.controller.fencing import Fence
 from spotpool.controller.kube import Conflict
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.policy import Policy, PoolClaim, pool_claim
@@ -181,6 +183,9 @@ class FakeKube:
         self.status_writes += 1
         return self._bump(obj)
 
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.body(namespace, name)
+
     async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         secret = self.secrets.get((namespace, name))
         if secret is None or finalizer in secret["finalizers"]:
@@ -247,7 +252,7 @@ class World:
 
     def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0, *, observe_interval: float = 1.0,
                  limiter: RateLimiterRegistry | None = None, kube: FakeKube | None = None,
-                 leadership: Any = None, policy: Policy | None = None) -> None:
+                 leadership: Any = None, policy: Policy | None = None, orphan_grace: float = 120.0) -> None:
         """`observe_interval`: how often the shared sweep runs (1 s: every pass sees a fresh one);
         `limiter`: the client-side rate limits (default: none in the way); `policy`: the
         administrator's (default: the development one, as the simulator is on loopback http)."""
@@ -261,6 +266,7 @@ class World:
         self.events: list[Event] = []
         self.seed = seed
         self.crashes = 0
+        self.orphan_grace = orphan_grace
         self._build()
 
     def _build(self) -> None:
@@ -272,15 +278,28 @@ class World:
         limiter = self.limiter or RateLimiterRegistry(clock=self.clock, sleep=no_sleep)
         factory: Callable[..., CvmClient] = partial(
             CvmClient, clock=self.clock, sleep=no_sleep, rng=rng, limiter=limiter, timeout=5.0, max_attempts=3)
+        # The orphan collector as the operator wires it (runtime.py), over the fake's pools.
+        self.collector = OrphanCollector(
+            live_uids=lambda: [claim.uid for claim in self.kube.claims()], grace=self.orphan_grace,
+            report=lambda reason, message: self.events.append(Event("", "Warning", reason, message)),
+            guard=lambda: Fence(self.leadership) if self.leadership is not None else None,
+            acting=lambda: self.leadership is None or self.leadership.is_leader())
         self.cloud = CloudAccess(cluster_id="test-cluster", client_factory=factory, clock=self.clock,
-                                 observe_interval=self.observe_interval, wait_for_fresh=True)
+                                 observe_interval=self.observe_interval, wait_for_fresh=True,
+                                 on_sweep=self.collector.swept, on_closed=self.collector.forget)
         self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
                                      post_event=self._event, clock=self.clock.datetime, rng=rng,
                                      leadership=self.leadership, policy=self.policy, pools=self.kube)
         self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
 
+    async def close(self) -> None:
+        """Stop this operator for good (a second replica or installation a test made)."""
+        await self.collector.close()
+        await self.cloud.close()
+
     async def crash(self) -> None:
         """Throw the operator away (memory, caches, clients) and start a new one."""
+        await self.collector.close()
         await self.cloud.close()
         self.crashes += 1
         self._build()
@@ -299,6 +318,7 @@ class World:
         outcome = await self.reconciler.reconcile(body, memory, lock, deleting=deleting)
         if deleting and outcome.deletion_complete:
             self.kube.remove_finalizer(namespace, name)
+            self.cloud.forget_pool(body["metadata"]["uid"])  # as the delete handler does (RUNTIME.forget)
         return outcome
 
     async def settle(self, namespace: str, name: str, *, passes: int = 40, step: float = 5.0) -> int:
@@ -369,6 +389,7 @@ async def world(seed: int = 0, *, observe_interval: float = 1.0, limiter: RateLi
         try:
             yield w
         finally:
+            await w.collector.close()
             await w.cloud.close()
 
 

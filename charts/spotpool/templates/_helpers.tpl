@@ -90,3 +90,33 @@ seccompProfile:
   resources: [secrets]
   verbs: [get, list, watch, patch]
 {{- end }}
+
+{{/* The namespace of the leader-election Lease: leaderElection.namespace, else kube-system, which
+every installation in the cluster shares whatever its release namespace. */}}
+{{- define "spotpool.leaseNamespace" -}}
+{{- .Values.leaderElection.namespace | default "kube-system" }}
+{{- end }}
+
+{{/* The name of the leader-election Lease, as the operator computes it from its flags
+(spotpool.controller.leadership.lease_name; tests/chart/test_chart_render.py checks that both
+agree): spotpool-leader, then, with operator.clusterId, a slug of the id (as the operator
+sanitizes it) and a hash of it, then, with rbac.namespaces, "ns" and a hash of the sorted
+namespaces. The default cluster id (the kube-system UID) is left out of the name, so the name is
+known here without reading the cluster. */}}
+{{- define "spotpool.leaseName" -}}
+{{- $parts := list "spotpool-leader" }}
+{{- $scope := .Values.rbac.namespaces | uniq | sortAlpha }}
+{{- with .Values.operator.clusterId }}
+{{- $id := regexReplaceAll "[^A-Za-z0-9._:/=+@-]" . "-" | trunc 63 }}
+{{- $slug := regexReplaceAll "[^a-z0-9]+" (lower $id) "-" | trimAll "-" | trunc (ternary 22 36 (not (empty $scope))) | trimAll "-" }}
+{{- if $slug }}
+{{- $parts = append $parts $slug }}
+{{- end }}
+{{- $parts = append $parts (sha256sum $id | trunc 10) }}
+{{- end }}
+{{- if $scope }}
+{{- $parts = append $parts "ns" }}
+{{- $parts = append $parts (printf "namespaces\n%s" (join "\n" $scope) | sha256sum | trunc 10) }}
+{{- end }}
+{{- join "-" $parts }}
+{{- end }}

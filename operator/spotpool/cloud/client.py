@@ -39,7 +39,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -87,6 +87,20 @@ REQUEST_CLIENT = f"spotpool/{__version__}"
 DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
 
 Observer = Callable[[str, float, str | None], None]
+
+
+class CallGuard(Protocol):
+    """Who may still spend: checked right before each attempt of a call is signed (after every
+    wait: the rate limiter, a retry's backoff), and bounding each attempt to the time left.
+
+    `check` raises (the caller's own exception, e.g. the controller's NotLeader) once the caller
+    may no longer act; `remaining` is how many seconds it may still act (None: unbounded). The
+    client knows nothing of leader election: it only refuses to send what the guard forbids.
+    """
+
+    def check(self) -> None: ...
+
+    def remaining(self) -> float | None: ...
 
 
 @functools.cache
@@ -298,8 +312,14 @@ class CvmClient:
 
     # ------------------------------------------------------------------ generic call
 
-    async def call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Run one API action and return its `Response` object; raise CloudError on failure."""
+    async def call(
+        self, action: str, params: Mapping[str, Any], *, guard: CallGuard | None = None
+    ) -> dict[str, Any]:
+        """Run one API action and return its `Response` object; raise CloudError on failure.
+
+        With a `guard`, every attempt (retries included) is checked right before it is signed and
+        bounded by the time the guard has left: a call that waited in the rate limiter past its
+        caller's term is never sent."""
         # The SDK's serialisation: default ", " / ": " separators, non-ASCII as \uXXXX escapes.
         body = json.dumps(params).encode("ascii")
         may_retry = action != "RunInstances" or bool(params.get("ClientToken"))
@@ -311,7 +331,7 @@ class CvmClient:
                 self._host, self._bucket_account, action, self._rate_limits
             )
             try:
-                return await self._attempt(action, body)
+                return await self._guarded_attempt(action, body, guard)
             except CloudError as err:
                 if attempt >= self._max_attempts:
                     raise
@@ -325,6 +345,25 @@ class CvmClient:
                 log.debug("CVM %s attempt %d failed with %s; retrying in %.2fs",
                           action, attempt, err.code, delay)
                 await self._sleep(delay)
+
+    async def _guarded_attempt(
+        self, action: str, body: bytes, guard: CallGuard | None
+    ) -> dict[str, Any]:
+        if guard is None:
+            return await self._attempt(action, body)
+        guard.check()
+        left = guard.remaining()
+        if left is None:
+            return await self._attempt(action, body)
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                return await self._attempt(action, body)
+        except TimeoutError:
+            guard.check()  # the time ran out with the caller's term: its own exception says so
+            raise CloudNetworkError(
+                SERVER_NETWORK_ERROR, f"no answer within the {left:.1f} s its caller may still act",
+                action=action,
+            ) from None
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform over [0, min(cap, base * 2**(attempt-1))]."""
@@ -521,7 +560,9 @@ class CvmClient:
 
     # ------------------------------------------------------------------ typed actions
 
-    async def run_instances(self, request: RunInstancesRequest) -> list[str]:
+    async def run_instances(
+        self, request: RunInstancesRequest, *, guard: CallGuard | None = None
+    ) -> list[str]:
         """Buy `request.count` one-time spot instances at most at `max_price`, or pay-as-you-go
         ones with `charge_type=POSTPAID_BY_HOUR`; returns their ids (they start PENDING).
 
@@ -532,7 +573,7 @@ class CvmClient:
         params = wire.run_instances_params(request)
         dry_run, count = request.dry_run, request.count
         try:
-            response = await self.call("RunInstances", params)
+            response = await self.call("RunInstances", params, guard=guard)
         except CloudError as err:
             # The reference cannot say how a passed dry run answers: success or DryRunOperation.
             if dry_run and err.code == DRY_RUN_PASSED:
@@ -709,7 +750,9 @@ class CvmClient:
         except ValueError as exc:  # messages of wire's own making: they quote no server data
             raise _invalid("DescribeInstances", f"malformed instance: {exc}") from None
 
-    async def terminate_instances(self, instance_ids: Sequence[str]) -> None:
+    async def terminate_instances(
+        self, instance_ids: Sequence[str], *, guard: CallGuard | None = None
+    ) -> None:
         """Release instances, in batches of 100; instances already gone count as released.
 
         TerminateInstances refuses a whole batch when one id is already terminated, terminating
@@ -719,15 +762,15 @@ class CvmClient:
         refusal itself proves the id gone), so this always ends.
         """
         for batch in wire.chunks(wire.unique(instance_ids), wire.MAX_IDS_PER_CALL):
-            await self._terminate_batch(batch)
+            await self._terminate_batch(batch, guard)
 
-    async def _terminate_batch(self, ids: list[str]) -> None:
+    async def _terminate_batch(self, ids: list[str], guard: CallGuard | None = None) -> None:
         try:
-            await self.call("TerminateInstances", {"InstanceIds": ids})
+            await self.call("TerminateInstances", {"InstanceIds": ids}, guard=guard)
             return
         except CloudError as err:
             if err.code in _MIXED_CHARGE_CODES and len(ids) > 1:
-                await self._terminate_by_charge_type(ids)
+                await self._terminate_by_charge_type(ids, guard)
                 return
             if not err.already_gone:
                 raise
@@ -742,13 +785,13 @@ class CvmClient:
         ]
         if len(survivors) < len(ids):
             if survivors:
-                await self._terminate_batch(survivors)
+                await self._terminate_batch(survivors, guard)
             return
         # DescribeInstances still shows every id alive: find the gone one(s) one id at a time.
         for instance_id in ids:
-            await self._terminate_batch([instance_id])
+            await self._terminate_batch([instance_id], guard)
 
-    async def _terminate_by_charge_type(self, ids: list[str]) -> None:
+    async def _terminate_by_charge_type(self, ids: list[str], guard: CallGuard | None = None) -> None:
         """TerminateInstances takes one charge type per batch, so a pool holding spot and
         pay-as-you-go instances has its batch split by the charge types DescribeInstances gives.
 
@@ -764,10 +807,10 @@ class CvmClient:
                   len(groups))
         if len(groups) == 1:
             for instance_id in next(iter(groups.values())):
-                await self._terminate_batch([instance_id])
+                await self._terminate_batch([instance_id], guard)
             return
         for group in groups.values():
-            await self._terminate_batch(group)
+            await self._terminate_batch(group, guard)
 
     async def describe_spot_offers(
         self, *, zones: Sequence[str], instance_types: Sequence[str]

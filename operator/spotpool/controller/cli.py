@@ -6,16 +6,18 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 
 import kopf
 
-from spotpool.controller.config import OperatorConfig
+from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE, DEFAULT_ORPHAN_GRACE, OperatorConfig
 from spotpool.controller.leadership import Timing
 from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("plain", "json")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a namespace name
 
 
 def parse(argv: list[str] | None) -> OperatorConfig:
@@ -70,13 +72,23 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         metavar="GLOB",
                         help="instance types pools may buy (repeatable; fnmatch globs, case-insensitive, "
                              "e.g. 'S5.*'); default: any; a pool naming another type buys nothing")
+    orphans = parser.add_argument_group(
+        "orphan collector", "instances of this installation whose SpotComputeEnvironment no longer exists")
+    orphans.add_argument("--orphan-release", action=argparse.BooleanOptionalAction, default=True,
+                         help="release orphan instances after --orphan-grace (default: on); off: only report "
+                              "them (a Warning Event, the spotpool_orphan_instances metric, the log)")
+    orphans.add_argument("--orphan-grace", type=float, default=DEFAULT_ORPHAN_GRACE, metavar="SECONDS",
+                         help="how long an instance stays an orphan before it is released, and at least two "
+                              f"sweeps (default {DEFAULT_ORPHAN_GRACE:.0f})")
     election = parser.add_argument_group(
         "leader election", "several replicas (or installations) elect one leader on a Lease; only it acts")
     election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
-                          help="act only while holding the Lease named from the cluster id (default: off)")
-    election.add_argument("--leader-election-namespace", default=None,
-                          help="namespace of the Lease; installations that must not act at once share it "
-                               "(default: the operator's own: $POD_NAMESPACE, else the service account's)")
+                          help="act only while holding the Lease named from the cluster id and, with "
+                               "--namespace, the watched namespaces (default: off)")
+    election.add_argument("--leader-election-namespace", default=DEFAULT_LEASE_NAMESPACE, metavar="NAMESPACE",
+                          help="namespace of the Lease, shared by every installation in the cluster whatever "
+                               f"namespace it runs in (default: {DEFAULT_LEASE_NAMESPACE}); installations that "
+                               "must not act at once need the same value")
     election.add_argument("--lease-duration", type=int, default=15,
                           help="whole seconds a follower waits, from its last sight of a renewal, before "
                                "taking over (default 15)")
@@ -99,6 +111,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         Timing(args.lease_duration, args.renew_deadline, args.retry_period)
     except (TypeError, ValueError) as exc:
         parser.error(f"leader election: {exc}")
+    if not DNS_LABEL.fullmatch(args.leader_election_namespace):
+        parser.error(f"--leader-election-namespace {args.leader_election_namespace!r}: not a namespace name")
     rate_limits: dict[str, float] = {}
     for item in args.cvm_rate_limit:
         action, _, rate = item.partition("=")
@@ -108,6 +122,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
             parser.error(f"--cvm-rate-limit {item!r}: expected ACTION=PER_SECOND, e.g. RunInstances=5")
         if not action.strip() or rate_limits[action.strip()] <= 0:
             parser.error(f"--cvm-rate-limit {item!r}: the action must be named and the rate positive")
+    if args.orphan_grace < 0:
+        parser.error("--orphan-grace: must be seconds >= 0")
     try:
         max_price = parse_price(args.max_price) if args.max_price is not None else None
     except PolicyError as exc:
@@ -137,6 +153,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         max_total_instances=args.max_total_instances,
         max_price=max_price,
         allowed_instance_types=tuple(args.allowed_instance_types),
+        orphan_release=args.orphan_release,
+        orphan_grace=args.orphan_grace,
     )
     try:
         Policy.from_config(config)

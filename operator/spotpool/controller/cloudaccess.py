@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Generic, TypeVar
 
 from spotpool.api.names import DEFAULT_ENDPOINT, sts_endpoint
@@ -32,7 +31,7 @@ from spotpool.cloud.models import (
     Offer,
     SpotOffer,
 )
-from spotpool.controller.observer import Observer, ObserverKey
+from spotpool.controller.observer import Observer, ObserverKey, Swept
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -137,17 +136,26 @@ class CloudAccess:
         on_change: Callable[[set[str]], None] | None = None,
         wait_for_fresh: bool = False,
         sweep_on_timer: bool = False,
+        acting: Callable[[], bool] = lambda: True,
+        on_sweep: Swept | None = None,
+        on_closed: Callable[[ObserverKey], None] | None = None,
     ) -> None:
         """`observe_interval`: how often each account and region is swept; `on_change(uids)` is
         told which pools' slices a sweep changed; `wait_for_fresh` (tests): see `Observer`;
         `sweep_on_timer` (the operator): each observer sweeps every interval by itself, so a
-        reclaim is seen one interval after it at worst, whenever the pools' passes fall."""
+        reclaim is seen one interval after it at worst, whenever the pools' passes fall; `acting`:
+        whether this replica leads (timers sweep only then); `on_sweep`: told of every sweep (the
+        orphan collector); `on_closed`: told when an observer is closed (no pool uses its key)."""
         self.cluster_id = cluster_id
         self._observe_interval = observe_interval
         self._on_change = on_change
         self._wait_for_fresh = wait_for_fresh
         self._sweep_on_timer = sweep_on_timer
+        self._acting = acting
+        self._on_sweep = on_sweep
+        self._on_closed = on_closed
         self._observers: dict[ObserverKey, Observer] = {}
+        self._users: dict[str, ObserverKey] = {}  # pool uid -> the observer of its key pair
         self._clock = clock
         self._identities: dict[AccountKey, CallerIdentity] = {}
         self._identity_flights: dict[AccountKey, asyncio.Future[CallerIdentity]] = {}
@@ -173,9 +181,7 @@ class CloudAccess:
             self._clients[key] = client
             while len(self._clients) > MAX_CLIENTS:
                 _, evicted = self._clients.popitem(last=False)
-                closing = asyncio.ensure_future(evicted.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+                self._background(evicted.close())
         self._clients.move_to_end(key)
         return client
 
@@ -268,19 +274,59 @@ class CloudAccess:
             if cache_key[0] == key:
                 flight.invalidate()
 
-    def observer(self, key: AccountKey, account_id: str, client: CvmClient) -> Observer:
-        """The one observer of this account and region (see `observer.Observer`), made on first use."""
-        where = ObserverKey(key.endpoint, key.region, account_id)
+    def observer(self, key: AccountKey, account_id: str, client: CvmClient, uid: str | None = None) -> Observer:
+        """The one observer of this key pair in this account and region (see `observer.Observer`),
+        made on first use. `uid`: the pool asking; an observer whose pools all moved to another
+        key pair, or were deleted (`forget_pool`), is closed with its client."""
+        where = ObserverKey(key.endpoint, key.region, account_id, key.secret_id, key.secret_digest)
         observer = self._observers.get(where)
         if observer is None:
             observer = self._observers[where] = Observer(
                 where, cluster_id=self.cluster_id, interval=self._observe_interval, clock=self._clock,
-                on_change=self._on_change, wait_for_fresh=self._wait_for_fresh,
+                on_change=self._on_change, wait_for_fresh=self._wait_for_fresh, acting=self._acting,
+                on_sweep=self._on_sweep,
             )
             if self._sweep_on_timer:
                 observer.start_timer()
         observer.use(client)
+        if uid is not None:
+            before = self._users.get(uid)
+            self._users[uid] = where
+            observer.users.add(uid)
+            if before is not None and before != where:
+                self._leave(uid, before)
         return observer
+
+    def forget_pool(self, uid: str) -> None:
+        """The pool is gone: its key pair's observer and client go too once no pool uses them, so
+        nothing sweeps (or signs) with a key pair whose Secret may be deleted."""
+        where = self._users.pop(uid, None)
+        if where is not None:
+            self._leave(uid, where)
+
+    def _leave(self, uid: str, where: ObserverKey) -> None:
+        observer = self._observers.get(where)
+        if observer is None:
+            return
+        observer.users.discard(uid)
+        if observer.users:
+            return
+        del self._observers[where]
+        self._background(observer.close())
+        if self._on_closed is not None:
+            self._on_closed(where)
+        key = next((k for k in self._clients if (k.endpoint, k.region, k.secret_id, k.secret_digest)
+                    == (where.endpoint, where.region, where.secret_id, where.secret_digest)), None)
+        if key is not None and not any(o.key.secret_digest == where.secret_digest for o in self._observers.values()):
+            self._background(self._clients.pop(key).close())
+
+    def _background(self, closing: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def observers(self) -> list[Observer]:
+        return list(self._observers.values())
 
     async def look_up(self, client: CvmClient, instance_ids: Sequence[str]) -> dict[str, Instance | None]:
         """Instances by id (DescribeInstances `InstanceIds`, 100 per call): None for an id the
@@ -297,6 +343,3 @@ class CloudAccess:
         self._clients.clear()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
-
-def price_as_float(price: Decimal | None) -> float | None:
-    return None if price is None else float(price)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+DEFAULT_ORPHAN_GRACE = 120.0
+"""Seconds an instance stays an orphan before the collector releases it (controller/collector.py)."""
+
+# Where the leader-election Lease lives unless --leader-election-namespace says otherwise: one
+# namespace that every installation in the cluster shares whatever namespace it runs in, so that
+# two installations elect one leader between them by default. kube-system always exists (its UID is
+# the default cluster id).
+DEFAULT_LEASE_NAMESPACE = "kube-system"
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -20,10 +29,11 @@ class OperatorConfig:
     log_format: str = "plain"
     rate_limits: dict[str, float] = field(default_factory=dict)
     # Leader election (controller/leadership.py): off by default for a lone operator run by hand; the
-    # chart turns it on. Every installation that could act on the same pools must use the same
-    # namespace (the Lease's name comes from the cluster id).
+    # chart turns it on. The Lease lives in one namespace shared by every installation (kube-system
+    # unless set), and its name comes from the cluster id and the watched namespaces, so that
+    # installations that could act on the same pools elect one leader between them.
     leader_elect: bool = False
-    leader_election_namespace: str | None = None  # None: the namespace the operator runs in
+    leader_election_namespace: str = DEFAULT_LEASE_NAMESPACE
     lease_duration: int = 15  # seconds followers wait, from their last sight of a renewal
     renew_deadline: float = 10.0  # seconds after its last renewal a leader stops acting
     retry_period: float = 2.0  # seconds between attempts to acquire or renew
@@ -38,6 +48,10 @@ class OperatorConfig:
     max_total_instances: int | None = None
     max_price: Decimal | None = None
     allowed_instance_types: tuple[str, ...] = ()  # fnmatch globs; empty: any type
+    # The orphan collector (controller/collector.py): instances of this installation whose pool no
+    # longer exists are reported, and released after the grace unless orphan_release is off.
+    orphan_release: bool = True
+    orphan_grace: float = DEFAULT_ORPHAN_GRACE
 
     @property
     def clusterwide(self) -> bool:

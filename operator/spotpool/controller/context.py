@@ -14,7 +14,7 @@ pool over a spend guard resolves, with `purchases_refused` set, so that the plan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,10 +25,12 @@ from spotpool.cloud.client import CvmClient
 from spotpool.cloud.errors import CloudError
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 from spotpool.controller.credentials import CredentialsError, SecretGuard, load_credentials
+from spotpool.controller.fencing import Fence
 from spotpool.controller.kube import KubeApi
 from spotpool.controller.policy import Policy, PoolView
-from spotpool.planner import DroppedRecord, InflightLaunch, PoolBackoff, PoolKey, backoff_from_status, read_journal
+from spotpool.planner import DroppedRecord, InflightLaunch, PoolBackoff, PoolKey
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
+from spotpool.planner.persistence import PersistedStatus
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class PassContext:
-    """Everything a pass acts on. `status` is the status as this process last knew it."""
+    """Everything a pass acts on. `persisted` is the status the pass plans from (`statusstore`)."""
 
     ref: ObjectRef
     body: Mapping[str, Any]
@@ -59,14 +61,14 @@ class PassContext:
     key: AccountKey
     client: CvmClient
     account: dict[str, str]  # {"id", "region", "endpoint"}: where this environment buys
-    status: Mapping[str, Any]
+    persisted: PersistedStatus
     journal: tuple[InflightLaunch, ...]
     malformed: tuple[DroppedRecord, ...]
     backoff: dict[PoolKey, PoolBackoff]
     sequence: int
     deleting: bool
     now: datetime
-    fence: Callable[[], None]  # raises once this replica may no longer act (leader election)
+    fence: Fence  # raises once this replica may no longer act (leader election)
     # (reason, message) when a spend guard refuses purchases: the pass buys nothing, releases as usual
     purchases_refused: tuple[str, str] | None = None
 
@@ -85,13 +87,13 @@ class Blocked:
 async def resolve(
     *,
     body: Mapping[str, Any],
-    status: Mapping[str, Any],
+    persisted: PersistedStatus,
     kube: KubeApi,
     cloud: CloudAccess,
     guard: SecretGuard,
     deleting: bool,
     now: datetime,
-    fence: Callable[[], None],
+    fence: Fence,
     policy: Policy | None = None,
     pools: PoolView | None = None,
 ) -> PassContext | Blocked:
@@ -108,7 +110,7 @@ async def resolve(
         # Before the Secret is read or any request is sent: the endpoint would get a signed request.
         # The account is recorded before the first purchase: without it nothing was ever bought.
         return Blocked(DegradedReason.INVALID_CONFIG, refused, spec,
-                       nothing_to_release=not status.get("account") and not _may_own_instances(status))
+                       nothing_to_release=not persisted.account and not persisted.may_own_instances)
     secret = spec.credentials_secret_ref.name
     try:
         credentials = await load_credentials(kube, ref.namespace, secret)
@@ -136,10 +138,9 @@ async def resolve(
         return Blocked(DegradedReason.INVALID_CONFIG, f"cannot make a CVM client for spec.endpoint "
                        f"{endpoint[:200]!r}, region {spec.region!r}: {str(exc)[:300]}", spec)
     account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
-    recorded = status.get("account")
-    if isinstance(recorded, Mapping) and dict(recorded) != account and _may_own_instances(status):
+    recorded = persisted.account
+    if recorded is not None and dict(recorded) != account and persisted.may_own_instances:
         return Blocked(*_moved(recorded, account, ref.namespace, secret), spec)
-    journal, malformed = read_journal(status)
     guarded = None if deleting else policy.guards.refusal(
         namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
         instance_types=spec.instance_types, pools=pools)
@@ -150,23 +151,16 @@ async def resolve(
         key=key,
         client=client,
         account=account,
-        status=status,
-        journal=tuple(journal),
-        malformed=tuple(malformed),
-        backoff=backoff_from_status(status),
-        sequence=_sequence(status),
+        persisted=persisted,
+        journal=persisted.journal,
+        malformed=persisted.malformed,
+        backoff=dict(persisted.backoff),
+        sequence=persisted.sequence,
         deleting=deleting,
         now=now,
         fence=fence,
         purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
     )
-
-
-def _may_own_instances(status: Mapping[str, Any]) -> bool:
-    """Whether instances bought under the recorded account may still exist, as far as status says.
-    The account is recorded with the journal before the first purchase, so a purchase that
-    crashed before any listing still shows as a record here."""
-    return bool(status.get("currentCount") or status.get("inflightLaunches") or status.get("instances"))
 
 
 def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str, secret: str) -> tuple[str, str]:
@@ -181,11 +175,6 @@ def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str,
             f"spec.{field} is {account[field]!r} but this environment's instances live at "
             f"{recorded.get(field)!r}: buying and releasing nothing. Set it back; to move the pool, create a "
             f"new SpotComputeEnvironment and delete this one")
-
-
-def _sequence(status: Mapping[str, Any]) -> int:
-    value = status.get("launchSequence")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _status_of(exc: Exception) -> str:

@@ -17,11 +17,11 @@ from typing import Any
 import kopf
 
 from spotpool.api.names import FINALIZER, PREFIX
-from spotpool.controller import GROUP, PLURAL, VERSION
+from spotpool.controller import GROUP, PLURAL, VERSION, eventfence
 from spotpool.controller.credentials import credentials_entry
-from spotpool.controller.redaction import tracebacks_off_events
+from spotpool.controller.redaction import DELETION_WAITS, tracebacks_off_events
 from spotpool.controller.reporting import PoolMemory
-from spotpool.controller.runtime import RUNTIME
+from spotpool.controller.runtime import RUNTIME, post_event
 
 ANNOTATION_PREFIX = PREFIX
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     if not tracebacks_off_events(only_while=lambda: RUNTIME.leadership.is_leader()):
         raise kopf.PermanentError("kopf's Event poster was not found: refusing to post log records unformatted")
+    # Queued Events are sent only while this replica leads, checked when sent (controller/eventfence.py).
+    if not eventfence.install(lambda: RUNTIME.leadership.is_leader()):
+        raise kopf.PermanentError("kopf's Event post function was not found: refusing to post Events unfenced")
     settings.posting.event_name_prefix = "spotpool-"
     # A stopping daemon finishes its current reconcile (bounded by the API timeouts) before it goes.
     settings.background.cancellation_polling = 0.5
@@ -125,8 +128,13 @@ async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
     memory, lock = _state(memo)
     outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)
     if not outcome.deletion_complete:
-        why = outcome.problem or "waiting for the cloud to confirm every instance is released"
-        raise kopf.TemporaryError(why, delay=RUNTIME.config.progress_interval)
+        why = outcome.waiting or outcome.problem or "waiting for the cloud to confirm every instance is gone"
+        if why != memory.deletion_wait and RUNTIME.leadership.is_leader():
+            # Once per change of what it waits for, not once per retry (kopf's own retry Events are
+            # left to the log: redaction.DELETION_WAITS).
+            memory.deletion_wait = why
+            post_event(body, type="Normal", reason="DeletionWaiting", message=why)
+        raise kopf.TemporaryError(DELETION_WAITS + why, delay=RUNTIME.config.progress_interval)
     RUNTIME.forget(meta["uid"], meta["namespace"], meta["name"])
 
 

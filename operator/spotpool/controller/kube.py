@@ -36,6 +36,10 @@ class KubeApi(Protocol):
         removes a field); with `resource_version`, only if the object still has it (else
         `Conflict`). Returns the object's new resourceVersion."""
 
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The SpotComputeEnvironment as the API server holds it now (None: gone). Read only when
+        a conditional status write lost its precondition, to see who wrote."""
+
     async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         """Add `finalizer` to the Secret if missing; True if it was added."""
 
@@ -104,6 +108,15 @@ class ClusterKubeApi:
                 raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from None
             raise
         return str(result["metadata"]["resourceVersion"])
+
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        # A list by name, not a get: the operator's role has list and watch on the objects (kopf's
+        # needs), and a rare re-read is no reason for another verb.
+        listing = await self._call(functools.partial(
+            self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+            field_selector=f"metadata.name={name}"))
+        items = listing.get("items") or []
+        return dict(items[0]) if items else None
 
     async def add_secret_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         return await self._edit_finalizers(namespace, name, lambda f: [*f, finalizer] if finalizer not in f else f)

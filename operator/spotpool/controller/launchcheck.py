@@ -43,10 +43,11 @@ from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import SPOTPAID, RunInstancesRequest
 from spotpool.controller.context import PassContext
 from spotpool.planner import InflightLaunch
+from spotpool.planner.persistence import VALIDATED_LAUNCH_SPEC
 
 log = logging.getLogger(__name__)
 
-STATUS_FIELD = "validatedLaunchSpec"
+STATUS_FIELD = VALIDATED_LAUNCH_SPEC
 LAUNCH_FIELDS = ("imageId", "zones", "instanceTypes", "network", "systemDisk", "loginSettings", "userData",
                  "instanceNamePrefix", "maxPrice", "tags")
 """The spec fields a RunInstances request is made of (camelCase, as in the CRD)."""
@@ -203,7 +204,7 @@ class LaunchChecker:
         if ctx.deleting or spec.paused or spec.expected_count <= 0 or ctx.purchases_refused is not None:
             return None
         digest = launch_digest(spec, ctx.account.get("id"))
-        if ctx.status.get(STATUS_FIELD) == digest:
+        if ctx.persisted.validated_launch_spec == digest:
             return None
         requests = [self.request(ctx, zone, kind) for zone, kind in check_targets(spec.zones, spec.instance_types)]
         turns = asyncio.Semaphore(CHECKS_IN_FLIGHT)

@@ -44,18 +44,18 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE
 
 if TYPE_CHECKING:
     from spotpool.controller.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LEASE_LABELS = {"app.kubernetes.io/part-of": "spotpool", "app.kubernetes.io/component": "leader-election"}
 
 
@@ -169,17 +169,43 @@ def released(record: LeaseRecord, wall_now: datetime) -> LeaseRecord:
     return LeaseRecord("", 1, wall_now, wall_now, record.transitions)
 
 
-def lease_name(cluster_id: str) -> str:
-    """The Lease's name, from the cluster id: the same for every installation that tags instances with
-    the same id (and so could fight over them), whatever its release name.
+LEASE_PREFIX = "spotpool-leader"
 
-    A readable slug of the id plus a hash of the exact id: ids that differ only in case or punctuation
-    get different Leases, and any id gives a valid object name.
+
+def lease_name(cluster_id: str | None = None, namespaces: Iterable[str] = ()) -> str:
+    """The Lease's name: the same for every installation that could act on the same pools, whatever its
+    release name or the namespace it runs in, and different for installations that cannot.
+
+    - `cluster_id`: the id the installation tags instances with when one is configured (--cluster-id,
+      $SPOTPOOL_CLUSTER_ID); None for the default id, the kube-system namespace's UID. That UID is
+      one value per cluster and the Lease lives in that same cluster, so it would tell no two
+      candidates apart: the name leaves it out, which lets the chart name the Lease in its RBAC rule
+      (`resourceNames`) without reading the cluster. A configured id goes in as a readable slug plus
+      a hash of the exact id: ids that differ only in case or punctuation get different Leases.
+    - `namespaces`: the namespace patterns watched (--namespace); empty for a cluster-wide
+      installation. Otherwise a hash of the sorted, deduplicated patterns is appended, so that
+      installations watching disjoint namespaces (a team with its own operator) each have a leader,
+      while installations with the same scope share one. Installations whose scopes differ but
+      overlap get different Leases: see docs/high-availability.md.
+
+    Every name is a valid object name of at most 63 characters (the chart's
+    `spotpool.leaseName` computes the same): `spotpool-leader`, `spotpool-leader-<slug>-<hash>`,
+    `spotpool-leader-ns-<hash>`, `spotpool-leader-<slug>-<hash>-ns-<hash>`.
     """
-    digest = hashlib.sha256(cluster_id.encode()).hexdigest()[:10]
-    # 16 + 36 + 1 + 10 = 63, the longest object name a Lease may have; a UUID (36) fits whole.
-    slug = re.sub(r"[^a-z0-9]+", "-", cluster_id.lower()).strip("-")[:36].strip("-")
-    return f"spotpool-leader-{slug}-{digest}" if slug else f"spotpool-leader-{digest}"
+    scope = sorted(set(namespaces))
+    parts = [LEASE_PREFIX]
+    if cluster_id is not None:
+        # 15 + 1 + 36 + 1 + 10 = 63: a UUID (36) fits whole in a cluster-wide name; with the scope's
+        # "-ns-" and hash (14) the slug keeps 22 characters.
+        room = 22 if scope else 36
+        slug = re.sub(r"[^a-z0-9]+", "-", cluster_id.lower()).strip("-")[:room].strip("-")
+        parts += [slug] if slug else []
+        parts.append(hashlib.sha256(cluster_id.encode()).hexdigest()[:10])
+    if scope:
+        # The "namespaces" line keeps this hash apart from a cluster id's: a scope of one namespace
+        # "ns" must not give the name of the cluster id "ns".
+        parts += ["ns", hashlib.sha256("\n".join(["namespaces", *scope]).encode()).hexdigest()[:10]]
+    return "-".join(parts)
 
 
 def default_identity() -> str:
@@ -187,23 +213,6 @@ def default_identity() -> str:
     processes sharing a host name (host network, a developer's machine) never pass for one another."""
     host = os.environ.get("POD_NAME") or socket.gethostname() or "spotpool"
     return f"{host}_{uuid.uuid4().hex[:10]}"
-
-
-def default_namespace() -> str:
-    """The namespace the operator runs in: $POD_NAMESPACE (the chart sets it), the ServiceAccount's
-    namespace file in a Pod, the kubeconfig context's namespace, else `default`."""
-    if os.environ.get("POD_NAMESPACE"):
-        return os.environ["POD_NAMESPACE"]
-    with contextlib.suppress(OSError):
-        if text := SERVICE_ACCOUNT_NAMESPACE.read_text().strip():
-            return text
-    with contextlib.suppress(Exception):
-        import kubernetes
-
-        _, active = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-        if namespace := (active or {}).get("context", {}).get("namespace"):
-            return str(namespace)
-    return "default"
 
 
 # -- storage -----------------------------------------------------------------------------------------
@@ -613,13 +622,22 @@ def from_config(
     on_started_leading: StartedCallback | None = None,
     on_stopped_leading: StoppedCallback | None = None,
 ) -> LeaderElector | Standalone:
-    """The elector the operator's flags ask for: on the Lease named from `cluster_id` (the resolved
-    id, the same the instances are tagged with), in --leader-election-namespace or the operator's
-    own namespace; Standalone without --leader-elect. Flags were validated by the CLI."""
+    """The elector the operator's flags ask for; Standalone without --leader-elect. Flags were
+    validated by the CLI.
+
+    The Lease lives in --leader-election-namespace (kube-system by default, whatever namespace the
+    operator runs in) and is named by `lease_name` from the cluster id and the watched namespaces.
+    `cluster_id` is the resolved id the instances are tagged with; it enters the name only when it
+    was configured (--cluster-id or $SPOTPOOL_CLUSTER_ID, as the runtime resolves it), not when it
+    is the default kube-system UID, which every installation in the cluster shares anyway.
+    """
     if not config.leader_elect:
         return Standalone()
-    namespace = config.leader_election_namespace or default_namespace()
+    configured = bool(config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID"))
+    name = lease_name(cluster_id if configured else None, config.namespaces)
+    namespace = config.leader_election_namespace or DEFAULT_LEASE_NAMESPACE
     timing = Timing(config.lease_duration, config.renew_deadline, config.retry_period)
     store = KubeLeaseStore(namespace, api_client, request_timeout=config.renew_deadline)
-    return LeaderElector(store, lease_name(cluster_id), default_identity(), timing,
+    log.info("leader election on Lease %s/%s", namespace, name)
+    return LeaderElector(store, name, default_identity(), timing,
                          on_started_leading=on_started_leading, on_stopped_leading=on_stopped_leading)

@@ -1,4 +1,11 @@
-"""Observation per account and region: one sweep of the installation's instances, shared by every pool.
+"""Observation per key pair and region: one sweep of the installation's instances, shared by the pools
+that use that key pair.
+
+Why per key pair and not per account: key pairs of one account share its AccountId, but CAM may
+restrict what each of them sees (a team's sub-account lists only its own instances). A sweep made
+with one team's key is no picture of another team's pools: an instance it cannot see would look
+gone, and be bought again. So each key pair sweeps for its own pools, and a pool's absences are
+confirmed with its own key (`reconciler._observe`).
 
 Each interval, one paginated DescribeInstances by the cluster tag (`sweep`) replaces the snapshot;
 every pool of that account and region reads its slice from it (`slice`), so N pools cost
@@ -36,11 +43,19 @@ STALE_AFTER = 4
 
 @dataclass(frozen=True)
 class ObserverKey:
-    """One account in one region through one endpoint: what one sweep can see."""
+    """One key pair of one account in one region through one endpoint: what one sweep can see.
+    The key pair is named by its SecretId and a digest of its secret (never the secret)."""
 
     endpoint: str
     region: str
     account_id: str
+    secret_id: str = ""
+    secret_digest: str = ""
+
+
+Swept = Callable[["ObserverKey", dict[str, dict[str, Instance]], CvmClient, float], None]
+"""Told after each sweep: the key, the instances by owner uid, the client that swept, and when the
+sweep began (the orphan collector, controller/collector.py)."""
 
 
 @dataclass
@@ -59,15 +74,21 @@ class Observer:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[str]], None] | None = None,
         wait_for_fresh: bool = False,
+        acting: Callable[[], bool] = lambda: True,
+        on_sweep: Swept | None = None,
     ) -> None:
         """`wait_for_fresh`: a pass waits for the sweep it starts (deterministic tests), instead
-        of going on with the previous snapshot."""
+        of going on with the previous snapshot. `acting`: whether this replica leads; the timer
+        sweeps only then (a standby makes no cloud calls). `on_sweep`: see `Swept`."""
         self.key = key
         self._cluster_id = cluster_id
         self._interval = interval
         self._clock = clock
         self._on_change = on_change
         self._wait_for_fresh = wait_for_fresh
+        self._acting = acting
+        self._on_sweep = on_sweep
+        self.users: set[str] = set()  # uids of the pools that use this key pair (CloudAccess keeps it)
         self._client: CvmClient | None = None
         self._snapshot: _Snapshot | None = None
         self._released: dict[str, float] = {}  # id -> clock when TerminateInstances answered
@@ -136,6 +157,8 @@ class Observer:
             by_owner.setdefault(owner, {})[instance.instance_id] = instance
         self._released = {i: at for i, at in self._released.items() if at >= started}
         previous, self._snapshot = self._snapshot, _Snapshot(started, by_owner)
+        if self._on_sweep is not None:
+            self._on_sweep(self.key, by_owner, client, started)
         if self._on_change is not None and previous is not None:
             changed = {
                 owner for owner in previous.by_owner.keys() | by_owner.keys()
@@ -152,7 +175,7 @@ class Observer:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            if self._client is not None:
+            if self._client is not None and self._acting():
                 try:
                     await asyncio.shield(self.start_sweep())
                 except Exception:  # logged by _finished; the next tick tries again

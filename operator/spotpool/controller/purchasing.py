@@ -4,10 +4,11 @@ Crash safety rests on two rules, kept here:
 
 1. Intent is recorded before money is spent. Every new RunInstances request is written to
    `status.inflightLaunches` (with its ClientToken, and the account it is bought in) before it is
-   sent. The write carries the object's resourceVersion as a precondition: if anyone else wrote
-   first, nothing is bought this pass. A restarted operator finds the record; the planner decides
-   whether to replay it, and a replay uses the same token, which CVM answers with the instances
-   the first call bought instead of buying more.
+   sent. The write carries the resourceVersion of the status the plan was made from as a
+   precondition (`statusstore`): if anyone else wrote since, nothing is bought this pass. A
+   restarted operator finds the record; the planner decides whether to replay it, and a replay
+   uses the same token, which CVM answers with the instances the first call bought instead of
+   buying more.
 2. Ownership is the `spotpool.io/environment-uid` tag. Whatever the operator forgot, it finds every
    instance it owns by listing that tag (or, for ids a record holds, by looking them up), and the
    planner releases what is not wanted.
@@ -29,8 +30,8 @@ from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import RunInstancesRequest
 from spotpool.controller.context import PassContext
 from spotpool.controller.failpoints import failpoint
-from spotpool.controller.kube import KubeApi
 from spotpool.controller.reporting import Reporting
+from spotpool.controller.statusstore import StatusMemory, StatusStore
 from spotpool.planner import (
     DroppedRecord,
     DropReason,
@@ -74,13 +75,13 @@ class PurchaseResult:
 
 
 class Purchasing:
-    def __init__(self, *, kube: KubeApi, reporting: Reporting, cluster_id: str, rng: random.Random) -> None:
-        self._kube = kube
+    def __init__(self, *, statuses: StatusStore, reporting: Reporting, cluster_id: str, rng: random.Random) -> None:
+        self._statuses = statuses
         self._reporting = reporting
         self._cluster_id = cluster_id
         self._rng = rng
 
-    async def execute(self, ctx: PassContext, plan: Plan, resource_version: str | None,
+    async def execute(self, ctx: PassContext, plan: Plan, memory: StatusMemory,
                       on_demand_backoff: dict[PoolKey, PoolBackoff] | None = None) -> PurchaseResult:
         """Record intents, then replay and buy concurrently. Raises `kube.Conflict` (nothing was
         bought) when the journal write loses its precondition. On-demand refusals back off in
@@ -93,11 +94,11 @@ class Purchasing:
         if intents:
             ctx.fence()
             failpoint("journal-write")
-            await self._kube.patch_status(ctx.ref.namespace, ctx.ref.name, {
+            await self._statuses.write_journal(ctx.ref.namespace, ctx.ref.name, memory, {
                 "inflightLaunches": [inflight_to_status(i) for i in result.journal],
                 "launchSequence": result.sequence,
                 "account": ctx.account,
-            }, resource_version=resource_version)
+            })
         # A task group, not gather: if one call fails unexpectedly the others are cancelled with
         # it, as a crash would stop them; their records stay and the planner settles them.
         turns = asyncio.Semaphore(CALLS_IN_FLIGHT)
@@ -193,7 +194,9 @@ class Purchasing:
 
     async def _run(self, ctx: PassContext, launch: InflightLaunch) -> list[str]:
         ctx.fence()
-        return await ctx.client.run_instances(self.request(ctx, launch))
+        # The client checks the fence again right before it signs each attempt (after its rate
+        # limiter and any retry's backoff), and bounds the attempt by the time the term has left.
+        return await ctx.client.run_instances(self.request(ctx, launch), guard=ctx.fence)
 
     def request(self, ctx: PassContext, launch: InflightLaunch) -> RunInstancesRequest:
         """The one RunInstances request a record stands for: a replay must repeat it exactly."""

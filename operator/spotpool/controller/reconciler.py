@@ -21,26 +21,30 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from spotpool.api.names import OWNER_UID_TAG
+from spotpool.api.names import LAUNCH_TAG, OWNER_UID_TAG
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.errors import CloudError
-from spotpool.cloud.models import PENDING, AccountQuota, Instance
+from spotpool.cloud.models import PENDING, TERMINATING, AccountQuota, Instance
+from spotpool.cloud.wire import PAGE_LIMIT
 from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
+from spotpool.controller.fencing import Fence, Leadership, NotLeader
 from spotpool.controller.kube import Conflict, KubeApi
 from spotpool.controller.launchcheck import STATUS_FIELD, LaunchChecker
 from spotpool.controller.observer import Observer
 from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
-from spotpool.controller.reporting import EventSink, PoolMemory, Reporting
+from spotpool.controller.reporting import EventSink, PoolMemory, Reporting, ids_text
+from spotpool.controller.statusstore import StatusStore
 from spotpool.metrics import Metrics
 from spotpool.planner import (
+    Census,
     ErrorRecord,
     InflightLaunch,
     Observation,
@@ -52,8 +56,8 @@ from spotpool.planner import (
 )
 from spotpool.planner.capacity import is_on_demand
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
-from spotpool.planner.formatting import parse_time
-from spotpool.planner.model import CapacitySignals, Purpose
+from spotpool.planner.model import UNANSWERED_SETTLED, CapacitySignals, Purpose
+from spotpool.planner.persistence import PersistedStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ class Outcome:
     problem: str | None = None
     awaiting_spot: bool = False  # fallback on-demand instances wait for spot to come back
 
+    waiting: str | None = None  # what a deletion waits for, in a sentence (Events, the handler's error)
+
     def next_delay(self, config: OperatorConfig) -> float:
         """Seconds until the next pass unless something wakes the pool sooner: the progress
         interval while buying or releasing; the observe interval after a problem, or while
@@ -77,18 +83,6 @@ class Outcome:
         if self.problem is not None or self.awaiting_spot:
             return config.observe_interval
         return config.heartbeat_interval
-
-
-class Leadership(Protocol):
-    """What the reconciler asks of leader election (`leadership.LeaderElector` or `Standalone`)."""
-
-    term: int
-
-    def is_leader(self, term: int | None = None) -> bool: ...
-
-
-class NotLeader(Exception):
-    """This replica stopped leading during a pass: the pass ends before its next write."""
 
 
 @dataclass
@@ -128,9 +122,10 @@ class Reconciler:
         self._metrics = metrics
         self._clock = clock
         self._guard = SecretGuard(kube)
-        self._reporting = Reporting(kube=kube, metrics=metrics, post_event=post_event)
-        self._purchasing = Purchasing(kube=kube, reporting=self._reporting, cluster_id=cloud.cluster_id,
-                                      rng=rng or random.Random())
+        self._statuses = StatusStore(kube)
+        self._reporting = Reporting(statuses=self._statuses, metrics=metrics, post_event=post_event)
+        self._purchasing = Purchasing(statuses=self._statuses, reporting=self._reporting,
+                                      cluster_id=cloud.cluster_id, rng=rng or random.Random())
         self._launch_checks = LaunchChecker(self._purchasing.request)
 
     async def reconcile(self, body: Mapping[str, Any], memory: PoolMemory, lock: asyncio.Lock, *,
@@ -139,52 +134,43 @@ class Reconciler:
         started = time.monotonic()
         async with lock:
             ref = ObjectRef.of(body)
-            fence = self._fence()
+            # The term the pass began in: every write and every spending call checks it, the CVM
+            # client again right before it signs (after any wait in its rate limiter or backoff).
+            fence = Fence(self._leadership)
             try:
                 fence()
                 return await self._pass(body, memory, deleting, fence)
             except Conflict as exc:
+                memory.store.drop()
                 log.info("%s: %s; acting next pass on the newer object", ref, exc)
                 return Outcome(progressing=True, problem=str(exc))
             except NotLeader as exc:
+                memory.store.drop()  # a later term plans from the body, never from this term's memory
                 return Outcome(progressing=False, problem=str(exc))
             except Exception:
+                memory.store.drop()
                 self._metrics.reconcile_errors.labels(ref.namespace, ref.name).inc()
                 raise
             finally:
                 self._metrics.reconcile_duration.observe(time.monotonic() - started)
 
-    def _fence(self) -> Callable[[], None]:
-        """A check to make before every write and every cloud call that spends or releases: it
-        raises `NotLeader` once this replica's term (the one the pass began in) is over."""
-        leadership = self._leadership
-        if leadership is None:
-            return lambda: None
-        term = leadership.term
-
-        def check() -> None:
-            if not leadership.is_leader(term):
-                raise NotLeader("not the leader: another replica acts")
-
-        return check
-
-    async def _pass(self, body: Mapping[str, Any], memory: PoolMemory, deleting: bool,
-                    fence: Callable[[], None]) -> Outcome:
+    async def _pass(self, body: Mapping[str, Any], memory: PoolMemory, deleting: bool, fence: Fence) -> Outcome:
         now = self._clock()
-        # This process is the only writer of status, so what it wrote last is never older than the
-        # body, whose watch event may still be on its way.
-        status = dict(memory.status if memory.status is not None else body.get("status") or {})
-        resolved = await resolve(body=body, status=status, kube=self._kube, cloud=self._cloud,
+        # One picture of the status per pass, typed: this process's memory only when provably as
+        # new as the body (controller/statusstore.py), and every write conditional on it.
+        picture = self._statuses.read(body, memory.store, fence.term)
+        persisted = picture.persisted
+        resolved = await resolve(body=body, persisted=persisted, kube=self._kube, cloud=self._cloud,
                                  guard=self._guard, deleting=deleting, now=now, fence=fence,
                                  policy=self._policy, pools=self._pools)
         if isinstance(resolved, Blocked):
-            return await self._blocked(body, memory, status, resolved, now, deleting, fence)
+            return await self._blocked(body, memory, persisted, resolved, now, deleting, fence)
         ctx = resolved
         # A new or changed launch spec is tried with RunInstances DryRun before anything is bought:
         # a refusal buys nothing this pass (releases go on, as under a spend guard) and names the
         # spec field. The check runs beside the observation, so it costs a pool's first purchase
         # no round trip of its own; both end before the plan is made.
-        checking, observing = await asyncio.gather(self._launch_checks.check(ctx), self._observe(ctx),
+        checking, observing = await asyncio.gather(self._launch_checks.check(ctx), self._observe(ctx, memory),
                                                    return_exceptions=True)
         if isinstance(checking, BaseException):
             raise checking
@@ -195,14 +181,14 @@ class Reconciler:
             if checked.refused is not None:
                 ctx = replace(ctx, purchases_refused=(DegradedReason.INVALID_CONFIG, checked.refused))
         if isinstance(observing, CloudError):
-            return await self._blocked(body, memory, status, Blocked(
+            return await self._blocked(body, memory, persisted, Blocked(
                 REASON_BY_CATEGORY[observing.category], describe(observing), ctx.spec), now, deleting, fence)
         if isinstance(observing, BaseException):
             raise observing
         observation, market, quota = observing
         signals = CapacitySignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
                                   quota=quota, reclaims=memory.recent_reclaims(now),
-                                  spot_short_since=_spot_short_since(status))
+                                  spot_short_since=persisted.spot_short_since)
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=market.spot,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
                        purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None,
@@ -220,7 +206,7 @@ class Reconciler:
         self._reporting.notice_losses(ctx, memory, census)
         report = build_status(
             spec=ctx.spec, generation=ctx.ref.generation, environment_label=ctx.ref.name, now=now,
-            previous_conditions=list(status.get("conditions") or []), census=census,
+            previous_conditions=[dict(c) for c in persisted.conditions], census=census,
             journal=acted.purchases.journal, sequence=acted.purchases.sequence, account=ctx.account,
             offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
@@ -235,24 +221,66 @@ class Reconciler:
         if complete:
             await self._guard.release(ctx.ref.namespace, ctx.spec.credentials_secret_ref.name,
                                       leaving_uid=ctx.ref.uid)
+        waiting = None if not deleting or complete else _deletion_wait(census, acted.purchases.journal)
         return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
-                       deletion_complete=complete, awaiting_spot=not deleting and _awaits_spot(ctx.spec, report))
+                       deletion_complete=complete, awaiting_spot=not deleting and _awaits_spot(ctx.spec, report),
+                       waiting=waiting)
 
-    async def _observe(self, ctx: PassContext) -> tuple[Observation, Market, AccountQuota | None]:
+    async def _observe(self, ctx: PassContext, memory: PoolMemory) -> tuple[Observation, Market, AccountQuota | None]:
         """The listing's slice, the market and the account's quota (one round trip, each shared
-        with the account's other pools), then the journal ids the listing lacks."""
+        with the account's other pools), then every id the pool knew that the listing lacks.
+
+        An absence is never taken on the listing's word: offset pages skip an instance when
+        another goes between two page reads, the tag index lags, and a sweep sees only what its
+        key may see. Every id the pool knew (status, journal, this process's memory) that the
+        sweep does not show is looked up by id with the pool's own key before anything is
+        bought for it or a deletion lets it go."""
         listed, market, quota = await asyncio.gather(
             self._observer(ctx).slice(ctx.ref.uid),
             self._cloud.offers(ctx.key, ctx.client, ctx.spec.zones, ctx.spec.instance_types),
             self._cloud.quota(ctx.key, ctx.client),
         )
         seen = {i.instance_id for i in listed}
-        missing = sorted({i for launch in ctx.journal for i in launch.instance_ids} - seen)
-        confirmed = await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed))
-        return Observation(listed=tuple(listed), confirmed=confirmed), market, quota
+        known = set(ctx.persisted.known_ids) | set(memory.alive or ()) | set(memory.released)
+        missing = sorted(known - seen)
+        confirmed = dict(await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed)))
+        found, unbought = await self._settle_unanswered(ctx, listed)
+        confirmed.update({i.instance_id: i for i in found if i.instance_id not in seen})
+        return Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought), market, quota
+
+    async def _settle_unanswered(self, ctx: PassContext,
+                                 listed: list[Instance]) -> tuple[list[Instance], frozenset[str]]:
+        """What launch records whose RunInstances never answered bought, once their calls have
+        landed or never will (`UNANSWERED_SETTLED`): a listing of the record's zone since a day
+        before it was made, which does not go through the tag index (it may lag by minutes or
+        hours), shows the instances carrying its token, or proves it bought nothing. Read twice
+        when it spans pages (offset paging may skip one while instances come and go): both must
+        show nothing. (`instance-type` is no DescribeInstances filter; the token tag is read from
+        each instance's own tags.)"""
+        tagged = {i.tags.get(LAUNCH_TAG) for i in listed}
+        settled = [r for r in ctx.journal if not r.instance_ids and r.client_token not in tagged
+                   and ctx.now - r.requested_at >= UNANSWERED_SETTLED]
+        by_zone: dict[str, list[InflightLaunch]] = {}
+        for record in settled:
+            by_zone.setdefault(record.zone, []).append(record)
+        found: list[Instance] = []
+        unbought: set[str] = set()
+        for zone, records in list(by_zone.items())[:MAX_SETTLING_LISTINGS]:
+            tokens = {r.client_token for r in records}
+            # The documented format names no time zone: a day's margin keeps any reading a superset.
+            since = min(r.requested_at for r in records) - timedelta(days=1)
+            filters = {"zone": [zone], "creation-start-time": [since.strftime("%Y-%m-%d %H:%M:%S")]}
+            reads = [await ctx.client.describe_instances(filters=filters)]
+            if len(reads[0]) >= PAGE_LIMIT:
+                reads.append(await ctx.client.describe_instances(filters=filters))
+            mine = [i for read in reads for i in read
+                    if i.tags.get(LAUNCH_TAG) in tokens and i.tags.get(OWNER_UID_TAG) == ctx.ref.uid]
+            found += mine
+            unbought |= tokens - {i.tags.get(LAUNCH_TAG) for i in mine}
+        return found, frozenset(unbought)
 
     def _observer(self, ctx: PassContext) -> Observer:
-        return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client)
+        return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client, ctx.ref.uid)
 
     async def _act(self, ctx: PassContext, decided: Plan, memory: PoolMemory) -> _Acted:
         """Returns first, then purchases, then the other releases. A fallback instance whose spot
@@ -262,8 +290,7 @@ class Reconciler:
         released, last_error = await self._release(ctx, memory, decided.returns, ReleaseReason.RETURN_TO_SPOT)
         if last_error is not None:
             decided = replace(decided, launches=tuple(b for b in decided.launches if b.purpose is not Purpose.RETURN))
-        purchases = await self._purchasing.execute(ctx, decided, memory.resource_version(ctx.ref.resource_version),
-                                                   memory.on_demand_backoff)
+        purchases = await self._purchasing.execute(ctx, decided, memory.store, memory.on_demand_backoff)
         last_error = last_error or purchases.last_error
         for batches, reason in ((decided.releases, decided.release_reason), (decided.cleanup, ReleaseReason.UNWANTED)):
             if reason is None:
@@ -280,7 +307,7 @@ class Reconciler:
         for ids in batches:
             ctx.fence()
             try:
-                await ctx.client.terminate_instances(ids)
+                await ctx.client.terminate_instances(ids, guard=ctx.fence)
                 failpoint("after-terminate-instances")
             except CloudError as exc:
                 self._reporting.event(ctx, "Warning", "ReleaseFailed",
@@ -291,8 +318,8 @@ class Reconciler:
             self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
         return released, None
 
-    async def _blocked(self, body: Mapping[str, Any], memory: PoolMemory, status: Mapping[str, Any],
-                       blocked: Blocked, now: datetime, deleting: bool, fence: Callable[[], None]) -> Outcome:
+    async def _blocked(self, body: Mapping[str, Any], memory: PoolMemory, persisted: PersistedStatus,
+                       blocked: Blocked, now: datetime, deleting: bool, fence: Fence) -> Outcome:
         """No plan can be made: report why, from the same builder as every other status."""
         ref = ObjectRef.of(body)
         if deleting and blocked.nothing_to_release and blocked.spec is not None:
@@ -301,10 +328,10 @@ class Reconciler:
             fence()
             await self._guard.release(ref.namespace, blocked.spec.credentials_secret_ref.name, leaving_uid=ref.uid)
             return Outcome(progressing=False, deletion_complete=True)
-        if deleting and _deleted_already(status):
+        if deleting and persisted.deleted_already:
             return Outcome(progressing=False, deletion_complete=True)
         report = build_status(spec=blocked.spec, generation=ref.generation, environment_label=ref.name, now=now,
-                              previous_conditions=list(status.get("conditions") or []),
+                              previous_conditions=[dict(c) for c in persisted.conditions],
                               blocked=(blocked.reason, blocked.message), deleting=deleting)
         fence()
         await self._reporting.write(ref, body, memory, report, now)
@@ -323,6 +350,10 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
     }[reason]
     return label, why
 
+
+MAX_SETTLING_LISTINGS = 4
+"""Zone listings a pass makes to settle unanswered launch records (`_settle_unanswered`);
+any others wait for the next pass. Unanswered records are rare: a lost answer, a crash."""
 
 MAX_REPLACEMENTS_LOOKED_UP = 1000
 """Pending spot replacements looked up by id per pass: at most 10 DescribeInstances calls, and only
@@ -358,19 +389,6 @@ def _vcpus_bought(bought: list[InflightLaunch], market: Market) -> dict[tuple[st
     return spent
 
 
-def _spot_short_since(status: Mapping[str, Any]) -> datetime | None:
-    """When spot became short, as the last pass wrote it (the fallback's wait counts from it).
-    Unreadable means not recorded: the wait starts again, which only delays a fallback."""
-    capacity = status.get("capacity")
-    since = capacity.get("spotShortSince") if isinstance(capacity, Mapping) else None
-    if not isinstance(since, str):
-        return None
-    try:
-        return parse_time(since)
-    except ValueError:
-        return None
-
-
 def _awaits_spot(spec: EnvironmentSpec, report: StatusReport) -> bool:
     """The pool holds fallback on-demand instances that are to return to spot."""
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled and not spec.paused
@@ -378,10 +396,28 @@ def _awaits_spot(spec: EnvironmentSpec, report: StatusReport) -> bool:
     return returning and bool(capacity.get("onDemandFallback"))
 
 
-def _deleted_already(status: Mapping[str, Any]) -> bool:
-    """A deletion that already released everything and let its Secret go (a restart between
-    the Secret's finalizer and the object's): the status it wrote says so, and nothing is left."""
-    progressing: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
-    return (progressing.get("reason") == "Deleted" and not status.get("inflightLaunches")
-            and not status.get("currentCount"))
+def _deletion_wait(census: Census, journal: list[InflightLaunch]) -> str | None:
+    """What a deletion still waits for, named: the Event and the delete handler say it once."""
+    parts = []
+    releasing = [i.instance_id for i in census.owned if i.state != TERMINATING]
+    terminating = [i.instance_id for i in census.owned if i.state == TERMINATING]
+    if releasing:
+        parts.append(f"releasing {len(releasing)} instances ({ids_text(sorted(releasing))})")
+    if terminating:
+        parts.append(f"waiting for the cloud to confirm {len(terminating)} terminating instances are gone "
+                     f"({ids_text(sorted(terminating))})")
+    for launch in journal[:MAX_RECORDS_NAMED]:
+        if launch.instance_ids:
+            parts.append(f"waiting for the cloud to list or deny the instances of launch record "
+                         f"{launch.client_token} ({ids_text(list(launch.instance_ids))})")
+        else:
+            parts.append(f"waiting for the answer to launch record {launch.client_token} ({launch.count} "
+                         f"{launch.instance_type} in {launch.zone}), replayed with its own ClientToken to learn "
+                         f"what it bought")
+    if len(journal) > MAX_RECORDS_NAMED:
+        parts.append(f"and {len(journal) - MAX_RECORDS_NAMED} more launch records")
+    return "; ".join(parts) or None
+
+
+MAX_RECORDS_NAMED = 3
+"""Launch records a deletion's waiting sentence names; the rest are counted."""

@@ -107,6 +107,16 @@ class _While(logging.Filter):
         return self._condition()
 
 
+DELETION_WAITS = "deletion waits: "
+"""How the delete handler's retry message starts: kopf logs every retry, and the Event it would
+post each time is left to the log; the handler posts one Event when what it waits for changes."""
+
+
+class _NotRetries(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"failed temporarily: {DELETION_WAITS}" not in record.getMessage()
+
+
 def tracebacks_off_events(logger_name: str = "kopf.objects", *, only_while: Callable[[], bool] | None = None) -> int:
     """Give every handler of kopf's per-object logger that posts Events the `EventText` format, and
     with `only_while` (leadership) let it post only while that holds: a standby must post nothing.
@@ -115,6 +125,7 @@ def tracebacks_off_events(logger_name: str = "kopf.objects", *, only_while: Call
     for handler in logging.getLogger(logger_name).handlers:
         if type(handler).__name__ == "K8sPoster":
             handler.setFormatter(EventText())
+            handler.addFilter(_NotRetries())
             if only_while is not None:
                 handler.addFilter(_While(only_while))
             found += 1

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from spotpool.cloud.errors import code_label
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
 from spotpool.controller.failpoints import failpoint
-from spotpool.controller.kube import KubeApi
+from spotpool.controller.statusstore import StatusMemory, StatusStore, merge_patch
 from spotpool.metrics import Metrics
 from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
 from spotpool.planner.formatting import format_price, format_time, parse_time
@@ -56,12 +56,12 @@ class PoolMemory:
     decision is made from the cloud and the persisted status.
     """
 
-    status: dict[str, Any] | None = None  # the status as last written by this process
-    written_at: tuple[str | None, str] | None = None  # (resourceVersion before, after) our last write
+    store: StatusMemory = field(default_factory=StatusMemory)  # the status as this process last wrote it
     alive: dict[str, Instance] | None = None
     released: dict[str, datetime] = field(default_factory=dict)
     shortfall_since: float | None = None
     on_demand_backoff: dict[PoolKey, PoolBackoff] = field(default_factory=dict)
+    deletion_wait: str | None = None  # what the delete handler last said it waits for (said once)
     reclaims: deque[tuple[datetime, PoolKey]] = field(default_factory=lambda: deque(maxlen=MAX_RECLAIMS_KEPT))
 
     def recent_reclaims(self, now: datetime) -> dict[PoolKey, int]:
@@ -70,38 +70,30 @@ class PoolMemory:
             self.reclaims.popleft()
         return dict(Counter(pool for _, pool in self.reclaims))
 
-    def resource_version(self, body_version: str | None) -> str | None:
-        """The object's resourceVersion as this process last saw it: the body's, unless the body
-        predates our own last write (its watch event is still on the way)."""
-        if self.written_at is not None and self.written_at[0] == body_version:
-            return self.written_at[1]
-        return body_version
-
 
 class Reporting:
-    def __init__(self, *, kube: KubeApi, metrics: Metrics, post_event: EventSink) -> None:
-        self._kube = kube
+    def __init__(self, *, statuses: StatusStore, metrics: Metrics, post_event: EventSink) -> None:
+        self._statuses = statuses
         self._metrics = metrics
         self._post_event = post_event
 
     # -- status ------------------------------------------------------------------------------------
     async def write(self, ref: ObjectRef, body: Mapping[str, Any], memory: PoolMemory, report: StatusReport,
                     now: datetime) -> None:
-        previous = dict(memory.status if memory.status is not None else body.get("status") or {})
+        """Write the pass's status over the picture it planned from (`statusstore`), unless it
+        changes nothing a user sees and the heartbeat is not due."""
+        previous = dict(memory.store.status or {})
         status = dict(report.body)
-        merged = {k: v for k, v in {**previous, **status}.items() if v is not None}
+        merged = merge_patch(previous, status)
         last = previous.get("lastReconcileTime")
         stale = not isinstance(last, str) or _parse(last) < now - STATUS_HEARTBEAT
-        previous.pop("lastReconcileTime", None)
-        merged.pop("lastReconcileTime", None)
-        if merged == previous and not stale:
+        unchanged = {k: v for k, v in merged.items() if k != "lastReconcileTime"} == {
+            k: v for k, v in previous.items() if k != "lastReconcileTime"}
+        if unchanged and not stale:
             return
         status["lastReconcileTime"] = format_time(now)
         failpoint("status-write")
-        version = await self._kube.patch_status(ref.namespace, ref.name, status)
-        memory.written_at = (ref.resource_version, version)
-        merged["lastReconcileTime"] = status["lastReconcileTime"]
-        memory.status = merged
+        await self._statuses.write_status(ref.namespace, ref.name, memory.store, status)
         self.announce_transitions(body, previous, report.body)
 
     def announce_transitions(self, body: Mapping[str, Any], before_status: Mapping[str, Any],
@@ -181,10 +173,9 @@ class Reporting:
         current = {i.instance_id: i for i in census.owned}
         if memory.alive is None:  # first look since start: what status last said was alive
             memory.alive = {
-                item["id"]: Instance(item["id"], item.get("zone", ""), item.get("instanceType", ""),
-                                     item.get("state", ""), "SPOTPAID", None, {})
-                for item in ctx.status.get("instances") or []
-                if isinstance(item, Mapping) and item.get("state") in (PENDING, RUNNING) and "id" in item
+                known.instance_id: Instance(known.instance_id, known.zone, known.instance_type, known.state,
+                                            "SPOTPAID", None, {})
+                for known in ctx.persisted.instances if known.state in (PENDING, RUNNING)
             }
         lost: dict[str, list[str]] = {"lost": [], "launch_failed": []}
         for instance_id, before in memory.alive.items():

@@ -14,7 +14,9 @@ import kopf
 from spotpool.cloud.client import warm_up
 from spotpool.controller import leadership
 from spotpool.controller.cloudaccess import CloudAccess
+from spotpool.controller.collector import OrphanCollector
 from spotpool.controller.config import OperatorConfig
+from spotpool.controller.fencing import Fence
 from spotpool.controller.kube import ClusterKubeApi
 from spotpool.controller.leadership import LeaderElector, Standalone
 from spotpool.controller.policy import IndexedPools, Policy
@@ -44,6 +46,7 @@ class Runtime:
         self.metrics: Metrics = METRICS
         self.reconciler: Reconciler | None = None
         self.cloud: CloudAccess | None = None
+        self.collector: OrphanCollector | None = None
         self.leadership: LeaderElector | Standalone = Standalone()
         self.kube: ClusterKubeApi | None = None
         self._secrets_watched = False
@@ -65,6 +68,15 @@ class Runtime:
                 "is not readable (grant get on namespaces) and no --cluster-id / SPOTPOOL_CLUSTER_ID "
                 "is set")
         cluster_id = _TAG_VALUE.sub("-", cluster_id)[:63]
+        # The backstop for instances no pool counts any more (controller/collector.py): leader only,
+        # fenced like every release, for the namespaces this installation watches.
+        self.collector = OrphanCollector(
+            live_uids=self._live_uids, namespaces=self.config.namespaces, grace=self.config.orphan_grace,
+            release=self.config.orphan_release, report=self._report_orphans,
+            guard=lambda: Fence(self.leadership), acting=lambda: self.leadership.is_leader(),
+            on_count=lambda key, n: self.metrics.orphans.labels(key.region, key.account_id).set(n),
+            on_released=lambda key, n: self.metrics.orphans_released.labels(key.region, key.account_id).inc(n),
+        )
         self.cloud = CloudAccess(
             cluster_id=cluster_id,
             observer=self.metrics.observe_api_call,
@@ -73,6 +85,10 @@ class Runtime:
             observe_interval=self.config.observe_interval,
             on_change=self.wake_all,
             sweep_on_timer=True,
+            # A standby sweeps nothing: only the leader's timers call the cloud.
+            acting=lambda: self.leadership.is_leader(),
+            on_sweep=self.collector.swept,
+            on_closed=self.collector.forget,
         )
         # Only the leader observes, buys and releases; followers keep their daemons idle. The Lease
         # is named from the cluster id, so two installations on one cluster elect one leader.
@@ -99,6 +115,20 @@ class Runtime:
         if self.pools.index is None:
             self.pools.index = index
 
+    def _live_uids(self) -> list[str] | None:
+        claims = self.pools.claims()
+        return None if claims is None else [claim.uid for claim in claims]
+
+    def _report_orphans(self, reason: str, message: str) -> None:
+        """Orphans belong to no object any more: the Warning goes on the operator's own Pod (where
+        it runs in one), and to the log either way. Only the leader posts."""
+        log.warning("%s: %s", reason, message)
+        pod, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if pod and namespace and self.leadership.is_leader():
+            kopf.event(cast(kopf.Body, {"apiVersion": "v1", "kind": "Pod",
+                                        "metadata": {"name": pod, "namespace": namespace}}),
+                       type="Warning", reason=reason, message=message[:1024])
+
     def _started_leading(self, term: int) -> None:
         log.info("leading (term %d): reconciling every pool now", term)
         for wakeup in self._wakeups.values():
@@ -110,6 +140,8 @@ class Runtime:
     async def stop(self) -> None:
         self.ready.clear()
         await self.leadership.stop()
+        if self.collector is not None:
+            await self.collector.close()
         if self.cloud is not None:
             await self.cloud.close()
 
@@ -135,6 +167,8 @@ class Runtime:
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._wakeups.pop(uid, None)
         self._namespaces.pop(uid, None)
+        if self.cloud is not None:
+            self.cloud.forget_pool(uid)  # its key pair's sweeps stop once no pool uses it
         self.metrics.forget_environment(namespace, name)
 
 

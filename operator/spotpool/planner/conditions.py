@@ -32,6 +32,7 @@ class Counts:
     inflight_unseen: int
     remaining: int  # owned instances not yet terminating (what a deletion still has to release)
     returning: int = 0  # pending spot replacements of fallback on-demand instances (not surplus)
+    terminating: int = 0  # owned instances the cloud still shows terminating (a deletion waits for them)
 
 
 def ready(counts: Counts, *, deleting: bool) -> tuple[bool, str, str]:
@@ -51,14 +52,14 @@ def progressing(counts: Counts, *, paused: bool, deleting: bool,
     """True while instances are being bought, started or released. `refused`: (reason, message)
     of a spend guard: a deficit is then not bought, so it is no progress."""
     if deleting:
-        if counts.remaining or counts.inflight_unseen:
-            waiting = (
-                f", waiting for {counts.inflight_unseen} launched instances to appear"
-                if counts.inflight_unseen
-                else ""
-            )
-            return True, "Deleting", f"releasing {counts.remaining} instances{waiting}"
-        return False, "Deleted", "every instance is released"
+        if counts.remaining or counts.inflight_unseen or counts.terminating:
+            parts = [f"releasing {counts.remaining} instances"]
+            if counts.terminating:
+                parts.append(f"waiting for the cloud to confirm {counts.terminating} terminating instances are gone")
+            if counts.inflight_unseen:
+                parts.append(f"waiting for {counts.inflight_unseen} launched instances to appear")
+            return True, "Deleting", ", ".join(parts)
+        return False, "Deleted", "the cloud confirmed every instance is gone"
     if paused:
         return (
             False,

@@ -7,13 +7,21 @@ repeat of the token with what the first call bought instead of buying again. A r
 - kept while any returned id is unseen or only found by an `InstanceIds` lookup: those
   instances are bought, so they count, and are released like any other when not wanted;
 - replayed, when RunInstances never answered with ids (outcome unknown), only if all of these hold:
-  the environment is not being deleted (a replay may buy what the first call never did), it is
-  not paused, the record's pool is still a candidate, and the deficit left after what is alive
-  and every earlier record still covers the record's whole count (a replay must repeat the
-  original parameters exactly, so it cannot be trimmed). A replay that answers restarts the
-  record's clock;
-- otherwise held, still counted (it may have bought), until `INFLIGHT_VISIBILITY_GRACE` after it
-  was made: anything it bought would have been listed by then, so it is then dropped.
+  the record is younger than `INFLIGHT_VISIBILITY_GRACE` (CVM does not document how long it
+  remembers a token: past that a replay might buy anew instead of answering), the environment is
+  not being deleted (a replay may buy what the first call never did), it is not paused, the
+  record's pool is still a candidate, and the deficit left after what is alive and every earlier
+  record still covers the record's whole count (a replay must repeat the original parameters
+  exactly, so it cannot be trimmed). A replay that answers restarts the record's clock;
+- resolved as bought-nothing (dropped) when an authoritative listing proves it: once a record is
+  `UNANSWERED_SETTLED` old, the executor lists its zone and instance type without a tag filter
+  (the tag index may lag by minutes or hours; that listing does not go through it), and nothing
+  there carries its token (`Observation.unbought`). Anything it bought would be there: any call
+  of a past term was sent before that term ended and has landed by then. So a deletion, or a pool
+  whose deficit shrank, learns within a minute what an unanswered call bought, buying nothing;
+- otherwise held, still counted (it may have bought), until the grace has passed since it was
+  made; it is then dropped (what it may have bought carries the installation's tags: the orphan
+  collector releases it if its pool is gone).
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ class JournalDecision:
 
 
 def decide_journal(
-    *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool, purchases_refused: str | None = None
+    *, spec: EnvironmentSpec, census: Census, now: datetime, deleting: bool, purchases_refused: str | None = None,
+    unbought: frozenset[str] = frozenset(),
 ) -> JournalDecision:
     """Apply the rules above to every record of `census`, oldest first. `purchases_refused` (why
     purchases are refused: a spend guard, a failed launch check) holds every replay, as a deletion
@@ -64,8 +73,16 @@ def decide_journal(
             if overdue:
                 unlisted_overdue += counted.unlisted
             continue
+        if launch.client_token in unbought:
+            dropped.append(DroppedRecord(
+                launch.client_token, DropReason.NOT_BOUGHT,
+                f"RunInstances for {launch.count} {launch.instance_type} in {launch.zone} never answered, and a "
+                f"listing of {launch.zone} and {launch.instance_type} (not through the tag index) shows nothing "
+                f"carrying its ClientToken: it bought nothing",
+            ))
+            continue
         why_not = _why_not_replay(launch, spec=spec, deleting=deleting, budget=budget, candidates=candidates,
-                                  purchases_refused=purchases_refused)
+                                  purchases_refused=purchases_refused, overdue=overdue)
         budget -= launch.count  # replayed or held, it may be alive: later records see less room
         if why_not is None:
             keep.append(launch)
@@ -75,7 +92,8 @@ def decide_journal(
                 launch.client_token, DropReason.EXPIRED,
                 f"RunInstances for {launch.count} {launch.instance_type} in {launch.zone} never answered and "
                 f"was not replayed ({why_not}); nothing it could have bought appeared within "
-                f"{int(INFLIGHT_VISIBILITY_GRACE.total_seconds())} s",
+                f"{int(INFLIGHT_VISIBILITY_GRACE.total_seconds())} s (should anything appear later, it carries "
+                f"the pool's tags: the pool or the orphan collector releases it)",
             ))
         else:
             keep.append(launch)
@@ -90,7 +108,11 @@ def _why_not_replay(
     budget: int,
     candidates: set[tuple[str, str]],
     purchases_refused: str | None = None,
+    overdue: bool = False,
 ) -> str | None:
+    if overdue:
+        grace = int(INFLIGHT_VISIBILITY_GRACE.total_seconds())
+        return f"it is older than {grace} s, and CVM may have forgotten its token"
     if deleting:
         return "the environment is being deleted"
     if purchases_refused:

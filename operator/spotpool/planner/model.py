@@ -33,18 +33,30 @@ MAX_RELEASE_IDS = 100
 """Instance ids per TerminateInstances call (CVM limit)."""
 
 INFLIGHT_VISIBILITY_GRACE = timedelta(minutes=10)
-"""How long a launch record whose outcome is unknown (RunInstances never answered with ids) is
-held when it may not be replayed (deleting, pool removed, deficit shrunk).
+"""How long a launch record whose outcome is unknown (RunInstances never answered with ids) may
+be replayed, and is held when it may not be (pool removed, deficit shrunk).
 
-Whatever such a call bought carries the ownership tag and shows up in the listing within seconds;
-a record still unresolved this long after it was made bought nothing. Records whose ids are known
-never expire: their ids are looked up by `InstanceIds` until they are listed or proven gone.
-It also bounds how long a deletion waits for such a record before it declares itself done.
+CVM does not document how long it remembers a ClientToken: past this age a replay might buy anew
+instead of answering, so no record older than this is ever replayed. Most unanswered records are
+resolved long before (`UNANSWERED_SETTLED`); one held this long is dropped. Whatever it may have
+bought carries the installation's tags, so the listing shows it once the tag index has it, and the
+orphan collector releases it when its pool is gone. Records whose ids are known never expire:
+their ids are looked up by `InstanceIds` until they are listed or proven gone.
 """
 
+UNANSWERED_SETTLED = timedelta(seconds=60)
+"""Age after which an unanswered record's call has landed or never will: every spending call is
+sent only within its sender's leadership term and bounded by the time that term has left (the
+CVM client's guard), and a record is written in the term that sends it. A term ends at most a
+renew deadline (10 s by default) after its last renewal; a minute covers that, the call's own
+timeout and the margin before a new leader acts. From then on an unanswered record is resolved
+from a listing of its zone and instance type that does not go through the tag index
+(`Observation.unbought`)."""
+
 MAX_JOURNAL_RECORDS = 200
-"""Records read back from status at most: a deficit of 10,000 is 100 batches of 100, and replays
-double that at worst. Anything beyond is not a record this operator wrote."""
+"""Records read back from status at most, and so the most the planner ever keeps: a pass adds new
+batches only while the journal has room (`plan`), so the operator's own records never overflow.
+A deficit of 10,000 is 100 batches of 100. Anything beyond is not a record this operator wrote."""
 
 
 class ReleaseReason(StrEnum):
@@ -87,10 +99,15 @@ class Observation:
       is listed too replaces the listed one (the look-up is the newer answer: a return to spot
       looks up its pending replacements to see them run before the next sweep); `None` for a
       listed id changes nothing.
+    - `unbought`: tokens of unanswered launch records at least `UNANSWERED_SETTLED` old that a
+      listing of their zone and instance type (not through the tag index) shows nothing of:
+      they bought nothing. Instances such a listing shows carrying a record's token are in
+      `confirmed`.
     """
 
     listed: tuple[Instance, ...] = ()
     confirmed: Mapping[str, Instance | None] = field(default_factory=dict)
+    unbought: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,7 @@ class DropReason(StrEnum):
 
     MALFORMED = "Malformed"  # unreadable, or outside what this operator ever writes
     EXPIRED = "Expired"  # outcome unknown, held past the grace, nothing showed up
+    NOT_BOUGHT = "NotBought"  # outcome unknown, and a listing not through the tag index shows nothing of it
     REFUSED = "Refused"  # the cloud refused the (re)play: nothing was bought under its token
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from spotpool.cloud.errors import ErrorCategory
@@ -148,3 +150,115 @@ def backoff_from_status(status: Mapping[str, Any]) -> dict[PoolKey, PoolBackoff]
         except (AttributeError, KeyError, TypeError, ValueError):
             continue
     return backoff
+
+
+@dataclass(frozen=True)
+class KnownInstance:
+    """An instance as the status last listed it: enough to look it up, and to tell a loss."""
+
+    instance_id: str
+    zone: str
+    instance_type: str
+    state: str
+
+
+@dataclass(frozen=True)
+class PersistedStatus:
+    """The status a pass plans from, read once and checked, so no pass reads raw status fields.
+
+    Everything a decision needs from what earlier passes (of this process, of a crashed one, of a
+    past leader) persisted: the journal, the launch sequence, the backoff, the account the pool
+    buys in, the fallback timer, the instances last listed, the launch spec that passed its check.
+    """
+
+    journal: tuple[InflightLaunch, ...] = ()
+    malformed: tuple[DroppedRecord, ...] = ()
+    sequence: int = 0
+    backoff: Mapping[PoolKey, PoolBackoff] = field(default_factory=dict)
+    account: Mapping[str, str] | None = None
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    spot_short_since: datetime | None = None
+    instances: tuple[KnownInstance, ...] = ()
+    current_count: int = 0
+    validated_launch_spec: str | None = None
+
+    @property
+    def known_ids(self) -> frozenset[str]:
+        """Every instance id the status says this pool holds or bought: listed ones and the ids
+        launch records returned. An id here that a sweep does not show is looked up by id before
+        anything is decided on its absence."""
+        return frozenset(i.instance_id for i in self.instances) | frozenset(
+            i for launch in self.journal for i in launch.instance_ids)
+
+    @property
+    def may_own_instances(self) -> bool:
+        """Whether instances bought under the recorded account may still exist, as far as status
+        says. The account is recorded with the journal before the first purchase, so a purchase
+        that crashed before any listing still shows as a record here."""
+        return bool(self.current_count or self.journal or self.malformed or self.instances)
+
+    def condition(self, kind: str) -> Mapping[str, Any]:
+        return next((c for c in self.conditions if c.get("type") == kind), {})
+
+    @property
+    def deleted_already(self) -> bool:
+        """A deletion that already released everything and let its Secret go (a restart between
+        the Secret's finalizer and the object's): the status it wrote says so, and nothing is left."""
+        return (self.condition("Progressing").get("reason") == "Deleted" and not self.journal
+                and not self.malformed and not self.current_count)
+
+
+def read_status(status: Mapping[str, Any]) -> PersistedStatus:
+    """The typed, validated view of a status (anyone with patch on the status subresource may
+    have written it: every field is checked, and what cannot be read is left out as if unset)."""
+    journal, malformed = read_journal(status)
+    account = status.get("account")
+    conditions = status.get("conditions")
+    current = status.get("currentCount")
+    validated = status.get(VALIDATED_LAUNCH_SPEC)
+    return PersistedStatus(
+        journal=tuple(journal),
+        malformed=tuple(malformed),
+        sequence=_sequence(status.get("launchSequence")),
+        backoff=backoff_from_status(status),
+        account={str(k): str(v) for k, v in account.items()} if isinstance(account, Mapping) else None,
+        conditions=tuple(c for c in conditions if isinstance(c, Mapping)) if isinstance(conditions, list) else (),
+        spot_short_since=_spot_short_since(status.get("capacity")),
+        instances=tuple(_known_instances(status.get("instances"))),
+        current_count=current if isinstance(current, int) and not isinstance(current, bool) and current > 0 else 0,
+        validated_launch_spec=validated if isinstance(validated, str) else None,
+    )
+
+
+VALIDATED_LAUNCH_SPEC = "validatedLaunchSpec"
+"""The status field naming the launch spec digest that passed its DryRun check."""
+
+
+def _sequence(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _spot_short_since(capacity: Any) -> datetime | None:
+    """When spot became short, as the last pass wrote it (the fallback's wait counts from it).
+    Unreadable means not recorded: the wait starts again, which only delays a fallback."""
+    since = capacity.get("spotShortSince") if isinstance(capacity, Mapping) else None
+    if not isinstance(since, str):
+        return None
+    try:
+        return parse_time(since)
+    except ValueError:
+        return None
+
+
+def _known_instances(items: Any) -> list[KnownInstance]:
+    if not isinstance(items, list):
+        return []
+    known = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        instance_id = item.get("id")
+        if isinstance(instance_id, str) and _INSTANCE_ID.fullmatch(instance_id):
+            known.append(KnownInstance(instance_id, str(item.get("zone") or ""), str(item.get("instanceType") or ""),
+                                       str(item.get("state") or "")))
+    return known

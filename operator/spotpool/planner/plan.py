@@ -54,6 +54,7 @@ from spotpool.planner.formatting import as_utc, format_cost
 from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import Launches, plan_launches
 from spotpool.planner.model import (
+    MAX_JOURNAL_RECORDS,
     CapacityOutcome,
     CapacitySignals,
     InflightLaunch,
@@ -109,7 +110,7 @@ def plan(
         instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
     )
     decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
-                              purchases_refused=purchases_refused)
+                              purchases_refused=purchases_refused, unbought=observation.unbought)
     census = observed.keeping(decision.keep)
     prices = Prices(offers, capacity.on_demand or {})
     if deleting:
@@ -146,6 +147,12 @@ def plan(
 
     if returns and not mix.spot_running:  # no spot runs: nothing returns, it is plain scale-in
         releases, returns = returns + releases, []
+    room = MAX_JOURNAL_RECORDS - len(decision.keep)
+    if len(launches) > room:
+        # Never more records than are read back: the rest waits for records to resolve.
+        notes.append(f"{len(launches) - max(room, 0)} launch batches wait: the journal holds "
+                     f"{len(decision.keep)} of {MAX_JOURNAL_RECORDS} records")
+        launches = launches[:max(room, 0)]
     return Plan(
         journal=decision.keep,
         replays=decision.replay,
@@ -328,11 +335,13 @@ def _return_to_spot(
 
 
 def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decision: JournalDecision) -> Plan:
-    """Release every owned instance not already terminating; buy and replay nothing.
+    """Release every owned instance not already terminating; buy and replay nothing (unanswered
+    records are resolved from a listing, see `planner.journal`).
 
-    Done only when nothing owned remains except terminating instances AND no launch record is
-    left: a launch that may still create instances must become visible (or expire) first,
-    otherwise its instances would outlive the object.
+    Done only when nothing owned is observed any more, terminating included, AND no launch record
+    is left. Observed means listed by the pool's own sweep or found by an `InstanceIds` look-up of
+    an id the pool knew: a terminating instance may yet fail to terminate (CVM's
+    LatestOperationState), so only the cloud's "not found" lets an id go.
     """
     remaining = [instance for instance in census.owned if instance.state != TERMINATING]
     releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known(prices, on_demand=False),
@@ -347,7 +356,7 @@ def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decisi
         dropped=decision.dropped,
         census=census,
         unlisted_overdue=decision.unlisted_overdue,
-        deletion_complete=not remaining and not decision.keep,
+        deletion_complete=not census.owned and not decision.keep,
     )
 
 

@@ -135,6 +135,7 @@ def build_status(
         inflight_unseen=census.inflight_unseen,
         remaining=census.remaining,
         returning=returning,
+        terminating=len(census.owned) - census.remaining,
     )
     problems = find_problems(
         pools=pools,

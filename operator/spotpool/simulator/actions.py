@@ -69,11 +69,21 @@ _FAMILY_NAMES = {"S": "Standard", "SA": "Standard AMD", "M": "Memory Optimized",
 
 @dataclass(frozen=True)
 class CallContext:
-    """What an authenticated call carries besides its parameters."""
+    """What an authenticated call carries besides its parameters.
+
+    `secret_id` is the key pair that signed the call: what it may see and terminate can be
+    restricted (`Credential.visible_tags`). None: an internal call, unrestricted.
+    """
 
     market: Market
     region: str
     request_id: str
+    secret_id: str | None = None
+
+    @property
+    def visible_tags(self) -> dict[str, str] | None:
+        """The tags the caller's instances must carry to be seen or terminated; None: any."""
+        return self.market.visible_tags(self.secret_id)
 
 
 @dataclass(frozen=True)
@@ -377,7 +387,9 @@ def terminate_instances(ctx: CallContext, params: TerminateInstancesParams) -> b
             "MissingParameter", "The request is missing the required parameter InstanceIds."
         )
     _check_instance_ids(params.instance_ids)
-    ctx.market.terminate_instances(ctx.region, params.instance_ids, ctx.request_id)
+    ctx.market.terminate_instances(
+        ctx.region, params.instance_ids, ctx.request_id, visible_tags=ctx.visible_tags
+    )
     return success_body({}, ctx.request_id)
 
 
@@ -419,6 +431,7 @@ def describe_instances(ctx: CallContext, params: DescribeInstancesParams) -> byt
         filters=filters,
         offset=params.offset,
         limit=params.limit,
+        visible_tags=ctx.visible_tags,
     )
     return describe_instances_body(total, page, ctx.request_id)
 
@@ -428,7 +441,11 @@ def describe_instances_status(ctx: CallContext, params: DescribeInstancesStatusP
     if params.instance_ids is not None:
         _check_instance_ids(params.instance_ids)
     total, page = ctx.market.describe_instances(
-        ctx.region, instance_ids=params.instance_ids, offset=params.offset, limit=params.limit
+        ctx.region,
+        instance_ids=params.instance_ids,
+        offset=params.offset,
+        limit=params.limit,
+        visible_tags=ctx.visible_tags,
     )
     statuses = [{"InstanceId": i.instance_id, "InstanceState": i.state} for i in page]
     return success_body({"TotalCount": total, "InstanceStatusSet": statuses}, ctx.request_id)

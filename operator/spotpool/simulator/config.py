@@ -43,13 +43,22 @@ class _Strict(BaseModel):
 
 
 class Credential(_Strict):
-    """One API key pair the simulator accepts (a CAM sub-account, for rate limiting)."""
+    """One API key pair the simulator accepts (a CAM sub-account: rate limits, visibility)."""
 
     secret_id: str = Field(min_length=1)
     secret_key: str = Field(min_length=1, repr=False)
     # The root account (UIN) the key pair acts in, as STS GetCallerIdentity reports it. Key pairs
     # of one account share it (key rotation); another account's pairs name another.
     account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[0-9]{1,20}$")
+    visible_tags: dict[str, str] | None = Field(
+        default=None,
+        min_length=1,
+        description="a CAM policy with tag conditions: DescribeInstances and "
+        "DescribeInstancesStatus show this key pair only instances carrying every one of these "
+        "tags (TotalCount counts only those), and TerminateInstances of any other instance is "
+        "refused whole with UnauthorizedOperation; RunInstances is not restricted. "
+        "None: the key pair sees and operates on every instance of the account",
+    )
 
 
 class InstanceTypeSpec(_Strict):
@@ -160,6 +169,16 @@ class LifecycleSpec(_Strict):
         default=False,
         description="answer UnsupportedOperation.InstanceStatePending instead of terminating",
     )
+    terminate_failure_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of accepted TerminateInstances (per instance, drawn at the call) "
+        "that fail asynchronously: the instance shows the terminating state for "
+        "terminate_delay_seconds, then returns to RUNNING (or PENDING, still booting) with "
+        "LatestOperation TerminateInstances and LatestOperationState FAILED, keeping its "
+        "capacity and its bill; CVM reports failed operations this way, not in the call's answer",
+    )
 
 
 class ApiSpec(_Strict):
@@ -178,6 +197,16 @@ class ApiSpec(_Strict):
         default=0.0, ge=0,
         description="tag filters of DescribeInstances miss instances younger than this "
         "(Tencent's tag service is eventually consistent); lookups by InstanceIds see them at once",
+    )
+    listing_skew_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="chance that a listing page asked with Offset > 0 (DescribeInstances or "
+        "DescribeInstancesStatus without InstanceIds) starts one position later, TotalCount "
+        "unchanged: what offset paging shows when an instance listed before the offset went "
+        "away and another was launched between two page reads (the real cloud promises no "
+        "stable order), so a client paging by offset misses the instance at the page boundary",
     )
     allow_remote_control: bool = False
     ledger_size: int = Field(default=10000, ge=0)

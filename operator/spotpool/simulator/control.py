@@ -50,6 +50,10 @@ class ReclaimBody(_Body):
         return self
 
 
+class FailTerminationBody(_Body):
+    instance_ids: list[str] = Field(min_length=1)
+
+
 class PoolUpdate(_Body):
     zone: str
     instance_type: str
@@ -83,6 +87,7 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:
         ("GET", "/_sim/calls", lambda r: _calls(sim, r)),
         ("DELETE", "/_sim/calls", lambda r: _clear_calls(sim)),
         ("POST", "/_sim/reclaim", lambda r: _reclaim(sim, r)),
+        ("POST", "/_sim/fail-termination", lambda r: _fail_termination(sim, r)),
         ("GET", "/_sim/market", lambda r: _market(sim)),
         ("POST", "/_sim/market", lambda r: _update_market(sim, r)),
         ("GET", "/_sim/faults", lambda r: _faults(sim)),
@@ -188,6 +193,11 @@ def _instance_view(inst: SimInstance) -> dict[str, Any]:
             "runningAt": inst.running_at,
             "terminatedAt": inst.terminated_at,
         },
+        # Terminations that were accepted and then failed (the instance stayed, and billed):
+        # terminatedAt above is cleared when one fails, so it only ever marks a real end.
+        "failedTerminations": [
+            {"at": at, "requestId": request_id} for at, request_id in inst.failed_terminations
+        ],
     }
 
 
@@ -255,6 +265,17 @@ async def _reclaim(sim: Simulator, request: web.Request) -> web.Response:
             "skipped": {},
         }
     )
+
+
+async def _fail_termination(sim: Simulator, request: web.Request) -> web.Response:
+    """Body: `{"instanceIds": [...]}`; the next TerminateInstances of each is accepted and then
+    fails. Ids of no current instance are skipped (a mark on them could never be used)."""
+    body: FailTerminationBody = _validate(FailTerminationBody, await _read_json(request))
+    ids = list(dict.fromkeys(body.instance_ids))
+    marked = [iid for iid in ids if sim.market.get(iid) is not None]
+    sim.market.fail_next_termination(marked)
+    skipped = {iid: "not found" for iid in ids if iid not in marked}
+    return _json({"marked": marked, "skipped": skipped})
 
 
 def _pool_view(sim: Simulator, pool: Pool) -> dict[str, Any]:

@@ -11,6 +11,12 @@ quota, both of its charge type (spot, or pay-as-you-go "on-demand", counted apar
 when the instance is gone (after its TERMINATING phase) or when its launch fails. So per pool and
 charge type, stock + instances holding capacity is constant except when the market is changed
 through the control API. On-demand instances are never reclaimed.
+
+Where the real cloud is less tidy than its API pages, the market can be told to be too, each off
+by default: a termination that is accepted and fails later (`lifecycle.terminate_failure_rate`,
+`fail_next_termination`), offset pages that shift as instances come and go between page reads
+(`api.listing_skew_rate`, `skew_next_pages`), and key pairs restricted by a CAM policy to the
+instances carrying some tags (`Credential.visible_tags`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import string
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -35,7 +41,7 @@ from spotpool.simulator.state import POSTPAID_BY_HOUR, SPOTPAID, Pool, SimInstan
 Clock = Callable[[], float]
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_BOOT, _RECLAIM, _GONE = 0, 1, 2
+_BOOT, _RECLAIM, _GONE, _TERMINATION_FAILED = 0, 1, 2, 3
 USER, RECLAIM = "user", "reclaim"
 
 
@@ -84,6 +90,9 @@ class Market:
         self.config = config
         self._clock = clock
         self._zone_region = config.zones()
+        self._visible_tags = {
+            c.secret_id: dict(c.visible_tags) for c in config.credentials if c.visible_tags
+        }
         self.reset()
 
     # ----------------------------------------------------------------------------- set-up
@@ -149,6 +158,8 @@ class Market:
         self._issued_ids: set[str] = set()
         self._events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
+        self._failing_terminations: set[str] = set()  # ids whose next termination fails
+        self._skewed_pages = 0  # listing pages with Offset > 0 still to skew
         self._tokens: dict[str, _TokenRecord] = {}
         self._token_order: deque[_TokenRecord] = deque()
         self._network = {
@@ -230,6 +241,8 @@ class Market:
             elif kind == _RECLAIM:
                 if inst.state == RUNNING and epoch == inst.reclaim_epoch:
                     self._begin_termination(inst, at, RECLAIM, inst.latest_operation_request_id)
+            elif kind == _TERMINATION_FAILED:
+                self._fail_termination(inst, at)
             else:
                 self._remove(inst, at)
         return now
@@ -245,11 +258,17 @@ class Market:
 
     def _boot(self, inst: SimInstance, at: float) -> None:
         if inst.will_fail:
+            # What failed is the launch, even after a failed termination was the latest news.
+            inst.latest_operation = "RunInstances"
+            inst.latest_operation_request_id = inst.launch_request_id
             self._set_state(inst, LAUNCH_FAILED, "FAILED")
             self._release_capacity(inst)
             return
         inst.running_at = at
-        self._set_state(inst, RUNNING, "SUCCESS")
+        # A boot completes the launch; after a failed termination that termination stays the
+        # latest operation, still FAILED (SUCCESS would read as a termination that worked).
+        done = "SUCCESS" if inst.latest_operation == "RunInstances" else inst.latest_operation_state
+        self._set_state(inst, RUNNING, done)
         if inst.spot:
             self._schedule_reclaim(inst, at)
 
@@ -262,14 +281,38 @@ class Market:
             self._push(at, _RECLAIM, inst, inst.reclaim_epoch)
 
     def _begin_termination(
-        self, inst: SimInstance, at: float, reason: str, request_id: str
+        self, inst: SimInstance, at: float, reason: str, request_id: str, *, fails: bool = False
     ) -> None:
+        """Show the terminating state; after the terminate delay the instance is gone or, when
+        the termination `fails`, back to the state it had (it looks the same until then)."""
+        inst.returns_to = inst.state if fails else None
         inst.terminated_by = reason
         inst.terminated_at = at
         inst.latest_operation = "TerminateInstances"
         inst.latest_operation_request_id = request_id
         self._set_state(inst, self.config.lifecycle.terminating_state, "OPERATING")
-        self._push(at + self.config.lifecycle.terminate_delay_seconds, _GONE, inst)
+        end = at + self.config.lifecycle.terminate_delay_seconds
+        self._push(end, _TERMINATION_FAILED if fails else _GONE, inst)
+
+    def _fail_termination(self, inst: SimInstance, at: float) -> None:
+        """The termination failed: the instance is back as it was, holding its capacity (and
+        billed: `terminated_at` is cleared), with LatestOperationState FAILED.
+
+        A spot instance back to RUNNING gets a new reclaim draw (its reclaim event was dropped
+        while it was terminating; the lifetime is memoryless). One that was PENDING keeps booting:
+        its boot event, if it came while terminating, was dropped too, so it boots now.
+        """
+        restored = inst.returns_to or RUNNING
+        inst.returns_to = None
+        inst.terminated_by = None
+        inst.terminated_at = None
+        inst.failed_terminations.append((at, inst.latest_operation_request_id))
+        self._set_state(inst, restored, "FAILED")
+        if restored == PENDING:
+            if inst.created_at + self.config.lifecycle.boot_delay_seconds <= at:
+                self._push(at, _BOOT, inst)
+        elif inst.spot:
+            self._schedule_reclaim(inst, at)
 
     def _release_capacity(self, inst: SimInstance) -> None:
         if inst.holds_capacity:
@@ -283,6 +326,7 @@ class Market:
 
     def _remove(self, inst: SimInstance, at: float) -> None:
         self._release_capacity(inst)
+        self._failing_terminations.discard(inst.instance_id)
         del self._instances[inst.instance_id]
         self._regions[inst.region].remove(inst)
         self._gone[inst.instance_id] = inst.region
@@ -455,14 +499,25 @@ class Market:
 
     # ---------------------------------------------------------------------- termination
 
-    def terminate_instances(self, region: str, instance_ids: list[str], request_id: str) -> None:
+    def terminate_instances(
+        self,
+        region: str,
+        instance_ids: list[str],
+        request_id: str,
+        *,
+        visible_tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Terminate all or none: every id is checked before any instance is touched.
 
         One batch takes one charge type ("批量操作时，所有实例的付费类型必须一致", the SDK's
         TerminateInstances doc): spot and pay-as-you-go ids together are refused whole with
-        UnsupportedOperation.InstanceMixedPricingModel.
+        UnsupportedOperation.InstanceMixedPricingModel. A caller restricted to `visible_tags`
+        (see `visible_tags()`) naming an instance without them is refused first, as CAM
+        authorizes a request before the action runs. Accepted terminations may fail later
+        (`fail_next_termination`, `lifecycle.terminate_failure_rate`).
         """
         now = self.advance()
+        self._authorize(region, instance_ids, visible_tags)
         targets: list[SimInstance] = []
         for iid in dict.fromkeys(instance_ids):
             inst = self._instances.get(iid)
@@ -495,7 +550,38 @@ class Market:
             if inst.state == LAUNCH_FAILED:
                 self._remove(inst, now)
             else:
-                self._begin_termination(inst, now, USER, request_id)
+                fails = self._termination_fails(inst)
+                self._begin_termination(inst, now, USER, request_id, fails=fails)
+
+    def _authorize(
+        self, region: str, instance_ids: list[str], visible_tags: Mapping[str, str] | None
+    ) -> None:
+        """Refuse the whole call when it names an instance the caller may not see."""
+        if not visible_tags:
+            return
+        hidden = [
+            iid
+            for iid in dict.fromkeys(instance_ids)
+            if (inst := self._instances.get(iid)) is not None
+            and inst.region == region
+            and not _carries(inst, visible_tags)
+        ]
+        if hidden:
+            wanted = ", ".join(f"{key}={value}" for key, value in visible_tags.items())
+            raise ApiError(
+                "UnauthorizedOperation",
+                f"You are not authorized to operate on these instances (CAM): {', '.join(hidden)};"
+                f" this key pair may only operate on instances tagged {wanted}.",
+            )
+
+    def _termination_fails(self, inst: SimInstance) -> bool:
+        """Whether this termination will fail: a scripted failure, else a draw at the rate (the
+        random source is only used when the rate is set, so seeded markets stay as they were)."""
+        if inst.instance_id in self._failing_terminations:
+            self._failing_terminations.discard(inst.instance_id)
+            return True
+        rate = self.config.lifecycle.terminate_failure_rate
+        return rate > 0 and self._rng.random() < rate
 
     # ------------------------------------------------------------------------- queries
 
@@ -507,22 +593,52 @@ class Market:
         filters: list[tuple[str, list[str]]] | None = None,
         offset: int = 0,
         limit: int = 20,
+        visible_tags: Mapping[str, str] | None = None,
     ) -> tuple[int, list[SimInstance]]:
-        """(total matches, one page) of the region's visible instances, in launch order."""
+        """(total matches, one page) of the region's instances, in launch order.
+
+        `visible_tags` restricts the answer, TotalCount included, to the instances carrying all
+        those tags (a key pair's CAM policy). A listing page (no `instance_ids`) with an offset
+        may start one position late, as if the listing churned since the previous page
+        (`skew_next_pages`, `api.listing_skew_rate`).
+        """
         self.advance()
         index = self._regions[region]
         if instance_ids is not None:
             found = [index.all[i] for i in dict.fromkeys(instance_ids) if i in index.all]
+            if visible_tags:
+                found = [inst for inst in found if _carries(inst, visible_tags)]
             return len(found), found[offset : offset + limit]
+        asked = filters or []
+        scoped = asked + [(f"tag:{key}", [value]) for key, value in (visible_tags or {}).items()]
+        start = self._page_start(offset)
         lag = self.config.api.tag_index_delay_seconds
-        if lag and any(name.startswith("tag") for name, _ in filters or []):
+        if lag and any(name.startswith("tag") for name, _ in asked):
             # The tag service indexes new instances late: tag filters miss them meanwhile,
-            # lookups by id do not.
-            _, everything = index.query(filters or [], 0, len(index.all) + 1)
+            # lookups by id do not. (The caller's filters decide this, not its CAM scope.)
+            _, everything = index.query(scoped, 0, len(index.all) + 1)
             now = self.now()
             indexed = [inst for inst in everything if inst.created_at + lag <= now]
-            return len(indexed), indexed[offset : offset + limit]
-        return index.query(filters or [], offset, limit)
+            return len(indexed), indexed[start : start + limit]
+        return index.query(scoped, start, limit)
+
+    def _page_start(self, offset: int) -> int:
+        """Where a listing page starts: `offset`, or one later when churn between page reads is
+        simulated (an instance before the offset went away, another arrived at the end, so
+        TotalCount is the same and everything after the gap moved up by one)."""
+        if offset <= 0:
+            return offset
+        if self._skewed_pages > 0:
+            self._skewed_pages -= 1
+            return offset + 1
+        rate = self.config.api.listing_skew_rate
+        if rate > 0 and self._rng.random() < rate:
+            return offset + 1
+        return offset
+
+    def visible_tags(self, secret_id: str | None) -> dict[str, str] | None:
+        """The tags a key pair is restricted to (`Credential.visible_tags`); None: everything."""
+        return None if secret_id is None else self._visible_tags.get(secret_id)
 
     def instances(self) -> list[SimInstance]:
         """Every visible instance of every region, in launch order."""
@@ -538,6 +654,22 @@ class Market:
         return self._instances.get(instance_id)
 
     # ------------------------------------------------------------------ market control
+
+    def fail_next_termination(self, instance_ids: list[str]) -> None:
+        """Make the next TerminateInstances of each of these instances fail asynchronously.
+
+        The call is accepted as usual; the failure shows once the terminate delay has passed
+        (see `_fail_termination`). A mark is used by the first termination that goes ahead
+        (a refused call leaves it), and forgotten when the instance is gone or on reset.
+        """
+        self._failing_terminations.update(instance_ids)
+
+    def skew_next_pages(self, count: int) -> None:
+        """Skew the next `count` listing pages asked with Offset > 0 (see `_page_start`);
+        0 cancels what is left."""
+        if count < 0:
+            raise ValueError(f"count must not be negative, got {count}")
+        self._skewed_pages = count
 
     def reclaim(self, instance_ids: list[str]) -> tuple[list[str], dict[str, str]]:
         """Scripted reclaim of chosen instances: (reclaimed ids, {skipped id: why}).
@@ -657,3 +789,8 @@ class Market:
         """Set a zone's vCPU quota for a charge type; instances over it keep running, as a
         lowered quota only refuses new purchases."""
         self._quotas[charge_type][zone] = vcpus
+
+
+def _carries(inst: SimInstance, tags: Mapping[str, str]) -> bool:
+    """Whether the instance has every one of these tag key=value pairs."""
+    return all(inst.tags.get(key) == value for key, value in tags.items())

@@ -16,6 +16,12 @@ from spotpool.simulator.state import SPOTPAID, Pool, SimInstance
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
+#: LatestOperationErrorMsg of an instance whose latest operation failed, by that operation.
+_FAILURE_MESSAGES = {
+    "RunInstances": "The instance failed to launch.",
+    "TerminateInstances": "The instance failed to terminate; terminate it again.",
+}
+
 
 def iso_time(timestamp: float) -> str:
     """CVM's timestamp format: ISO-8601 UTC with a Z suffix, whole seconds."""
@@ -92,7 +98,7 @@ def _instance_fields(inst: SimInstance) -> dict[str, Any]:
         "LatestOperation": inst.latest_operation,
         "LatestOperationState": inst.latest_operation_state,
         "LatestOperationRequestId": inst.latest_operation_request_id,
-        "LatestOperationErrorMsg": "The instance failed to launch." if failed else None,
+        "LatestOperationErrorMsg": _FAILURE_MESSAGES.get(inst.latest_operation) if failed else None,
         "DisasterRecoverGroupId": "",
         "IPv6Addresses": None,
         "CamRoleName": "",

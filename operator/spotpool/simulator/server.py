@@ -172,7 +172,8 @@ class Simulator:
             )
         params = _parse(handler.params, request, raw)
         call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
-        body = handler.handle(CallContext(self.market, region, request_id), params)
+        context = CallContext(self.market, region, request_id, call["secret_id"])
+        body = handler.handle(context, params)
         if fault.drop_after:
             _drop(request)
         return body

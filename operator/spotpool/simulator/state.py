@@ -96,9 +96,15 @@ class SimInstance:
     latest_operation_request_id: str = ""
     terminated_by: str | None = None
     terminated_at: float | None = None
-    running_at: float | None = None  # when it became RUNNING (the boot's scheduled time)
+    # When it became RUNNING: the boot's scheduled time, or the end of a failed termination
+    # that ran over it.
+    running_at: float | None = None
     reclaim_epoch: int = 0
     charge_type: str = SPOTPAID
+    # Set while a termination that will fail runs: the state the instance returns to.
+    returns_to: str | None = None
+    # (when, TerminateInstances RequestId) of each termination that failed, oldest first.
+    failed_terminations: list[tuple[float, str]] = field(default_factory=list)
     rendered: str | None = field(default=None, repr=False)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -871,3 +872,86 @@ async def test_secrets_never_leak_to_logs_reprs_or_errors(caplog: pytest.LogCapt
         assert TOKEN not in text
     assert all(SECRET.encode() not in r.content for r in fake.requests)
     assert "AKIDLEAKTEST" in repr(client)
+
+
+# --------------------------------------------------------------- a guard fences every attempt (issue 17)
+
+class Term:
+    """A caller's leadership term for the client's guard: it ends when `ended` is set."""
+
+    class Over(Exception):
+        pass
+
+    def __init__(self, remaining: float | None = 10.0) -> None:
+        self.ended = False
+        self.left = remaining
+        self.checks = 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.ended:
+            raise Term.Over("the term ended")
+
+    def remaining(self) -> float | None:
+        return self.left
+
+
+RUN = RunInstancesRequest(zone="ap-guangzhou-3", instance_type="S5.MEDIUM4", image_id="img-eb30mz89", count=1,
+                          max_price=Decimal("0.1"), client_token="8f0e7c0d-2a44-4c39-9d0a-1d2c3b4a5e6f")
+
+
+async def test_a_retry_after_the_term_ended_is_never_sent() -> None:
+    """The first attempt is throttled; the term ends during the backoff: the retry, which would go
+    out past the term, is not signed."""
+    term = Term()
+    rec = Recorder()
+
+    async def sleep(seconds: float) -> None:
+        term.ended = True  # the backoff outlasted the term
+
+    rec.sleep = sleep  # type: ignore[method-assign]
+    client, fake, _ = make_client(scripted(error("RequestLimitExceeded"), reply({"InstanceIdSet": ["ins-aaaaaaaa"]})),
+                                  recorder=rec)
+    async with client:
+        with pytest.raises(Term.Over):
+            await client.run_instances(RUN, guard=term)
+    assert len(fake.requests) == 1
+
+
+async def test_a_call_that_waited_in_the_rate_limiter_past_its_term_is_never_sent() -> None:
+    term = Term()
+
+    class Slow(RateLimiterRegistry):
+        async def acquire(self, *args: Any, **kwargs: Any) -> None:
+            term.ended = True  # a few hundred pools queued ahead: the wait outlasted the term
+
+    fake = FakeCvm(scripted(reply({"InstanceIdSet": ["ins-aaaaaaaa"]})))
+    client = CvmClient(Credentials("AKIDEXAMPLE", FAKE_KEY), "ap-guangzhou", "https://cvm.tencentcloudapi.com",
+                       transport=httpx.MockTransport(fake), limiter=Slow(sleep=_no_wait), sleep=_no_wait)
+    async with client:
+        with pytest.raises(Term.Over):
+            await client.terminate_instances(["ins-aaaaaaaa"], guard=term)
+    assert fake.requests == []
+
+
+async def test_an_attempt_is_bounded_by_the_time_the_term_has_left() -> None:
+    term = Term(remaining=0.05)
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        term.ended = True
+        await asyncio.sleep(10)
+        raise AssertionError("not reached")
+
+    client = CvmClient(Credentials("AKIDEXAMPLE", FAKE_KEY), "ap-guangzhou", "https://cvm.tencentcloudapi.com",
+                       transport=httpx.MockTransport(hang), limiter=RateLimiterRegistry(sleep=_no_wait),
+                       sleep=_no_wait)
+    async with client:
+        with pytest.raises(Term.Over):
+            await client.run_instances(RUN, guard=term)
+
+
+async def test_without_a_guard_nothing_changes() -> None:
+    client, fake, _ = make_client(scripted(reply({"InstanceIdSet": ["ins-aaaaaaaa"]})))
+    async with client:
+        assert await client.run_instances(RUN) == ["ins-aaaaaaaa"]
+    assert len(fake.requests) == 1

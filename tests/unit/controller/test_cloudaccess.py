@@ -369,3 +369,72 @@ async def test_the_quota_is_shared_and_a_failed_read_means_unknown_for_a_while()
     assert other.quota_reads == 1  # not asked again every pass
     now[0] += 61
     assert await cloud.quota(denied, other) is None and other.quota_reads == 2
+
+
+# -- observers per key pair, for live pools and the leader only (issue 17) --------------------------
+
+TEAM_B = Credentials("AKIDteamb0000000000000000000000000000", "TeamBSecretKeyValue0123456789ab")
+
+
+async def test_key_pairs_of_one_account_sweep_apart() -> None:
+    """CAM may let a team's key see only its own instances: a sweep made with team B's key is no
+    picture of team A's pools, so each key pair sweeps for the pools that use it."""
+    cloud = access(Factory(), observe_interval=60)
+    key_a, key_b = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS), AccountKey.of(ENDPOINT, "ap-guangzhou", TEAM_B)
+    client_a, client_b = cloud.client(key_a, CREDS), cloud.client(key_b, TEAM_B)
+    client_a.instances = [instance("ins-a1", "uid-a"), instance("ins-b1", "uid-b")]
+    client_b.instances = [instance("ins-b1", "uid-b")]  # B's key sees only B's instances
+    observer_b = cloud.observer(key_b, "100", client_b, "uid-b")
+    observer_a = cloud.observer(key_a, "100", client_a, "uid-a")  # asked last, same account
+    assert observer_a is not observer_b
+    assert [i.instance_id for i in await observer_a.slice("uid-a")] == ["ins-a1"]
+    assert [i.instance_id for i in await observer_b.slice("uid-b")] == ["ins-b1"]
+
+
+async def test_an_observer_and_its_client_go_with_the_last_pool_of_their_key_pair() -> None:
+    factory = Factory()
+    cloud = access(factory, observe_interval=60)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    first = cloud.observer(key, "100", client, "uid-a")
+    assert cloud.observer(key, "100", client, "uid-b") is first
+    cloud.forget_pool("uid-a")
+    assert cloud.observers() == [first] and not client.closed  # uid-b still uses the key pair
+    cloud.forget_pool("uid-b")
+    await asyncio.sleep(0)  # closing runs in the background
+    await asyncio.gather(*cloud._closing)
+    assert cloud.observers() == [] and client.closed
+    # A later pool of the same key pair gets a new client: nothing signs with a dropped one.
+    assert cloud.client(key, CREDS) is not client
+
+
+async def test_a_pool_that_moves_to_another_key_pair_leaves_the_old_observer() -> None:
+    cloud = access(Factory(), observe_interval=60)
+    key_a, key_b = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS), AccountKey.of(ENDPOINT, "ap-guangzhou", TEAM_B)
+    old = cloud.observer(key_a, "100", cloud.client(key_a, CREDS), "uid-a")
+    new = cloud.observer(key_b, "100", cloud.client(key_b, TEAM_B), "uid-a")  # the Secret was rotated
+    assert cloud.observers() == [new] and new is not old
+
+
+async def test_a_standby_sweeps_nothing_on_its_timer() -> None:
+    """Only the leader's timers call the cloud: a replica that stepped down keeps its observers
+    (it may lead again) but their timers skip every tick while it does not lead."""
+    asked = 0
+    leading = False
+
+    def acting() -> bool:
+        nonlocal asked
+        asked += 1
+        return leading
+
+    cloud = access(Factory(), observe_interval=0.01, sweep_on_timer=True, acting=acting)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    cloud.observer(key, "100", client, "uid-a")
+    while asked < 3:
+        await asyncio.sleep(0.01)
+    assert client.listings == []
+    leading = True
+    while not client.listings:
+        await asyncio.sleep(0.01)
+    await cloud.close()

@@ -33,6 +33,7 @@ from spotpool.controller.launchcheck import (
     launch_digest,
 )
 from spotpool.controller.purchasing import Purchasing
+from spotpool.planner.persistence import read_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ACCOUNT = "100000000001"
@@ -188,13 +189,13 @@ def context(client: FakeCvm, *, name: str = "pool", now: datetime = NOW, status:
         key=AccountKey.of("http://127.0.0.1:9000", "ap-guangzhou", Credentials("AKIDx", "secret")),
         client=client,  # type: ignore[arg-type]
         account={"id": ACCOUNT, "region": "ap-guangzhou", "endpoint": "http://127.0.0.1:9000"},
-        status=status or {}, journal=(), malformed=(), backoff={}, sequence=0, deleting=deleting, now=now,
-        fence=fence, purchases_refused=refused,
+        persisted=read_status(status or {}), journal=(), malformed=(), backoff={}, sequence=0,
+        deleting=deleting, now=now, fence=fence, purchases_refused=refused,  # type: ignore[arg-type]
     )
 
 
 def checker() -> LaunchChecker:
-    purchasing = Purchasing(kube=None, reporting=None, cluster_id="cluster", rng=random.Random())  # type: ignore[arg-type]
+    purchasing = Purchasing(statuses=None, reporting=None, cluster_id="cluster", rng=random.Random())  # type: ignore[arg-type]
     return LaunchChecker(purchasing.request)
 
 

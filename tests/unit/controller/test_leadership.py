@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from spotpool.controller.config import OperatorConfig
+from spotpool.controller.cli import parse
+from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE, OperatorConfig
 from spotpool.controller.leadership import (
     Action,
     InMemoryLeaseStore,
@@ -128,6 +129,7 @@ def test_timing_defaults_are_client_gos() -> None:
 
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+namespace_lists = st.lists(st.from_regex(r"[a-z0-9*?-]{1,63}", fullmatch=True), max_size=5)
 
 
 @given(a=st.text(max_size=300), b=st.text(max_size=300))
@@ -139,8 +141,19 @@ def test_lease_name_is_a_valid_name_per_cluster_id(a: str, b: str) -> None:
         assert lease_name(a) != lease_name(b)
 
 
+@given(cluster_id=st.none() | st.text(max_size=300), namespaces=namespace_lists)
+def test_lease_name_is_a_valid_name_for_any_scope(cluster_id: str | None, namespaces: list[str]) -> None:
+    name = lease_name(cluster_id, namespaces)
+    assert DNS_LABEL.match(name) and len(name) <= 63, name
+    # The order and repetition of the patterns do not matter, only the set.
+    assert name == lease_name(cluster_id, [*reversed(namespaces), *namespaces])
+    assert (name == lease_name(cluster_id)) == (not namespaces)
+
+
 def test_a_long_cluster_id_still_makes_a_valid_lease_name() -> None:
     name = lease_name("0" * 37)  # found by the property above: 64 characters before the fix
+    assert DNS_LABEL.match(name) and len(name) == 63, name
+    name = lease_name("0" * 37, ["team-a"])
     assert DNS_LABEL.match(name) and len(name) == 63, name
 
 
@@ -148,6 +161,27 @@ def test_lease_name_is_readable() -> None:
     name = lease_name("1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e")
     assert name.startswith("spotpool-leader-1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d")
     assert lease_name("Prod") != lease_name("prod")
+    assert re.fullmatch(r"spotpool-leader-prod-gz-[0-9a-f]{10}-ns-[0-9a-f]{10}", lease_name("prod-gz", ["team-a"]))
+
+
+def test_the_default_cluster_id_gives_one_lease_per_cluster() -> None:
+    # The kube-system UID is the same for every installation of a cluster, and the Lease lives in that
+    # cluster: it tells nobody apart, so the name leaves it out (and the chart can name the Lease).
+    assert lease_name() == lease_name(None) == lease_name(None, []) == "spotpool-leader"
+    assert lease_name(None) != lease_name("1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e")
+
+
+def test_the_watched_namespaces_enter_the_lease_name() -> None:
+    cluster_wide, team_a = lease_name(None), lease_name(None, ["team-a"])
+    # Teams with their own operator, disjoint scopes: a leader each.
+    assert len({cluster_wide, team_a, lease_name(None, ["team-b"]), lease_name(None, ["team-a", "team-b"])}) == 4
+    assert re.fullmatch(r"spotpool-leader-ns-[0-9a-f]{10}", team_a)
+    # The same scope, however written: one leader between them.
+    assert lease_name(None, ["team-b", "team-a", "team-a"]) == lease_name(None, ("team-a", "team-b"))
+    # The same with a configured cluster id; and the scope's hash never passes for a cluster id's.
+    assert lease_name("prod", ["team-a"]) == lease_name("prod", ["team-a"]) != lease_name("prod")
+    assert lease_name("prod", ["team-a"]) != lease_name("staging", ["team-a"])
+    assert lease_name(None, ["ns"]) != lease_name("ns") and lease_name(None, ["x"]) != lease_name("ns", ["x"])
 
 
 # -- electors on an in-memory store with a fake clock -----------------------------------------------
@@ -391,14 +425,61 @@ async def test_standalone_without_leader_election() -> None:
 
 def test_elector_from_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAME", "spotpool-7d9f-abcde")
-    monkeypatch.setenv("POD_NAMESPACE", "ops")
-    config = OperatorConfig(leader_elect=True, lease_duration=30, renew_deadline=20, retry_period=4)
+    monkeypatch.setenv("POD_NAMESPACE", "ops")  # where it runs: no say in where the Lease is
+    monkeypatch.delenv("SPOTPOOL_CLUSTER_ID", raising=False)
+    config = OperatorConfig(leader_elect=True, cluster_id="cluster-a", lease_duration=30, renew_deadline=20,
+                            retry_period=4)
     chosen = from_config(config, "cluster-a", api_client=object())
     assert isinstance(chosen, LeaderElector)
     assert chosen.name == lease_name("cluster-a")
     assert chosen.timing == Timing(30, 20, 4)
     assert re.fullmatch(r"spotpool-7d9f-abcde_[0-9a-f]{10}", chosen.identity)
-    assert isinstance(chosen.store, KubeLeaseStore) and chosen.store.namespace == "ops"
+    assert isinstance(chosen.store, KubeLeaseStore) and chosen.store.namespace == "kube-system"
     other = from_config(replace(config, leader_election_namespace="shared"), "cluster-a", api_client=object())
     assert isinstance(other, LeaderElector) and isinstance(other.store, KubeLeaseStore)
     assert other.store.namespace == "shared" and other.identity != chosen.identity
+
+
+def lease_of(config: OperatorConfig, cluster_id: str) -> tuple[str, str]:
+    """(namespace, name) of the Lease the elector from `config` campaigns for."""
+    chosen = from_config(config, cluster_id, api_client=object())
+    assert isinstance(chosen, LeaderElector) and isinstance(chosen.store, KubeLeaseStore)
+    return chosen.store.namespace, chosen.name
+
+
+@pytest.mark.parametrize("home", ["ops", "canary", None])
+def test_installations_in_any_namespace_share_the_default_lease(monkeypatch: pytest.MonkeyPatch,
+                                                                 home: str | None) -> None:
+    """Two cluster-wide installations in different namespaces, default settings: the same Lease (same
+    namespace, same name), so they elect one leader between them and never both buy."""
+    monkeypatch.delenv("SPOTPOOL_CLUSTER_ID", raising=False)
+    if home is None:
+        monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    else:
+        monkeypatch.setenv("POD_NAMESPACE", home)
+    config = OperatorConfig(leader_elect=True)
+    assert config.leader_election_namespace == DEFAULT_LEASE_NAMESPACE == "kube-system"
+    # The resolved cluster id (the kube-system UID the runtime read) is not configured: not in the name.
+    assert lease_of(config, "1f0c6a8e-7d1b-4cde-9b1e-2a3f4b5c6d7e") == ("kube-system", "spotpool-leader")
+
+
+def test_a_configured_cluster_id_and_the_watched_namespaces_name_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPOTPOOL_CLUSTER_ID", raising=False)
+    base = OperatorConfig(leader_elect=True)
+    assert lease_of(replace(base, cluster_id="prod"), "prod") == ("kube-system", lease_name("prod"))
+    assert lease_of(replace(base, namespaces=("team-b", "team-a")), "uid") == \
+        ("kube-system", lease_name(None, ["team-a", "team-b"]))
+    assert lease_of(replace(base, cluster_id="prod", namespaces=("team-a",)), "prod") == \
+        ("kube-system", lease_name("prod", ["team-a"]))
+    # $SPOTPOOL_CLUSTER_ID configures the id as --cluster-id does (the runtime resolves either).
+    monkeypatch.setenv("SPOTPOOL_CLUSTER_ID", "prod")
+    assert lease_of(base, "prod") == ("kube-system", lease_name("prod"))
+
+
+def test_the_cli_defaults_to_the_shared_lease_namespace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse([]).leader_election_namespace == "kube-system"
+    assert parse(["--leader-election-namespace=spotpool-leases"]).leader_election_namespace == "spotpool-leases"
+    for bad in ("", "Not_Valid"):
+        with pytest.raises(SystemExit):
+            parse([f"--leader-election-namespace={bad}"])
+        assert "--leader-election-namespace" in capsys.readouterr().err

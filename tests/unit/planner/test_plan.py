@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -37,11 +38,13 @@ def run(
     backoff: dict[PoolKey, PoolBackoff] | None = None,
     offers: dict[PoolKey, Any] | None = None,
     deleting: bool = False,
+    unbought: frozenset[str] = frozenset(),
     **spec: Any,
 ) -> Plan:
+    observation = replace(observe(*instances, confirmed=confirmed), unbought=unbought)
     return plan(
         spec=make_spec(**spec),
-        observation=observe(*instances, confirmed=confirmed),
+        observation=observation,
         offers=all_offered() if offers is None else offers,
         journal=list(journal),
         backoff=backoff or {},
@@ -348,21 +351,41 @@ def test_deleting_releases_every_owned_instance_not_terminating() -> None:
     assert p.launches == () and p.cleanup == () and not p.deletion_complete
 
 
-def test_deletion_is_complete_once_only_terminating_instances_remain() -> None:
+def test_deletion_waits_until_the_cloud_no_longer_shows_a_terminating_instance() -> None:
+    # TERMINATING is not gone: a termination may still fail (LatestOperationState FAILED), and the
+    # instance then runs again. Only an id the cloud no longer shows lets the deletion finish.
     p = run([make_instance("ins-term0001", state=TERMINATING)], deleting=True)
-    assert p.releases == () and p.release_reason is None and p.deletion_complete
+    assert p.releases == () and p.release_reason is None and not p.deletion_complete
+    assert run([], deleting=True).deletion_complete
 
 
 def test_deletion_waits_for_unresolved_launches() -> None:
     p = run(journal=[make_launch("t1", count=2)], deleting=True)
     assert not p.deletion_complete
-    assert p.replays == () and tokens(p.journal) == ["t1"]  # a deletion never replays, it waits
+    assert p.replays == () and tokens(p.journal) == ["t1"]  # a deletion never replays: a replay may buy
     old = make_launch(
         "t1", count=2, age_seconds=(INFLIGHT_VISIBILITY_GRACE + timedelta(seconds=1)).total_seconds()
     )
     done = run(journal=[old], deleting=True)
     assert done.deletion_complete and done.journal == ()
     assert [(d.client_token, d.reason) for d in done.dropped] == [("t1", DropReason.EXPIRED)]
+
+
+def test_a_record_a_listing_proves_unbought_is_dropped_at_once() -> None:
+    # A listing of the record's zone and type that does not go through the tag index shows nothing
+    # carrying its token: it bought nothing, and a deletion need not wait out the grace.
+    p = run(journal=[make_launch("t1", count=2)], deleting=True, unbought=frozenset({"t1"}))
+    assert p.deletion_complete and p.journal == ()
+    assert [(d.client_token, d.reason) for d in p.dropped] == [("t1", DropReason.NOT_BOUGHT)]
+    live = run(journal=[make_launch("t1", count=2)], expectedCount=0, unbought=frozenset({"t1"}))
+    assert live.journal == () and [d.reason for d in live.dropped] == [DropReason.NOT_BOUGHT]
+
+
+def test_a_record_older_than_the_grace_is_never_replayed() -> None:
+    # CVM does not say how long it remembers a token: past the grace a replay might buy anew.
+    old = make_launch("t1", count=2, age_seconds=(INFLIGHT_VISIBILITY_GRACE + timedelta(days=2)).total_seconds())
+    p = run(journal=[old], expectedCount=5)
+    assert p.replays == () and [d.reason for d in p.dropped] == [DropReason.EXPIRED]
 
 
 def test_deletion_waits_for_a_record_with_ids_however_old() -> None:

@@ -380,7 +380,11 @@ def test_deleting_is_not_ready_and_progressing_until_everything_is_released() ->
         "Deleting",
     )
     assert cond(result, "Degraded")["status"] == "False"
-    done = status([make_instance("ins-t0000001", state=TERMINATING)], deleting=True)
+    terminating = status([make_instance("ins-t0000001", state=TERMINATING)], deleting=True)
+    assert (cond(terminating, "Progressing")["status"], cond(terminating, "Progressing")["reason"]) == (
+        "True", "Deleting")
+    assert "confirm 1 terminating instances are gone" in cond(terminating, "Progressing")["message"]
+    done = status([], deleting=True)
     assert (cond(done, "Progressing")["status"], cond(done, "Progressing")["reason"]) == ("False", "Deleted")
 
 

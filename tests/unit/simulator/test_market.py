@@ -529,15 +529,18 @@ CHARGES = ["SPOTPAID", "POSTPAID_BY_HOUR"]
 
 
 class MarketMachine(RuleBasedStateMachine):
-    """Random spot and on-demand purchases, terminations, reclaims and time; the accounting of
-    each charge type must always hold, and no on-demand instance is ever reclaimed."""
+    """Random spot and on-demand purchases, terminations (some failing), reclaims and time; the
+    accounting of each charge type must always hold, and no on-demand instance is ever reclaimed."""
 
     @initialize(
         failure_rate=st.sampled_from([0.0, 0.3]),
         reclaim_rate=st.sampled_from([0.0, 600.0]),
+        terminate_failure_rate=st.sampled_from([0.0, 0.5]),
         seed=st.integers(0, 1000),
     )
-    def start(self, failure_rate: float, reclaim_rate: float, seed: int) -> None:
+    def start(
+        self, failure_rate: float, reclaim_rate: float, terminate_failure_rate: float, seed: int
+    ) -> None:
         self.clock = FakeClock()
         self.market = Market(
             small_config(
@@ -553,13 +556,14 @@ class MarketMachine(RuleBasedStateMachine):
                     "launch_failure_rate": failure_rate,
                     "boot_delay_seconds": 3,
                     "terminate_delay_seconds": 2,
+                    "terminate_failure_rate": terminate_failure_rate,
                 },
             ),
             self.clock,
         )
         self.launched: list[str] = []
         self.gone: set[str] = set()
-        self.ended: set[str] = set()  # seen terminating or failed: never alive again
+        self.ended: set[str] = set()  # seen failed or terminating for good: never alive again
         self.tokens: dict[str, list[str]] = {}
 
     @rule(
@@ -616,6 +620,13 @@ class MarketMachine(RuleBasedStateMachine):
             }
 
     @rule(data=st.data())
+    def fail_next_termination(self, data: st.DataObject) -> None:
+        if self.launched:
+            self.market.fail_next_termination(
+                data.draw(st.lists(st.sampled_from(self.launched), max_size=3))
+            )
+
+    @rule(data=st.data())
     def reclaim(self, data: st.DataObject) -> None:
         if self.launched:
             self.market.reclaim(data.draw(st.lists(st.sampled_from(self.launched), max_size=3)))
@@ -640,8 +651,12 @@ class MarketMachine(RuleBasedStateMachine):
             assert inst.instance_id not in self.gone, "an instance came back after it was gone"
             if inst.instance_id in self.ended:
                 assert not inst.alive, "a terminated or failed instance became alive again"
-            if inst.state in (TERMINATING, LAUNCH_FAILED):
+            if inst.state == LAUNCH_FAILED or (inst.state == TERMINATING and not inst.returns_to):
                 self.ended.add(inst.instance_id)
+            if inst.alive and inst.latest_operation == "TerminateInstances":
+                # back from a failed termination: still billed, with the failure on record
+                assert inst.latest_operation_state == "FAILED" and inst.terminated_at is None
+                assert inst.failed_terminations, inst.instance_id
             if inst.terminated_by == "reclaim":
                 assert inst.charge_type == "SPOTPAID", "an on-demand instance was reclaimed"
             if inst.state in (PENDING, RUNNING, TERMINATING):
