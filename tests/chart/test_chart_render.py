@@ -26,6 +26,8 @@ VARIANTS = {
 # whatever the release namespace.
 LEADER_ELECTION_ARGS = ["--leader-elect", "--leader-election-namespace=kube-system", "--lease-duration=15",
                         "--renew-deadline=10", "--retry-period=2"]
+# The orphan collector's default flags (values `orphans`).
+ORPHAN_ARGS = ["--orphan-grace=120"]
 # What `helm template` needs to render as for a cluster running the Prometheus Operator.
 PROMETHEUS_OPERATOR_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
@@ -70,7 +72,7 @@ def test_default_render(helm: Helm) -> None:
     assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
                                  "--log-format=json",
                                  "--log-level=info", "--observe-interval=15", "--progress-interval=2",
-                                 *LEADER_ELECTION_ARGS]
+                                 *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
     assert container["ports"] == [{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}]
@@ -95,7 +97,7 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
                                  "--log-format=plain",
                                  "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
-                                 "--cluster-id=prod-gz", *LEADER_ELECTION_ARGS]
+                                 "--cluster-id=prod-gz", *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"
     assert container["imagePullPolicy"] == "Always"
     assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
@@ -104,6 +106,12 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     assert "nodeAffinity" in pod["spec"]["affinity"]
     assert pod["metadata"]["annotations"] == {"team": "platform"}
     assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+
+
+def test_the_orphan_collector_can_only_report(helm: Helm) -> None:
+    objects = helm.template("--set", "orphans.release=false", "--set", "orphans.grace=600")
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--orphan-grace=600" in args and "--no-orphan-release" in args
 
 
 def test_limited_namespaces(helm: Helm) -> None:

@@ -14,10 +14,16 @@ from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE, DEFAULT_ORPHAN_G
 from spotpool.controller.leadership import Timing
 from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
+from spotpool.planner.model import UNANSWERED_SETTLED
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("plain", "json")
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a namespace name
+
+
+MAX_RENEW_DEADLINE = UNANSWERED_SETTLED.total_seconds() / 2
+"""The longest renew deadline: half the age at which an unanswered purchase is settled, leaving the
+other half for the call's own transit and the clocks' rates."""
 
 
 def parse(argv: list[str] | None) -> OperatorConfig:
@@ -111,6 +117,12 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         Timing(args.lease_duration, args.renew_deadline, args.retry_period)
     except (TypeError, ValueError) as exc:
         parser.error(f"leader election: {exc}")
+    if args.renew_deadline > MAX_RENEW_DEADLINE:
+        # A past leader's last spending call is bounded by its renew deadline; an unanswered purchase
+        # is settled from a listing once that call must have landed (planner.model.UNANSWERED_SETTLED).
+        parser.error(f"--renew-deadline: at most {MAX_RENEW_DEADLINE:.0f} s, so that a past leader's last "
+                     f"RunInstances has landed before an unanswered purchase is settled "
+                     f"({UNANSWERED_SETTLED.total_seconds():.0f} s after it was recorded)")
     if not DNS_LABEL.fullmatch(args.leader_election_namespace):
         parser.error(f"--leader-election-namespace {args.leader_election_namespace!r}: not a namespace name")
     rate_limits: dict[str, float] = {}

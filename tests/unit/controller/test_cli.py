@@ -103,6 +103,8 @@ def test_leader_election_flags() -> None:
     (["--lease-duration=10"], "greater than the renew deadline"),
     (["--renew-deadline=2"], "greater than jitter"),
     (["--lease-duration=1.5"], "invalid int value"),
+    # A past leader's last purchase must land before an unanswered one is settled (60 s).
+    (["--lease-duration=60", "--renew-deadline=45"], "--renew-deadline: at most 30 s"),
 ])
 def test_unsafe_leader_election_timings_are_refused(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
@@ -110,3 +112,12 @@ def test_unsafe_leader_election_timings_are_refused(
     with pytest.raises(SystemExit):
         parse(["--leader-elect", *args])
     assert message in capsys.readouterr().err
+
+
+def test_orphan_collector_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (parse([]).orphan_release, parse([]).orphan_grace) == (True, 120.0)
+    config = parse(["--no-orphan-release", "--orphan-grace=600"])
+    assert (config.orphan_release, config.orphan_grace) == (False, 600.0)
+    with pytest.raises(SystemExit):
+        parse(["--orphan-grace=-1"])
+    assert "--orphan-grace" in capsys.readouterr().err
