@@ -641,29 +641,32 @@ class CvmClient:
     async def _describe_pages(
         self, base: dict[str, Any], max_instances: int | None = None
     ) -> list[Instance]:
-        """Every page of a listing, read again when the set changed while it was being read.
+        """Every page of a listing, read again when it does not hold together.
 
         Paging is by offset: an instance that disappears between two page reads shifts a later one
         onto a page already read, and the listing misses it. A caller that counts instances would
-        then buy a replacement for one that still runs. Pages that disagree on TotalCount reveal
-        the change; a fresh read is then the better view (the freshest is kept if the set never
-        holds still).
+        then buy a replacement for one that still runs. A listing is distrusted, and read again,
+        when its pages disagree on TotalCount, when one instance shows on two pages, or when it
+        holds fewer instances than TotalCount says (the freshest read is kept if the set never
+        holds still). Callers still never act on an absence alone: they look up by id what they
+        knew and the listing lacks.
         """
         limit = self._max_listing
         if max_instances is not None:
             limit = min(max_instances, limit)
         for _ in range(_LISTING_ATTEMPTS):
-            found, totals = await self._read_listing(base, limit)
-            if len(totals) == 1:
+            found, totals, repeated = await self._read_listing(base, limit)
+            if len(totals) == 1 and not repeated and len(found) >= min(totals):
                 break
         return found
 
     async def _read_listing(
         self, base: dict[str, Any], max_instances: int
-    ) -> tuple[list[Instance], set[int]]:
+    ) -> tuple[list[Instance], set[int], bool]:
         """The first page alone (it gives TotalCount and the page size), then the rest by
         PAGE_CONCURRENCY readers (the rate limiter spaces them), then on one by one if the set grew
-        meanwhile. Returns the instances and every TotalCount the pages reported.
+        meanwhile. Returns the instances, every TotalCount the pages reported, and whether an
+        instance showed on more than one page.
 
         Whatever the server claims, a listing holds at most `max_instances` instances and
         `max_listing_bytes` characters, and takes at most `max_instances / PAGE_LIMIT` + 10 page
@@ -675,9 +678,10 @@ class CvmClient:
         max_pages = -(-max_instances // wire.PAGE_LIMIT) + _EXTRA_PAGES
         pages_read = 0
         retained = 0
+        repeated = False
 
         async def read(offset: int) -> tuple[int, int]:
-            nonlocal pages_read, retained
+            nonlocal pages_read, retained, repeated
             pages_read += 1
             if pages_read > max_pages:
                 raise _invalid("DescribeInstances",
@@ -689,6 +693,8 @@ class CvmClient:
             for instance in page:
                 if instance.instance_id not in found:
                     retained += _INSTANCE_OVERHEAD + wire.retained_size(instance)
+                else:
+                    repeated = True
                 found[instance.instance_id] = instance
             if len(found) > max_instances or retained > self._max_listing_bytes:
                 raise _invalid("DescribeInstances",
@@ -700,7 +706,7 @@ class CvmClient:
         size, total = await read(0)
         # TotalCount, not a short page, ends the listing: a server may cap pages below Limit.
         if not size or size >= total:
-            return list(found.values()), totals
+            return list(found.values()), totals, repeated
         offsets = range(size, total, size)
         if len(offsets) + pages_read > max_pages:
             raise _invalid("DescribeInstances", f"the listing needs more than {max_pages} pages")
@@ -724,7 +730,7 @@ class CvmClient:
             if not size:
                 break
             offset += size
-        return list(found.values()), totals
+        return list(found.values()), totals, repeated
 
     def _listing_page(
         self, response: dict[str, Any], max_instances: int

@@ -446,6 +446,41 @@ async def test_a_listing_that_missed_an_instance_is_read_again() -> None:
     assert reads == [0, 100, 0, 100]
 
 
+async def test_a_listing_with_the_same_total_that_skipped_an_instance_is_read_again() -> None:
+    """Between two page reads one instance goes and another comes: TotalCount stays 101, the second
+    page starts one late, and the instance at the boundary is never listed (issue 17). Fewer
+    instances than TotalCount give it away; the re-read is whole."""
+    instances = [raw_instance(n) for n in range(101)]
+    reads: list[int] = []
+
+    def handler(action: str, body: dict[str, Any], req: httpx.Request) -> httpx.Response:
+        reads.append(body["Offset"])
+        skew = 1 if body["Offset"] and len(reads) <= 3 else 0  # the first listing's later pages start late
+        start = body["Offset"] + skew
+        return reply({"TotalCount": 101, "InstanceSet": instances[start:start + body["Limit"]]})
+
+    client, _, _ = make_client(handler)
+    async with client:
+        found = await client.describe_instances()
+    assert len(found) == 101 and reads[0] == 0 and reads.count(0) == 2
+
+
+async def test_a_listing_that_shows_an_instance_twice_is_read_again() -> None:
+    instances = [raw_instance(n) for n in range(150)]
+    reads: list[int] = []
+
+    def handler(action: str, body: dict[str, Any], req: httpx.Request) -> httpx.Response:
+        reads.append(body["Offset"])
+        shift = -1 if body["Offset"] and len(reads) <= 2 else 0  # page two starts one early: a repeat
+        start = body["Offset"] + shift
+        return reply({"TotalCount": 150, "InstanceSet": instances[start:start + body["Limit"]]})
+
+    client, _, _ = make_client(handler)
+    async with client:
+        found = await client.describe_instances()
+    assert len(found) == 150 and reads.count(0) == 2
+
+
 async def test_ids_are_deduplicated_and_chunked_by_100() -> None:
     instances = [raw_instance(n) for n in range(250)]
     ids = [i["InstanceId"] for i in instances]
