@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, TERMINATING
@@ -28,16 +27,6 @@ from tests.unit.simulator.test_market import (
     small_config,
     state,
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def market(clock: FakeClock) -> Market:
-    return Market(small_config(), clock)
 
 
 def instance(market: Market, iid: str) -> SimInstance:

@@ -19,11 +19,6 @@ from tests.unit.simulator.test_market import REGION, FakeClock, launch, small_co
 POOL_A = [("tag:pool", ["a"])]
 
 
-@pytest.fixture
-def market() -> Market:
-    return Market(small_config(), FakeClock())
-
-
 def page(market: Market, offset: int, limit: int = 2, **kwargs: Any) -> tuple[int, list[str]]:
     total, instances = market.describe_instances(
         REGION, filters=POOL_A, offset=offset, limit=limit, **kwargs

@@ -103,16 +103,6 @@ def state(market: Market, iid: str) -> str | None:
     return None if inst is None else inst.state
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def market(clock: FakeClock) -> Market:
-    return Market(small_config(), clock)
-
-
 # ------------------------------------------------------------------------- configuration
 
 

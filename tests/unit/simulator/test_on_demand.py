@@ -33,11 +33,6 @@ SPOT = "SPOTPAID"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def market(clock: FakeClock) -> Market:
     return Market(
         small_config(market={"default_on_demand_stock": 8, "on_demand_quota_vcpus": 100}),

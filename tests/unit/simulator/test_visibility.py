@@ -32,11 +32,6 @@ def restricted_config(**changes: Any) -> SimulatorConfig:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def market(clock: FakeClock) -> Market:
     return Market(restricted_config(), clock)
 
