@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spotpool.api.spec import EnvironmentSpec, SpecError, reserved_tag_key
 from tests.conftest import CRD_FILE, REPO, Cluster
 from tests.support.kube import Kubectl, token_kubeconfig, unique_name
+from tests.unit.test_spec import ALLOWED_KEYS, RESERVED_KEYS
 
 pytestmark = pytest.mark.cluster
 
@@ -67,6 +69,10 @@ INVALID = [
     # 6200 two-byte characters: within maxLength, over the byte budget the CEL rule enforces.
     ("userData over 12288 bytes", with_spec(userData="\u00e9" * 6200), "spec.userData"),
     ("reserved tag key", with_spec(tags={"spotpool.io/environment": "x"}), "spec.tags"),
+    ("reserved tag key in upper case", with_spec(tags={"SPOTPOOL.IO/environment": "x"}), "spec.tags"),
+    ("reserved tag key in mixed case", with_spec(tags={"team": "a", "SpotPool.Io/launch": "x"}), "spec.tags"),
+    ("reserved tag key after a space", with_spec(tags={" spotpool.io/environment": "x"}), "spec.tags"),
+    ("reserved tag key in whitespace", with_spec(tags={"\tSpotpool.IO/x\u3000": "x"}), "spec.tags"),
     ("unknown system disk type", with_spec(systemDisk={"type": "SSD"}), "spec.systemDisk.type"),
     ("subnet for a zone not in zones", with_spec(network={
         "vpcId": "vpc-2ari9m7h", "subnetIds": {"ap-guangzhou-7": "subnet-ahv6swf2"}}), "spec.network.subnetIds"),
@@ -176,6 +182,26 @@ def test_invalid_objects_are_refused_naming_the_field(
     assert proc.returncode != 0, f"{case}: accepted\n{proc.stdout}"
     assert field in proc.stderr, f"{case}: message does not name {field}:\n{proc.stderr}"
     assert cluster.kubectl.get("sce", "valid", namespace) is None
+
+
+@pytest.mark.parametrize("key", RESERVED_KEYS + ALLOWED_KEYS, ids=repr)
+def test_the_api_server_and_the_spec_model_refuse_the_same_tag_keys(
+    cluster: Cluster, crd: str, namespace: str, key: str
+) -> None:
+    """The CEL rule (trim, ASCII lower case, long s) and `reserved_tag_key` (strip of the same
+    whitespace, casefold) agree on every near miss: case, Unicode spaces, U+001F (which
+    str.isspace() counts and CEL's trim() does not), a zero-width space, look-alike letters."""
+    obj = with_spec(tags={key: "x"})
+    proc = cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}", "--dry-run=server", check=False)
+    try:
+        EnvironmentSpec.from_k8s(obj["spec"])
+        model_refuses = False
+    except SpecError:
+        model_refuses = True
+    assert model_refuses == reserved_tag_key(key)
+    assert (proc.returncode != 0) == model_refuses, proc.stderr
+    if model_refuses:
+        assert "spec.tags" in proc.stderr and "reserves for ownership" in proc.stderr, proc.stderr
 
 
 # Where the instances live cannot change under them (issue 8): the API server refuses it, naming

@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from spotpool.api.spec import (
+    RESERVED_TAG_PREFIX,
     AllocationStrategy,
     DiskType,
     EnvironmentSpec,
     ScaleInPolicy,
     SecretRef,
     SpecError,
+    reserved_tag_key,
 )
 
 MINIMAL: dict[str, Any] = {
@@ -189,6 +191,9 @@ def test_spec_is_immutable() -> None:
         (spec_with(userData="x" * 12289), "spec.userData"),
         (spec_with(userData="é" * 6145), "spec.userData"),
         (spec_with(tags={"spotpool.io/environment": "x"}), "spec.tags"),
+        (spec_with(tags={"SPOTPOOL.IO/environment": "x"}), "spec.tags"),
+        (spec_with(tags={" spotpool.io/environment": "x"}), "spec.tags"),
+        (spec_with(tags={"team": "a", "\tSpotPool.io/launch\u3000": "x"}), "spec.tags"),
         (spec_with(tags={"k" * 128: "x"}), "spec.tags"),
         (spec_with(tags={"team": "x" * 256}), "spec.tags.team"),
         (spec_with(tags={f"t{i}": "x" for i in range(21)}), "spec.tags"),
@@ -294,3 +299,65 @@ def test_the_base_is_capped_at_expected_count_and_budgets_never_reach_zero() -> 
     assert spec.base_count == 2
     assert spec.on_demand is not None and spec.on_demand.return_to_spot.budget(2) == 1
     assert spec.on_demand.return_to_spot.budget(0) == 1
+
+
+# spotpool's ownership tags: refused in any letter case and whatever whitespace surrounds them,
+# exactly as the CRD's rule refuses them (tests/integration/test_crd.py runs these on the API server).
+RESERVED_KEYS = [
+    "spotpool.io/environment-uid",
+    "SPOTPOOL.IO/environment-uid",
+    "SpotPool.Io/launch",
+    " spotpool.io/cluster",
+    "spotpool.io/namespace ",
+    "\t\n spotpool.io/x",
+    "\u00a0spotpool.io/x",  # no-break space
+    "\u3000SPOTPOOL.IO/x\u2029",  # ideographic space, paragraph separator
+    "\u017fpotpool.io/x",  # long s: case-folds to s
+    "spotpool.io/",
+]
+ALLOWED_KEYS = [
+    "team",
+    "spotpool.io",  # no slash: not under the prefix
+    "spotpool.iox/a",
+    "team/spotpool.io/x",
+    "x spotpool.io/x",
+    "\u200bspotpool.io/x",  # zero-width space is not whitespace (nor for CEL's trim)
+    "\x1fspotpool.io/x",  # U+001F: str.isspace() says yes, CEL's trim() says no
+    "spotpool\u0131o/x",  # dotless i folds to nothing ASCII
+    "\uff53potpool.io/x",  # fullwidth s
+]
+
+
+@pytest.mark.parametrize("key", RESERVED_KEYS, ids=repr)
+def test_the_reserved_prefix_is_refused_in_any_case_and_spacing(key: str) -> None:
+    assert reserved_tag_key(key)
+    with pytest.raises(SpecError) as caught:
+        EnvironmentSpec.from_k8s(spec_with(tags={"team": "render", key: "x"}))
+    message = str(caught.value)
+    assert message.startswith("spec.tags:") and "reserved prefix 'spotpool.io/'" in message, message
+
+
+@pytest.mark.parametrize("key", ALLOWED_KEYS, ids=repr)
+def test_keys_outside_the_reserved_prefix_are_accepted(key: str) -> None:
+    assert not reserved_tag_key(key)
+    assert EnvironmentSpec.from_k8s(spec_with(tags={key: "x"})).tags == {key: "x"}
+
+
+def test_case_folding_is_exactly_what_the_crd_rule_does_for_this_prefix() -> None:
+    """The CRD's rule is `k.trim().lowerAscii().replace('\\u017f', 's').startsWith(prefix)`: CEL
+    folds ASCII letters only. `casefold()` folds every letter, but for this prefix the only other
+    character that can fold into it is U+017F, which the rule maps by hand. Checked over every code
+    point, so a new prefix cannot silently make the two disagree."""
+
+    def cel_lower(char: str) -> str:
+        return "s" if char == "\u017f" else char.lower() if char.isascii() else char
+
+    def could_match(folded: str) -> bool:
+        rests = (RESERVED_TAG_PREFIX[j:] for j in range(len(RESERVED_TAG_PREFIX)))
+        return any(rest.startswith(folded) or folded.startswith(rest) for rest in rests)
+
+    for point in range(0x110000):
+        char = chr(point)
+        folded = char.casefold()
+        if folded != cel_lower(char):
+            assert not could_match(folded) and not could_match(cel_lower(char)), hex(point)

@@ -35,6 +35,11 @@ MAX_EXPECTED_COUNT = 10000
 MAX_CANDIDATES = 20  # zones, and instance types: the CRD's maxItems
 # spotpool's own tags live under this prefix; a user tag there could forge or break ownership.
 RESERVED_TAG_PREFIX = "spotpool.io/"
+# What CEL's trim() strips in the CRD's rule (Go's unicode.IsSpace: Unicode White_Space). Python's
+# str.strip() would strip U+001C..U+001F too, and refuse keys the API server accepted.
+_TAG_KEY_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
 MAX_TAGS = 20
 # CVM takes UserData base64-encoded and refuses more than 16 KiB of it: 12288 bytes before encoding.
 MAX_USER_DATA_BYTES = 12288
@@ -121,12 +126,22 @@ def _check_user_data(value: str) -> str:
     return value
 
 
+def reserved_tag_key(key: str) -> bool:
+    """Whether a tag key is under spotpool's prefix in any letter case, and whatever whitespace
+    surrounds it (`SPOTPOOL.IO/x`, ` spotpool.io/x`): whether the tag service folds case or trims a
+    key is not documented, and to a reader such a key is an ownership tag all the same. The CRD's
+    rule is `k.trim().lowerAscii().replace('\\u017f', 's').startsWith(...)`: for this prefix that
+    is exactly `casefold()`, whose only non-ASCII fold into it is U+017F (long s) to `s`."""
+    return key.strip(_TAG_KEY_SPACE).casefold().startswith(RESERVED_TAG_PREFIX)
+
+
 def _check_tags(tags: dict[str, str]) -> dict[str, str]:
     for key in tags:
         if not 1 <= len(key) <= 127:
             raise ValueError(f"tag key {key!r} must be 1 to 127 characters")
-        if key.startswith(RESERVED_TAG_PREFIX):
-            raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r}")
+        if reserved_tag_key(key):
+            raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r} (in any letter "
+                             f"case, with or without surrounding spaces): spotpool's ownership tags live there")
     return tags
 
 

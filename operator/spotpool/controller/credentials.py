@@ -45,6 +45,19 @@ class CredentialsError(Exception):
 
 
 async def load_credentials(kube: KubeApi, namespace: str, secret_name: str) -> Credentials:
+    """The key pair of Secret `namespace/secret_name`. Its values are scrubbed from every log record
+    this process writes from here on; values the Secret held before (rotated), or all of them when it
+    is gone or incomplete, are let go (`Redactor.hold`: masked a while longer, then forgotten)."""
+    try:
+        values = await _read_credentials(kube, namespace, secret_name)
+    except CredentialsError:
+        REDACTOR.hold((namespace, secret_name), ())
+        raise
+    REDACTOR.hold((namespace, secret_name), (values["secretKey"], values.get("token") or ""))
+    return Credentials(values["secretId"], values["secretKey"], values.get("token") or None)
+
+
+async def _read_credentials(kube: KubeApi, namespace: str, secret_name: str) -> dict[str, str]:
     data = await kube.read_secret(namespace, secret_name)
     if data is None:
         raise CredentialsError(
@@ -63,11 +76,7 @@ async def load_credentials(kube: KubeApi, namespace: str, secret_name: str) -> C
     for key in ("secretId", "secretKey"):
         if not values.get(key):
             raise CredentialsError(f"Secret {namespace}/{secret_name} has no key {key} (or it is empty)")
-    # From here on, the values are scrubbed from every log record this process writes.
-    REDACTOR.add(values["secretKey"])
-    if values.get("token"):
-        REDACTOR.add(values["token"])
-    return Credentials(values["secretId"], values["secretKey"], values.get("token") or None)
+    return values
 
 
 log = logging.getLogger(__name__)
@@ -97,5 +106,6 @@ class SecretGuard:
         if any(uid != leaving_uid for uid in users):
             return
         self._protected.discard((namespace, name))
+        REDACTOR.hold((namespace, name), ())  # no pool uses its values any more: retired, then forgotten
         if await self._kube.remove_secret_finalizer(namespace, name, SECRET_FINALIZER):
             log.info("Secret %s/%s: removed finalizer %s", namespace, name, SECRET_FINALIZER)
