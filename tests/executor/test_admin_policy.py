@@ -145,8 +145,9 @@ async def test_namespace_total_guard_counts_other_pools_only_in_the_namespace() 
         w.kube.create("other", "elsewhere", pool_spec(w.sim, expectedCount=4))  # another namespace: fine
         await w.settle("other", "elsewhere")
         w.kube.create("team", "second", pool_spec(w.sim, expectedCount=3))
-        await _refused(w, "second", "namespace team would expect 7 instances (this pool 3, 1 others 4), "
-                                    "over the limit of 6 (--max-namespace-instances)")
+        await _refused(w, "second", "namespace team would expect 7 instances (this pool 3, 1 others 4: older pools as "
+                                    "they expect, younger ones as they hold), over the limit of 6 "
+                                    "(--max-namespace-instances)")
         w.kube.edit_spec("team", "second", {"expectedCount": 2})
         await w.settle("team", "second")
         assert len(w.owned(w.kube.objects[("team", "second")]["metadata"]["uid"])) == 2
@@ -159,8 +160,46 @@ async def test_installation_total_guard() -> None:
         w.kube.create("team", "first", pool_spec(w.sim, expectedCount=4))
         await w.settle("team", "first")
         w.kube.create("other", "second", pool_spec(w.sim, expectedCount=2))
-        await _refused(w, "second", "the installation would expect 6 instances (this pool 2, 1 others 4), "
-                                    "over the limit of 5 (--max-total-instances)", namespace="other")
+        await _refused(w, "second", "the installation would expect 6 instances (this pool 2, 1 others 4: older pools "
+                                    "as they expect, younger ones as they hold), over the limit of 5 "
+                                    "(--max-total-instances)", namespace="other")
+
+
+async def test_a_refused_young_pool_freezes_no_older_one() -> None:
+    """Team B created two pools of 20 under a limit of 30, the second refused; team A, older, then
+    lost 3 instances to reclaims and could not replace them (7 of 10) for as long as B's refused
+    pool existed: its claim of 20 counted while it bought nothing (issue 18)."""
+    async with world(policy=_guarded(max_total_instances=30)) as w:
+        for namespace in ("team-a", "team-b"):
+            w.kube.put_secret(namespace, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        a = w.kube.create("team-a", "pool", pool_spec(w.sim, expectedCount=10))["metadata"]["uid"]
+        await w.settle("team-a", "pool")
+        w.kube.create("team-b", "one", pool_spec(w.sim, expectedCount=20))
+        await w.settle("team-b", "one")
+        w.kube.create("team-b", "two", pool_spec(w.sim, expectedCount=20))
+        await _refused(w, "two", "the installation would expect 50 instances", namespace="team-b")
+        w.sim.simulator.market.reclaim([i.instance_id for i in w.owned(a)][:3])
+        await w.settle("team-a", "pool")
+        assert len(w.owned(a)) == 10
+        await w.settle("team-b", "two")
+        assert _condition(w, "two", "Degraded", "team-b")["reason"] == "SpendGuard"
+        alive = sum(len(w.owned(o["metadata"]["uid"])) for o in w.kube.objects.values())
+        assert alive == 30
+
+
+async def test_pools_created_together_never_both_buy_past_a_total() -> None:
+    """Two pools that do not fit together, created at once, their passes interleaved: only the
+    older one buys, whatever each saw of the other's refusal."""
+    async with world(policy=_guarded(max_total_instances=30)) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        p = w.kube.create("team", "p", pool_spec(w.sim, expectedCount=20))["metadata"]["uid"]
+        q = w.kube.create("team", "q", pool_spec(w.sim, expectedCount=20))["metadata"]["uid"]
+        for _ in range(12):
+            for name in ("q", "p"):
+                await w.reconcile("team", name)
+                assert len(w.owned(p)) + len(w.owned(q)) <= 30
+            w.clock.advance(5)
+        assert len(w.owned(p)) == 20 and w.bought(q) == 0
 
 
 async def test_guard_blocks_purchases_only_scale_in_and_deletion_still_work() -> None:

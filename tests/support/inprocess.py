@@ -100,6 +100,7 @@ class FakeKube:
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     status_writes: int = 0
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _created: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
 
     def _bump(self, obj: dict[str, Any]) -> str:
         version = str(next(self._versions))
@@ -108,8 +109,11 @@ class FakeKube:
 
     # -- what users do -------------------------------------------------------------------------------
     def create(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        created = next(self._created)  # seconds: creation order, as the API server stamps it
         obj = {"metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "generation": 1,
-                            "finalizers": ["spotpool.io/finalizer"]},
+                            "finalizers": ["spotpool.io/finalizer"],
+                            "creationTimestamp": f"2026-01-01T{created // 3600:02d}:{created // 60 % 60:02d}:"
+                                                 f"{created % 60:02d}Z"},
                "spec": copy.deepcopy(spec), "status": {}}
         self._bump(obj)
         self.objects[(namespace, name)] = obj

@@ -143,7 +143,7 @@ async def resolve(
         return Blocked(*_moved(recorded, account, ref.namespace, secret), spec)
     guarded = None if deleting else policy.guards.refusal(
         namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
-        instance_types=spec.instance_types, pools=pools)
+        instance_types=spec.instance_types, pools=pools, created=_created(body))
     return PassContext(
         ref=ref,
         body=body,
@@ -175,6 +175,11 @@ def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str,
             f"spec.{field} is {account[field]!r} but this environment's instances live at "
             f"{recorded.get(field)!r}: buying and releasing nothing. Set it back; to move the pool, create a "
             f"new SpotComputeEnvironment and delete this one")
+
+
+def _created(body: Mapping[str, Any]) -> str:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    return created if isinstance(created, str) else ""
 
 
 def _status_of(exc: Exception) -> str:

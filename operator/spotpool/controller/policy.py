@@ -148,10 +148,16 @@ class PoolClaim:
     uid: str
     expected: int  # 0 while being deleted
     current: int  # instances alive as its status last said
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC: it sorts as text)
 
     @property
     def claim(self) -> int:
         return max(self.expected, self.current)
+
+    @property
+    def seniority(self) -> tuple[str, str]:
+        """Older pools first; the uid breaks ties of one second."""
+        return (self.created, self.uid)
 
 
 def pool_claim(body: Mapping[str, Any]) -> PoolClaim:
@@ -161,11 +167,13 @@ def pool_claim(body: Mapping[str, Any]) -> PoolClaim:
     status = body.get("status") or {}
     expected = spec.get("expectedCount") if isinstance(spec, Mapping) else 0
     current = status.get("currentCount") if isinstance(status, Mapping) else 0
+    created = meta.get("creationTimestamp")
     return PoolClaim(
         namespace=str(meta.get("namespace") or ""),
         uid=str(meta.get("uid") or ""),
         expected=0 if meta.get("deletionTimestamp") else _count(expected),
         current=_count(current),
+        created=created if isinstance(created, str) else "",
     )
 
 
@@ -221,8 +229,9 @@ class SpendGuards:
         return self.max_namespace_instances is not None or self.max_total_instances is not None
 
     def refusal(self, *, namespace: str, uid: str, expected_count: int, max_price: Decimal,
-                instance_types: Iterable[str], pools: PoolView | None) -> str | None:
-        """Why this pool may buy nothing (guard, value and limit, every guard it breaks), or None."""
+                instance_types: Iterable[str], pools: PoolView | None, created: str = "") -> str | None:
+        """Why this pool may buy nothing (guard, value and limit, every guard it breaks), or None.
+        `created`: the pool's creationTimestamp, its place in line for the totals (`_totals`)."""
         problems = []
         if self.max_expected_count is not None and expected_count > self.max_expected_count:
             problems.append(f"spec.expectedCount {expected_count} is over the limit of {self.max_expected_count} "
@@ -236,18 +245,29 @@ class SpendGuards:
                 problems.append(f"spec.instanceTypes {', '.join(refused)} match none of the allowed patterns "
                                 f"{', '.join(self.instance_types)} (--allowed-instance-type)")
         if self.aggregate:
-            problems += self._totals(namespace, uid, expected_count, pools)
+            problems += self._totals(namespace, (created, uid), expected_count, pools)
         if not problems:
             return None
         return "buying nothing (releasing still works): " + "; ".join(problems)
 
-    def _totals(self, namespace: str, uid: str, expected_count: int, pools: PoolView | None) -> list[str]:
-        """This pool's expectedCount plus every other pool's claim (the larger of its expectedCount
-        and what it holds) in the namespace and in the installation, against the limits."""
+    def _totals(self, namespace: str, seniority: tuple[str, str], expected_count: int,
+                pools: PoolView | None) -> list[str]:
+        """This pool's expectedCount plus every other pool's claim in the namespace and in the
+        installation, against the limits.
+
+        Pools wait in line by age. An older pool counts with its whole claim (the larger of its
+        expectedCount and what it holds), a younger one with only what it holds: a young pool the
+        guard refuses can never freeze an older one (its claim would otherwise count while it buys
+        nothing, and an older pool could not even replace a reclaimed instance), and an old pool
+        can never buy what younger ones already hold. The total stays bounded: the youngest pool
+        allowed to buy counted every older pool whole and every younger one as it is. Pools that
+        would each be refused against the other's claim cannot both be allowed on the next pass,
+        since only the older one counts the younger as it is.
+        """
         claims = pools.claims() if pools is not None else None
         if claims is None:
             return ["the operator does not know the other pools yet (a total limit is set); retrying"]
-        others = [c for c in claims if c.uid != uid]
+        others = [c for c in claims if c.uid != seniority[1]]
         problems = []
         for scope, limit, mine, flag in (
             (f"namespace {namespace}", self.max_namespace_instances,
@@ -256,11 +276,11 @@ class SpendGuards:
         ):
             if limit is None:
                 continue
-            total = expected_count + sum(c.claim for c in mine)
+            total = expected_count + sum(c.claim if c.seniority < seniority else c.current for c in mine)
             if total > limit:
                 problems.append(f"{scope} would expect {total} instances (this pool {expected_count}, "
-                                f"{len(mine)} others {total - expected_count}), over the limit of {limit} "
-                                f"({flag})")
+                                f"{len(mine)} others {total - expected_count}: older pools as they expect, "
+                                f"younger ones as they hold), over the limit of {limit} ({flag})")
         return problems
 
 

@@ -97,13 +97,13 @@ def test_loopback_hosts() -> None:
 
 
 def _refusal(guards: SpendGuards, *, expected: int = 5, price: str = "1.0", types: tuple[str, ...] = ("S5.MEDIUM4",),
-             claims: list[PoolClaim] | None = None) -> str | None:
+             claims: list[PoolClaim] | None = None, created: str = "2026-06-01T00:00:00Z") -> str | None:
     class View:
         def claims(self) -> list[PoolClaim] | None:
             return claims
 
     return guards.refusal(namespace="team", uid="me", expected_count=expected, max_price=Decimal(price),
-                          instance_types=types, pools=View())
+                          instance_types=types, pools=View(), created=created)
 
 
 def test_no_guards_refuse_nothing() -> None:
@@ -120,7 +120,7 @@ def test_each_guard_names_the_value_and_the_limit() -> None:
 
 
 def test_totals_count_others_claims_larger_of_expected_and_held() -> None:
-    claims = [PoolClaim("team", "me", 5, 0), PoolClaim("team", "a", 2, 4), PoolClaim("other", "b", 10, 0)]
+    claims = [PoolClaim("team", "me", 5, 0), PoolClaim("team", "a", 2, 4, OLD), PoolClaim("other", "b", 10, 0, OLD)]
     guards = SpendGuards(max_namespace_instances=9)
     assert _refusal(guards, claims=claims) is None  # 5 + max(2, 4)
     why = _refusal(SpendGuards(max_namespace_instances=8), claims=claims)
@@ -128,6 +128,32 @@ def test_totals_count_others_claims_larger_of_expected_and_held() -> None:
     why = _refusal(SpendGuards(max_total_instances=18), claims=claims)
     assert why is not None and "installation would expect 19 instances" in why
     assert _refusal(SpendGuards(max_total_instances=19), claims=claims) is None
+
+
+OLD, NEW = "2026-01-01T00:00:00Z", "2026-12-01T00:00:00Z"
+
+
+def test_a_younger_pool_counts_as_it_holds_so_a_refused_one_freezes_no_older_pool() -> None:
+    """Team B's second pool is refused (its claim would break the limit) and holds nothing: it must
+    not keep team A's older pool from replacing a reclaimed instance (issue 18)."""
+    guards = SpendGuards(max_total_instances=30)
+    b1, b2 = PoolClaim("b", "b1", 20, 20, NEW), PoolClaim("b", "b2", 20, 0, NEW)
+    assert _refusal(guards, expected=10, claims=[b1, b2], created=OLD) is None  # 10 + 20 held + 0 held
+    # b2 itself, younger than both: the older pools count whole, so it stays refused
+    mine = PoolClaim("a", "a", 10, 7, OLD)
+    why = SpendGuards(max_total_instances=30).refusal(
+        namespace="b", uid="b2", expected_count=20, max_price=Decimal("1"), instance_types=("S5.MEDIUM4",),
+        pools=type("View", (), {"claims": lambda self: [mine, b1]})(), created="2026-12-01T00:00:01Z")
+    assert why is not None and "would expect 50 instances" in why
+
+
+def test_two_pools_each_refused_against_the_other_are_never_both_allowed() -> None:
+    """Whatever order their passes fall in, of two pools that do not fit together only the older
+    one may buy: the younger counts the older whole, the older counts the younger as it holds."""
+    guards = SpendGuards(max_total_instances=30)
+    older, younger = PoolClaim("t", "p", 20, 0, OLD), PoolClaim("t", "q", 20, 0, NEW)
+    assert _refusal(guards, expected=20, claims=[younger], created=OLD) is None
+    assert _refusal(guards, expected=20, claims=[older], created=NEW) is not None
 
 
 def test_totals_refuse_while_the_other_pools_are_unknown() -> None:
@@ -138,6 +164,8 @@ def test_pool_claim_from_an_object() -> None:
     body = {"metadata": {"namespace": "team", "uid": "u"}, "spec": {"expectedCount": 3},
             "status": {"currentCount": 5}}
     assert pool_claim(body) == PoolClaim("team", "u", 3, 5)
+    body["metadata"]["creationTimestamp"] = OLD
+    assert pool_claim(body).seniority == (OLD, "u")
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert pool_claim(body).claim == 5
     assert pool_claim({"metadata": {}, "spec": {"expectedCount": "9"}, "status": None}).claim == 0
