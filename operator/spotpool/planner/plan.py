@@ -142,7 +142,7 @@ def plan(
                                    now, notes)
             launches += bought
             if not deficit:
-                launches += _return_to_spot(spec, census, mix, returns, releases, buyable, allowance)
+                launches += _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices)
         cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
 
     if returns and not mix.spot_running:  # no spot runs: nothing returns, it is plain scale-in
@@ -311,11 +311,19 @@ def _return_to_spot(
     releases: list[Instance],
     buyable: list[PoolAssessment],
     allowance: Allowance,
+    prices: Prices,
 ) -> list[LaunchBatch]:
     """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
 
     Replacements in flight are what the pool has beyond expectedCount once this pass's releases
     are done (pending spot, unseen purchases): new ones only fill the budget up.
+
+    Under `spec.maxHourlyCost` a replacement is weighed against the cost the pool will have once
+    the return is done: each replaces a fallback instance, which goes as soon as it runs. Counted
+    on top of the fallback instances it replaces, a return could never start under a cap the
+    fallback itself nearly fills, and the pool would pay on-demand prices for as long as the cap
+    stands (5.5x the spot cost, measured). The pool may so pass the cap while replacements boot,
+    by at most `maxInFlight` spot prices; it costs less as soon as they run.
     """
     if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
         return []
@@ -327,11 +335,20 @@ def _return_to_spot(
     wanted = min(fallback_left, budget) - max(0, in_flight)
     if wanted <= 0:
         return []
-    return list(plan_launches(
-        deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
-        occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
-        purpose=Purpose.RETURN, allowance=allowance,
-    ).batches)
+    # The fallback instances released this pass, and those the new replacements will replace
+    # (newest first, as they are released), no longer count against the cap.
+    replaced = list(reversed(mix.fallback))[: len(returns) + max(0, in_flight) + wanted]
+    credit = sum((price for i in replaced if (price := prices.of((i.zone, i.instance_type), True)) is not None),
+                 Decimal(0))
+    allowance.cost -= credit
+    try:
+        return list(plan_launches(
+            deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
+            occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
+            purpose=Purpose.RETURN, allowance=allowance,
+        ).batches)
+    finally:
+        allowance.cost += credit
 
 
 def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decision: JournalDecision) -> Plan:

@@ -220,6 +220,20 @@ def test_a_running_replacement_releases_the_newest_fallback_instance_then_the_ne
     assert bought(p) == {Purpose.RETURN: 1}  # three fallback left, budget 1, nothing in flight
 
 
+def test_a_spend_cap_the_fallback_nearly_fills_does_not_block_the_return() -> None:
+    """Four fallback instances at 0.10/h under a 0.41 cap: a spot replacement (0.02) on top of them
+    would pass it, yet once it runs its fallback instance goes and the pool costs less. Counted on
+    top, no return ever started, and the pool paid on-demand prices for as long as the cap stood
+    (issue 18)."""
+    p = run(*FALLBACK_FOUR, expectedCount=4, maxHourlyCost="0.4100",
+            **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}}))
+    assert bought(p) == {Purpose.RETURN: 2}
+    # A cap the pool would pass even after the return (0.20 for two fallback left + 0.04) holds it back.
+    p = run(*FALLBACK_FOUR, expectedCount=4, maxHourlyCost="0.2100",
+            **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}}))
+    assert p.launches == ()
+
+
 def test_the_return_honours_a_percentage_budget() -> None:
     fleet = tuple(od(f"ins-00000{n:03d}") for n in range(10))
     p = run(*fleet, expectedCount=10, **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": "25%"}}))
