@@ -208,3 +208,19 @@ async def test_a_replacement_that_runs_releases_its_fallback_instance_before_the
 
         await passes_until(w, lambda: by_charge(w, uid)[POSTPAID_BY_HOUR] == 0, step=2.0, each=note_running)
         assert running_at and w.clock() - running_at[0] <= 2.0, (running_at, w.clock())
+
+
+async def test_a_spend_cap_the_fallback_nearly_fills_lets_the_pool_return_to_spot() -> None:
+    """Five fallback instances under a cap just above their on-demand cost: a spot replacement on
+    top of them would pass it, so none was ever bought and the pool stayed on-demand (issue 18).
+    Weighed against the cost once the return is done, the pool goes back to spot."""
+    async with world() as w:
+        w.sell_out_spot()
+        uid = await start_checked(w, expectedCount=5, instanceTypes=["S5.MEDIUM4"], onDemand={
+            "fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": 1}})
+        await passes_until(w, lambda: by_charge(w, uid)[POSTPAID_BY_HOUR] == 5)
+        on_demand = float(status(w)["hourlyCost"])
+        w.kube.edit_spec(NS, NAME, {"maxHourlyCost": f"{on_demand + 0.005:.4f}"})
+        w.sell_out_spot(False)
+        await passes_until(w, lambda: by_charge(w, uid) == {SPOTPAID: 5, POSTPAID_BY_HOUR: 0})
+        assert w.bought(uid) == 10
