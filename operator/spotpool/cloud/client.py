@@ -828,7 +828,9 @@ class CvmClient:
 
     # ------------------------------------------- on-demand, stock, quota and price (issue 11)
 
-    async def check_purchase(self, request: RunInstancesRequest) -> None:
+    async def check_purchase(
+        self, request: RunInstancesRequest, *, guard: CallGuard | None = None
+    ) -> None:
         """RunInstances with DryRun: returns when `request` would pass now, raises the CloudError
         the purchase would get otherwise (a bad image, subnet or type, sold out, quota). Nothing
         is bought.
@@ -837,12 +839,14 @@ class CvmClient:
         and a fresh `dryrun-<uuid>` ClientToken, so the check may be retried like any idempotent
         purchase and never collides with a real purchase's token. CVM checks stock too, so a pass
         says nothing about later. An answer that carries instance ids means the server bought
-        despite DryRun: that is raised (`DryRunBought`), never ignored.
+        despite DryRun: that is raised (`DryRunBought`), never ignored. `guard`: as for a purchase
+        (a server that bought despite DryRun would have bought outside the caller's term).
         """
         if request.charge_type == SPOTPAID and request.max_price is None:
             raise ValueError("a spot purchase check needs max_price (its bid)")
         ids = await self.run_instances(
-            dataclasses.replace(request, dry_run=True, client_token=f"dryrun-{uuid.uuid4()}")
+            dataclasses.replace(request, dry_run=True, client_token=f"dryrun-{uuid.uuid4()}"),
+            guard=guard,
         )
         if ids:
             raise DryRunBought(

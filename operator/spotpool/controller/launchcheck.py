@@ -245,7 +245,8 @@ class LaunchChecker:
     async def _ask(self, ctx: PassContext, request: RunInstancesRequest) -> Answer:
         ctx.fence()
         try:
-            await ctx.client.check_purchase(request)
+            # Checked again right before each attempt is signed, after any wait in the rate limiter.
+            await ctx.client.check_purchase(request, guard=ctx.fence)
         except (CloudError, ValueError) as exc:
             return classify(exc)
         return Answer(checked=True)

@@ -54,6 +54,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
         self._namespaces: dict[str, str] = {}  # uid -> namespace, to wake a namespace's pools
+        self._generations: dict[str, Any] = {}  # uid -> the last metadata.generation this replica saw
 
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
@@ -158,6 +159,13 @@ class Runtime:
     def wake(self, uid: str) -> None:
         self.wakeup(uid).set()
 
+    def wake_on_generation(self, uid: str, generation: Any) -> None:
+        """Wake the pool when its spec changed since this replica last saw it (status writes,
+        which do not move the generation, wake nobody)."""
+        if self._generations.get(uid) != generation:
+            self._generations[uid] = generation
+            self.wake(uid)
+
     def wake_all(self, uids: set[str]) -> None:
         """A sweep changed these pools' slices: reconcile them now rather than at their next tick."""
         for uid in uids:
@@ -167,6 +175,7 @@ class Runtime:
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._wakeups.pop(uid, None)
         self._namespaces.pop(uid, None)
+        self._generations.pop(uid, None)
         if self.cloud is not None:
             self.cloud.forget_pool(uid)  # its key pair's sweeps stop once no pool uses it
         self.metrics.forget_environment(namespace, name)

@@ -167,9 +167,11 @@ class FakeCvm:
     def __init__(self, answer: Callable[[RunInstancesRequest], Exception | None] = lambda r: None) -> None:
         self.answer = answer
         self.checks: list[RunInstancesRequest] = []
+        self.guards: list[Any] = []
         self.in_flight = self.most_in_flight = 0
 
-    async def check_purchase(self, request: RunInstancesRequest) -> None:
+    async def check_purchase(self, request: RunInstancesRequest, *, guard: Any = None) -> None:
+        self.guards.append(guard)
         self.checks.append(request)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -298,3 +300,12 @@ async def test_every_check_is_fenced() -> None:
     with pytest.raises(NotLeader):
         await checker().check(context(cvm, fence=fence))
     assert cvm.checks == []
+
+
+async def test_the_fence_goes_down_to_the_client_which_checks_it_before_signing() -> None:
+    """A check that waited in the rate limiter past the term is not sent (the chaos e2e saw two
+    DryRun calls go out 13 ms after their process had stepped down)."""
+    cvm = FakeCvm()
+    ctx = context(cvm)
+    await checker().check(ctx)
+    assert cvm.guards and all(guard is ctx.fence for guard in cvm.guards)
