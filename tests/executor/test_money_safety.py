@@ -29,6 +29,7 @@ from tests.support.inprocess import (
     NS,
     FakeClock,
     FakeKube,
+    Switch,
     World,
     pool_spec,
     simulator_config,
@@ -55,27 +56,6 @@ async def passes(w: World, count: int, step: float = 5.0, *worlds: World) -> Non
         for each in worlds or (w,):
             await each.reconcile(NS, NAME)
         w.clock.advance(step)
-
-
-class Switch:
-    """A leadership a test hands from replica to replica: `term` goes up at each acquisition."""
-
-    def __init__(self, leading: bool = True) -> None:
-        self.term = 1
-        self.leading = leading
-
-    def is_leader(self, term: int | None = None) -> bool:
-        return self.leading and (term is None or term == self.term)
-
-    def remaining(self) -> float:
-        return 10.0 if self.leading else 0.0
-
-    def lose(self) -> None:
-        self.leading = False
-
-    def regain(self) -> None:
-        self.leading = True
-        self.term += 1
 
 
 # -- never act on an unconfirmed absence ----------------------------------------------------------------

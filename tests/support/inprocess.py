@@ -59,6 +59,28 @@ class Crash(Exception):
 ROTATED_KEY = ("AKIDROTATEDKEY00000000000000000000000", "rotatedSecretKey000000000000000000", "100000000001")
 
 
+class Switch:
+    """A leadership a test hands from replica to replica (the `Leadership` the reconciler consults):
+    `term` goes up at each acquisition, as a real elector's does."""
+
+    def __init__(self, leading: bool = True) -> None:
+        self.term = 1
+        self.leading = leading
+
+    def is_leader(self, term: int | None = None) -> bool:
+        return self.leading and (term is None or term == self.term)
+
+    def remaining(self) -> float:
+        return 10.0 if self.leading else 0.0
+
+    def lose(self) -> None:
+        self.leading = False
+
+    def regain(self) -> None:
+        self.leading = True
+        self.term += 1
+
+
 class FakeClock:
     """Epoch seconds, moved only by `advance`."""
 
