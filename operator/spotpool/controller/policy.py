@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import httpx
 
 from spotpool.api.names import DEFAULT_ENDPOINT
+from spotpool.planner.persistence import current_count
 
 DEFAULT_ALLOWED_ENDPOINTS = (
     DEFAULT_ENDPOINT,
@@ -166,13 +167,12 @@ def pool_claim(body: Mapping[str, Any]) -> PoolClaim:
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     expected = spec.get("expectedCount") if isinstance(spec, Mapping) else 0
-    current = status.get("currentCount") if isinstance(status, Mapping) else 0
     created = meta.get("creationTimestamp")
     return PoolClaim(
         namespace=str(meta.get("namespace") or ""),
         uid=str(meta.get("uid") or ""),
         expected=0 if meta.get("deletionTimestamp") else _count(expected),
-        current=_count(current),
+        current=current_count(status) if isinstance(status, Mapping) else 0,
         created=created if isinstance(created, str) else "",
     )
 

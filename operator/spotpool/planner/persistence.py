@@ -214,7 +214,6 @@ def read_status(status: Mapping[str, Any]) -> PersistedStatus:
     journal, malformed = read_journal(status)
     account = status.get("account")
     conditions = status.get("conditions")
-    current = status.get("currentCount")
     validated = status.get(VALIDATED_LAUNCH_SPEC)
     return PersistedStatus(
         journal=tuple(journal),
@@ -225,9 +224,16 @@ def read_status(status: Mapping[str, Any]) -> PersistedStatus:
         conditions=tuple(c for c in conditions if isinstance(c, Mapping)) if isinstance(conditions, list) else (),
         spot_short_since=_spot_short_since(status.get("capacity")),
         instances=tuple(_known_instances(status.get("instances"))),
-        current_count=current if isinstance(current, int) and not isinstance(current, bool) and current > 0 else 0,
+        current_count=current_count(status),
         validated_launch_spec=validated if isinstance(validated, str) else None,
     )
+
+
+def current_count(status: Mapping[str, Any]) -> int:
+    """`status.currentCount`, 0 when unset or not a count (the spend guards read it from every
+    pool's object on each watch event: this alone, not the whole status)."""
+    current = status.get("currentCount")
+    return current if isinstance(current, int) and not isinstance(current, bool) and current > 0 else 0
 
 
 VALIDATED_LAUNCH_SPEC = "validatedLaunchSpec"
