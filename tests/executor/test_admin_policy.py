@@ -202,6 +202,21 @@ async def test_pools_created_together_never_both_buy_past_a_total() -> None:
         assert len(w.owned(p)) == 20 and w.bought(q) == 0
 
 
+async def test_the_price_guard_bounds_on_demand_purchases_too() -> None:
+    """`--max-price 0.05`: a pool bidding within it with `onDemand.baseCount: 5` bought 5
+    on-demand at 0.0859 USD/h each, Degraded False (issue 18). On-demand is bought at the list
+    price, which the guard now bounds as it bounds the bid."""
+    async with world(policy=_guarded(max_price=Decimal("0.05"))) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        uid = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=5, maxPrice="0.05",
+                                                      onDemand={"baseCount": 5}))["metadata"]["uid"]
+        await w.settle("team", "pool")
+        assert w.bought_on_demand(uid) == 0
+        degraded = _condition(w, "pool", "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "SpendGuard"
+        assert "(--max-price)" in degraded["message"] and "on-demand" in degraded["message"]
+
+
 async def test_guard_blocks_purchases_only_scale_in_and_deletion_still_work() -> None:
     async with world() as w:
         w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)

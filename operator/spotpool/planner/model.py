@@ -248,6 +248,8 @@ class CapacityOutcome:
     - `fallback_due`: the fallback's wait is over (purchases on-demand may be in `launches`).
     - `capped`: the hourly spend cap kept `capped_count` instances from being bought, with the
       sentence that says so.
+    - `price_guarded`: on-demand instances not bought because their list price is over the
+      administrator's `--max-price`, in a sentence (a spend guard, like the others).
     """
 
     spot_short_since: datetime | None = None
@@ -255,6 +257,7 @@ class CapacityOutcome:
     fallback_due: bool = False
     capped_count: int = 0
     capped: str | None = None
+    price_guarded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,8 @@ class CapacitySignals:
     - `quota`: the account's remaining vCPU quota per zone (None: not known, not limiting).
     - `reclaims`: instances reclaimed per pool in the last hour (CapacityOptimized weighs them).
     - `spot_short_since`: the shortage's start as the previous pass recorded it.
+    - `price_ceiling`: the administrator's `--max-price`, which bounds every purchase: spot by the
+      bid (the spend guard refuses a spec.maxPrice above it), on-demand by the list price.
     """
 
     on_demand: Mapping[PoolKey, Offer] | None = None
@@ -273,3 +278,4 @@ class CapacitySignals:
     quota: AccountQuota | None = None
     reclaims: Mapping[PoolKey, int] | None = None
     spot_short_since: datetime | None = None
+    price_ceiling: Decimal | None = None

@@ -204,6 +204,7 @@ def _buy(
     """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring)."""
     base_need = min(deficit, max(0, spec.base_count - mix.on_demand - mix.on_demand_unseen))
     base = _on_demand(spec, base_need, Purpose.BASE, capacity, prices, allowance, now)
+    guarded = _over_ceiling(spec, capacity, prices, base_need - sum(b.count for b in base.batches))
     spot_need = deficit - base_need
     spot = plan_launches(
         deficit=spot_need, strategy=spec.allocation_strategy, pools=list(buyable),
@@ -232,6 +233,7 @@ def _buy(
             inflight = max(0, mix.on_demand_unseen - max(0, spec.base_count - mix.on_demand))
             room = min(room, max(0, fallback.max_count - len(mix.fallback) - inflight))
         fallen_back = _on_demand(spec, room, Purpose.FALLBACK, capacity, prices, allowance, now)
+        guarded = guarded or _over_ceiling(spec, capacity, prices, room - sum(b.count for b in fallen_back.batches))
     launches = [*base.batches, *spot.batches, *fallen_back.batches]
     capped = deficit - sum(b.count for b in launches) if allowance.capped else 0
     message = None
@@ -244,8 +246,26 @@ def _buy(
         fallback_due=due,
         capped_count=capped if message else 0,
         capped=message,
+        price_guarded=guarded,
     )
     return launches, outcome
+
+
+def _over_ceiling(spec: EnvironmentSpec, capacity: CapacitySignals, prices: Prices, short: int) -> str | None:
+    """Why `short` on-demand instances were not bought, when the administrator's `--max-price`
+    is what left them out (every candidate pool's list price is above it)."""
+    ceiling = capacity.price_ceiling
+    if short <= 0 or ceiling is None:
+        return None
+    listed = [p for key in _candidates(spec) if (p := prices.of(key, on_demand=True)) is not None]
+    if not listed or min(listed) <= ceiling:
+        return None
+    return (f"{short} on-demand instances are not bought: the cheapest list price of the pool's zones and types, "
+            f"{format_cost(min(listed))} USD/h, is over the administrator's limit of {ceiling} USD/h (--max-price)")
+
+
+def _candidates(spec: EnvironmentSpec) -> list[PoolKey]:
+    return [(zone, kind) for kind in spec.instance_types for zone in spec.zones]
 
 
 def _on_demand(
@@ -259,7 +279,8 @@ def _on_demand(
     od_offers = capacity.on_demand or {}
     od_backoff = capacity.on_demand_backoff or {}
     pools = []
-    for index, key in enumerate((zone, kind) for kind in spec.instance_types for zone in spec.zones):
+    ceiling = capacity.price_ceiling
+    for index, key in enumerate(_candidates(spec)):
         offer = od_offers.get(key)
         if offer is not None and (offer.sold_out or offer.status_category == "WithoutStock"):
             continue
@@ -267,8 +288,8 @@ def _on_demand(
         if entry is not None and entry.retry_after is not None and as_utc(entry.retry_after) > now:
             continue
         price = prices.of(key, on_demand=True)
-        if price is None:
-            continue
+        if price is None or (ceiling is not None and price > ceiling):
+            continue  # unpriced, or over the administrator's --max-price: never bought on-demand
         pools.append((price, index, _OnDemandPool(key, price)))
     ordered = [pool for _, _, pool in sorted(pools, key=lambda item: (item[0], item[1]))]
     return plan_launches(deficit=need, strategy=AllocationStrategy.LOWEST_PRICE, pools=list(ordered),

@@ -122,6 +122,8 @@ def build_status(
     outcome = outcome or CapacityOutcome()
     if purchases_refused is None and outcome.capped:
         purchases_refused = (DegradedReason.MAX_HOURLY_COST_REACHED.value, outcome.capped)
+    if purchases_refused is None and outcome.price_guarded:
+        purchases_refused = (DegradedReason.SPEND_GUARD.value, outcome.price_guarded)
     pools = assess_pools(spec, offers, backoff, now, capacity.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     mix = take_mix(census, spec.base_count)

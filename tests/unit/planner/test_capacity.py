@@ -234,6 +234,24 @@ def test_a_spend_cap_the_fallback_nearly_fills_does_not_block_the_return() -> No
     assert p.launches == ()
 
 
+def test_the_administrators_max_price_bounds_on_demand_too() -> None:
+    """`--max-price 0.05` with list prices of 0.10: neither the base nor a fallback is bought
+    on-demand (before, a base of 5 was bought at list price under the guard, and a bid below the
+    market with a PriceAboveMax fallback was a switch to on-demand), and the plan says why."""
+    ceiling = CapacitySignals(price_ceiling=Decimal("0.05"))
+    p = run(expectedCount=4, signals=ceiling, onDemand={"baseCount": 2})
+    assert bought(p) == {Purpose.SPOT: 2}
+    assert p.capacity is not None and p.capacity.price_guarded is not None
+    assert "2 on-demand instances are not bought" in p.capacity.price_guarded
+    assert "limit of 0.05 USD/h (--max-price)" in p.capacity.price_guarded
+    fallback = run(offers=sold_out(), expectedCount=3, signals=ceiling, **fallback_spec(onDemand={
+        "fallback": {"after": "0s"}}))
+    assert fallback.launches == () and fallback.capacity is not None and fallback.capacity.price_guarded
+    under = run(expectedCount=4, signals=CapacitySignals(price_ceiling=Decimal("0.10")), onDemand={"baseCount": 2})
+    assert bought(under) == {Purpose.BASE: 2, Purpose.SPOT: 2} and under.capacity is not None
+    assert under.capacity.price_guarded is None
+
+
 def test_the_return_honours_a_percentage_budget() -> None:
     fleet = tuple(od(f"ins-00000{n:03d}") for n in range(10))
     p = run(*fleet, expectedCount=10, **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": "25%"}}))
