@@ -5,6 +5,7 @@ planning, and an on-demand purchase replayed after a crash with its own charge t
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -224,3 +225,24 @@ async def test_a_spend_cap_the_fallback_nearly_fills_lets_the_pool_return_to_spo
         w.sell_out_spot(False)
         await passes_until(w, lambda: by_charge(w, uid) == {SPOTPAID: 5, POSTPAID_BY_HOUR: 0})
         assert w.bought(uid) == 10
+
+
+async def test_instances_of_a_type_removed_from_the_spec_are_priced_for_the_cap_and_the_status() -> None:
+    """After switching type and raising the count, the instances of the removed type still bill,
+    but the market was read only for the spec's pools: the cap priced them at spec.maxPrice (no
+    bound for on-demand) and status.hourlyCost at nothing; a pool ran at 1.29 USD/h against a
+    0.9 cap while its status said 0.43 (issue 18)."""
+    async with world() as w:
+        uid = await start_checked(w, expectedCount=3, instanceTypes=["S5.MEDIUM4"], maxPrice="0.05",
+                                  onDemand={"baseCount": 3})
+        await w.settle(NS, NAME)
+        assert by_charge(w, uid) == {SPOTPAID: 0, POSTPAID_BY_HOUR: 3}
+        before = Decimal(status(w)["hourlyCost"])
+        w.kube.edit_spec(NS, NAME, {"instanceTypes": ["SA2.MEDIUM4"], "expectedCount": 4, "onDemand": None,
+                                    "maxHourlyCost": str(before + Decimal("0.01"))})
+        await w.settle(NS, NAME)
+        # The three on-demand instances still run (nothing replaces them), and they are priced:
+        assert Decimal(status(w)["hourlyCost"]) >= before
+        # so the cap, which they nearly fill, leaves no room for a fourth at spot prices above 0.01.
+        assert len(w.owned(uid)) == 3, "bought past maxHourlyCost: the removed type was priced at maxPrice"
+        assert condition(w, "Degraded")["reason"] == "MaxHourlyCostReached"

@@ -236,9 +236,18 @@ class Reconciler:
         key may see. Every id the pool knew (status, journal, this process's memory) that the
         sweep does not show is looked up by id with the pool's own key before anything is
         bought for it or a deletion lets it go."""
+        # The market of the spec's pools, and of every pool the status last listed an instance in:
+        # an instance of a type or zone removed from the spec still bills, and the spend cap and
+        # status.hourlyCost must price it (unpriced, it counted at spec.maxPrice, no bound for
+        # on-demand, or at nothing).
+        held = ctx.persisted.instances
+        zones = [*ctx.spec.zones, *sorted({i.zone for i in held if i.zone.startswith(f"{ctx.spec.region}-")}
+                                          - set(ctx.spec.zones))[:MAX_EXTRA_POOLS]]
+        kinds = [*ctx.spec.instance_types, *sorted({i.instance_type for i in held if i.instance_type}
+                                                   - set(ctx.spec.instance_types))[:MAX_EXTRA_POOLS]]
         listed, market, quota = await asyncio.gather(
             self._observer(ctx).slice(ctx.ref.uid),
-            self._cloud.offers(ctx.key, ctx.client, ctx.spec.zones, ctx.spec.instance_types),
+            self._cloud.offers(ctx.key, ctx.client, zones, kinds),
             self._cloud.quota(ctx.key, ctx.client),
         )
         seen = {i.instance_id for i in listed}
@@ -351,6 +360,9 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
     }[reason]
     return label, why
 
+
+MAX_EXTRA_POOLS = 10
+"""Zones, and types, beyond the spec's whose prices a pass reads for instances it still holds."""
 
 MAX_SETTLING_LISTINGS = 4
 """Zone listings a pass makes to settle unanswered launch records (`_settle_unanswered`);

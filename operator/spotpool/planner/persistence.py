@@ -265,6 +265,10 @@ def _known_instances(items: Any) -> list[KnownInstance]:
             continue
         instance_id = item.get("id")
         if isinstance(instance_id, str) and _INSTANCE_ID.fullmatch(instance_id):
-            known.append(KnownInstance(instance_id, str(item.get("zone") or ""), str(item.get("instanceType") or ""),
-                                       str(item.get("state") or "")))
+            # Zone and type name pools whose prices are read: only what the shapes allow.
+            zone, kind = item.get("zone"), item.get("instanceType")
+            known.append(KnownInstance(
+                instance_id, zone if isinstance(zone, str) and _ZONE.fullmatch(zone) else "",
+                kind if isinstance(kind, str) and _INSTANCE_TYPE.fullmatch(kind) else "",
+                str(item.get("state") or "")[:32]))
     return known
