@@ -368,3 +368,29 @@ async def test_the_collector_releases_instances_of_a_pool_whose_finalizer_was_re
         first = reasons.index("OrphanInstances")
         released = reasons.index("OrphanInstancesReleased")
         assert first < released
+
+
+async def test_a_key_that_cannot_see_what_it_buys_does_not_buy_every_pass() -> None:
+    """A pool's key may list only instances tagged team=b, and the pool does not put that tag on
+    what it buys: the instances RunInstances returns are 'not found' by id. Taken as gone, they were
+    bought again every pass (300 for 2 in 150 passes, found by the stateful machine's author). Held
+    as bought for the grace, with Degraded InstancesNotVisible saying why, the pool buys one batch
+    per grace at most, and says so."""
+    clock = FakeClock()
+    config = simulator_config().with_overrides({"credentials": [
+        *[c.model_dump() for c in simulator_config().credentials],
+        {"secret_id": TEAM_B[0], "secret_key": TEAM_B[1], "visible_tags": {"team": "b"}},
+    ]})
+    async with run_simulator(config, clock=clock) as sim:
+        w = World(sim, clock)
+        try:
+            w.kube.put_secret("team-b", "creds", *TEAM_B)
+            uid = w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
+            for _ in range(30):  # 7.5 simulated minutes: within the grace
+                await w.reconcile("team-b", NAME)
+                clock.advance(15)
+            assert w.bought(uid) == 2, f"bought {w.bought(uid)} for 2"
+            degraded = w.condition("team-b", NAME, "Degraded")
+            assert degraded["reason"] == "InstancesNotVisible" and "spec.tags" in degraded["message"]
+        finally:
+            await w.close()

@@ -22,7 +22,7 @@ same pools, in turn or concurrently in one step.
 The only purchases beyond a deficit are the return's spot replacements: at most `maxInFlight` a
 pass (or a step of concurrent passes), and, each time the return is switched on, never more than
 the on-demand instances bought.
-`SPOTPOOL_STATEFUL_EXAMPLES` (default 40) and `SPOTPOOL_STATEFUL_STEPS` (rules per example, default
+`SPOTPOOL_STATEFUL_EXAMPLES` (default 200) and `SPOTPOOL_STATEFUL_STEPS` (rules per example, default
 25) deepen the search for long runs.
 """
 
@@ -56,7 +56,7 @@ from tests.support.inprocess import (
 NS, NAME = "team", "pool"
 TEAM_B_NS = "team-b"
 TEAM_B = ("AKIDTEAMBKEY000000000000000000000000", "teamBSecretKey00000000000000000000")
-EXAMPLES = int(os.environ.get("SPOTPOOL_STATEFUL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("SPOTPOOL_STATEFUL_EXAMPLES", "200"))
 STEPS = int(os.environ.get("SPOTPOOL_STATEFUL_STEPS", "25"))
 POOL = st.integers(0, 3)  # which pool a rule acts on (modulo the pools of the run; 0 is team/pool)
 

@@ -256,7 +256,12 @@ class Reconciler:
         confirmed = dict(await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed)))
         found, unbought = await self._settle_unanswered(ctx, listed)
         confirmed.update({i.instance_id: i for i in found if i.instance_id not in seen})
-        return Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought), market, quota
+        # Observed by an earlier pass: listed in status, and not only because a purchase answered with
+        # the id (a pass lists what it just bought before anything has shown it).
+        unaccounted = {i for launch in ctx.journal for i in launch.instance_ids}
+        seen_before = frozenset(i.instance_id for i in ctx.persisted.instances) - unaccounted
+        return (Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought, seen_before=seen_before),
+                market, quota)
 
     async def _settle_unanswered(self, ctx: PassContext,
                                  listed: list[Instance]) -> tuple[list[Instance], frozenset[str]]:
