@@ -312,10 +312,11 @@ def test_paused_leader_resumed_after_takeover_writes_and_buys_nothing(
     wait_for(lambda: len(simulator.calls("DescribeInstances")) > seen, timeout=3 * OBSERVE_INTERVAL,
              what="the new leader's next observation")
 
-    final = pools.get("paused")
-    writers = [(f.get("manager"), f.get("subresource"), f.get("time")) for f in final["metadata"]["managedFields"]]
-    assert final["metadata"]["resourceVersion"] == version, (
-        f"the object was written after the old leader resumed (managed fields: {writers})")
+    if pools.get("paused")["metadata"]["resourceVersion"] != version:
+        shown = pools.kubectl.json("get", "sce", "paused", f"--namespace={pools.namespace}", "--show-managed-fields")
+        writers = [(f.get("manager"), f.get("subresource"), f.get("time"))
+                   for f in shown["metadata"].get("managedFields", [])]
+        raise AssertionError(f"the object was written after the old leader resumed (managed fields: {writers})")
     # Events are writes too: the answers it held when paused are news it may no longer post.
     late_events = [(e["reason"], e["message"][:80]) for e in pools.events("paused")
                    if events.get(e["metadata"]["name"]) != int(e.get("count") or 1)]
