@@ -394,3 +394,20 @@ async def test_a_key_that_cannot_see_what_it_buys_does_not_buy_every_pass() -> N
             assert degraded["reason"] == "InstancesNotVisible" and "spec.tags" in degraded["message"]
         finally:
             await w.close()
+
+
+async def test_an_instance_reclaimed_before_any_sweep_listed_it_is_replaced_at_once() -> None:
+    """The other side of the rule above: an instance a look-up showed alive, then reclaimed before a
+    sweep listed it, is gone, not hidden from the key: it is replaced at once, not after the grace."""
+    async with world(tag_index_delay_seconds=LAG) as w:
+        uid = await checked(w, expectedCount=3)
+        await w.reconcile(NS, NAME)  # bought; the tag index hides them from every sweep
+        w.clock.advance(2)
+        await w.reconcile(NS, NAME)  # the look-ups by id show them
+        victim = w.owned(uid)[0].instance_id
+        w.sim.simulator.market.reclaim([victim])
+        w.clock.advance(30)  # reclaimed, terminated and gone
+        for _ in range(3):
+            await w.reconcile(NS, NAME)
+            w.clock.advance(2)
+        assert len(w.owned(uid)) == 3 and w.bought(uid) == 4
