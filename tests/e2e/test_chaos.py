@@ -76,9 +76,10 @@ the leader: it had never held the Lease"; a finalizer stripped by hand right aft
 gets "ins-… of the deleted p1 (termination begun at …) was not gone when admin removed the
 finalizer"; a count bound lowered by one reports every purchase that reached it.
 
-Knobs: SPOTPOOL_CHAOS_SEED replays a run (the seed and the planned sequence are printed first; a
-random seed otherwise), SPOTPOOL_CHAOS_FAULTS sets the number of steps (default 12: 80-100 s in all
-on two cores, about 7 s a step).
+Knobs: SPOTPOOL_CHAOS_SEED replays a run (the seed and the planned sequence are printed first);
+unset, the run uses seed 13, so that `make test` is the same run every time (a CI gate must not
+depend on a dice roll); `SPOTPOOL_CHAOS_SEED=random` draws one, for exploring. SPOTPOOL_CHAOS_FAULTS
+sets the number of steps (default 12: 80-100 s in all on two cores, about 7 s a step).
 """
 
 from __future__ import annotations
@@ -983,9 +984,13 @@ def check_run(chaos: Chaos) -> tuple[list[str], list[str]]:
 
 # -- the test ------------------------------------------------------------------------------------------
 
+DEFAULT_SEED = 13
+
+
 @pytest.fixture
 def chaos(tmp_path: Path) -> Iterator[Chaos]:
-    seed = int(os.environ.get("SPOTPOOL_CHAOS_SEED") or random.SystemRandom().randrange(1, 1_000_000))
+    chosen = os.environ.get("SPOTPOOL_CHAOS_SEED") or str(DEFAULT_SEED)
+    seed = random.SystemRandom().randrange(1, 1_000_000) if chosen == "random" else int(chosen)
     plane = ChaosPlane(workdir=tmp_path / "plane", binaries=ensure_binaries(), with_controller_manager=False)
     plane.start()
     config = simulator_config().model_dump(mode="json")
