@@ -256,17 +256,7 @@ class Reconciler:
         confirmed = dict(await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed)))
         found, unbought = await self._settle_unanswered(ctx, listed)
         confirmed.update({i.instance_id: i for i in found if i.instance_id not in seen})
-        # Observed by an earlier pass: listed in status, and not only because a purchase answered with
-        # the id (a pass lists what it just bought before anything has shown it); or shown to this
-        # process by a listing or a look-up (an instance reclaimed before a sweep listed it is gone,
-        # not hidden from the key).
-        unaccounted = {i for launch in ctx.journal for i in launch.instance_ids}
-        memory.observed = ({i for i in memory.observed if i in known}
-                           | {i.instance_id for i in listed}
-                           | {i for i, found in confirmed.items() if found is not None})
-        seen_before = frozenset(i.instance_id for i in ctx.persisted.instances) - unaccounted | memory.observed
-        return (Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought, seen_before=seen_before),
-                market, quota)
+        return Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought), market, quota
 
     async def _settle_unanswered(self, ctx: PassContext,
                                  listed: list[Instance]) -> tuple[list[Instance], frozenset[str]]:

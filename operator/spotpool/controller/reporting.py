@@ -62,7 +62,6 @@ class PoolMemory:
     shortfall_since: float | None = None
     on_demand_backoff: dict[PoolKey, PoolBackoff] = field(default_factory=dict)
     deletion_wait: str | None = None  # what the delete handler last said it waits for (said once)
-    observed: set[str] = field(default_factory=set)  # ids a listing or look-up of this process showed
     reclaims: deque[tuple[datetime, PoolKey]] = field(default_factory=lambda: deque(maxlen=MAX_RECLAIMS_KEPT))
 
     def recent_reclaims(self, now: datetime) -> dict[PoolKey, int]:

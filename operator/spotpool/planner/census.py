@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 
 from spotpool.api.names import LAUNCH_TAG
 from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
-from spotpool.planner.formatting import as_utc
-from spotpool.planner.model import INFLIGHT_VISIBILITY_GRACE, OWNER_UID_TAG, InflightLaunch, PoolKey
+from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, PoolKey
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,6 @@ class Census:
     unlisted: tuple[Instance, ...]
     records: tuple[RecordCount, ...]
     gone: frozenset[str] = frozenset()
-    invisible: int = 0  # bought ids never seen anywhere that a look-up cannot find (see Observation)
 
     @property
     def alive_count(self) -> int:
@@ -151,8 +148,6 @@ def take_census(
     inflight: Iterable[InflightLaunch],
     owner_uid: str,
     confirmed: Mapping[str, Instance | None] | None = None,
-    seen_before: frozenset[str] = frozenset(),
-    now: datetime | None = None,
 ) -> Census:
     """Count what the environment has and what is on its way.
 
@@ -186,12 +181,6 @@ def take_census(
         instance_id for instance_id, instance in confirmed.items()
         if instance is None or instance.tags.get(OWNER_UID_TAG) != owner_uid
     )
-    inflight = list(inflight)
-    invisible = frozenset() if now is None else frozenset(
-        i for launch in inflight if as_utc(launch.requested_at) + INFLIGHT_VISIBILITY_GRACE > as_utc(now)
-        for i in launch.instance_ids if i in gone and confirmed.get(i) is None and i not in seen_before
-    )
-    gone = gone - invisible  # still counted as unseen: they may be running where the key cannot look
     records = tuple(_count(launch, owned, unlisted_ids, gone) for launch in inflight)
     return Census(
         owned=tuple(owned.values()),
@@ -200,7 +189,6 @@ def take_census(
         unlisted=tuple(owned[i] for i in sorted(unlisted_ids)),
         records=records,
         gone=gone,
-        invisible=len(invisible),
     )
 
 

@@ -31,7 +31,6 @@ class DegradedReason(StrEnum):
     SPEND_GUARD = "SpendGuard"  # over a limit the operator's administrator set: buying nothing
     MAX_HOURLY_COST_REACHED = "MaxHourlyCostReached"  # spec.maxHourlyCost leaves no room for the deficit
     INSTANCES_UNLISTED = "InstancesUnlisted"  # bought instances the tag listing keeps missing
-    INSTANCES_NOT_VISIBLE = "InstancesNotVisible"  # bought instances the pool's key cannot find by id
     QUOTA_EXCEEDED = "QuotaExceeded"
     PRICE_ABOVE_MAX = "PriceAboveMax"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
@@ -77,7 +76,6 @@ def find_problems(
     last_error: ErrorRecord | None,
     config_error: tuple[str, str] | None,
     unlisted_overdue: int = 0,
-    invisible: int = 0,
 ) -> list[Problem]:
     """Every current problem, worst first (ties keep config, then errors, then pool order).
 
@@ -95,13 +93,6 @@ def find_problems(
             DegradedReason.INSTANCES_UNLISTED,
             f"{unlisted_overdue} bought instances are still missing from the tag-filtered listing "
             f"(found by id): counted and released by id; check the cloud's tag service",
-        ))
-    if invisible:
-        problems.append(Problem(
-            DegradedReason.INSTANCES_NOT_VISIBLE,
-            f"{invisible} instances RunInstances just returned cannot be found by id with this pool's key: counted "
-            f"as bought, nothing more is bought for them for 10 minutes. Does a CAM policy let the key see only "
-            f"instances with tags this pool does not set? Add them to spec.tags, or widen the policy",
         ))
     if deficit > 0:
         for pool in pools:

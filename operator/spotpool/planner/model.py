@@ -103,18 +103,11 @@ class Observation:
       listing of their zone and instance type (not through the tag index) shows nothing of:
       they bought nothing. Instances such a listing shows carrying a record's token are in
       `confirmed`.
-    - `seen_before`: ids an earlier pass observed (the status lists them). An id RunInstances
-      returned that no listing or look-up has ever shown is not taken as gone when a look-up
-      does not find it, until `INFLIGHT_VISIBILITY_GRACE` after its purchase: a just-bought
-      instance does not vanish without a trace, but one the pool's key may not see (a CAM policy
-      restricted to tags the pool does not put on its instances) does, and was bought again every
-      pass (300 for 2 in 150 passes).
     """
 
     listed: tuple[Instance, ...] = ()
     confirmed: Mapping[str, Instance | None] = field(default_factory=dict)
     unbought: frozenset[str] = frozenset()
-    seen_before: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,7 @@ def plan(
     """
     capacity = capacity or CapacitySignals()
     observed = take_census(
-        instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed,
-        seen_before=observation.seen_before, now=now,
+        instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
     )
     decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
                               purchases_refused=purchases_refused, unbought=observation.unbought)

@@ -39,10 +39,9 @@ def run(
     offers: dict[PoolKey, Any] | None = None,
     deleting: bool = False,
     unbought: frozenset[str] = frozenset(),
-    seen_before: frozenset[str] = frozenset(),
     **spec: Any,
 ) -> Plan:
-    observation = replace(observe(*instances, confirmed=confirmed), unbought=unbought, seen_before=seen_before)
+    observation = replace(observe(*instances, confirmed=confirmed), unbought=unbought)
     return plan(
         spec=make_spec(**spec),
         observation=observation,
@@ -310,25 +309,9 @@ def test_a_record_with_ids_never_expires_and_counts_its_unseen_ids() -> None:
 
 def test_ids_looked_up_as_gone_resolve_the_record() -> None:
     launch = make_launch("t1", count=2, ids=("ins-gone0001", "ins-gone0002"))
-    seen = frozenset({"ins-gone0001", "ins-gone0002"})  # an earlier pass observed them
-    p = run(journal=[launch], confirmed={"ins-gone0001": None, "ins-gone0002": None}, expectedCount=2,
-            seen_before=seen)
+    p = run(journal=[launch], confirmed={"ins-gone0001": None, "ins-gone0002": None}, expectedCount=2)
     assert p.journal == () and p.census.inflight_unseen == 0
     assert launched(p) == [(Z3, S5, 2)]
-
-
-def test_bought_ids_nothing_ever_showed_are_not_gone_until_the_grace() -> None:
-    """RunInstances answered with them, no listing or look-up has shown them, and a look-up does
-    not find them: the pool's key may not see them (CAM). Counted as bought, and said, until the
-    grace; a pool bought them again every pass before."""
-    launch = make_launch("t1", count=2, ids=("ins-hide0001", "ins-hide0002"))
-    confirmed: dict[str, Instance | None] = {"ins-hide0001": None, "ins-hide0002": None}
-    p = run(journal=[launch], confirmed=confirmed, expectedCount=2)
-    assert tokens(p.journal) == ["t1"] and p.census.inflight_unseen == 2 and p.launches == ()
-    assert p.census.invisible == 2
-    old = make_launch("t1", count=2, ids=("ins-hide0001", "ins-hide0002"),
-                      age_seconds=(INFLIGHT_VISIBILITY_GRACE + timedelta(seconds=1)).total_seconds())
-    assert launched(run(journal=[old], confirmed=confirmed, expectedCount=2)) == [(Z3, S5, 2)]
 
 
 def test_an_id_only_found_by_lookup_counts_and_is_overdue_past_the_grace() -> None:

@@ -189,12 +189,9 @@ def alive_ids(world: World) -> set[str]:
 
 
 def gone(world: World) -> set[str]:
-    """Ids a look-up proved gone (not found, or not ours), except ids of a record younger than the
-    grace that nothing ever showed: those may be where the pool's key cannot look (still counted)."""
-    lost = {i for i, inst in world.confirmed.items() if inst is None or inst.tags.get(OWNER_UID_TAG) != UID}
-    hidden = {i for launch in world.inflight if launch.requested_at + INFLIGHT_VISIBILITY_GRACE > NOW
-              for i in launch.instance_ids if world.confirmed.get(i, ...) is None}
-    return lost - hidden
+    return {
+        i for i, inst in world.confirmed.items() if inst is None or inst.tags.get(OWNER_UID_TAG) != UID
+    }
 
 
 @dataclass(frozen=True)
