@@ -49,6 +49,3 @@ class Fence:
             return None
         return self._leadership.remaining()
 
-
-UNFENCED = Fence(None)
-"""For callers outside leader election (tests, one-off tools): always in term."""
