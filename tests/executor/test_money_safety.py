@@ -368,3 +368,100 @@ async def test_the_collector_releases_instances_of_a_pool_whose_finalizer_was_re
         first = reasons.index("OrphanInstances")
         released = reasons.index("OrphanInstancesReleased")
         assert first < released
+
+
+# -- a key that cannot see what it buys ----------------------------------------------------------------
+
+def _hidden_world_config() -> Any:
+    """The simulator with team B's key restricted (CAM) to instances tagged team=b."""
+    return simulator_config().with_overrides({"credentials": [
+        *[c.model_dump() for c in simulator_config().credentials],
+        {"secret_id": TEAM_B[0], "secret_key": TEAM_B[1], "visible_tags": {"team": "b"}},
+    ]})
+
+
+async def test_a_key_that_cannot_see_what_it_buys_never_buys_again_for_it() -> None:
+    """Team B's key may list and look up only instances tagged team=b, and the pool does not put that
+    tag on what it buys: the ids RunInstances returns are 'not found' by id. Taken as gone, they were
+    bought again every pass (300 for 2 in 150 passes, found by the stateful machine's author). An id
+    no observation ever showed is not gone on a look-up's word: it stays counted, past the 10-minute
+    grace too, and Degraded InstancesNotVisible says why and what to change."""
+    clock = FakeClock()
+    async with run_simulator(_hidden_world_config(), clock=clock) as sim:
+        w = World(sim, clock)
+        try:
+            w.kube.put_secret("team-b", "creds", *TEAM_B)
+            uid = w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
+            for _ in range(80):  # 20 simulated minutes: twice the grace
+                await w.reconcile("team-b", NAME)
+                clock.advance(15)
+            assert w.bought(uid) == 2, f"bought {w.bought(uid)} for 2"
+            degraded = w.condition("team-b", NAME, "Degraded")
+            assert degraded["reason"] == "InstancesNotVisible" and "spec.tags" in degraded["message"]
+            assert len(w.status("team-b", NAME)["inflightLaunches"]) == 1
+        finally:
+            await w.close()
+
+
+async def test_a_deletion_never_completes_on_a_look_up_that_cannot_see_the_pools_instances() -> None:
+    """The same hidden key, and the pool is deleted: its instances are 'not found' by id, and the
+    deletion completed at once with them running. Now it releases them by id; CAM refuses that too,
+    so the deletion waits and says why, with the instances still counted."""
+    clock = FakeClock()
+    async with run_simulator(_hidden_world_config(), clock=clock) as sim:
+        w = World(sim, clock)
+        try:
+            w.kube.put_secret("team-b", "creds", *TEAM_B)
+            uid = w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
+            for _ in range(3):
+                await w.reconcile("team-b", NAME)
+                clock.advance(5)
+            w.kube.delete("team-b", NAME)
+            for _ in range(12):
+                outcome = await w.reconcile("team-b", NAME)
+                assert outcome is not None and not outcome.deletion_complete, "completed with 2 running"
+                clock.advance(5)
+            assert len(w.owned(uid)) == 2
+            assert any(e.reason == "ReleaseFailed" and "UnauthorizedOperation" in e.message for e in w.events)
+            assert outcome.waiting is not None and "cannot find" in outcome.waiting
+        finally:
+            await w.close()
+
+
+async def test_instances_released_before_any_sweep_listed_them_do_not_hold_a_deletion_after_a_restart() -> None:
+    """The other side of the rule above: ids a look-up showed (and the status kept as seen) and that
+    the pool released are gone when a look-up no longer finds them, after a restart too. Holding
+    them as hidden made a deletion wait out the grace (e2e crash-safety caught it)."""
+    async with world(tag_index_delay_seconds=LAG) as w:
+        uid = await checked(w, expectedCount=3)
+        await w.reconcile(NS, NAME)  # bought; the tag index hides them from every sweep
+        w.clock.advance(2)
+        await w.reconcile(NS, NAME)  # the look-ups by id show them
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 1})
+        w.clock.advance(2)
+        await w.reconcile(NS, NAME)  # releases 2 that no sweep ever listed
+        assert len(w.owned(uid)) == 1
+        w.clock.advance(120)  # terminated and gone from every answer
+        await w.crash()
+        w.kube.delete(NS, NAME)
+        took = await w.settle(NS, NAME, passes=60, step=5)
+        assert (NS, NAME) not in w.kube.objects and w.owned(uid) == []
+        assert took * 5 < 120, "it waited for ids that were released and gone"
+
+
+async def test_an_instance_reclaimed_before_any_sweep_listed_it_is_replaced_at_once() -> None:
+    """An instance a look-up showed alive, then reclaimed before a sweep listed it, is gone, not
+    hidden from the key: it is replaced at once, not after the grace, across a restart too."""
+    async with world(tag_index_delay_seconds=LAG) as w:
+        uid = await checked(w, expectedCount=3)
+        await w.reconcile(NS, NAME)  # bought; the tag index hides them from every sweep
+        w.clock.advance(2)
+        await w.reconcile(NS, NAME)  # the look-ups by id show them
+        victim = w.owned(uid)[0].instance_id
+        w.sim.simulator.market.reclaim([victim])
+        w.clock.advance(120)  # reclaimed, terminated and gone
+        await w.crash()
+        for _ in range(3):
+            await w.reconcile(NS, NAME)
+            w.clock.advance(2)
+        assert len(w.owned(uid)) == 3 and w.bought(uid) == 4

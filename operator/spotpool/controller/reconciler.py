@@ -256,7 +256,9 @@ class Reconciler:
         confirmed = dict(await self._cloud.look_up(ctx.client, missing + _returning_replacements(ctx, listed)))
         found, unbought = await self._settle_unanswered(ctx, listed)
         confirmed.update({i.instance_id: i for i in found if i.instance_id not in seen})
-        return Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought), market, quota
+        return (Observation(listed=tuple(listed), confirmed=confirmed, unbought=unbought,
+                            released=frozenset(memory.released)),
+                market, quota)
 
     async def _settle_unanswered(self, ctx: PassContext,
                                  listed: list[Instance]) -> tuple[list[Instance], frozenset[str]]:
@@ -419,6 +421,10 @@ def _deletion_wait(census: Census, journal: list[InflightLaunch]) -> str | None:
     if terminating:
         parts.append(f"waiting for the cloud to confirm {len(terminating)} terminating instances are gone "
                      f"({ids_text(sorted(terminating))})")
+    if census.hidden:
+        parts.append(f"releasing by id {len(census.hidden)} instances this pool's key cannot find and nothing "
+                     f"ever showed ({ids_text(sorted(census.hidden))}): a termination the cloud accepts lets "
+                     f"them go")
     for launch in journal[:MAX_RECORDS_NAMED]:
         if launch.instance_ids:
             parts.append(f"waiting for the cloud to list or deny the instances of launch record "

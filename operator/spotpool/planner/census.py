@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from spotpool.api.names import LAUNCH_TAG
 from spotpool.cloud.models import ALIVE_STATES, PENDING, RUNNING, TERMINATING, Instance
-from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, PoolKey
+from spotpool.planner.formatting import as_utc
+from spotpool.planner.model import NOT_VISIBLE_HOLD, OWNER_UID_TAG, InflightLaunch, PoolKey
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class Census:
     - `foreign`: observed instances dropped because the tag is not ours.
     - `unlisted`: owned instances known only from an `InstanceIds` lookup.
     - `records`: each launch record's count against the observation.
+    - `gone`: ids a look-up did not find (or found not ours): proven gone.
+    - `hidden`: ids RunInstances returned that no listing or look-up has ever shown and a look-up
+      does not find, younger than `NOT_VISIBLE_HOLD`: not proven gone (the key may not be allowed
+      to see them), so their records count them as unseen, bought.
     """
 
     owned: tuple[Instance, ...]
@@ -49,6 +55,7 @@ class Census:
     unlisted: tuple[Instance, ...]
     records: tuple[RecordCount, ...]
     gone: frozenset[str] = frozenset()
+    hidden: frozenset[str] = frozenset()
 
     @property
     def alive_count(self) -> int:
@@ -148,12 +155,19 @@ def take_census(
     inflight: Iterable[InflightLaunch],
     owner_uid: str,
     confirmed: Mapping[str, Instance | None] | None = None,
+    now: datetime | None = None,
+    released: frozenset[str] = frozenset(),
 ) -> Census:
     """Count what the environment has and what is on its way.
 
     Instances without our ownership tag are ignored, listed or looked up: the planner must never
     count, let alone release, an instance it does not own. Duplicate ids (offset pagination can
     return an instance twice while the set changes) are kept once, the listing first.
+
+    A look-up's "not found" proves an id gone only if something showed it before (the record's
+    `seen`, kept in status), this process released it (`released`), or its record is older than
+    `NOT_VISIBLE_HOLD`; otherwise the id is `hidden`, still counted (`now`: None judges nothing
+    hidden, for callers that only count).
     """
     confirmed = confirmed or {}
     owned: dict[str, Instance] = {}
@@ -181,6 +195,14 @@ def take_census(
         instance_id for instance_id, instance in confirmed.items()
         if instance is None or instance.tags.get(OWNER_UID_TAG) != owner_uid
     )
+    inflight = tuple(inflight)
+    hidden = frozenset() if now is None else frozenset(
+        instance_id for launch in inflight if as_utc(launch.requested_at) + NOT_VISIBLE_HOLD > as_utc(now)
+        for instance_id in launch.instance_ids
+        if instance_id in gone and confirmed.get(instance_id) is None
+        and instance_id not in launch.seen and instance_id not in released
+    )
+    gone -= hidden
     records = tuple(_count(launch, owned, unlisted_ids, gone) for launch in inflight)
     return Census(
         owned=tuple(owned.values()),
@@ -189,6 +211,7 @@ def take_census(
         unlisted=tuple(owned[i] for i in sorted(unlisted_ids)),
         records=records,
         gone=gone,
+        hidden=hidden,
     )
 
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from spotpool.cloud.errors import ErrorCategory
 from spotpool.planner.formatting import format_price, format_time
-from spotpool.planner.model import ErrorRecord, PoolBackoff
+from spotpool.planner.model import NOT_VISIBLE_HOLD, ErrorRecord, PoolBackoff
 from spotpool.planner.pools import PoolAssessment, Verdict
 
 
@@ -31,6 +31,7 @@ class DegradedReason(StrEnum):
     SPEND_GUARD = "SpendGuard"  # over a limit the operator's administrator set: buying nothing
     MAX_HOURLY_COST_REACHED = "MaxHourlyCostReached"  # spec.maxHourlyCost leaves no room for the deficit
     INSTANCES_UNLISTED = "InstancesUnlisted"  # bought instances the tag listing keeps missing
+    INSTANCES_NOT_VISIBLE = "InstancesNotVisible"  # bought instances the pool's key cannot find by id
     QUOTA_EXCEEDED = "QuotaExceeded"
     PRICE_ABOVE_MAX = "PriceAboveMax"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
@@ -76,6 +77,7 @@ def find_problems(
     last_error: ErrorRecord | None,
     config_error: tuple[str, str] | None,
     unlisted_overdue: int = 0,
+    hidden: int = 0,
 ) -> list[Problem]:
     """Every current problem, worst first (ties keep config, then errors, then pool order).
 
@@ -93,6 +95,15 @@ def find_problems(
             DegradedReason.INSTANCES_UNLISTED,
             f"{unlisted_overdue} bought instances are still missing from the tag-filtered listing "
             f"(found by id): counted and released by id; check the cloud's tag service",
+        ))
+    if hidden:
+        hold = int(NOT_VISIBLE_HOLD.total_seconds() // 3600)
+        problems.append(Problem(
+            DegradedReason.INSTANCES_NOT_VISIBLE,
+            f"{hidden} instances RunInstances returned cannot be found by id with this pool's key, and nothing "
+            f"has ever shown them: counted as bought for {hold} h, so nothing more is bought for them. Does a CAM "
+            f"policy let the key see only instances with tags this pool does not set? Add them to spec.tags, or "
+            f"widen the policy",
         ))
     if deficit > 0:
         for pool in pools:

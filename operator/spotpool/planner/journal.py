@@ -3,7 +3,10 @@
 A record is written before its RunInstances call and names the call's ClientToken; CVM answers a
 repeat of the token with what the first call bought instead of buying again. A record is:
 
-- accounted (dropped silently) once every id it returned is listed, or proven gone by a lookup;
+- accounted (dropped silently) once every id it returned is listed, or proven gone by a lookup
+  (an id nothing ever showed is not proven gone by a lookup alone: see `NOT_VISIBLE_HOLD`; each
+  kept record notes in `seen` which of its ids an observation has shown, so that this survives
+  a restart);
 - kept while any returned id is unseen or only found by an `InstanceIds` lookup: those
   instances are bought, so they count, and are released like any other when not wanted;
 - replayed, when RunInstances never answered with ids (outcome unknown), only if all of these hold:
@@ -26,7 +29,7 @@ repeat of the token with what the first call bought instead of buying again. A r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from spotpool.api.spec import EnvironmentSpec
@@ -63,13 +66,14 @@ def decide_journal(
     replay: list[InflightLaunch] = []
     dropped: list[DroppedRecord] = []
     unlisted_overdue = 0
+    shown = {instance.instance_id for instance in census.owned}
     for counted in sorted(census.records, key=lambda r: (as_utc(r.launch.requested_at), r.launch.client_token)):
         launch = counted.launch
         if counted.accounted:
             continue  # listed or gone, ids returned or found by the record's launch tag
         overdue = as_utc(launch.requested_at) + INFLIGHT_VISIBILITY_GRACE <= now
         if launch.instance_ids or counted.unlisted:
-            keep.append(launch)
+            keep.append(_noting_seen(launch, shown))
             if overdue:
                 unlisted_overdue += counted.unlisted
             continue
@@ -98,6 +102,12 @@ def decide_journal(
         else:
             keep.append(launch)
     return JournalDecision(tuple(keep), tuple(replay), tuple(dropped), unlisted_overdue)
+
+
+def _noting_seen(launch: InflightLaunch, shown: set[str]) -> InflightLaunch:
+    """The record with every id of it this observation shows added to `seen`."""
+    seen = tuple(i for i in launch.instance_ids if i in launch.seen or i in shown)
+    return launch if seen == launch.seen else replace(launch, seen=seen)
 
 
 def _why_not_replay(

@@ -53,6 +53,19 @@ timeout and the margin before a new leader acts. From then on an unanswered reco
 from a listing of its zone and instance type that does not go through the tag index
 (`Observation.unbought`)."""
 
+NOT_VISIBLE_HOLD = timedelta(hours=24)
+"""How long an id RunInstances returned that no listing or look-up has ever shown, and that a
+look-up by id does not find, stays counted as bought (see `planner.census`).
+
+A just-bought instance does not vanish without a trace: CVM shows it by id (PENDING, even
+LAUNCH_FAILED) within seconds, and every pass looks it up. An id that is never found is one the
+pool's key may not see (a CAM policy that lets it list only instances with tags the pool does not
+put on what it buys); taken as gone, it was bought again every pass. Held, the pool buys nothing
+more for it, says `Degraded`/`InstancesNotVisible`, and a deletion releases it by id. The hold is
+long because its only cost is a pool one short, and only after a double fault (a status write
+lost with the process that made it, after the pool released an instance no sweep had listed):
+the other way is a purchase per hold for as long as the policy stays."""
+
 MAX_JOURNAL_RECORDS = 200
 """Records read back from status at most, and so the most the planner ever keeps: a pass adds new
 batches only while the journal has room (`plan`), so the operator's own records never overflow.
@@ -103,11 +116,14 @@ class Observation:
       listing of their zone and instance type (not through the tag index) shows nothing of:
       they bought nothing. Instances such a listing shows carrying a record's token are in
       `confirmed`.
+    - `released`: ids this process's TerminateInstances accepted (or answered as already gone): a
+      look-up that does not find one of these proves it gone, seen or not (`NOT_VISIBLE_HOLD`).
     """
 
     listed: tuple[Instance, ...] = ()
     confirmed: Mapping[str, Instance | None] = field(default_factory=dict)
     unbought: frozenset[str] = frozenset()
+    released: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ class InflightLaunch:
     requested_at: datetime
     instance_ids: tuple[str, ...] = ()
     charge_type: str = SPOTPAID  # a replay must repeat it: POSTPAID_BY_HOUR for on-demand
+    seen: tuple[str, ...] = ()  # of instance_ids, those a listing or look-up has shown (NOT_VISIBLE_HOLD)
 
     @property
     def pool(self) -> PoolKey:

@@ -40,6 +40,8 @@ def inflight_to_status(launch: InflightLaunch) -> dict[str, Any]:
     }
     if launch.charge_type != SPOTPAID:  # spot records stay as every earlier version wrote them
         record["chargeType"] = launch.charge_type
+    if launch.seen:
+        record["seenIds"] = list(launch.seen)
     return record
 
 
@@ -102,6 +104,10 @@ def _record(item: Mapping[str, Any]) -> InflightLaunch:
     charge_type = item.get("chargeType", SPOTPAID)
     if charge_type not in CHARGE_TYPES:
         raise ValueError(f"chargeType is not one of {', '.join(CHARGE_TYPES)}")
+    # Of its own ids only; anything else reads as nothing seen, the safe side (a look-up's "not
+    # found" then holds an id for NOT_VISIBLE_HOLD instead of proving it gone).
+    shown = item.get("seenIds")
+    seen = [i for i in ids if i in shown] if isinstance(shown, list) else []
     return InflightLaunch(
         client_token=token,
         zone=zone,
@@ -110,6 +116,7 @@ def _record(item: Mapping[str, Any]) -> InflightLaunch:
         requested_at=parse_time(str(item["requestedAt"])),
         instance_ids=tuple(ids),
         charge_type=charge_type,
+        seen=tuple(seen),
     )
 
 

@@ -67,7 +67,7 @@ from spotpool.planner.model import (
     ReleaseReason,
 )
 from spotpool.planner.pools import PoolAssessment, assess_pools, order_buyable, shortage_reason
-from spotpool.planner.release import batch_ids, release_order
+from spotpool.planner.release import batch, batch_ids, release_order
 
 DEAD_STATES = frozenset({LAUNCH_FAILED, SHUTDOWN})
 """States of instances that will never serve again but still exist: released as Unwanted.
@@ -107,7 +107,8 @@ def plan(
     """
     capacity = capacity or CapacitySignals()
     observed = take_census(
-        instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed
+        instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed,
+        now=now, released=observation.released,
     )
     decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
                               purchases_refused=purchases_refused, unbought=observation.unbought)
@@ -384,6 +385,11 @@ def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decisi
     remaining = [instance for instance in census.owned if instance.state != TERMINATING]
     releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known(prices, on_demand=False),
                                        _known(prices, on_demand=True)))
+    # Ids the pool's key cannot find and nothing ever showed (see `NOT_VISIBLE_HOLD`) are released
+    # by id, one record (one charge type) per batch: an accepted termination, or the cloud's
+    # "already gone", lets them go (`Observation.released`).
+    for counted in census.records:
+        releases += batch(i for i in counted.launch.instance_ids if i in census.hidden)
     return Plan(
         journal=decision.keep,
         replays=(),

@@ -146,6 +146,7 @@ def build_status(
         last_error=last_error,
         config_error=blocked or (None if deleting else purchases_refused),
         unlisted_overdue=unlisted_overdue,
+        hidden=len(census.hidden),
     )
     ready = conditions.ready(counts, deleting=deleting)
     progressing = conditions.progressing(counts, paused=spec.paused, deleting=deleting,

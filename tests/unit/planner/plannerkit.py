@@ -89,6 +89,7 @@ def make_launch(
     zone: str = Z3,
     instance_type: str = S5,
     age_seconds: float = 5,
+    seen: tuple[str, ...] = (),
 ) -> InflightLaunch:
     return InflightLaunch(
         client_token=token,
@@ -97,6 +98,7 @@ def make_launch(
         count=count,
         requested_at=NOW - timedelta(seconds=age_seconds),
         instance_ids=ids,
+        seen=seen,
     )
 
 

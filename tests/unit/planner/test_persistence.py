@@ -33,10 +33,17 @@ def test_journal_round_trips_through_status() -> None:
         make_launch(token(1, count=3), count=3),
         make_launch(
             token(2, zone=Z4, instance_type=SA2, count=2),
-            count=2, ids=("ins-a0000001", "ins-b0000001"), zone=Z4, instance_type=SA2,
+            count=2, ids=("ins-a0000001", "ins-b0000001"), zone=Z4, instance_type=SA2, seen=("ins-b0000001",),
         ),
     ]
     assert read_journal(written(launches)) == (launches, [])
+
+
+@pytest.mark.parametrize("shown", ["ins-a0000001", ["ins-z0000009"], [1], None])
+def test_seen_ids_that_are_not_the_records_own_read_as_nothing_seen(shown: Any) -> None:
+    """The safe side: a look-up's "not found" then holds an id instead of proving it gone."""
+    launches, dropped = read_journal({"inflightLaunches": [good(seenIds=shown)]})
+    assert dropped == [] and [launch.seen for launch in launches] == [()]
 
 
 def test_missing_journal_reads_as_empty() -> None:

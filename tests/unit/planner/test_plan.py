@@ -11,7 +11,7 @@ from typing import Any
 from spotpool.cloud.errors import ErrorCategory
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, SHUTDOWN, STOPPED, TERMINATING, Instance
 from spotpool.planner import DropReason, Plan, ReleaseReason, plan, record_refusal
-from spotpool.planner.model import INFLIGHT_VISIBILITY_GRACE, InflightLaunch, PoolBackoff, PoolKey
+from spotpool.planner.model import INFLIGHT_VISIBILITY_GRACE, NOT_VISIBLE_HOLD, InflightLaunch, PoolBackoff, PoolKey
 from tests.unit.planner.plannerkit import (
     NOW,
     S5,
@@ -39,9 +39,10 @@ def run(
     offers: dict[PoolKey, Any] | None = None,
     deleting: bool = False,
     unbought: frozenset[str] = frozenset(),
+    released: frozenset[str] = frozenset(),
     **spec: Any,
 ) -> Plan:
-    observation = replace(observe(*instances, confirmed=confirmed), unbought=unbought)
+    observation = replace(observe(*instances, confirmed=confirmed), unbought=unbought, released=released)
     return plan(
         spec=make_spec(**spec),
         observation=observation,
@@ -308,10 +309,44 @@ def test_a_record_with_ids_never_expires_and_counts_its_unseen_ids() -> None:
 
 
 def test_ids_looked_up_as_gone_resolve_the_record() -> None:
-    launch = make_launch("t1", count=2, ids=("ins-gone0001", "ins-gone0002"))
+    ids = ("ins-gone0001", "ins-gone0002")
+    launch = make_launch("t1", count=2, ids=ids, seen=ids)  # an earlier pass observed them
     p = run(journal=[launch], confirmed={"ins-gone0001": None, "ins-gone0002": None}, expectedCount=2)
     assert p.journal == () and p.census.inflight_unseen == 0
     assert launched(p) == [(Z3, S5, 2)]
+
+
+def test_a_kept_record_notes_which_of_its_ids_an_observation_showed() -> None:
+    launch = make_launch("t1", count=2, ids=("ins-look0001", "ins-look0002"))
+    p = run(journal=[launch], confirmed={"ins-look0001": make_instance("ins-look0001")}, expectedCount=2)
+    assert [r.seen for r in p.journal] == [("ins-look0001",)]
+
+
+def test_bought_ids_nothing_ever_showed_are_not_gone_on_a_look_ups_word() -> None:
+    """RunInstances answered with them, no listing or look-up has shown them, and a look-up does
+    not find them: the pool's key may not see them (CAM). Counted as bought, and said, for the
+    hold; a pool bought them again every pass before (300 for 2)."""
+    ids = ("ins-hide0001", "ins-hide0002")
+    confirmed: dict[str, Instance | None] = {i: None for i in ids}
+    past_grace = make_launch("t1", count=2, ids=ids, age_seconds=OLD)
+    p = run(journal=[past_grace], confirmed=confirmed, expectedCount=2)
+    assert tokens(p.journal) == ["t1"] and p.census.inflight_unseen == 2 and p.launches == ()
+    assert p.census.hidden == frozenset(ids)
+    past_hold = make_launch("t1", count=2, ids=ids, age_seconds=NOT_VISIBLE_HOLD.total_seconds() + 1)
+    assert launched(run(journal=[past_hold], confirmed=confirmed, expectedCount=2)) == [(Z3, S5, 2)]
+    # released by this process: the cloud's "not found" is the end of a termination, not a hiding
+    released = run(journal=[past_grace], confirmed=confirmed, expectedCount=2, released=frozenset(ids))
+    assert released.journal == () and launched(released) == [(Z3, S5, 2)]
+
+
+def test_a_deletion_releases_by_id_what_its_key_cannot_find() -> None:
+    ids = ("ins-hide0001", "ins-hide0002")
+    confirmed: dict[str, Instance | None] = {i: None for i in ids}
+    p = run(journal=[make_launch("t1", count=2, ids=ids)], confirmed=confirmed, deleting=True)
+    assert p.releases == (ids,) and not p.deletion_complete
+    done = run(journal=[make_launch("t1", count=2, ids=ids)], confirmed=confirmed, deleting=True,
+               released=frozenset(ids))
+    assert done.releases == () and done.deletion_complete
 
 
 def test_an_id_only_found_by_lookup_counts_and_is_overdue_past_the_grace() -> None:
@@ -392,7 +427,8 @@ def test_deletion_waits_for_a_record_with_ids_however_old() -> None:
     old = make_launch("t1", count=1, ids=("ins-unsn0001",), age_seconds=OLD * 100)
     p = run(journal=[old], deleting=True)
     assert not p.deletion_complete and tokens(p.journal) == ["t1"] and p.dropped == ()
-    gone = run(journal=[old], confirmed={"ins-unsn0001": None}, deleting=True)
+    seen = make_launch("t1", count=1, ids=("ins-unsn0001",), age_seconds=OLD * 100, seen=("ins-unsn0001",))
+    gone = run(journal=[seen], confirmed={"ins-unsn0001": None}, deleting=True)
     assert gone.deletion_complete and gone.journal == ()
 
 
