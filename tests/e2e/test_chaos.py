@@ -498,13 +498,19 @@ class Chaos:
         incarnation.op.kill()
 
     def leader(self, timeout: float = LEASE + OBSERVE_INTERVAL + 4 * SLACK) -> Incarnation:
+        seen: list[str] = []
+
         def one() -> Incarnation | None:
             readings = [(i, i.op.leader_gauge()) for i in self.slots.values()]
+            seen[:] = [f"{i.name}: {g}" for i, g in readings]  # None: not serving metrics (yet)
             leaders = [i for i, g in readings if g == 1.0]
             if len(leaders) == 1 and all(g == 0.0 for i, g in readings if i is not leaders[0]):
                 return leaders[0]
             return None
-        return wait_for(one, timeout=timeout, interval=0.1, what="exactly one leader")
+        try:
+            return wait_for(one, timeout=timeout, interval=0.1, what="exactly one leader")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; leader gauges at the end: {', '.join(seen)}") from None
 
     def follower(self, leader: Incarnation) -> Incarnation:
         (other,) = [i for i in self.slots.values() if i is not leader]

@@ -239,3 +239,50 @@ async def test_guard_blocks_purchases_only_scale_in_and_deletion_still_work() ->
         w.kube.delete("team", "pool")
         await w.settle("team", "pool")
         assert ("team", "pool") not in w.kube.objects and w.owned(uid) == []
+
+
+@pytest.mark.parametrize("guard", [{"max_total_instances": 12}, {"max_namespace_instances": 12},
+                                   {"max_expected_count": 12}])
+async def test_the_guards_bound_what_a_return_to_spot_holds_at_once(guard: dict[str, int]) -> None:
+    """During a return to spot with `maxInFlight: 100%` a pool held up to twice its expectedCount
+    (20 for 10), while the guards compared expectedCount only (issue 18). The replacements in flight
+    now stay within what the guards leave: never more than 12 alive at once, and the return still
+    completes, two at a time."""
+    async with world(policy=_guarded(**guard)) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.sell_out_spot()
+        uid = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=10, onDemand={
+            "fallback": {"after": "0s"}, "returnToSpot": {"maxInFlight": "100%"}}))["metadata"]["uid"]
+        await w.settle("team", "pool")
+        assert w.bought_on_demand(uid) == 10
+        w.sell_out_spot(False)
+        w.clock.advance(60)  # past the market read's reuse
+        most = 0
+        for _ in range(80):
+            await w.reconcile("team", "pool")
+            most = max(most, len(w.owned(uid)))
+            w.clock.advance(5)
+        assert most <= 12, f"held {most} at once under a guard of 12"
+        assert w.status("team", "pool")["capacity"]["onDemandFallback"] == 0
+        assert w.bought(uid) - w.bought_on_demand(uid) == 10 and len(w.owned(uid)) == 10
+
+
+async def test_a_return_with_no_room_under_the_guards_waits_and_says_so() -> None:
+    """A guard that leaves no room beyond the count: no spot replacement is bought (it would boot
+    while the fallback instance it replaces still runs), and Degraded names the guard."""
+    async with world(policy=_guarded(max_total_instances=10)) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.sell_out_spot()
+        uid = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=10, onDemand={
+            "fallback": {"after": "0s"}}))["metadata"]["uid"]
+        await w.settle("team", "pool")
+        w.sell_out_spot(False)
+        w.clock.advance(60)  # past the market read's reuse
+        for _ in range(6):
+            await w.reconcile("team", "pool")
+            w.clock.advance(5)
+        assert w.bought(uid) == w.bought_on_demand(uid) == 10 and len(w.owned(uid)) == 10
+        degraded = _condition(w, "pool", "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "SpendGuard"
+        assert "return to spot" in degraded["message"] and "hold 10 instances at once" in degraded["message"]
+        assert _condition(w, "pool", "Ready")["status"] == "True"

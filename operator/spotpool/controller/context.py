@@ -71,6 +71,7 @@ class PassContext:
     fence: Fence  # raises once this replica may no longer act (leader election)
     # (reason, message) when a spend guard refuses purchases: the pass buys nothing, releases as usual
     purchases_refused: tuple[str, str] | None = None
+    held_ceiling: int | None = None  # the most the guards let the pool hold at once (SpendGuards.ceiling)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ async def resolve(
         now=now,
         fence=fence,
         purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
+        held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=_created(body)),
     )
 
 

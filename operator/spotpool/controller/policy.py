@@ -264,24 +264,48 @@ class SpendGuards:
         would each be refused against the other's claim cannot both be allowed on the next pass,
         since only the older one counts the younger as it is.
         """
+        scopes = self._scopes(namespace, seniority, pools)
+        if scopes is None:
+            return ["the operator does not know the other pools yet (a total limit is set); retrying"]
+        problems = []
+        for scope, limit, others, flag in scopes:
+            total = expected_count + sum(others)
+            if total > limit:
+                problems.append(f"{scope} would expect {total} instances (this pool {expected_count}, "
+                                f"{len(others)} others {total - expected_count}: older pools as they expect, "
+                                f"younger ones as they hold), over the limit of {limit} ({flag})")
+        return problems
+
+    def _scopes(self, namespace: str, seniority: tuple[str, str],
+                pools: PoolView | None) -> list[tuple[str, int, list[int], str]] | None:
+        """(scope, limit, what every other pool counts for, flag) of each total limit set; None
+        while the other pools are not known."""
         claims = pools.claims() if pools is not None else None
         if claims is None:
-            return ["the operator does not know the other pools yet (a total limit is set); retrying"]
+            return None
         others = [c for c in claims if c.uid != seniority[1]]
-        problems = []
+        scopes = []
         for scope, limit, mine, flag in (
             (f"namespace {namespace}", self.max_namespace_instances,
              [c for c in others if c.namespace == namespace], "--max-namespace-instances"),
             ("the installation", self.max_total_instances, others, "--max-total-instances"),
         ):
-            if limit is None:
-                continue
-            total = expected_count + sum(c.claim if c.seniority < seniority else c.current for c in mine)
-            if total > limit:
-                problems.append(f"{scope} would expect {total} instances (this pool {expected_count}, "
-                                f"{len(mine)} others {total - expected_count}: older pools as they expect, "
-                                f"younger ones as they hold), over the limit of {limit} ({flag})")
-        return problems
+            if limit is not None:
+                scopes.append((scope, limit, [c.claim if c.seniority < seniority else c.current for c in mine], flag))
+        return scopes
+
+    def ceiling(self, *, namespace: str, uid: str, pools: PoolView | None, created: str = "") -> int | None:
+        """The most instances this pool may hold at once, alive and in flight together, under the
+        guards (None: no guard bounds it). A pool the guards let buy its expectedCount is held to
+        this whatever else it buys: the surge of a return to spot (up to `maxInFlight` beyond
+        expectedCount) stays within what the limits leave, counted as `_totals` counts."""
+        bounds = [] if self.max_expected_count is None else [self.max_expected_count]
+        if self.aggregate:
+            scopes = self._scopes(namespace, (created, uid), pools)
+            if scopes is None:
+                return 0
+            bounds += [limit - sum(others) for _, limit, others, _ in scopes]
+        return max(0, min(bounds)) if bounds else None
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,8 @@ class CapacityOutcome:
       sentence that says so.
     - `price_guarded`: on-demand instances not bought because their list price is over the
       administrator's `--max-price`, in a sentence (a spend guard, like the others).
+    - `return_held`: (Degraded reason, sentence) when the return to spot waits for room under a
+      spend guard or the cap (the pool has its count, at on-demand prices).
     """
 
     spot_short_since: datetime | None = None
@@ -275,6 +277,7 @@ class CapacityOutcome:
     capped_count: int = 0
     capped: str | None = None
     price_guarded: str | None = None
+    return_held: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,8 @@ class CapacitySignals:
     - `spot_short_since`: the shortage's start as the previous pass recorded it.
     - `price_ceiling`: the administrator's `--max-price`, which bounds every purchase: spot by the
       bid (the spend guard refuses a spec.maxPrice above it), on-demand by the list price.
+    - `held_ceiling`: the most instances the administrator's guards let the pool hold at once,
+      alive and in flight: a return to spot's surge beyond expectedCount stays under it.
     """
 
     on_demand: Mapping[PoolKey, Offer] | None = None
@@ -296,3 +301,4 @@ class CapacitySignals:
     reclaims: Mapping[PoolKey, int] | None = None
     spot_short_since: datetime | None = None
     price_ceiling: Decimal | None = None
+    held_ceiling: int | None = None

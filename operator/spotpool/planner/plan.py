@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -50,6 +50,7 @@ from spotpool.cloud.models import (
 from spotpool.planner.allowance import Allowance
 from spotpool.planner.capacity import Mix, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census, take_census
+from spotpool.planner.degraded import DegradedReason
 from spotpool.planner.formatting import as_utc, format_cost
 from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import Launches, plan_launches
@@ -143,7 +144,11 @@ def plan(
                                    now, notes)
             launches += bought
             if not deficit:
-                launches += _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices)
+                returning, held = _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices,
+                                                  capacity.held_ceiling)
+                launches += returning
+                if held:
+                    outcome = replace(outcome, return_held=held)
         cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
 
     if returns and not mix.spot_running:  # no spot runs: nothing returns, it is plain scale-in
@@ -334,8 +339,15 @@ def _return_to_spot(
     buyable: list[PoolAssessment],
     allowance: Allowance,
     prices: Prices,
-) -> list[LaunchBatch]:
+    ceiling: int | None = None,
+) -> tuple[list[LaunchBatch], tuple[str, str] | None]:
     """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
+
+    And within what the administrator's guards let the pool hold at once (`ceiling`): the
+    replacements boot while the fallback instances they replace still run, so a return holds up to
+    `maxInFlight` beyond expectedCount, and a guard on expectedCount alone let a pool hold twice
+    its limit. With no room left under the guard, or under the cap, the return waits, and the
+    second value says why (Degraded names the limit, the cost and what it holds back).
 
     Replacements in flight are what the pool has beyond expectedCount once this pass's releases
     are done (pending spot, unseen purchases): new ones only fill the budget up.
@@ -348,15 +360,23 @@ def _return_to_spot(
     by at most `maxInFlight` spot prices; it costs less as soon as they run.
     """
     if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
-        return []
+        return [], None
     fallback_left = len(mix.fallback) - len(returns)
     if fallback_left <= 0:
-        return []
-    in_flight = census.alive_count + census.inflight_unseen - len(returns) - len(releases) - spec.expected_count
+        return [], None
+    held = census.alive_count + census.inflight_unseen - len(returns) - len(releases)
+    in_flight = held - spec.expected_count
     budget = spec.on_demand.return_to_spot.budget(spec.expected_count)
     wanted = min(fallback_left, budget) - max(0, in_flight)
     if wanted <= 0:
-        return []
+        return [], None
+    if ceiling is not None and held + wanted > ceiling:
+        wanted = ceiling - held
+        if wanted <= 0:
+            return [], (DegradedReason.SPEND_GUARD,
+                        f"the return to spot of {fallback_left} on-demand fallback instances waits: a spot "
+                        f"replacement boots while the instance it replaces still runs, and the administrator's "
+                        f"spend guards let this pool hold {ceiling} instances at once (it holds {held})")
     # The fallback instances released this pass, and those the new replacements will replace
     # (newest first, as they are released), no longer count against the cap.
     replaced = list(reversed(mix.fallback))[: len(returns) + max(0, in_flight) + wanted]
@@ -364,11 +384,17 @@ def _return_to_spot(
                  Decimal(0))
     allowance.cost -= credit
     try:
-        return list(plan_launches(
+        batches = list(plan_launches(
             deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
             occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
             purpose=Purpose.RETURN, allowance=allowance,
         ).batches)
+        if not batches and allowance.capped and max(0, in_flight) == 0:
+            return [], (DegradedReason.MAX_HOURLY_COST_REACHED,
+                        f"the return to spot of {fallback_left} on-demand fallback instances waits: with a spot "
+                        f"replacement bought the pool would cost over spec.maxHourlyCost {spec.max_hourly_cost} "
+                        f"USD/h (it costs {format_cost(allowance.cost + credit)} USD/h now, on-demand prices)")
+        return batches, None
     finally:
         allowance.cost += credit
 

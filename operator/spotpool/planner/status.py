@@ -124,6 +124,9 @@ def build_status(
         purchases_refused = (DegradedReason.MAX_HOURLY_COST_REACHED.value, outcome.capped)
     if purchases_refused is None and outcome.price_guarded:
         purchases_refused = (DegradedReason.SPEND_GUARD.value, outcome.price_guarded)
+    held_back = None  # a return to spot waiting for room: Degraded, but no purchase of the count is refused
+    if purchases_refused is None and outcome.return_held:
+        held_back = outcome.return_held
     pools = assess_pools(spec, offers, backoff, now, capacity.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     mix = take_mix(census, spec.base_count)
@@ -144,7 +147,7 @@ def build_status(
         max_price=spec.max_price,
         deficit=counts.deficit,
         last_error=last_error,
-        config_error=blocked or (None if deleting else purchases_refused),
+        config_error=blocked or (None if deleting else purchases_refused or held_back),
         unlisted_overdue=unlisted_overdue,
         hidden=len(census.hidden),
     )

@@ -188,3 +188,23 @@ def test_flags_make_the_policy() -> None:
 def test_bad_flags_are_refused_at_startup(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse(argv)
+
+
+def test_the_ceiling_is_what_the_tightest_guard_leaves_this_pool() -> None:
+    """The most a pool may hold at once (a return to spot's surge included), counted as the totals
+    count: older pools whole, younger ones as they hold."""
+    class View:
+        def __init__(self, claims: list[PoolClaim] | None) -> None:
+            self._claims = claims
+
+        def claims(self) -> list[PoolClaim] | None:
+            return self._claims
+
+    claims = [PoolClaim("team", "a", 2, 4, OLD), PoolClaim("other", "b", 10, 3, NEW)]
+    ceiling = SpendGuards(max_total_instances=30).ceiling
+    assert ceiling(namespace="team", uid="me", pools=View(claims), created="2026-06-01T00:00:00Z") == 30 - 4 - 3
+    both = SpendGuards(max_expected_count=12, max_namespace_instances=14)
+    assert both.ceiling(namespace="team", uid="me", pools=View(claims), created="2026-06-01T00:00:00Z") == 10
+    assert SpendGuards(max_expected_count=12).ceiling(namespace="team", uid="me", pools=None) == 12
+    assert SpendGuards().ceiling(namespace="team", uid="me", pools=View(claims)) is None
+    assert SpendGuards(max_total_instances=5).ceiling(namespace="team", uid="me", pools=View(None)) == 0

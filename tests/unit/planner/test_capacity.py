@@ -232,6 +232,24 @@ def test_a_spend_cap_the_fallback_nearly_fills_does_not_block_the_return() -> No
     p = run(*FALLBACK_FOUR, expectedCount=4, maxHourlyCost="0.2100",
             **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}}))
     assert p.launches == ()
+    # and says so: the cap, the cost, what it holds back (before, Degraded stayed False)
+    assert p.capacity is not None and p.capacity.return_held is not None
+    reason, message = p.capacity.return_held
+    assert reason == "MaxHourlyCostReached" and "spec.maxHourlyCost 0.2100" in message
+    assert "4 on-demand fallback instances" in message
+
+
+def test_a_guards_ceiling_bounds_the_return_surge() -> None:
+    """The administrator's guards let the pool hold 5 at once: one replacement at a time, not the
+    budget's two, and none at all when the ceiling is the count (the return then waits, said)."""
+    spec = fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}})
+    p = run(*FALLBACK_FOUR, expectedCount=4, signals=CapacitySignals(held_ceiling=5), **spec)
+    assert bought(p) == {Purpose.RETURN: 1}
+    assert p.capacity is not None and p.capacity.return_held is None
+    held = run(*FALLBACK_FOUR, expectedCount=4, signals=CapacitySignals(held_ceiling=4), **spec)
+    assert held.launches == () and held.capacity is not None and held.capacity.return_held is not None
+    reason, message = held.capacity.return_held
+    assert reason == "SpendGuard" and "hold 4 instances at once" in message
 
 
 def test_the_administrators_max_price_bounds_on_demand_too() -> None:
