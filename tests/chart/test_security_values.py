@@ -27,11 +27,13 @@ def test_policy_values_reach_the_command_line(helm: Helm) -> None:
         "--set", "spendGuards.maxExpectedCount=0", "--set", "spendGuards.maxNamespaceInstances=50",
         "--set", "spendGuards.maxTotalInstances=200", "--set", "spendGuards.maxPrice=0.25",
         "--set", "spendGuards.instanceTypes={S5.*,SA2.*}", "--set", "operator.metricsHost=127.0.0.1",
+        "--set", "spendGuards.onDemandNamespaces={platform-*}",
     )
     args = _args(objects)
     for flag in ("--allowed-endpoint=https://cvm.{region}.example.com", "--allowed-endpoint=https://gw.example.com:8443",
                  "--max-expected-count=0", "--max-namespace-instances=50", "--max-total-instances=200",
                  "--max-price=0.25", "--allowed-instance-type=S5.*", "--allowed-instance-type=SA2.*",
+                 "--on-demand-namespace=platform-*",
                  "--metrics-host=127.0.0.1"):
         assert flag in args
     assert "--allow-loopback-endpoints" not in args
@@ -71,7 +73,9 @@ def test_network_policy(helm: Helm) -> None:
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "spotpool",
                                                    "app.kubernetes.io/instance": "spotpool"}}
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    assert spec["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}], "from": [{"podSelector": {}}]}]
+    assert spec["ingress"] == [{"ports": [{"port": "https-metrics", "protocol": "TCP"},
+                                          {"port": "http-health", "protocol": "TCP"}],
+                                "from": [{"podSelector": {}}]}]
     ports = [sorted((p["port"], p["protocol"]) for p in rule["ports"]) for rule in spec["egress"]]
     assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (6443, "TCP")], [(443, "TCP")]]
     assert all("to" not in rule for rule in spec["egress"])

@@ -286,3 +286,23 @@ async def test_a_return_with_no_room_under_the_guards_waits_and_says_so() -> Non
         assert degraded["status"] == "True" and degraded["reason"] == "SpendGuard"
         assert "return to spot" in degraded["message"] and "hold 10 instances at once" in degraded["message"]
         assert _condition(w, "pool", "Ready")["status"] == "True"
+
+
+async def test_a_namespace_not_allowed_on_demand_buys_only_spot() -> None:
+    """`--on-demand-namespace platform-*`: the team namespace may not buy pay-as-you-go at all
+    (issue 18). Its base is not bought, and Degraded names the guard; a platform namespace
+    still buys its base on-demand."""
+    async with world(policy=_guarded(on_demand_namespaces=("platform-*",))) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.put_secret("platform-infra", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        team = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=3, onDemand={"baseCount": 2}))
+        platform = w.kube.create("platform-infra", "pool", pool_spec(w.sim, expectedCount=3,
+                                                                     onDemand={"baseCount": 2}))
+        await w.settle("team", "pool")
+        await w.settle("platform-infra", "pool")
+        assert w.bought_on_demand(team["metadata"]["uid"]) == 0
+        degraded = _condition(w, "pool", "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "SpendGuard"
+        assert "--on-demand-namespace" in degraded["message"] and "platform-*" in degraded["message"]
+        assert w.bought_on_demand(platform["metadata"]["uid"]) == 2
+        assert _condition(w, "pool", "Degraded", namespace="platform-infra")["status"] == "False"

@@ -72,6 +72,7 @@ class PassContext:
     # (reason, message) when a spend guard refuses purchases: the pass buys nothing, releases as usual
     purchases_refused: tuple[str, str] | None = None
     held_ceiling: int | None = None  # the most the guards let the pool hold at once (SpendGuards.ceiling)
+    on_demand_refused: str | None = None  # why the namespace may not buy on-demand (SpendGuards.on_demand_refusal)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ async def resolve(
         fence=fence,
         purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
         held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=_created(body)),
+        on_demand_refused=policy.guards.on_demand_refusal(ref.namespace),
     )
 
 

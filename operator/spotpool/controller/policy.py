@@ -11,8 +11,9 @@ who installs the operator decides where it may send credentials and how much it 
   development flag `--allow-insecure-endpoints` (a simulator on a test cluster's network, never a
   real cloud). Anything else is refused before a request is sent (the operator
   would hand it a signed request, and quote its errors back to the pool's author).
-- `SpendGuards`: maximum `expectedCount` of a pool, maximum `maxPrice`, allowed instance types
-  (globs), maximum expected instances per namespace and per installation. A pool over a guard buys
+- `SpendGuards`: maximum `expectedCount` of a pool, maximum `maxPrice` (which bounds the list
+  price of on-demand purchases too), allowed instance types (globs), the namespaces that may buy
+  on-demand at all (globs), maximum expected instances per namespace and per installation. A pool over a guard buys
   nothing; it still releases (scale-in, cleanup, deletion): guards stop spending, never stop
   stopping it. That is decided by the planner (`plan(purchases_refused=...)`), not by a `Blocked`.
 """
@@ -24,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from fnmatch import translate
+from fnmatch import fnmatchcase, translate
 from typing import Any, Protocol
 
 import httpx
@@ -209,6 +210,7 @@ class SpendGuards:
     max_total_instances: int | None = None
     max_price: Decimal | None = None
     instance_types: tuple[str, ...] = ()  # fnmatch globs, case-insensitive
+    on_demand_namespaces: tuple[str, ...] = ()  # fnmatch globs of namespaces that may buy on-demand; empty: all
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -223,6 +225,18 @@ class SpendGuards:
                 raise PolicyError(f"allowed-instance-type: {pattern!r} is not a glob of instance types")
         object.__setattr__(self, "_patterns",
                            tuple(re.compile(translate(p), re.IGNORECASE) for p in self.instance_types))
+        for pattern in self.on_demand_namespaces:
+            if not pattern or any(c.isspace() for c in pattern):
+                raise PolicyError(f"on-demand-namespace: {pattern!r} is not a glob of namespace names")
+
+    def on_demand_refusal(self, namespace: str) -> str | None:
+        """Why pools of `namespace` may not buy on-demand (pay-as-you-go) at all, or None. Spot is
+        bounded by the bid; on-demand bills the list price whatever the market does, so an
+        administrator may keep it to the namespaces that have a budget for it."""
+        if not self.on_demand_namespaces or any(fnmatchcase(namespace, p) for p in self.on_demand_namespaces):
+            return None
+        return (f"namespace {namespace} may not buy on-demand: the administrator allows it only in "
+                f"{', '.join(self.on_demand_namespaces)} (--on-demand-namespace)")
 
     @property
     def aggregate(self) -> bool:
@@ -332,6 +346,7 @@ class Policy:
                 max_total_instances=config.max_total_instances,
                 max_price=config.max_price,
                 instance_types=tuple(config.allowed_instance_types),
+                on_demand_namespaces=tuple(config.on_demand_namespaces),
             ),
         )
 

@@ -189,7 +189,8 @@ class Reconciler:
         signals = CapacitySignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
                                   quota=quota, reclaims=memory.recent_reclaims(now),
                                   spot_short_since=persisted.spot_short_since,
-                                  price_ceiling=self._policy.guards.max_price, held_ceiling=ctx.held_ceiling)
+                                  price_ceiling=self._policy.guards.max_price, held_ceiling=ctx.held_ceiling,
+                                  on_demand_refused=ctx.on_demand_refused)
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=market.spot,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
                        purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None,

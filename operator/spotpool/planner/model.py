@@ -293,6 +293,8 @@ class CapacitySignals:
       bid (the spend guard refuses a spec.maxPrice above it), on-demand by the list price.
     - `held_ceiling`: the most instances the administrator's guards let the pool hold at once,
       alive and in flight: a return to spot's surge beyond expectedCount stays under it.
+    - `on_demand_refused`: why the administrator lets this pool buy no on-demand at all (its
+      namespace), or None.
     """
 
     on_demand: Mapping[PoolKey, Offer] | None = None
@@ -302,3 +304,4 @@ class CapacitySignals:
     spot_short_since: datetime | None = None
     price_ceiling: Decimal | None = None
     held_ceiling: int | None = None
+    on_demand_refused: str | None = None

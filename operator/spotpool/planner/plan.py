@@ -258,8 +258,10 @@ def _buy(
 
 
 def _over_ceiling(spec: EnvironmentSpec, capacity: CapacitySignals, prices: Prices, short: int) -> str | None:
-    """Why `short` on-demand instances were not bought, when the administrator's `--max-price`
-    is what left them out (every candidate pool's list price is above it)."""
+    """Why `short` on-demand instances were not bought, when an administrator's guard is what left
+    them out: the namespace may buy none, or every candidate pool's list price is above `--max-price`."""
+    if short > 0 and capacity.on_demand_refused:
+        return f"{short} on-demand instances are not bought: {capacity.on_demand_refused}"
     ceiling = capacity.price_ceiling
     if short <= 0 or ceiling is None:
         return None
@@ -280,7 +282,7 @@ def _on_demand(
 ) -> Launches:
     """On-demand batches for `need` instances: the cheapest list price first (candidate order on
     ties), skipping pools sold out as pay-as-you-go, unpriced, or backing off after a refusal."""
-    if need <= 0:
+    if need <= 0 or capacity.on_demand_refused:
         return Launches((), 0)
     od_offers = capacity.on_demand or {}
     od_backoff = capacity.on_demand_backoff or {}

@@ -208,3 +208,13 @@ def test_the_ceiling_is_what_the_tightest_guard_leaves_this_pool() -> None:
     assert SpendGuards(max_expected_count=12).ceiling(namespace="team", uid="me", pools=None) == 12
     assert SpendGuards().ceiling(namespace="team", uid="me", pools=View(claims)) is None
     assert SpendGuards(max_total_instances=5).ceiling(namespace="team", uid="me", pools=View(None)) == 0
+
+
+def test_on_demand_is_refused_outside_the_allowed_namespaces() -> None:
+    guards = SpendGuards(on_demand_namespaces=("platform-*", "infra"))
+    assert guards.on_demand_refusal("platform-gpu") is None and guards.on_demand_refusal("infra") is None
+    why = guards.on_demand_refusal("team-a")
+    assert why is not None and "namespace team-a may not buy on-demand" in why and "(--on-demand-namespace)" in why
+    assert SpendGuards().on_demand_refusal("team-a") is None
+    with pytest.raises(PolicyError):
+        SpendGuards(on_demand_namespaces=(" team",))

@@ -270,6 +270,17 @@ def test_the_administrators_max_price_bounds_on_demand_too() -> None:
     assert under.capacity.price_guarded is None
 
 
+def test_a_namespace_the_administrator_keeps_from_on_demand_buys_none() -> None:
+    refused = CapacitySignals(on_demand_refused="namespace team may not buy on-demand (--on-demand-namespace)")
+    p = run(expectedCount=4, signals=refused, onDemand={"baseCount": 2})
+    assert bought(p) == {Purpose.SPOT: 2}
+    assert p.capacity is not None and p.capacity.price_guarded is not None
+    assert p.capacity.price_guarded.startswith("2 on-demand instances are not bought: namespace team")
+    fallback = run(offers=sold_out(), expectedCount=3, signals=refused,
+                   **fallback_spec(onDemand={"fallback": {"after": "0s"}}))
+    assert fallback.launches == () and fallback.capacity is not None and fallback.capacity.price_guarded
+
+
 def test_the_return_honours_a_percentage_budget() -> None:
     fleet = tuple(od(f"ins-00000{n:03d}") for n in range(10))
     p = run(*fleet, expectedCount=10, **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": "25%"}}))
