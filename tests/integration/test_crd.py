@@ -188,9 +188,10 @@ def test_invalid_objects_are_refused_naming_the_field(
 def test_the_api_server_and_the_spec_model_refuse_the_same_tag_keys(
     cluster: Cluster, crd: str, namespace: str, key: str
 ) -> None:
-    """The CEL rule (trim, ASCII lower case, long s) and `reserved_tag_key` (strip of the same
-    whitespace, casefold) agree on every near miss: case, Unicode spaces, U+001F (which
-    str.isspace() counts and CEL's trim() does not), a zero-width space, look-alike letters."""
+    """The CEL rule (trim, then the generated pattern of every code point folding to each prefix
+    character) and `reserved_tag_key` (strip of the same whitespace, NFKC case fold) agree on every
+    near miss: case, Unicode spaces, compatibility forms (fullwidth, mathematical, circled), U+001F
+    (which str.isspace() counts and CEL's trim() does not), a zero-width space, look-alike letters."""
     obj = with_spec(tags={key: "x"})
     proc = cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}", "--dry-run=server", check=False)
     try:

@@ -12,6 +12,7 @@ refuses.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -127,12 +128,38 @@ def _check_user_data(value: str) -> str:
 
 
 def reserved_tag_key(key: str) -> bool:
-    """Whether a tag key is under spotpool's prefix in any letter case, and whatever whitespace
-    surrounds it (`SPOTPOOL.IO/x`, ` spotpool.io/x`): whether the tag service folds case or trims a
-    key is not documented, and to a reader such a key is an ownership tag all the same. The CRD's
-    rule is `k.trim().lowerAscii().replace('\\u017f', 's').startsWith(...)`: for this prefix that
-    is exactly `casefold()`, whose only non-ASCII fold into it is U+017F (long s) to `s`."""
-    return key.strip(_TAG_KEY_SPACE).casefold().startswith(RESERVED_TAG_PREFIX)
+    """Whether a tag key is under spotpool's prefix in any letter case, Unicode compatibility form
+    and whatever whitespace surrounds it (`SPOTPOOL.IO/x`, ` spotpool.io/x`, a fullwidth
+    `ｓpotpool.io/x`): whether the tag service folds case, normalizes or trims a key is not
+    documented, and to a reader such a key is an ownership tag all the same. The CRD's rule is
+    `k.trim().matches(<reserved_prefix_regex()>)`; the two agree (tests/unit/test_spec.py)."""
+    return _fold(key.strip(_TAG_KEY_SPACE)).startswith(RESERVED_TAG_PREFIX)
+
+
+def _fold(text: str) -> str:
+    """NFKC, case-folded, and NFKC again (case folding can un-normalize): the Unicode standard's
+    identifier caseless match, so compatibility forms and every letter case compare equal."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def reserved_prefix_regex() -> str:
+    """The RE2 pattern the CRD's CEL rule matches a trimmed tag key against: one character class
+    per character of the prefix, holding every code point that `_fold` maps to that character (no
+    code point folds to more than one character of it, checked by the test that compares this with
+    the CRD). Computed over all of Unicode (about a second): for the generator and tests only."""
+    classes: dict[str, list[int]] = {char: [] for char in RESERVED_TAG_PREFIX}
+    for point in range(0x110000):
+        if 0xD800 <= point <= 0xDFFF:
+            continue
+        folded = _fold(chr(point))
+        if folded in classes:
+            classes[folded].append(point)
+
+    def one(point: int) -> str:
+        char = chr(point)
+        return char if char.isascii() and char.isalnum() else f"\\x{{{point:X}}}"
+
+    return "^" + "".join("[" + "".join(one(p) for p in classes[char]) + "]" for char in RESERVED_TAG_PREFIX)
 
 
 def _check_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -141,7 +168,8 @@ def _check_tags(tags: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"tag key {key!r} must be 1 to 127 characters")
         if reserved_tag_key(key):
             raise ValueError(f"tag key {key!r} uses the reserved prefix {RESERVED_TAG_PREFIX!r} (in any letter "
-                             f"case, with or without surrounding spaces): spotpool's ownership tags live there")
+                             f"case or Unicode compatibility form, with or without surrounding spaces): spotpool's "
+                             f"ownership tags live there")
     return tags
 
 
