@@ -78,6 +78,10 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         metavar="GLOB",
                         help="instance types pools may buy (repeatable; fnmatch globs, case-insensitive, "
                              "e.g. 'S5.*'); default: any; a pool naming another type buys nothing")
+    policy.add_argument("--on-demand-namespace", action="append", default=[], dest="on_demand_namespaces",
+                        metavar="GLOB",
+                        help="namespaces whose pools may buy on-demand (pay-as-you-go) instances (repeatable; "
+                             "fnmatch globs, e.g. 'platform-*'); default: every namespace")
     orphans = parser.add_argument_group(
         "orphan collector", "instances of this installation whose SpotComputeEnvironment no longer exists")
     orphans.add_argument("--orphan-release", action=argparse.BooleanOptionalAction, default=True,
@@ -165,6 +169,7 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         max_total_instances=args.max_total_instances,
         max_price=max_price,
         allowed_instance_types=tuple(args.allowed_instance_types),
+        on_demand_namespaces=tuple(args.on_demand_namespaces),
         orphan_release=args.orphan_release,
         orphan_grace=args.orphan_grace,
     )

@@ -48,6 +48,7 @@ class OperatorConfig:
     max_total_instances: int | None = None
     max_price: Decimal | None = None
     allowed_instance_types: tuple[str, ...] = ()  # fnmatch globs; empty: any type
+    on_demand_namespaces: tuple[str, ...] = ()  # fnmatch globs of namespaces that may buy on-demand; empty: all
     # The orphan collector (controller/collector.py): instances of this installation whose pool no
     # longer exists are reported, and released after the grace unless orphan_release is off.
     orphan_release: bool = True
