@@ -1,6 +1,7 @@
 """What scrubbing secrets out of log records costs (`controller/redaction.py`), on the event loop.
 
-Registers 1,024 secrets (as 1,024 pools' SecretKeys would be), then more at capacity (each one
+Registers 1,024 secrets (as 1,024 pools' SecretKeys would be; `--secrets 10000` for 10,000), then
+more at capacity (each one
 evicts the oldest, as a tenant re-applying Secrets in a loop would cause), re-registers known ones
 (every pass does), and scrubs log lines with and without a secret. Prints the figures and a verdict
 per target.
@@ -53,6 +54,7 @@ def load(rev: str | None) -> ModuleType:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
