@@ -129,6 +129,7 @@ async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
                              **_: Any) -> None:
     RUNTIME.watch_secrets(credential_secrets)
     RUNTIME.watch_pools(spot_pools)
+    await _await_leading()
     assert RUNTIME.reconciler is not None
     memory, lock = _state(memo)
     outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)
@@ -141,6 +142,27 @@ async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
             post_event(body, type="Normal", reason="DeletionWaiting", message=why)
         raise kopf.TemporaryError(DELETION_WAITS + why, delay=RUNTIME.config.progress_interval)
     RUNTIME.forget(meta["uid"], meta["namespace"], meta["name"])
+
+
+STANDBY_RETRY = 60.0
+"""Seconds a standby's delete handler waits for this replica to lead before kopf records a retry.
+Each retry is a patch of kopf's progress annotation; a standby that retried every progress
+interval patched every deleting pool every 2 s, and each patch made the leader's conditional
+status write of that pool conflict and read the object again."""
+
+
+async def _await_leading() -> None:
+    """Return at once on the leader. A standby waits (writing nothing) until it leads or
+    `STANDBY_RETRY` passes, then asks kopf to call again: either way with the object as it is
+    then, not with the body this call was given, which may be a minute old (a deletion must plan
+    from the journal the last leader left, not from an older one)."""
+    if RUNTIME.leadership.is_leader():
+        return
+    try:
+        await asyncio.wait_for(RUNTIME.leadership.wait_leading(), timeout=STANDBY_RETRY)
+    except TimeoutError:
+        pass
+    raise kopf.TemporaryError(DELETION_WAITS + "this replica did not lead when the deletion came", delay=0)
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wakeup: asyncio.Event, delay: float) -> None:

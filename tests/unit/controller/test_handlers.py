@@ -1,0 +1,56 @@
+"""The delete handler on a standby: it writes nothing while it waits to lead, and never acts on the
+body it was handed once it leads (kopf calls it again with the object as it is then)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+import pytest
+
+from spotpool.controller import handlers
+from spotpool.controller.redaction import DELETION_WAITS
+from spotpool.controller.runtime import RUNTIME
+
+
+class Leadership:
+    def __init__(self, leading: bool) -> None:
+        self.leading = asyncio.Event()
+        if leading:
+            self.leading.set()
+
+    def is_leader(self, term: int | None = None) -> bool:
+        return self.leading.is_set()
+
+    async def wait_leading(self) -> int:
+        await self.leading.wait()
+        return 1
+
+
+@pytest.fixture
+def leadership(monkeypatch: pytest.MonkeyPatch) -> Leadership:
+    fake = Leadership(leading=False)
+    monkeypatch.setattr(RUNTIME, "leadership", fake)
+    return fake
+
+
+async def test_the_leader_goes_on_at_once(leadership: Leadership) -> None:
+    leadership.leading.set()
+    await handlers._await_leading()
+
+
+async def test_a_standby_waits_then_asks_to_be_called_again(leadership: Leadership,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "STANDBY_RETRY", 0.05)
+    with pytest.raises(kopf.TemporaryError) as raised:
+        await handlers._await_leading()
+    assert str(raised.value).startswith(DELETION_WAITS) and raised.value.delay == 0
+
+
+async def test_a_standby_that_comes_to_lead_starts_again_from_a_fresh_body(leadership: Leadership) -> None:
+    waiting = asyncio.ensure_future(handlers._await_leading())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # no retry recorded (no patch) while it waits
+    leadership.leading.set()
+    with pytest.raises(kopf.TemporaryError):
+        await asyncio.wait_for(waiting, timeout=5)
