@@ -84,3 +84,21 @@ async def test_two_acting_replicas_are_fenced_by_the_journal_precondition() -> N
         assert sum(1 for o in outcomes if o is not None and o.problem) == 1  # the loser saw the conflict
         await a.cloud.close()
         await b.cloud.close()
+
+
+async def test_every_status_write_is_bounded_by_the_time_left_in_its_term() -> None:
+    """An API server that holds a write (its etcd down) answered it after the term had ended (the
+    chaos e2e saw one land 5 s after the leader's last renewal). Each write now carries the term's
+    time left as its timeout: the client gives it up when the term ends, and the server cancels it."""
+    from tests.support.inprocess import Switch, start
+
+    switch = Switch()
+    async with world() as w:
+        leader = World(w.sim, w.clock, kube=w.kube, leadership=switch)
+        try:
+            await start(w, expectedCount=3)
+            await leader.settle(NS, NAME)
+            assert w.bought(w.kube.objects[(NS, NAME)]["metadata"]["uid"]) == 3
+            assert w.kube.write_timeouts and all(t == switch.remaining() for t in w.kube.write_timeouts)
+        finally:
+            await leader.close()

@@ -85,7 +85,7 @@ class Wire(FakeKube):
         self.release = asyncio.Event()
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
-                           resource_version: str | None = None) -> str:
+                           resource_version: str | None = None, timeout: float | None = None) -> str:
         kind = write_kind(status)
         if self.holding == (namespace, name, kind):
             self.holding = None
@@ -95,9 +95,9 @@ class Wire(FakeKube):
             landed = self.failing[3]
             self.failing = None
             if landed:
-                await super().patch_status(namespace, name, status, resource_version=resource_version)
+                await super().patch_status(namespace, name, status, resource_version=resource_version, timeout=timeout)
             raise RuntimeError(f"500 from the API server ({kind} write {'applied' if landed else 'not applied'})")
-        return await super().patch_status(namespace, name, status, resource_version=resource_version)
+        return await super().patch_status(namespace, name, status, resource_version=resource_version, timeout=timeout)
 
 
 @dataclass

@@ -64,6 +64,16 @@ INVALID = [
     ("unknown scaleInPolicy", with_spec(scaleInPolicy="Random"), "spec.scaleInPolicy"),
     ("missing credentialsSecretRef", with_spec(credentialsSecretRef=None), "spec.credentialsSecretRef"),
     ("invalid Secret name", with_spec(credentialsSecretRef={"name": "Not_A_Name"}), "spec.credentialsSecretRef.name"),
+    ("a Secret beside an operator identity", with_spec(credentials={"source": "OperatorIdentity"}),
+     "spec.credentialsSecretRef"),
+    ("a role without its ARN", with_spec(credentialsSecretRef=None, credentials={"source": "Role"}),
+     "spec.credentials.roleArn"),
+    ("a malformed role ARN", with_spec(credentialsSecretRef=None, credentials={"source": "Role", "roleArn": "team-a"}),
+     "spec.credentials.roleArn"),
+    ("an ExternalId without a role", with_spec(credentialsSecretRef=None, credentials={
+        "source": "OperatorIdentity", "externalId": "abc"}), "spec.credentials.roleArn"),
+    ("an unknown credential source", with_spec(credentialsSecretRef=None, credentials={"source": "Env"}),
+     "spec.credentials.source"),
     ("non-http endpoint", with_spec(endpoint="ftp://cvm.example"), "spec.endpoint"),
     ("endpoint with user info", with_spec(endpoint="https://u:p@cvm.tencentcloudapi.com"), "spec.endpoint"),
     # 6200 two-byte characters: within maxLength, over the byte budget the CEL rule enforces.
@@ -158,6 +168,21 @@ def test_defaults_are_filled_in(cluster: Cluster, crd: str, namespace: str) -> N
     assert spec["allocationStrategy"] == "LowestPrice"
     assert spec["scaleInPolicy"] == "NewestFirst"
     assert spec["paused"] is False
+
+
+SOURCES = [
+    {"source": "OperatorIdentity"},
+    {"source": "Role", "roleArn": "qcs::cam::uin/100000000001:roleName/team-a"},
+    {"source": "Role", "roleArn": "qcs::cam::uin/1:role/4611686018427", "externalId": "team-a:batch"},
+]
+
+
+@pytest.mark.parametrize("credentials", SOURCES, ids=["operator-identity", "role", "role-by-id-with-external-id"])
+def test_pools_without_a_secret_are_accepted(cluster: Cluster, crd: str, namespace: str,
+                                             credentials: dict[str, str]) -> None:
+    obj = with_spec(credentialsSecretRef=None, credentials=credentials)
+    cluster.kubectl.apply(json.dumps(obj), f"--namespace={namespace}")
+    assert cluster.kubectl.get("sce", "valid", namespace)["spec"]["credentials"] == credentials  # type: ignore[index]
 
 
 def test_on_demand_defaults_and_every_documented_shape_are_accepted(cluster: Cluster, crd: str, namespace: str) -> None:

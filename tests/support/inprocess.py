@@ -121,6 +121,7 @@ class FakeKube:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     status_writes: int = 0
+    write_timeouts: list[float | None] = field(default_factory=list)  # each status write's bound
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _created: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
 
@@ -199,7 +200,7 @@ class FakeKube:
         return dict(secret["data"]) if secret is not None else None
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
-                           resource_version: str | None = None) -> str:
+                           resource_version: str | None = None, timeout: float | None = None) -> str:
         obj = self.objects.get((namespace, name))
         if obj is None:
             raise NotFound(f"{namespace}/{name}")
@@ -207,6 +208,7 @@ class FakeKube:
             raise Conflict(f"{namespace}/{name} is at {obj['metadata']['resourceVersion']}, not {resource_version}")
         obj["status"] = merge_patch(obj.get("status") or {}, copy.deepcopy(status))
         self.status_writes += 1
+        self.write_timeouts.append(timeout)
         return self._bump(obj)
 
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:

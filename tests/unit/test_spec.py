@@ -369,3 +369,41 @@ def test_the_crd_rule_is_the_generated_pattern_and_agrees_with_the_model() -> No
     python = re.compile(re.sub(r"\\x\{([0-9A-F]+)\}", lambda m: re.escape(chr(int(m[1], 16))), pattern))
     for key in RESERVED_KEYS + ALLOWED_KEYS:
         assert bool(python.match(key.strip(_TAG_KEY_SPACE))) == reserved_tag_key(key), repr(key)
+
+
+ROLE = "qcs::cam::uin/100000000001:roleName/team-a"
+
+
+@pytest.mark.parametrize(("credentials", "secret", "source"), [
+    (None, True, "Secret"),
+    ({"source": "Secret"}, True, "Secret"),
+    ({"source": "OperatorIdentity"}, False, "OperatorIdentity"),
+    ({"source": "Role", "roleArn": ROLE}, False, "Role"),
+    ({"source": "Role", "roleArn": "qcs::cam::uin/1:role/4611686018427", "externalId": "team-a:batch"}, False, "Role"),
+])
+def test_credential_sources(credentials: dict[str, str] | None, secret: bool, source: str) -> None:
+    raw = spec_with(credentials=credentials) if credentials else spec_with()
+    if not secret:
+        del raw["credentialsSecretRef"]
+    spec = EnvironmentSpec.from_k8s(raw)
+    assert spec.credential_source.value == source
+    assert (spec.secret_name is not None) == secret
+
+
+@pytest.mark.parametrize(("credentials", "secret", "needle"), [
+    (None, False, "spec.credentialsSecretRef: is required unless"),
+    ({"source": "OperatorIdentity"}, True, "spec.credentialsSecretRef: must not be set with spec.credentials.source"),
+    ({"source": "Role"}, False, "source Role needs roleArn"),
+    ({"source": "Role", "roleArn": "arn:aws:iam::1:role/x"}, False, "spec.credentials.roleArn"),
+    ({"source": "OperatorIdentity", "externalId": "abc"}, False, "roleArn and externalId are for source Role"),
+    ({"source": "Env"}, False, "spec.credentials.source"),
+])
+def test_credential_sources_refused_name_the_field(credentials: dict[str, str] | None, secret: bool,
+                                                   needle: str) -> None:
+    raw = spec_with(credentials=credentials) if credentials else spec_with()
+    if not secret:
+        del raw["credentialsSecretRef"]
+    with pytest.raises(SpecError) as caught:
+        EnvironmentSpec.from_k8s(raw)
+    assert needle in str(caught.value) and str(caught.value).startswith("spec.credentials"), str(caught.value)
+    assert "spec.credentials" in needle or needle in str(caught.value)

@@ -263,6 +263,34 @@ class SecretRef(_SpecModel):
     name: _DnsSubdomain
 
 
+class CredentialSource(StrEnum):
+    """Where a pool's CVM credentials come from (`spec.credentials.source`)."""
+
+    SECRET = "Secret"  # a key pair in a Secret of the pool's namespace (spec.credentialsSecretRef)
+    OPERATOR_IDENTITY = "OperatorIdentity"  # the operator's own: TKE pod identity, or its CVM role
+    ROLE = "Role"  # a CAM role assumed from the operator's identity (spec.credentials.roleArn)
+
+
+ROLE_ARN_PATTERN = r"^qcs::cam::uin/[0-9]{1,20}:(roleName/[A-Za-z0-9+=,.@_-]{1,128}|role/[0-9]{1,20})$"
+"""A CAM role ARN as AssumeRole takes it: by name, or by role id."""
+
+
+class CredentialsSpec(_SpecModel):
+    """`spec.credentials`: which source signs this pool's calls. Absent: `Secret`."""
+
+    source: CredentialSource
+    role_arn: Annotated[str, StringConstraints(strict=True, pattern=ROLE_ARN_PATTERN)] | None = None
+    external_id: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9+=,.@:/_-]{2,128}$")] | None = None
+
+    @model_validator(mode="after")
+    def _role_fields_only_for_a_role(self) -> CredentialsSpec:
+        if self.source is CredentialSource.ROLE and self.role_arn is None:
+            raise ValueError("source Role needs roleArn (the CAM role to assume)")
+        if self.source is not CredentialSource.ROLE and (self.role_arn is not None or self.external_id is not None):
+            raise ValueError(f"roleArn and externalId are for source Role, not {self.source.value}")
+        return self
+
+
 class Network(_SpecModel):
     """VPC placement. Without `vpcId`, CVM uses the default VPC and subnet of each zone."""
 
@@ -347,7 +375,8 @@ class EnvironmentSpec(_SpecModel):
     ]
     allocation_strategy: AllocationStrategy = AllocationStrategy.LOWEST_PRICE
     image_id: _resource_id("img")  # type: ignore[valid-type]
-    credentials_secret_ref: SecretRef
+    credentials: CredentialsSpec | None = None
+    credentials_secret_ref: SecretRef | None = Field(default=None, validate_default=True)
     endpoint: Annotated[_StrictStr, AfterValidator(_check_endpoint)] | None = None
     instance_name_prefix: (
         Annotated[
@@ -377,6 +406,30 @@ class EnvironmentSpec(_SpecModel):
         """On-demand instances always kept (at most expectedCount)."""
         base = self.on_demand.base_count if self.on_demand is not None else 0
         return min(base, self.expected_count)
+
+    @property
+    def credential_source(self) -> CredentialSource:
+        return self.credentials.source if self.credentials is not None else CredentialSource.SECRET
+
+    @property
+    def secret_name(self) -> str | None:
+        """The credentials Secret's name, for the Secret source only."""
+        return self.credentials_secret_ref.name if self.credentials_secret_ref is not None else None
+
+    @field_validator("credentials_secret_ref")
+    @classmethod
+    def _one_source(cls, secret: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        """A Secret names the key pair only for the Secret source (the default); the other sources
+        need none, and one named beside them would read as if it were used."""
+        if "credentials" not in info.data:  # spec.credentials itself is invalid and already reported
+            return secret
+        credentials = info.data["credentials"]
+        source = credentials.source if credentials is not None else CredentialSource.SECRET
+        if source is CredentialSource.SECRET and secret is None:
+            raise ValueError("is required unless spec.credentials.source is OperatorIdentity or Role")
+        if source is not CredentialSource.SECRET and secret is not None:
+            raise ValueError(f"must not be set with spec.credentials.source {source.value}")
+        return secret
 
     @field_validator("zones")
     @classmethod
@@ -432,10 +485,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _spec_fields() -> frozenset[str]:
+    """EnvironmentSpec's fields by their Python names."""
+    return frozenset(EnvironmentSpec.model_fields)
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+        # A default's validator reports the field's Python name: spell it as the CRD does.
+        loc = list(error["loc"])
+        if loc and isinstance(loc[0], str) and loc[0] in _spec_fields():
+            loc[0] = to_camel(loc[0])
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"spec{path}: {message}")
     return "; ".join(problems)

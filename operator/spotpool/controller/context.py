@@ -113,7 +113,12 @@ async def resolve(
         # The account is recorded before the first purchase: without it nothing was ever bought.
         return Blocked(DegradedReason.INVALID_CONFIG, refused, spec,
                        nothing_to_release=not persisted.account and not persisted.may_own_instances)
-    secret = spec.credentials_secret_ref.name
+    if spec.secret_name is None:
+        return Blocked(DegradedReason.INVALID_CONFIG,
+                       f"spec.credentials.source {spec.credential_source.value} is not available: this operator "
+                       f"signs with key pairs from Secrets only (spec.credentialsSecretRef)", spec,
+                       nothing_to_release=not persisted.account and not persisted.may_own_instances)
+    secret = spec.secret_name
     try:
         credentials = await load_credentials(kube, ref.namespace, secret)
     except CredentialsError as exc:

@@ -30,11 +30,13 @@ class KubeApi(Protocol):
         """The Secret's data, base64-encoded as stored; None when it does not exist."""
 
     async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Merge-patch `status` through the status subresource (lists are replaced whole; null
         removes a field); with `resource_version`, only if the object still has it (else
-        `Conflict`). Returns the object's new resourceVersion."""
+        `Conflict`); with `timeout`, given up after that many seconds. Returns the object's new
+        resourceVersion."""
 
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SpotComputeEnvironment as the API server holds it now (None: gone). Read only when
@@ -93,16 +95,17 @@ class ClusterKubeApi:
         return dict(secret.data or {})
 
     async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}  # a precondition in a patch
         try:
-            result = await self._call(
-                self._custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, namespace, PLURAL, name, body,
-            )
+            call: Callable[..., Any] = self._custom.patch_namespaced_custom_object_status
+            if timeout is not None:  # the client drops the request then, and the server cancels it
+                call = functools.partial(call, _request_timeout=max(timeout, 0.001))
+            result = await self._call(call, GROUP, VERSION, namespace, PLURAL, name, body)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from None

@@ -217,12 +217,11 @@ class Reconciler:
         if checked is not None and checked.record is not None:
             report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
         fence()
-        await self._reporting.write(ctx.ref, body, memory, report, now)
+        await self._reporting.write(ctx.ref, body, memory, report, now, ctx.fence)
         self._reporting.observe(ctx, memory, report)
         complete = deleting and decided.deletion_complete and not acted.purchases.journal
-        if complete:
-            await self._guard.release(ctx.ref.namespace, ctx.spec.credentials_secret_ref.name,
-                                      leaving_uid=ctx.ref.uid)
+        if complete and ctx.spec.secret_name is not None:
+            await self._guard.release(ctx.ref.namespace, ctx.spec.secret_name, leaving_uid=ctx.ref.uid)
         waiting = None if not deleting or complete else _deletion_wait(census, acted.purchases.journal)
         return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
                        deletion_complete=complete, awaiting_spot=not deleting and _awaits_spot(ctx.spec, report),
@@ -339,7 +338,8 @@ class Reconciler:
             # Never bought (refused before its account was known): nothing to wait for but the
             # Secret's finalizer, in case an earlier pass had added it.
             fence()
-            await self._guard.release(ref.namespace, blocked.spec.credentials_secret_ref.name, leaving_uid=ref.uid)
+            if blocked.spec.secret_name is not None:
+                await self._guard.release(ref.namespace, blocked.spec.secret_name, leaving_uid=ref.uid)
             return Outcome(progressing=False, deletion_complete=True)
         if deleting and persisted.deleted_already:
             return Outcome(progressing=False, deletion_complete=True)
@@ -347,7 +347,7 @@ class Reconciler:
                               previous_conditions=[dict(c) for c in persisted.conditions],
                               blocked=(blocked.reason, blocked.message), deleting=deleting)
         fence()
-        await self._reporting.write(ref, body, memory, report, now)
+        await self._reporting.write(ref, body, memory, report, now, fence)
         self._reporting.observe_blocked(ref)
         return Outcome(progressing=False, problem=blocked.message)
 
@@ -423,9 +423,11 @@ def _deletion_wait(census: Census, journal: list[InflightLaunch]) -> str | None:
         parts.append(f"waiting for the cloud to confirm {len(terminating)} terminating instances are gone "
                      f"({ids_text(sorted(terminating))})")
     if census.hidden:
-        parts.append(f"releasing by id {len(census.hidden)} instances this pool's key cannot find and nothing "
-                     f"ever showed ({ids_text(sorted(census.hidden))}): a termination the cloud accepts lets "
-                     f"them go")
+        hidden = ids_text(sorted(census.hidden))
+        parts.append(f"waiting for {len(census.hidden)} instances RunInstances returned ({hidden}) to show: this "
+                     f"pool's key cannot find them by id and has never seen any of its instances. Does a CAM policy "
+                     f"let it see only instances with tags the pool does not set? Once the policy lets the key see "
+                     f"them they are released; nothing is released that the key cannot prove is the pool's")
     for launch in journal[:MAX_RECORDS_NAMED]:
         if launch.instance_ids:
             parts.append(f"waiting for the cloud to list or deny the instances of launch record "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from spotpool.cloud.errors import code_label
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
 from spotpool.controller.failpoints import failpoint
+from spotpool.controller.fencing import Fence
 from spotpool.controller.statusstore import StatusMemory, StatusStore, merge_patch
 from spotpool.metrics import Metrics
 from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
@@ -79,7 +80,7 @@ class Reporting:
 
     # -- status ------------------------------------------------------------------------------------
     async def write(self, ref: ObjectRef, body: Mapping[str, Any], memory: PoolMemory, report: StatusReport,
-                    now: datetime) -> None:
+                    now: datetime, fence: Fence | None = None) -> None:
         """Write the pass's status over the picture it planned from (`statusstore`), unless it
         changes nothing a user sees and the heartbeat is not due."""
         previous = dict(memory.store.status or {})
@@ -93,7 +94,7 @@ class Reporting:
             return
         status["lastReconcileTime"] = format_time(now)
         failpoint("status-write")
-        await self._statuses.write_status(ref.namespace, ref.name, memory.store, status)
+        await self._statuses.write_status(ref.namespace, ref.name, memory.store, status, fence)
         self.announce_transitions(body, previous, report.body)
 
     def announce_transitions(self, body: Mapping[str, Any], before_status: Mapping[str, Any],

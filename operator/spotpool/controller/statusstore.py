@@ -29,11 +29,13 @@ removes, anything else replaces), so the copy in memory is what the server holds
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spotpool.controller.fencing import Fence
 from spotpool.controller.kube import Conflict, KubeApi
 from spotpool.planner.persistence import PersistedStatus, read_status
 
@@ -106,20 +108,23 @@ class StatusStore:
         memory.term = term
         return Picture(status, read_status(status), version, from_memory=False)
 
-    async def write_journal(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any]) -> str:
+    async def write_journal(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any],
+                            fence: Fence | None = None) -> str:
         """Write `patch` (the journal, before money is spent) only over the version the pass
-        planned from; `Conflict` (memory dropped) when anyone wrote since."""
+        planned from; `Conflict` (memory dropped) when anyone wrote since. `fence`: the pass's term
+        (see `_write`)."""
         try:
-            return await self._write(namespace, name, memory, patch)
+            return await self._write(namespace, name, memory, patch, fence)
         except Conflict:
             memory.drop()
             raise
 
-    async def write_status(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any]) -> str:
+    async def write_status(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any],
+                           fence: Fence | None = None) -> str:
         """Write the pass's status over the version its last write left; on a conflict, again over
         the newer object only if its journal is still this pass's (see the module docstring)."""
         try:
-            return await self._write(namespace, name, memory, patch)
+            return await self._write(namespace, name, memory, patch, fence)
         except Conflict:
             if memory.status is None:
                 raise
@@ -140,11 +145,23 @@ class StatusStore:
             memory.status = status
             memory.lineage.clear()
             memory.lineage.append(str(current["metadata"]["resourceVersion"]))
-            return await self._write(namespace, name, memory, patch)
+            return await self._write(namespace, name, memory, patch, fence)
 
-    async def _write(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any]) -> str:
+    async def _write(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any],
+                     fence: Fence | None = None) -> str:
+        """One conditional write, in the pass's term: the fence is checked right before it is sent,
+        and the request is bounded by the time the term has left. An API server that holds a write
+        (its etcd down) answered it seconds after the term had ended (the chaos e2e saw one land
+        5 s after the last renewal); timed out, the client drops the request and the server
+        cancels it with its context."""
+        timeout = None
+        if fence is not None:
+            fence.check()
+            left = fence.remaining()
+            timeout = left if left is not None and math.isfinite(left) else None
         try:
-            version = await self._kube.patch_status(namespace, name, patch, resource_version=memory.version)
+            version = await self._kube.patch_status(namespace, name, patch, resource_version=memory.version,
+                                                    timeout=timeout)
         except Conflict:
             raise
         except BaseException:

@@ -45,8 +45,9 @@ class Census:
     - `records`: each launch record's count against the observation.
     - `gone`: ids a look-up did not find (or found not ours): proven gone.
     - `hidden`: ids RunInstances returned that no listing or look-up has ever shown and a look-up
-      does not find, younger than `NOT_VISIBLE_HOLD`: not proven gone (the key may not be allowed
-      to see them), so their records count them as unseen, bought.
+      does not find, younger than `NOT_VISIBLE_HOLD`, of a pool of which nothing shows at all:
+      not proven gone (the key may not be allowed to see them), so their records count them as
+      unseen, bought.
     """
 
     owned: tuple[Instance, ...]
@@ -165,8 +166,9 @@ def take_census(
     return an instance twice while the set changes) are kept once, the listing first.
 
     A look-up's "not found" proves an id gone only if something showed it before (the record's
-    `seen`, kept in status), this process released it (`released`), or its record is older than
-    `NOT_VISIBLE_HOLD`; otherwise the id is `hidden`, still counted (`now`: None judges nothing
+    `seen`, kept in status), this process released it (`released`), its record is older than
+    `NOT_VISIBLE_HOLD`, or this observation or a record shows any instance of the pool (the key
+    sees the pool's tags); otherwise the id is `hidden`, still counted (`now`: None judges nothing
     hidden, for callers that only count).
     """
     confirmed = confirmed or {}
@@ -196,7 +198,10 @@ def take_census(
         if instance is None or instance.tags.get(OWNER_UID_TAG) != owner_uid
     )
     inflight = tuple(inflight)
-    hidden = frozenset() if now is None else frozenset(
+    # A CAM policy hides by tags, and every instance of a pool carries the same ones: once anything
+    # showed one of this pool's instances, its key sees them, and "not found" is the truth.
+    shows_pool = bool(owned) or any(launch.seen for launch in inflight)
+    hidden = frozenset() if now is None or shows_pool else frozenset(
         instance_id for launch in inflight if as_utc(launch.requested_at) + NOT_VISIBLE_HOLD > as_utc(now)
         for instance_id in launch.instance_ids
         if instance_id in gone and confirmed.get(instance_id) is None

@@ -68,7 +68,7 @@ from spotpool.planner.model import (
     ReleaseReason,
 )
 from spotpool.planner.pools import PoolAssessment, assess_pools, order_buyable, shortage_reason
-from spotpool.planner.release import batch, batch_ids, release_order
+from spotpool.planner.release import batch_ids, release_order
 
 DEAD_STATES = frozenset({LAUNCH_FAILED, SHUTDOWN})
 """States of instances that will never serve again but still exist: released as Unwanted.
@@ -408,16 +408,14 @@ def _plan_deletion(spec: EnvironmentSpec, census: Census, prices: Prices, decisi
     Done only when nothing owned is observed any more, terminating included, AND no launch record
     is left. Observed means listed by the pool's own sweep or found by an `InstanceIds` look-up of
     an id the pool knew: a terminating instance may yet fail to terminate (CVM's
-    LatestOperationState), so only the cloud's "not found" lets an id go.
+    LatestOperationState), so only the cloud's "not found" lets an id go. Ids the pool's key
+    cannot find (`Census.hidden`) are never released by id: nothing proves them the pool's (an id
+    forged into status could name another team's instance); their record keeps the deletion
+    waiting, saying why, until they show or `NOT_VISIBLE_HOLD` passes.
     """
     remaining = [instance for instance in census.owned if instance.state != TERMINATING]
     releases = batch_ids(release_order(remaining, spec.scale_in_policy, _known(prices, on_demand=False),
                                        _known(prices, on_demand=True)))
-    # Ids the pool's key cannot find and nothing ever showed (see `NOT_VISIBLE_HOLD`) are released
-    # by id, one record (one charge type) per batch: an accepted termination, or the cloud's
-    # "already gone", lets them go (`Observation.released`).
-    for counted in census.records:
-        releases += batch(i for i in counted.launch.instance_ids if i in census.hidden)
     return Plan(
         journal=decision.keep,
         replays=(),

@@ -58,13 +58,8 @@ def release_order(
 
 def batch_ids(instances: Iterable[Instance]) -> list[list[str]]:
     """Instance ids in TerminateInstances-sized batches (each 1..MAX_RELEASE_IDS), order kept."""
-    return batch(instance.instance_id for instance in instances)
-
-
-def batch(ids: Iterable[str]) -> list[list[str]]:
-    """Ids in TerminateInstances-sized batches (each 1..MAX_RELEASE_IDS), order kept."""
-    listed = list(ids)
-    return [listed[start : start + MAX_RELEASE_IDS] for start in range(0, len(listed), MAX_RELEASE_IDS)]
+    ids = [instance.instance_id for instance in instances]
+    return [ids[start : start + MAX_RELEASE_IDS] for start in range(0, len(ids), MAX_RELEASE_IDS)]
 
 
 def _timestamp(moment: datetime | None) -> float | None:

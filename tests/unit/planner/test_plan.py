@@ -339,14 +339,25 @@ def test_bought_ids_nothing_ever_showed_are_not_gone_on_a_look_ups_word() -> Non
     assert released.journal == () and launched(released) == [(Z3, S5, 2)]
 
 
-def test_a_deletion_releases_by_id_what_its_key_cannot_find() -> None:
+def test_a_deletion_never_releases_by_id_what_its_key_cannot_find() -> None:
+    """Nothing proves a hidden id the pool's (an id forged into status could name another team's
+    instance): the deletion waits for it to show, releasing nothing by id."""
     ids = ("ins-hide0001", "ins-hide0002")
     confirmed: dict[str, Instance | None] = {i: None for i in ids}
     p = run(journal=[make_launch("t1", count=2, ids=ids)], confirmed=confirmed, deleting=True)
-    assert p.releases == (ids,) and not p.deletion_complete
+    assert p.releases == () and not p.deletion_complete and p.census.hidden == frozenset(ids)
     done = run(journal=[make_launch("t1", count=2, ids=ids)], confirmed=confirmed, deleting=True,
                released=frozenset(ids))
     assert done.releases == () and done.deletion_complete
+
+
+def test_not_found_is_gone_once_anything_shows_the_pool() -> None:
+    """CAM hides by tags, and all of a pool's instances carry the same: a key that sees one of them
+    sees them all, so an id it cannot find is gone (a double fault lost its `seen` mark)."""
+    ids = ("ins-hide0001",)
+    p = run([make_instance("ins-seen0001")], journal=[make_launch("t1", count=1, ids=ids)],
+            confirmed={"ins-hide0001": None}, expectedCount=2)
+    assert p.census.hidden == frozenset() and launched(p) == [(Z3, S5, 1)]
 
 
 def test_an_id_only_found_by_lookup_counts_and_is_overdue_past_the_grace() -> None:
