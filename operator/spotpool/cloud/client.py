@@ -13,6 +13,12 @@ Behaviour that the operator relies on, and why:
 - The secret key is only ever handed to `signing.sign`: it is not logged, not in any repr, and
   an echo of it (or of the session token) in a server message is redacted before an exception
   carries it. Request headers and bodies are never logged (UserData may hold secrets too).
+- Credentials come from a provider (`credentials.CredentialProvider`; plain `Credentials` are
+  wrapped in a static one) asked right before each attempt is signed, so temporary credentials are
+  renewed under a long-lived client. A purchase (`RunInstances` without DryRun) is not sent when
+  the credentials would expire before the attempt's deadline: it would be refused half-way, or
+  worse, answered after the caller gave up. Other calls (releases above all) still try. Messages
+  are cleaned of the keys and tokens of the last few credentials used, renewed ones included.
 - The endpoint may be hostile (a pool author can name one), so nothing it says reaches a caller
   unbounded or unfiltered: replies are streamed and abandoned past `max_reply_bytes` (compressed
   ones too), a whole exchange has a deadline however slowly bytes drip, redirects are not
@@ -36,6 +42,7 @@ import ssl
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -46,6 +53,12 @@ import httpx
 from spotpool import __version__
 
 from . import wire
+from .credentials import (
+    CREDENTIALS_EXPIRING,
+    CredentialError,
+    CredentialProvider,
+    StaticCredentials,
+)
 from .errors import (
     CLIENT_NETWORK_ERROR,
     DRY_RUN_PASSED,
@@ -73,7 +86,7 @@ from .models import (  # issue 11
     RunInstancesRequest,
     SpotOffer,
 )
-from .ratelimit import RateLimiterRegistry, Sleep, account_key, default_registry
+from .ratelimit import RateLimiterRegistry, Sleep, default_registry
 from .signing import sign
 
 log = logging.getLogger(__name__)
@@ -85,6 +98,8 @@ API_VERSIONS = {SERVICE: API_VERSION, "sts": STS_API_VERSION}
 CONTENT_TYPE = "application/json"
 REQUEST_CLIENT = f"spotpool/{__version__}"
 DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
+UNSIGNED = "SKIP"  # the Authorization of an unsigned STS call, as the official SDK sends it
+_REDACTED_CREDENTIALS = 4  # the last credentials used whose secrets messages are cleaned of
 
 Observer = Callable[[str, float, str | None], None]
 
@@ -219,7 +234,7 @@ class CvmClient:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: Credentials | CredentialProvider | None,
         region: str,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
@@ -240,7 +255,11 @@ class CvmClient:
         deadline: float = DEFAULT_DEADLINE,
         service: str = SERVICE,
     ) -> None:
-        """`service` is `cvm`, or `sts` for `get_caller_identity` (its own API version).
+        """`credentials`: a key pair (`Credentials`), or a `CredentialProvider` asked before each
+        attempt (temporary credentials renewed as they near expiry), or None for an unsigned STS
+        client (`AssumeRoleWithWebIdentity` only, which takes no signature).
+
+        `service` is `cvm`, or `sts` for `get_caller_identity` (its own API version).
         `clock` gives request timestamps; `limiter`, `sleep` (backoff) and `rng` (jitter)
         exist so tests can replace time and chance.
 
@@ -262,8 +281,18 @@ class CvmClient:
             raise ValueError(f"endpoint must not carry a path or query (CVM uses /): {endpoint!r}")
         if service not in API_VERSIONS:
             raise ValueError(f"service must be one of {', '.join(API_VERSIONS)}, got {service!r}")
+        if credentials is None and service != "sts":
+            raise ValueError("unsigned calls (credentials=None) are for STS only")
         self._service = service
-        self._credentials = credentials
+        self._provider: CredentialProvider | None = (
+            StaticCredentials(credentials) if isinstance(credentials, Credentials) else credentials
+        )
+        # The credentials of the latest attempt (a static client's from the start), and the last
+        # few used, whose secrets server messages are cleaned of.
+        self._credentials = credentials if isinstance(credentials, Credentials) else None
+        self._recent: deque[Credentials] = deque(maxlen=_REDACTED_CREDENTIALS)
+        if self._credentials is not None:
+            self._recent.append(self._credentials)
         self._region = region
         # Signed verbatim: host plus the port when it is not the scheme's default.
         self._host = url.netloc.decode("ascii")
@@ -279,7 +308,10 @@ class CvmClient:
         self._rng = rng if rng is not None else random.Random()
         # Per account AND key: a caller who knows another team's SecretId but not its key gets
         # buckets of its own, so its refused requests cannot use up that team's request budget.
-        self._bucket_account = account_key(credentials.secret_id, credentials.secret_key)
+        # A provider names its own stable key (temporary keys change at every renewal).
+        self._bucket_account = (
+            "(unsigned)" if self._provider is None else self._provider.rate_limit_key
+        )
         self._max_reply_bytes = max_reply_bytes
         self._max_listing = max_listing
         self._max_listing_bytes = max_listing_bytes
@@ -291,10 +323,16 @@ class CvmClient:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"CvmClient(endpoint={str(self._url)!r}, region={self._region!r}, "
-            f"secret_id={self._credentials.secret_id!r})"
-        )
+        if isinstance(self._provider, StaticCredentials) and self._credentials is not None:
+            who = f"secret_id={self._credentials.secret_id!r}"
+        else:
+            who = f"source={self.source!r}"
+        return f"CvmClient(endpoint={str(self._url)!r}, region={self._region!r}, {who})"
+
+    @property
+    def source(self) -> str:
+        """Where the client's credentials come from (the provider's `source`), for messages."""
+        return "unsigned" if self._provider is None else self._provider.source
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -323,6 +361,7 @@ class CvmClient:
         # The SDK's serialisation: default ", " / ": " separators, non-ASCII as \uXXXX escapes.
         body = json.dumps(params).encode("ascii")
         may_retry = action != "RunInstances" or bool(params.get("ClientToken"))
+        spending = action == "RunInstances" and not params.get("DryRun")
         fresh_timestamp_tried = False
         attempt = 0
         while True:
@@ -331,9 +370,10 @@ class CvmClient:
                 self._host, self._bucket_account, action, self._rate_limits
             )
             try:
-                return await self._guarded_attempt(action, body, guard)
+                return await self._guarded_attempt(action, body, guard, spending)
             except CloudError as err:
-                if attempt >= self._max_attempts:
+                # A provider retries its own fetches (and then backs off): not again here.
+                if attempt >= self._max_attempts or isinstance(err, CredentialError):
                     raise
                 if err.code == SIGNATURE_EXPIRED and not fresh_timestamp_tried:
                     fresh_timestamp_tried = True
@@ -347,17 +387,17 @@ class CvmClient:
                 await self._sleep(delay)
 
     async def _guarded_attempt(
-        self, action: str, body: bytes, guard: CallGuard | None
+        self, action: str, body: bytes, guard: CallGuard | None, spending: bool = False
     ) -> dict[str, Any]:
         if guard is None:
-            return await self._attempt(action, body)
+            return await self._attempt(action, body, spending)
         guard.check()
         left = guard.remaining()
         if left is None:
-            return await self._attempt(action, body)
+            return await self._attempt(action, body, spending)
         try:
             async with asyncio.timeout(max(left, 0.0)):
-                return await self._attempt(action, body)
+                return await self._attempt(action, body, spending, min(left, self._deadline))
         except TimeoutError:
             guard.check()  # the time ran out with the caller's term: its own exception says so
             raise CloudNetworkError(
@@ -370,8 +410,14 @@ class CvmClient:
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
         return self._rng.uniform(0.0, ceiling)
 
-    async def _attempt(self, action: str, body: bytes) -> dict[str, Any]:
-        headers = self._headers(action, body, int(self._clock()))
+    async def _attempt(
+        self, action: str, body: bytes, spending: bool = False, window: float | None = None
+    ) -> dict[str, Any]:
+        """One signed exchange. A `spending` attempt is refused (CredentialError
+        `CredentialsExpiring`, nothing sent) when the credentials expire within `window` seconds
+        (the attempt's deadline: the client's, or less when a guard bounds it)."""
+        credentials = await self._signing_credentials(action, spending, window)
+        headers = self._headers(action, body, int(self._clock()), credentials)
         started = time.monotonic()
         try:
             status, content_type, data = await self._exchange(action, body, headers)
@@ -459,8 +505,37 @@ class CvmClient:
             action, f"the reply exceeds {self._max_reply_bytes} bytes; reading stopped there"
         )
 
-    def _headers(self, action: str, body: bytes, timestamp: int) -> dict[str, str]:
-        """Headers in the order the official SDK emits them; only content-type;host are signed."""
+    async def _signing_credentials(
+        self, action: str, spending: bool, window: float | None
+    ) -> Credentials | None:
+        """The provider's current credentials (None: unsigned), remembered for redaction."""
+        if self._provider is None:
+            return None
+        credentials = await self._provider.current()
+        if credentials is not self._credentials:
+            self._credentials = credentials
+            if credentials not in self._recent:
+                self._recent.append(credentials)
+        if spending and credentials.expires_at is not None:
+            left = credentials.expires_at - self._clock()
+            needed = self._deadline if window is None else window
+            if left <= needed:
+                raise CredentialError(
+                    CREDENTIALS_EXPIRING,
+                    f"the credentials expire in {max(left, 0.0):.0f} s, within the {needed:.0f} s "
+                    "a purchase attempt may take, and were not renewed; the purchase was not sent",
+                    source=self._provider.source,
+                    action=action,
+                    category=ErrorCategory.AUTH,
+                )
+        return credentials
+
+    def _headers(
+        self, action: str, body: bytes, timestamp: int, credentials: Credentials | None = None
+    ) -> dict[str, str]:
+        """Headers in the order the official SDK emits them; only content-type;host are signed.
+        Without credentials the request is unsigned (`Authorization: SKIP`, as the SDK sends
+        AssumeRoleWithWebIdentity)."""
         headers = {
             "Content-Type": CONTENT_TYPE,
             "Host": self._host,
@@ -470,11 +545,14 @@ class CvmClient:
             "X-TC-Version": API_VERSIONS[self._service],
             "X-TC-Region": self._region,
         }
-        if self._credentials.token:
-            headers["X-TC-Token"] = self._credentials.token
+        if credentials is None:
+            headers["Authorization"] = UNSIGNED
+            return headers
+        if credentials.token:
+            headers["X-TC-Token"] = credentials.token
         headers["Authorization"] = sign(
-            secret_id=self._credentials.secret_id,
-            secret_key=self._credentials.secret_key,
+            secret_id=credentials.secret_id,
+            secret_key=credentials.secret_key,
             service=self._service,
             host=self._host,
             content_type=CONTENT_TYPE,
@@ -543,8 +621,13 @@ class CvmClient:
         )
 
     def _clean(self, text: str) -> str:
-        """A server message made safe: see `errors.clean_message`; secrets are redacted."""
-        return clean_message(text, (self._credentials.secret_key, self._credentials.token))
+        """A server message made safe: see `errors.clean_message`; the secret keys and tokens
+        of the last credentials used (a renewal may land while a call is on the wire) are
+        redacted."""
+        secrets: list[str | None] = []
+        for credentials in self._recent:
+            secrets += (credentials.secret_key, credentials.token)
+        return clean_message(text, secrets)
 
     def _observe(self, action: str, seconds: float, error_code: str | None) -> None:
         """Tell the observer (metrics) about one attempt. The code it gets is a bounded label:

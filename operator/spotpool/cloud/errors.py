@@ -94,6 +94,11 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
         "UnsupportedOperation.InvalidInstancesOwner",
         "IpInBlacklist",
         "IpNotInWhitelist",
+        # Client-side codes of a credential provider (credentials.py): no credentials could be
+        # had, or not for long enough to start a purchase. A transient cause is raised as
+        # TRANSIENT whatever this default says.
+        "CredentialsUnavailable",
+        "CredentialsExpiring",
     ),
     _C.NOT_FOUND: (
         "ResourceNotFound",

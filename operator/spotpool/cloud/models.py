@@ -19,11 +19,14 @@ ALIVE_STATES = frozenset({PENDING, RUNNING})
 
 @dataclass(frozen=True)
 class Credentials:
-    """A CAM API key pair. The secret key is kept out of repr and str so it never reaches a log."""
+    """A CAM API key pair, or temporary credentials (STS: `token` set, sent as `X-TC-Token`, and
+    `expires_at`, Unix seconds, after which Tencent refuses them). The secret key and token are kept
+    out of repr and str so they never reach a log."""
 
     secret_id: str
     secret_key: str = field(repr=False)
     token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # None: a long-lived key pair
 
     def __str__(self) -> str:
         return f"Credentials(secret_id={self.secret_id!r})"

@@ -11,7 +11,7 @@ import binascii
 import json
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -72,17 +72,24 @@ class CallContext:
     """What an authenticated call carries besides its parameters.
 
     `secret_id` is the key pair that signed the call: what it may see and terminate can be
-    restricted (`Credential.visible_tags`). None: an internal call, unrestricted.
+    restricted (`Credential.visible_tags`). None: an internal call, unrestricted. `account` is the
+    account (UIN) the caller acts in: only its instances, quota and ClientTokens are involved
+    (None: the market's default account). `session_tags` is the restriction of a role session
+    (`RoleSpec.visible_tags`), which has no key pair of its own.
     """
 
     market: Market
     region: str
     request_id: str
     secret_id: str | None = None
+    account: str | None = None
+    session_tags: Mapping[str, str] | None = None
 
     @property
-    def visible_tags(self) -> dict[str, str] | None:
+    def visible_tags(self) -> Mapping[str, str] | None:
         """The tags the caller's instances must carry to be seen or terminated; None: any."""
+        if self.session_tags is not None:
+            return self.session_tags
         return self.market.visible_tags(self.secret_id)
 
 
@@ -279,6 +286,7 @@ def _launch_request(
         system_disk_type=(disk.disk_type if disk and disk.disk_type else "CLOUD_PREMIUM"),
         system_disk_size=(disk.disk_size if disk and disk.disk_size else 50),
         charge_type=charge_type,
+        account=ctx.account,
     )
 
 
@@ -388,7 +396,11 @@ def terminate_instances(ctx: CallContext, params: TerminateInstancesParams) -> b
         )
     _check_instance_ids(params.instance_ids)
     ctx.market.terminate_instances(
-        ctx.region, params.instance_ids, ctx.request_id, visible_tags=ctx.visible_tags
+        ctx.region,
+        params.instance_ids,
+        ctx.request_id,
+        visible_tags=ctx.visible_tags,
+        account=ctx.account,
     )
     return success_body({}, ctx.request_id)
 
@@ -432,6 +444,7 @@ def describe_instances(ctx: CallContext, params: DescribeInstancesParams) -> byt
         offset=params.offset,
         limit=params.limit,
         visible_tags=ctx.visible_tags,
+        account=ctx.account,
     )
     return describe_instances_body(total, page, ctx.request_id)
 
@@ -446,6 +459,7 @@ def describe_instances_status(ctx: CallContext, params: DescribeInstancesStatusP
         offset=params.offset,
         limit=params.limit,
         visible_tags=ctx.visible_tags,
+        account=ctx.account,
     )
     statuses = [{"InstanceId": i.instance_id, "InstanceState": i.state} for i in page]
     return success_body({"TotalCount": total, "InstanceStatusSet": statuses}, ctx.request_id)
@@ -580,7 +594,8 @@ def describe_account_quota(ctx: CallContext, params: DescribeAccountQuotaParams)
     def per_zone(charge: str) -> list[dict[str, Any]]:
         rows = []
         for zone in zones:
-            total, used = market.zone_quota(zone, charge), market.quota_used(zone, charge)
+            total = market.zone_quota(zone, charge, ctx.account)
+            used = market.quota_used(zone, charge, ctx.account)
             rows.append(
                 {
                     "UsedQuota": used,

@@ -1,8 +1,11 @@
 """Verification of TC3-HMAC-SHA256 signed requests, with the documented AuthFailure codes.
 
 The simulator is only a faithful stand-in if a request production would refuse is refused here
-too: a client that signs the wrong bytes, a stale timestamp or an unknown key must fail against
-the simulator, not first in production.
+too: a client that signs the wrong bytes, a stale timestamp, an unknown key or a wrong, missing or
+expired session token must fail against the simulator, not first in production. The checks run in
+order: Authorization shape, SecretId (a key pair or an STS session), timestamp, scope, signature,
+then `X-TC-Token` (`iam.check_session_token`), so only a caller holding the key learns whether
+its token is expired.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from spotpool.cloud.signing import (
     scope_date,
 )
 from spotpool.simulator.api_errors import ApiError
-from spotpool.simulator.config import Credential
+from spotpool.simulator.iam import Identities, Principal, check_session_token
 
 SERVICE = "cvm"
 _REQUIRED_SIGNED_HEADERS = frozenset({"content-type", "host"})
@@ -32,19 +35,20 @@ _SIGNATURE_FAILURE = (
 
 
 class Authenticator:
-    """Checks one request's Authorization header against the configured key pairs."""
+    """Checks one request's Authorization header against the key pairs and STS sessions."""
 
     def __init__(
-        self, credentials: list[Credential], max_skew_seconds: float, clock: Callable[[], float]
+        self, identities: Identities, max_skew_seconds: float, clock: Callable[[], float]
     ) -> None:
-        self._keys = {cred.secret_id: cred.secret_key for cred in credentials}
+        self._identities = identities
         self._max_skew = max_skew_seconds
         self._clock = clock
 
     def verify(
         self, *, method: str, query: str, headers: Mapping[str, str], body: bytes, service: str = SERVICE
-    ) -> str:
-        """The caller's SecretId, or ApiError with the code Tencent documents for the failure.
+    ) -> Principal:
+        """Who signed (the key pair's or session's principal), or ApiError with the code Tencent
+        documents for the failure.
 
         `headers` must look names up case-insensitively (aiohttp's CIMultiDict does); `query` is
         the raw query string as sent (GET) and `body` the raw bytes (POST).
@@ -67,8 +71,8 @@ class Authenticator:
                 "AuthFailure.InvalidAuthorization",
                 "SignedHeaders must include content-type and host.",
             )
-        secret_key = self._keys.get(parsed.secret_id)
-        if secret_key is None:
+        entry = self._identities.lookup(parsed.secret_id)
+        if entry is None:
             raise ApiError(
                 "AuthFailure.SecretIdNotFound",
                 f"The SecretId {parsed.secret_id!r} is not found; check the key pair.",
@@ -101,7 +105,7 @@ class Authenticator:
         try:
             expected = expected_signature(
                 parsed=parsed,
-                secret_key=secret_key,
+                secret_key=entry.secret_key,
                 method=method,
                 query=query,
                 headers=signed,
@@ -115,4 +119,5 @@ class Authenticator:
             raise ApiError("AuthFailure.SignatureFailure", _SIGNATURE_FAILURE) from None
         if expected is None or not hmac.compare_digest(expected, parsed.signature):
             raise ApiError("AuthFailure.SignatureFailure", _SIGNATURE_FAILURE)
-        return parsed.secret_id
+        check_session_token(entry, headers.get("X-TC-Token"), now)
+        return entry.principal

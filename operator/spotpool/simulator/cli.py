@@ -10,10 +10,19 @@ from spotpool.simulator.server import serve
 
 
 def _credential(value: str) -> Credential:
-    secret_id, sep, secret_key = value.partition(":")
+    """`ID:KEY`, or `ID:KEY:ACCOUNT` for a key pair of another account (UIN). A SecretKey with a
+    colon in it needs the account spelt out (the last field is taken as the account only when it
+    is all digits)."""
+    secret_id, sep, rest = value.partition(":")
+    secret_key, account = rest, None
+    head, colon, tail = rest.rpartition(":")
+    if colon and head and tail.isascii() and tail.isdigit():
+        secret_key, account = head, tail
     if not sep or not secret_id or not secret_key:
-        raise argparse.ArgumentTypeError("expected SECRET_ID:SECRET_KEY")
-    return Credential(secret_id=secret_id, secret_key=secret_key)
+        raise argparse.ArgumentTypeError("expected SECRET_ID:SECRET_KEY[:ACCOUNT]")
+    if account is None:
+        return Credential(secret_id=secret_id, secret_key=secret_key)
+    return Credential(secret_id=secret_id, secret_key=secret_key, account_id=account)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--credentials",
         action="append",
         type=_credential,
-        metavar="ID:KEY",
-        help="an accepted key pair (repeatable); replaces the config's credentials",
+        metavar="ID:KEY[:ACCOUNT]",
+        help="an accepted key pair, optionally of another account (UIN) (repeatable); replaces "
+        "the config's credentials",
     )
     return parser
 

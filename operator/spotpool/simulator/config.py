@@ -8,6 +8,8 @@ loads the packaged `default_market.yaml`, which adds a realistic catalogue.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,14 +44,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_UIN = r"^[0-9]{1,20}$"
+# CAM role names and session names: letters, digits and +=,.@_- (the SDK's RoleSessionName rule).
+_CAM_NAME = r"^[A-Za-z0-9_+=,.@-]{1,128}$"
+
+
 class Credential(_Strict):
     """One API key pair the simulator accepts (a CAM sub-account: rate limits, visibility)."""
 
     secret_id: str = Field(min_length=1)
     secret_key: str = Field(min_length=1, repr=False)
     # The root account (UIN) the key pair acts in, as STS GetCallerIdentity reports it. Key pairs
-    # of one account share it (key rotation); another account's pairs name another.
-    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[0-9]{1,20}$")
+    # of one account share it (key rotation); another account's pairs name another. Instances,
+    # quotas and ClientTokens are the account's: a key of another account never sees them.
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=_UIN)
+    uin: str | None = Field(
+        default=None,
+        pattern=_UIN,
+        description="the CAM user (sub-account UIN) owning the key pair, for GetCallerIdentity "
+        "and role trust (qcs::cam::uin/<account>:uin/<uin>); None: the account's root user",
+    )
     visible_tags: dict[str, str] | None = Field(
         default=None,
         min_length=1,
@@ -226,6 +240,167 @@ class ApiSpec(_Strict):
         return {**DEFAULT_RATE_LIMITS, **value}
 
 
+class WebIdentityTrust(_Strict):
+    """One statement of a role's trust policy for AssumeRoleWithWebIdentity: tokens of this
+    provider whose `sub` matches one of `subjects` (shell-style globs, e.g.
+    `system:serviceaccount:spotpool:*`) and whose `aud` holds one of `audiences` (None: the
+    provider's audiences) may assume the role. CAM writes this as a `federated` principal with
+    `oidc:sub` / `oidc:aud` conditions; the simulator keeps only what it checks."""
+
+    provider_id: str = Field(min_length=1)
+    subjects: list[str] = Field(min_length=1)
+    audiences: list[str] | None = Field(default=None, min_length=1)
+
+
+class RoleTrust(_Strict):
+    """Who may assume a role (its trust policy, the CAM "role carrier").
+
+    `principals`, for AssumeRole: `qcs::cam::uin/<account>:root` (or the bare account id) for any
+    key pair or role session of that account, `qcs::cam::uin/<account>:uin/<uin>` for one CAM
+    user's key pairs, `qcs::cam::uin/<account>:roleName/<name>` for sessions of another role
+    (role chaining). `external_id`: AssumeRole must then carry this ExternalId (the confused-
+    deputy guard of cross-account roles). `web_identity`: who may AssumeRoleWithWebIdentity.
+    """
+
+    principals: list[str] = Field(default_factory=list)
+    external_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_+=,.@:/-]{2,128}$")
+    web_identity: list[WebIdentityTrust] = Field(default_factory=list)
+
+    @field_validator("principals")
+    @classmethod
+    def _principal_shapes(cls, value: list[str]) -> list[str]:
+        for principal in value:
+            if not _TRUSTED_PRINCIPAL.fullmatch(principal):
+                raise ValueError(
+                    f"principal {principal!r} is not an account id, qcs::cam::uin/<account>:root, "
+                    ":uin/<uin> or :roleName/<name>"
+                )
+        return value
+
+
+_TRUSTED_PRINCIPAL = re.compile(
+    r"[0-9]{1,20}|qcs::cam::uin/[0-9]{1,20}:(root|uin/[0-9]{1,20}|roleName/[A-Za-z0-9_+=,.@-]{1,128})"
+)
+
+
+class RoleSpec(_Strict):
+    """A CAM role of an account, which STS hands temporary credentials for.
+
+    Its ARN is `qcs::cam::uin/<account_id>:roleName/<name>` (or `...:role/<role_id>`, the other
+    documented form). Credentials of a role session act in the role's account, with the role's
+    `visible_tags` restriction (as a key pair's: a CAM policy with tag conditions).
+    """
+
+    name: str = Field(pattern=_CAM_NAME)
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=_UIN)
+    role_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,20}$", description="None: derived from account and name"
+    )
+    max_session_duration_seconds: int = Field(
+        default=43200, ge=1, le=43200, description="the role's longest session (CAM: 12 hours)"
+    )
+    visible_tags: dict[str, str] | None = Field(default=None, min_length=1)
+    trust: RoleTrust = Field(default_factory=RoleTrust)
+
+    @property
+    def arn(self) -> str:
+        return f"qcs::cam::uin/{self.account_id}:roleName/{self.name}"
+
+    @property
+    def resolved_role_id(self) -> str:
+        """The numeric RoleId (GetCallerIdentity's UserId and assumed-role ARN carry it); real
+        ones look like 4611686018427397919, so a derived one does too."""
+        if self.role_id is not None:
+            return self.role_id
+        digest = hashlib.sha256(f"{self.account_id}:{self.name}".encode()).digest()
+        return str(4611686018427387904 + int.from_bytes(digest[:4], "big"))
+
+    @property
+    def id_arn(self) -> str:
+        return f"qcs::cam::uin/{self.account_id}:role/{self.resolved_role_id}"
+
+
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+DEFAULT_JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256")
+
+
+class OidcProviderSpec(_Strict):
+    """An OIDC identity provider registered in an account (CAM "身份提供商"), named by the
+    `ProviderId` of AssumeRoleWithWebIdentity (TKE's `TKE_PROVIDER_ID`).
+
+    A token is accepted when its signature verifies with a key of the JWKS (given inline as
+    `jwks`, or fetched from `jwks_url`: a Kubernetes apiserver serves it at /openid/v1/jwks) under
+    one of `algorithms`, its `iss` is `issuer` exactly, its `aud` holds one of `audiences`, it has
+    a `sub`, and `exp`/`nbf`/`iat` hold at the simulator's clock within `leeway_seconds`.
+    """
+
+    provider_id: str = Field(pattern=r"^[A-Za-z0-9_+=,.@:/-]{1,128}$")
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=_UIN)
+    issuer: str = Field(pattern=r"^https?://[^\s]+$")
+    audiences: list[str] = Field(default_factory=lambda: ["sts.cloud.tencent.com"], min_length=1)
+    jwks: dict[str, Any] | None = Field(default=None, description="a JWK Set: {keys: [...]}")
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    jwks_ca_file: str | None = Field(default=None, description="CA bundle for an https jwks_url")
+    jwks_bearer_token_file: str | None = Field(
+        default=None,
+        description="a file whose content is sent as a Bearer token with the JWKS request (an "
+        "apiserver that does not serve /openid/v1/jwks to anonymous clients; read at each fetch)",
+    )
+    jwks_cache_seconds: float = Field(default=300, ge=0)
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS), min_length=1
+    )
+    leeway_seconds: float = Field(default=10, ge=0, description="clock skew allowed on exp/nbf/iat")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OidcProviderSpec:
+        if (self.jwks is None) == (self.jwks_url is None):
+            raise ValueError(f"oidc provider {self.provider_id}: give exactly one of jwks, jwks_url")
+        if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
+            raise ValueError(f"oidc provider {self.provider_id}: jwks needs a keys list")
+        return self
+
+
+class StsSpec(_Strict):
+    """Bounds of a temporary credential's lifetime (DurationSeconds of AssumeRole and
+    AssumeRoleWithWebIdentity). Tencent documents the default (7200) and the maximum (43200); the
+    minimum is not documented (900 is a guess, AWS's); tests lower it to see renewal in seconds."""
+
+    default_duration_seconds: int = Field(default=7200, ge=1)
+    min_duration_seconds: int = Field(default=900, ge=1)
+    max_duration_seconds: int = Field(default=43200, ge=1)
+    expired_sessions_kept_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="how long an expired session is remembered, so its use is refused as an "
+        "expired token (AuthFailure.TokenFailure) rather than an unknown key",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StsSpec:
+        if not self.min_duration_seconds <= self.default_duration_seconds <= self.max_duration_seconds:
+            raise ValueError("sts: need min_duration_seconds <= default <= max_duration_seconds")
+        return self
+
+
+class MetadataSpec(_Strict):
+    """The simulated CVM's metadata service: `GET /latest/meta-data/cam/security-credentials/`
+    answers the bound role's name, `.../<role>` its temporary credentials (the shape the official
+    SDK's CVMRoleCredential reads). The credentials are renewed when less than
+    `rotate_before_seconds` (at most half the duration) is left, as the real service renews
+    them ahead of expiry."""
+
+    role: str | None = Field(
+        default=None, description="the role bound to the CVM: a role name or ARN; None: no role"
+    )
+    duration_seconds: int = Field(default=7200, ge=1, description="lifetime of handed-out keys")
+    rotate_before_seconds: float = Field(default=900, ge=0)
+    allow_remote: bool = Field(
+        default=False,
+        description="answer non-loopback clients too (the real service answers the instance only)",
+    )
+
+
 class SimulatorConfig(_Strict):
     """The whole simulator configuration (see `default_market.yaml` for a complete example)."""
 
@@ -242,6 +417,15 @@ class SimulatorConfig(_Strict):
     faults: dict[str, FaultSpec] = Field(
         default_factory=dict, description="action (or *) -> fault injected from the start"
     )
+    roles: list[RoleSpec] = Field(
+        default_factory=list, description="CAM roles STS may hand temporary credentials for"
+    )
+    oidc_providers: list[OidcProviderSpec] = Field(
+        default_factory=list,
+        description="OIDC identity providers AssumeRoleWithWebIdentity accepts tokens of",
+    )
+    sts: StsSpec = Field(default_factory=lambda: StsSpec())
+    metadata: MetadataSpec = Field(default_factory=lambda: MetadataSpec())
 
     @model_validator(mode="after")
     def _check_references(self) -> SimulatorConfig:
@@ -263,7 +447,60 @@ class SimulatorConfig(_Strict):
             for zone in getattr(self.market, field):
                 if zone not in known_zones:
                     raise ValueError(f"market.{field}: unknown zone {zone!r}")
+        self._check_identities()
         return self
+
+    def _check_identities(self) -> None:
+        """Names are unique where STS looks them up, and every reference resolves: a trust naming
+        a provider of another account (CAM registers an IdP in one account) is refused."""
+        secret_ids = [c.secret_id for c in self.credentials]
+        if len(set(secret_ids)) != len(secret_ids):
+            raise ValueError("credentials: a secret_id appears twice")
+        providers = {p.provider_id: p for p in self.oidc_providers}
+        if len(providers) != len(self.oidc_providers):
+            raise ValueError("oidc_providers: a provider_id appears twice")
+        seen: set[tuple[str, str]] = set()
+        for role in self.roles:
+            key = (role.account_id, role.name)
+            if key in seen:
+                raise ValueError(f"roles: {role.name!r} appears twice in account {role.account_id}")
+            seen.add(key)
+            for trust in role.trust.web_identity:
+                provider = providers.get(trust.provider_id)
+                if provider is None:
+                    raise ValueError(
+                        f"roles.{role.name}.trust.web_identity: unknown provider_id "
+                        f"{trust.provider_id!r}"
+                    )
+                if provider.account_id != role.account_id:
+                    raise ValueError(
+                        f"roles.{role.name}: provider {trust.provider_id!r} is registered in "
+                        f"account {provider.account_id}, the role in {role.account_id}"
+                    )
+        ids = [role.resolved_role_id for role in self.roles]
+        if len(set(ids)) != len(ids):
+            raise ValueError("roles: a role_id appears twice")
+        if self.metadata.role is not None and self.metadata_role() is None:
+            raise ValueError(f"metadata.role: no role {self.metadata.role!r} in roles")
+
+    @property
+    def default_account(self) -> str:
+        """The account of the first key pair: where calls that name no account act (the control
+        API, tests driving the market directly). With one account, that is every call."""
+        return self.credentials[0].account_id
+
+    def metadata_role(self) -> RoleSpec | None:
+        """The role the simulated CVM's metadata service hands credentials of (`metadata.role`,
+        a role name of the default account, or a role ARN)."""
+        wanted = self.metadata.role
+        if wanted is None:
+            return None
+        for role in self.roles:
+            if wanted in (role.arn, role.id_arn) or (
+                wanted == role.name and role.account_id == self.default_account
+            ):
+                return role
+        return None
 
     def zones(self) -> dict[str, str]:
         """zone -> region."""

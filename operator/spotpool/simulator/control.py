@@ -73,6 +73,7 @@ class MarketBody(_Body):
     (absent: unchanged; reset restores the configuration)."""
 
     pools: list[PoolUpdate] = Field(default_factory=list)
+    account: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")  # whose quotas to set
     zone_quotas: dict[str, int] = Field(default_factory=dict)
     on_demand_zone_quotas: dict[str, int] = Field(default_factory=dict)
     images: list[str] | None = None
@@ -88,12 +89,13 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:
         ("DELETE", "/_sim/calls", lambda r: _clear_calls(sim)),
         ("POST", "/_sim/reclaim", lambda r: _reclaim(sim, r)),
         ("POST", "/_sim/fail-termination", lambda r: _fail_termination(sim, r)),
-        ("GET", "/_sim/market", lambda r: _market(sim)),
+        ("GET", "/_sim/market", lambda r: _market(sim, r)),
         ("POST", "/_sim/market", lambda r: _update_market(sim, r)),
         ("GET", "/_sim/faults", lambda r: _faults(sim)),
         ("POST", "/_sim/faults", lambda r: _set_faults(sim, r)),
         ("DELETE", "/_sim/faults", lambda r: _clear_faults(sim, r)),
         ("POST", "/_sim/reset", lambda r: _reset(sim)),
+        ("GET", "/_sim/sessions", lambda r: _sessions(sim)),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _guarded(sim, handler))
@@ -173,6 +175,7 @@ async def _health(sim: Simulator) -> web.Response:
 def _instance_view(inst: SimInstance) -> dict[str, Any]:
     return {
         "instanceId": inst.instance_id,
+        "accountId": inst.account_id,
         "region": inst.region,
         "zone": inst.zone,
         "instanceType": inst.instance_type,
@@ -223,6 +226,7 @@ async def _instances(sim: Simulator, request: web.Request) -> web.Response:
             ("instanceType", "instance_type"),
             ("chargeType", "charge_type"),
             ("state", "state"),
+            ("account", "account_id"),
         )
         if param in query
     ]
@@ -300,26 +304,31 @@ def _pool_view(sim: Simulator, pool: Pool) -> dict[str, Any]:
     }
 
 
-def _quota_view(sim: Simulator) -> dict[str, dict[str, int]]:
+def _quota_view(sim: Simulator, account: str | None = None) -> dict[str, dict[str, int]]:
     market = sim.market
     return {
         zone: {
-            "quotaVcpus": market.zone_quota(zone),
-            "usedVcpus": market.quota_used(zone),
-            "onDemandQuotaVcpus": market.zone_quota(zone, POSTPAID_BY_HOUR),
-            "onDemandUsedVcpus": market.quota_used(zone, POSTPAID_BY_HOUR),
+            "quotaVcpus": market.zone_quota(zone, SPOTPAID, account),
+            "usedVcpus": market.quota_used(zone, SPOTPAID, account),
+            "onDemandQuotaVcpus": market.zone_quota(zone, POSTPAID_BY_HOUR, account),
+            "onDemandUsedVcpus": market.quota_used(zone, POSTPAID_BY_HOUR, account),
         }
         for region in sim.config.regions
         for zone in market.zones_of(region)
     }
 
 
-async def _market(sim: Simulator) -> web.Response:
+async def _market(sim: Simulator, request: web.Request) -> web.Response:
+    """The shared market, and the quotas of `?account=` (default: the default account)."""
+    account = request.query.get("account") or None
+    if account is not None and not account.isdigit():
+        raise _BadRequest(f"account must be a UIN (digits), got {account!r}")
     sim.market.advance()
     return _json(
         {
             "pools": [_pool_view(sim, p) for p in sim.market.pools()],
-            "zoneQuotas": _quota_view(sim),
+            "account": account or sim.market.default_account,
+            "zoneQuotas": _quota_view(sim, account),
             "images": sim.market.images(),
             "subnets": sim.market.subnets(),
         }
@@ -358,14 +367,14 @@ async def _update_market(sim: Simulator, request: web.Request) -> web.Response:
         for update in body.pools
     ]
     for zone, vcpus in body.zone_quotas.items():
-        market.set_zone_quota(zone, vcpus)
+        market.set_zone_quota(zone, vcpus, SPOTPAID, body.account)
     for zone, vcpus in body.on_demand_zone_quotas.items():
-        market.set_zone_quota(zone, vcpus, POSTPAID_BY_HOUR)
+        market.set_zone_quota(zone, vcpus, POSTPAID_BY_HOUR, body.account)
     if body.images is not None:
         market.set_images(body.images)
     if body.subnets is not None:
         market.set_subnets(body.subnets)
-    return _json({"pools": changed, "zoneQuotas": _quota_view(sim)})
+    return _json({"pools": changed, "zoneQuotas": _quota_view(sim, body.account)})
 
 
 async def _faults(sim: Simulator) -> web.Response:
@@ -386,6 +395,25 @@ async def _set_faults(sim: Simulator, request: web.Request) -> web.Response:
 async def _clear_faults(sim: Simulator, request: web.Request) -> web.Response:
     sim.faults.clear(request.query.get("action"))
     return _json({"faults": sim.faults.active()})
+
+
+async def _sessions(sim: Simulator) -> web.Response:
+    """The STS sessions remembered (live or recently expired), without their keys or tokens."""
+    now = sim.clock()
+    sessions = [
+        {
+            "secretId": session.secret_id,
+            "accountId": session.principal.account_id,
+            "roleArn": session.principal.role.arn if session.principal.role else None,
+            "sessionName": session.principal.session_name,
+            "principalId": session.principal.principal_id,
+            "issuedAt": session.issued_at,
+            "expiresAt": session.expires_at,
+            "expired": session.expires_at <= now,
+        }
+        for session in sim.identities.sessions()
+    ]
+    return _json({"count": len(sessions), "sessions": sessions})
 
 
 async def _reset(sim: Simulator) -> web.Response:

@@ -89,11 +89,17 @@ class FaultInjector:
             shown[action] = entry
         return shown
 
-    def decide(self, action: str) -> FaultDecision:
-        """Roll the dice for one call (cheap when no fault is set: the common case)."""
+    def decide(self, action: str, *, wildcard: bool = True) -> FaultDecision:
+        """Roll the dice for one call (cheap when no fault is set: the common case).
+
+        `wildcard=False` ignores a `*` fault: STS calls are only faulted when named, so a test
+        that breaks every CVM action does not break the operator's credentials too.
+        """
         if not self._faults:
             return NO_FAULT
         key = action if action in self._faults else WILDCARD
+        if key == WILDCARD and not wildcard:
+            return NO_FAULT
         spec = self._faults.get(key)
         if spec is None:
             return NO_FAULT

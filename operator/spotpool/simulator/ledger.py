@@ -3,7 +3,7 @@
 Tests assert on what a client actually sent (how many RunInstances, with which ClientToken, which
 calls were throttled) instead of trusting the client's own account. It is bounded, so a long demo
 or a benchmark cannot grow it without limit, and it never holds secrets: passwords and user data
-are replaced by their size before an entry is stored.
+and web identity tokens are replaced by their size before an entry is stored.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-_REDACTED_KEYS = frozenset({"Password", "UserData"})
+_REDACTED_KEYS = frozenset({"Password", "UserData", "WebIdentityToken", "Policy"})
 _MAX_LIST_ITEMS = 10
 _MAX_STRING = 200
 
@@ -29,12 +29,14 @@ class CallRecord:
     params: dict[str, Any]
     error_code: str | None
     duration_ms: float
+    account_id: str | None = None  # the account the signer acts in (None: unsigned or refused)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "time": self.time,
             "action": self.action,
             "secretId": self.secret_id,
+            "accountId": self.account_id,
             "region": self.region,
             "requestId": self.request_id,
             "params": self.params,

@@ -17,6 +17,13 @@ by default: a termination that is accepted and fails later (`lifecycle.terminate
 `fail_next_termination`), offset pages that shift as instances come and go between page reads
 (`api.listing_skew_rate`, `skew_next_pages`), and key pairs restricted by a CAM policy to the
 instances carrying some tags (`Credential.visible_tags`).
+
+Accounts are kept apart: every instance, vCPU quota and ClientToken belongs to one account (UIN),
+and a call acts in the account of the credentials that signed it. A key of account A never sees,
+terminates or replays what account B bought, and B's purchases never use A's quota. The physical
+market (pools, prices, stock, reclaims) is shared, as one region's capacity is. Calls that name no
+account act in `config.default_account` (the first key pair's), so a one-account market behaves
+as before accounts existed.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING
@@ -73,18 +80,32 @@ class LaunchRequest:
     system_disk_type: str = "CLOUD_PREMIUM"
     system_disk_size: int = 50
     charge_type: str = SPOTPAID  # or POSTPAID_BY_HOUR
+    account: str | None = None  # the buyer's account (UIN); None: the market's default account
 
 
 @dataclass(frozen=True)
 class _TokenRecord:
+    account: str
     token: str
     fingerprint: str
     instance_ids: tuple[str, ...]
     expires_at: float
 
 
+@dataclass(slots=True)
+class _Account:
+    """What one account (UIN) owns: its vCPU quotas and their use, its instances indexed per region,
+    the ids it terminated (for InstanceStateTerminated) and its ClientTokens."""
+
+    quotas: dict[str, dict[str, int]]
+    quotas_used: dict[str, dict[str, int]]
+    regions: dict[str, RegionIndex]
+    gone: dict[str, str] = field(default_factory=dict)  # instance id -> region
+    tokens: dict[str, _TokenRecord] = field(default_factory=dict)
+
+
 class Market:
-    """The state of the simulated cloud (one account)."""
+    """The state of the simulated cloud: one shared physical market, instances per account."""
 
     def __init__(self, config: SimulatorConfig, clock: Clock = time.time) -> None:
         self.config = config
@@ -135,24 +156,12 @@ class Market:
                 pool.on_demand_stock = override.on_demand_stock
             pool.on_demand_sold_out = override.on_demand_sold_out
         market = config.market
-        self._quotas: dict[str, dict[str, int]] = {
-            SPOTPAID: {
-                zone: market.zone_quota_vcpus.get(zone, market.spot_quota_vcpus)
-                for zone in self._zone_region
-            },
-            POSTPAID_BY_HOUR: {
-                zone: market.zone_on_demand_quota_vcpus.get(zone, market.on_demand_quota_vcpus)
-                for zone in self._zone_region
-            },
-        }
-        self._quotas_used = {
-            charge: dict.fromkeys(self._zone_region, 0) for charge in (SPOTPAID, POSTPAID_BY_HOUR)
-        }
+        self._default_account = config.default_account
+        self._accounts: dict[str, _Account] = {}
         self._images = None if market.images is None else set(market.images)
         self._subnet_zones = None if market.subnets is None else dict(market.subnets)
+        # Every account's instances, for the lifecycle (its events name ids) and the control API.
         self._instances: dict[str, SimInstance] = {}
-        self._regions = {region: RegionIndex() for region in config.regions}
-        self._gone: dict[str, str] = {}  # instance id -> region, for InstanceStateTerminated
         # Every instance ever bought, gone ones included: what was paid for, for tests and demos.
         self._bought: list[SimInstance] = []
         self._issued_ids: set[str] = set()
@@ -160,7 +169,6 @@ class Market:
         self._seq = 0
         self._failing_terminations: set[str] = set()  # ids whose next termination fails
         self._skewed_pages = 0  # listing pages with Offset > 0 still to skew
-        self._tokens: dict[str, _TokenRecord] = {}
         self._token_order: deque[_TokenRecord] = deque()
         self._network = {
             region: (self._resource_id("vpc"), self._resource_id("sg")) for region in config.regions
@@ -172,10 +180,47 @@ class Market:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def default_account(self) -> str:
+        """The account calls that name none act in (the first configured key pair's)."""
+        return self._default_account
+
+    def _account(self, account: str | None) -> _Account:
+        """An account's book, opened with the configured quotas the first time it is used."""
+        uin = account or self._default_account
+        book = self._accounts.get(uin)
+        if book is None:
+            market = self.config.market
+            book = _Account(
+                quotas={
+                    SPOTPAID: {
+                        zone: market.zone_quota_vcpus.get(zone, market.spot_quota_vcpus)
+                        for zone in self._zone_region
+                    },
+                    POSTPAID_BY_HOUR: {
+                        zone: market.zone_on_demand_quota_vcpus.get(
+                            zone, market.on_demand_quota_vcpus
+                        )
+                        for zone in self._zone_region
+                    },
+                },
+                quotas_used={
+                    charge: dict.fromkeys(self._zone_region, 0)
+                    for charge in (SPOTPAID, POSTPAID_BY_HOUR)
+                },
+                regions={region: RegionIndex() for region in self.config.regions},
+            )
+            self._accounts[uin] = book
+        return book
+
+    def accounts(self) -> list[str]:
+        """The accounts that have bought or been asked about something since the last reset."""
+        return list(self._accounts)
+
     # ------------------------------------------------------------------------- catalogue
 
     def has_region(self, region: str) -> bool:
-        return region in self._regions
+        return region in self.config.regions
 
     def region_of_zone(self, zone: str) -> str | None:
         return self._zone_region.get(zone)
@@ -189,13 +234,14 @@ class Market:
     def pools(self, region: str | None = None) -> list[Pool]:
         return [p for p in self._pools.values() if region is None or p.region == region]
 
-    def zone_quota(self, zone: str, charge_type: str = SPOTPAID) -> int:
-        """The zone's vCPU quota for a charge type (SpotPaidQuota / PostPaidQuota TotalQuota)."""
-        return self._quotas[charge_type][zone]
+    def zone_quota(self, zone: str, charge_type: str = SPOTPAID, account: str | None = None) -> int:
+        """An account's vCPU quota in the zone for a charge type (SpotPaidQuota / PostPaidQuota
+        TotalQuota)."""
+        return self._account(account).quotas[charge_type][zone]
 
-    def quota_used(self, zone: str, charge_type: str = SPOTPAID) -> int:
-        """vCPUs of that charge type held in the zone (instances not yet gone)."""
-        return self._quotas_used[charge_type][zone]
+    def quota_used(self, zone: str, charge_type: str = SPOTPAID, account: str | None = None) -> int:
+        """vCPUs of that charge type the account holds in the zone (instances not yet gone)."""
+        return self._account(account).quotas_used[charge_type][zone]
 
     def resolve_pool(self, region: str, zone: str, instance_type: str) -> Pool:
         """The pool a purchase targets, or the error the API gives for a bad zone or type."""
@@ -254,7 +300,7 @@ class Market:
     def _set_state(self, inst: SimInstance, state: str, operation_state: str) -> None:
         old = inst.state
         inst.set_state(state, operation_state)
-        self._regions[inst.region].restate(inst, old)
+        self._account(inst.account_id).regions[inst.region].restate(inst, old)
 
     def _boot(self, inst: SimInstance, at: float) -> None:
         if inst.will_fail:
@@ -322,14 +368,15 @@ class Market:
                 pool.stock += 1
             else:
                 pool.on_demand_stock += 1
-            self._quotas_used[inst.charge_type][inst.zone] -= inst.cpu
+            self._account(inst.account_id).quotas_used[inst.charge_type][inst.zone] -= inst.cpu
 
     def _remove(self, inst: SimInstance, at: float) -> None:
         self._release_capacity(inst)
         self._failing_terminations.discard(inst.instance_id)
         del self._instances[inst.instance_id]
-        self._regions[inst.region].remove(inst)
-        self._gone[inst.instance_id] = inst.region
+        book = self._account(inst.account_id)
+        book.regions[inst.region].remove(inst)
+        book.gone[inst.instance_id] = inst.region
 
     # ------------------------------------------------------------------------ purchases
 
@@ -367,8 +414,9 @@ class Market:
                 f"The bid {req.max_price} is lower than the market price {pool.spot_price} "
                 f"of {pool.instance_type} in {pool.zone}.",
             )
-        quota = self._quotas[charge][pool.zone]
-        quota_left = max(quota - self._quotas_used[charge][pool.zone], 0)
+        book = self._account(req.account)
+        quota = book.quotas[charge][pool.zone]
+        quota_left = max(quota - book.quotas_used[charge][pool.zone], 0)
         fits_quota = quota_left // pool.cpu
         wanted = req.count if req.min_count is None else req.min_count
         if fits_quota < wanted:
@@ -413,21 +461,23 @@ class Market:
         ids = [self._launch(pool, req, names[i], now, request_id) for i in range(count)]
         if req.client_token is not None:
             record = _TokenRecord(
+                req.account or self._default_account,
                 req.client_token,
                 req.fingerprint,
                 tuple(ids),
                 now + self.config.api.client_token_validity_seconds,
             )
-            self._tokens[req.client_token] = record
+            self._account(req.account).tokens[req.client_token] = record
             self._token_order.append(record)
         return ids
 
     def _replay(self, req: LaunchRequest, now: float) -> list[str] | None:
         while self._token_order and self._token_order[0].expires_at <= now:
             expired = self._token_order.popleft()
-            if self._tokens.get(expired.token) is expired:
-                del self._tokens[expired.token]
-        record = self._tokens.get(req.client_token or "")
+            tokens = self._account(expired.account).tokens
+            if tokens.get(expired.token) is expired:
+                del tokens[expired.token]
+        record = self._account(req.account).tokens.get(req.client_token or "")
         if record is None:
             return None
         if record.fingerprint != req.fingerprint:
@@ -467,6 +517,7 @@ class Market:
             system_disk_type=req.system_disk_type,
             system_disk_size=req.system_disk_size,
             launch_request_id=request_id,
+            account_id=req.account or self._default_account,
             will_fail=self._rng.random() < self.config.lifecycle.launch_failure_rate,
             latest_operation_request_id=request_id,
             charge_type=req.charge_type,
@@ -475,10 +526,11 @@ class Market:
             pool.stock -= 1
         else:
             pool.on_demand_stock -= 1
-        self._quotas_used[req.charge_type][pool.zone] += pool.cpu
+        book = self._account(inst.account_id)
+        book.quotas_used[req.charge_type][pool.zone] += pool.cpu
         self._instances[inst.instance_id] = inst
         self._bought.append(inst)
-        self._regions[pool.region].add(inst)
+        book.regions[pool.region].add(inst)
         self._push(now + self.config.lifecycle.boot_delay_seconds, _BOOT, inst)
         return inst.instance_id
 
@@ -506,6 +558,7 @@ class Market:
         request_id: str,
         *,
         visible_tags: Mapping[str, str] | None = None,
+        account: str | None = None,
     ) -> None:
         """Terminate all or none: every id is checked before any instance is touched.
 
@@ -517,12 +570,14 @@ class Market:
         (`fail_next_termination`, `lifecycle.terminate_failure_rate`).
         """
         now = self.advance()
-        self._authorize(region, instance_ids, visible_tags)
+        uin = account or self._default_account
+        book = self._account(uin)
+        self._authorize(region, instance_ids, visible_tags, uin)
         targets: list[SimInstance] = []
         for iid in dict.fromkeys(instance_ids):
             inst = self._instances.get(iid)
-            if inst is None or inst.region != region:
-                if self._gone.get(iid) == region:
+            if inst is None or inst.region != region or inst.account_id != uin:
+                if book.gone.get(iid) == region:
                     raise ApiError(
                         "UnsupportedOperation.InstanceStateTerminated",
                         f"The instance {iid} has already been terminated.",
@@ -554,9 +609,14 @@ class Market:
                 self._begin_termination(inst, now, USER, request_id, fails=fails)
 
     def _authorize(
-        self, region: str, instance_ids: list[str], visible_tags: Mapping[str, str] | None
+        self,
+        region: str,
+        instance_ids: list[str],
+        visible_tags: Mapping[str, str] | None,
+        account: str,
     ) -> None:
-        """Refuse the whole call when it names an instance the caller may not see."""
+        """Refuse the whole call when it names an instance of the caller's account that the
+        caller may not see (another account's instances do not exist for it)."""
         if not visible_tags:
             return
         hidden = [
@@ -564,6 +624,7 @@ class Market:
             for iid in dict.fromkeys(instance_ids)
             if (inst := self._instances.get(iid)) is not None
             and inst.region == region
+            and inst.account_id == account
             and not _carries(inst, visible_tags)
         ]
         if hidden:
@@ -594,8 +655,9 @@ class Market:
         offset: int = 0,
         limit: int = 20,
         visible_tags: Mapping[str, str] | None = None,
+        account: str | None = None,
     ) -> tuple[int, list[SimInstance]]:
-        """(total matches, one page) of the region's instances, in launch order.
+        """(total matches, one page) of the account's instances in the region, in launch order.
 
         `visible_tags` restricts the answer, TotalCount included, to the instances carrying all
         those tags (a key pair's CAM policy). A listing page (no `instance_ids`) with an offset
@@ -603,7 +665,7 @@ class Market:
         (`skew_next_pages`, `api.listing_skew_rate`).
         """
         self.advance()
-        index = self._regions[region]
+        index = self._account(account).regions[region]
         if instance_ids is not None:
             found = [index.all[i] for i in dict.fromkeys(instance_ids) if i in index.all]
             if visible_tags:
@@ -640,10 +702,12 @@ class Market:
         """The tags a key pair is restricted to (`Credential.visible_tags`); None: everything."""
         return None if secret_id is None else self._visible_tags.get(secret_id)
 
-    def instances(self) -> list[SimInstance]:
-        """Every visible instance of every region, in launch order."""
+    def instances(self, account: str | None = None) -> list[SimInstance]:
+        """Every visible instance of every region, in launch order: of every account, or of one."""
         self.advance()
-        return list(self._instances.values())
+        if account is None:
+            return list(self._instances.values())
+        return [inst for inst in self._instances.values() if inst.account_id == account]
 
     def all_instances_ever(self) -> list[SimInstance]:
         """Every instance bought since the last reset, gone ones included (the money spent)."""
@@ -785,10 +849,12 @@ class Market:
         """From now on only these subnets (id -> zone) exist; None: every well-formed id, anywhere."""
         self._subnet_zones = None if subnets is None else dict(subnets)
 
-    def set_zone_quota(self, zone: str, vcpus: int, charge_type: str = SPOTPAID) -> None:
-        """Set a zone's vCPU quota for a charge type; instances over it keep running, as a
-        lowered quota only refuses new purchases."""
-        self._quotas[charge_type][zone] = vcpus
+    def set_zone_quota(
+        self, zone: str, vcpus: int, charge_type: str = SPOTPAID, account: str | None = None
+    ) -> None:
+        """Set an account's vCPU quota in a zone for a charge type (None: the default account);
+        instances over it keep running, as a lowered quota only refuses new purchases."""
+        self._account(account).quotas[charge_type][zone] = vcpus
 
 
 def _carries(inst: SimInstance, tags: Mapping[str, str]) -> bool:

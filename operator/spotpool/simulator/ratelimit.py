@@ -1,4 +1,8 @@
-"""Per-action request rate limits, as token buckets per action and SecretId (reference §9).
+"""Per-action request rate limits, as token buckets per action and principal (reference §9).
+
+The principal's key is `iam.Principal.rate_key`: a key pair's SecretId (as before roles existed),
+or one key per role for all its sessions, so renewing temporary credentials does not refill the
+bucket and each account (through its keys and roles) is limited on its own.
 
 A client that passes against an unlimited fake can still be throttled to a standstill in
 production; the simulator enforces the published limits by default so pacing bugs show up here.
@@ -20,7 +24,7 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
-    def allow(self, action: str, secret_id: str) -> bool:
+    def allow(self, action: str, secret_id: str) -> bool:  # secret_id: the principal's rate key
         """Take one token; False when the bucket is empty (answer RequestLimitExceeded)."""
         rate = self._rates.get(action)
         if rate is None:

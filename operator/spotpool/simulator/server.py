@@ -1,10 +1,16 @@
-"""The simulator's HTTP server: the signed CVM API at `/` and the control API at `/_sim/`.
+"""The simulator's HTTP server: the signed CVM and STS APIs at `/`, the CVM metadata service at
+`/latest/meta-data/`, and the control API at `/_sim/`.
 
 Every request to `/` gets HTTP 200 and the exact CVM envelope with `Content-Type:
 application/json` and no charset (the official Python SDK ignores error bodies otherwise). Checks
-run in this order: method, authentication (Authorization, SecretId, timestamp skew, signature),
-version, action, region, injected faults, rate limit, parameters, the action itself. Anything
-unexpected becomes an `InternalError` envelope, never a 500 or a stack trace on the wire.
+run in this order: method, authentication (Authorization, SecretId, timestamp skew, signature,
+session token), version, action, region, injected faults, rate limit, parameters, the action
+itself. A request of STS's version goes to `sts.py` (its unsigned AssumeRoleWithWebIdentity skips
+authentication). Anything unexpected becomes an `InternalError` envelope, never a 500 or a stack
+trace on the wire.
+
+Each call acts in the account of the principal that signed it (`iam.Principal.account_id`): the
+market keeps accounts apart, and the rate-limit bucket is the principal's (`rate_key`).
 """
 
 from __future__ import annotations
@@ -28,13 +34,21 @@ from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.auth import Authenticator
 from spotpool.simulator.config import SimulatorConfig
 from spotpool.simulator.control import add_control_routes
-from spotpool.simulator.faults import FaultInjector
+from spotpool.simulator.faults import FaultDecision, FaultInjector
+from spotpool.simulator.iam import Identities, Principal
 from spotpool.simulator.ledger import CallLedger, CallRecord, summarize_params
 from spotpool.simulator.market import Market
+from spotpool.simulator.metadata import add_metadata_routes
 from spotpool.simulator.params import parse_form, parse_json
 from spotpool.simulator.ratelimit import RateLimiter
 from spotpool.simulator.render import error_body
-from spotpool.simulator.sts import STS_API_VERSION, caller_identity
+from spotpool.simulator.sts import (
+    STS_API_VERSION,
+    STS_PARAMS,
+    UNSIGNED_ACTIONS,
+    StsService,
+    unknown_action,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +76,14 @@ class Simulator:
         self.ledger = CallLedger(config.api.ledger_size)
         self.faults = FaultInjector(None if config.seed is None else config.seed + 1)
         self.limiter = RateLimiter(config.api.rate_limits, clock)
-        self._accounts = {c.secret_id: c.account_id for c in config.credentials}
-        self._auth = Authenticator(config.credentials, config.api.max_clock_skew_seconds, clock)
+        self.identities = Identities(config, clock)
+        self.sts = StsService(config, self.identities, clock)
+        self._auth = Authenticator(self.identities, config.api.max_clock_skew_seconds, clock)
         self._install_configured_faults()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.app.router.add_route("*", "/", self.handle_api)
         add_control_routes(self.app, self)
+        add_metadata_routes(self.app, self)
 
     def reset(self) -> None:
         """Back to the configured state: market, ledger, faults and rate-limit buckets."""
@@ -86,7 +102,7 @@ class Simulator:
         request_id = str(uuid.uuid4())
         action = request.headers.get("X-TC-Action", "")
         region = request.headers.get("X-TC-Region")
-        call: dict[str, Any] = {"secret_id": None, "params": {}}
+        call: dict[str, Any] = {"secret_id": None, "account_id": None, "params": {}}
         error_code: str | None = None
         try:
             body = await self._answer(request, action, region, request_id, call)
@@ -127,14 +143,9 @@ class Simulator:
                 "RequestSizeLimitExceeded", f"The request body exceeds {MAX_BODY_BYTES} bytes."
             ) from None
         query = request.rel_url.raw_query_string if method == "GET" else ""
-        service = "sts" if request.headers.get("X-TC-Version") == STS_API_VERSION else "cvm"
-        call["secret_id"] = self._auth.verify(
-            method=method, query=query, headers=request.headers, body=raw, service=service
-        )
-        if service == "sts":
-            if not region:
-                raise ApiError("MissingParameter", "The request is missing the header X-TC-Region.")
-            return caller_identity(action, request_id, self._accounts[call["secret_id"]])
+        if request.headers.get("X-TC-Version") == STS_API_VERSION:
+            return await self._answer_sts(request, raw, query, action, region, request_id, call)
+        principal = self._authenticate(request, raw, query, "cvm", call)
         version = request.headers.get("X-TC-Version")
         if not version:
             raise ApiError("MissingParameter", "The request is missing the header X-TC-Version.")
@@ -158,11 +169,41 @@ class Simulator:
                 f"regions: {', '.join(self.config.regions)}.",
             )
         fault = self.faults.decide(action)
+        await self._before(fault, request, action, principal.rate_key)
+        params = _parse(handler.params, request, raw)
+        call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
+        context = CallContext(
+            self.market,
+            region,
+            request_id,
+            principal.secret_id,
+            principal.account_id,
+            session_tags=principal.visible_tags if principal.role is not None else None,
+        )
+        body = handler.handle(context, params)
+        if fault.drop_after:
+            _drop(request)
+        return body
+
+    def _authenticate(
+        self, request: web.Request, raw: bytes, query: str, service: str, call: dict[str, Any]
+    ) -> Principal:
+        principal = self._auth.verify(
+            method=request.method, query=query, headers=request.headers, body=raw, service=service
+        )
+        call["secret_id"] = principal.secret_id
+        call["account_id"] = principal.account_id
+        return principal
+
+    async def _before(
+        self, fault: FaultDecision, request: web.Request, action: str, rate_key: str
+    ) -> None:
+        """Apply an injected fault's latency, drop, throttle or error, and the rate limit."""
         if fault.latency_seconds:
             await asyncio.sleep(fault.latency_seconds)
         if fault.drop_before:
             _drop(request)
-        if fault.throttle or not self.limiter.allow(action, call["secret_id"]):
+        if fault.throttle or not self.limiter.allow(action, rate_key):
             raise ApiError(
                 "RequestLimitExceeded", f"The request rate of {action} exceeds its limit."
             )
@@ -170,10 +211,35 @@ class Simulator:
             raise ApiError(
                 fault.error_code, f"Injected fault: {fault.error_code} (simulator fault injection)."
             )
-        params = _parse(handler.params, request, raw)
+
+    async def _answer_sts(
+        self,
+        request: web.Request,
+        raw: bytes,
+        query: str,
+        action: str,
+        region: str | None,
+        request_id: str,
+        call: dict[str, Any],
+    ) -> bytes:
+        """An STS call: signed like CVM's (service `sts`), but AssumeRoleWithWebIdentity is not
+        signed at all (its Authorization, `SKIP` from the SDK, is not looked at). Faults apply
+        only when named for the STS action (never `*`); rate limits only when configured."""
+        principal: Principal | None = None
+        if action not in UNSIGNED_ACTIONS:
+            principal = self._authenticate(request, raw, query, "sts", call)
+        if not region:
+            raise ApiError("MissingParameter", "The request is missing the header X-TC-Region.")
+        model = STS_PARAMS.get(action)
+        if model is None:
+            raise unknown_action(action)
+        fault = self.faults.decide(action, wildcard=False)
+        await self._before(
+            fault, request, action, principal.rate_key if principal else "(unsigned)"
+        )
+        params = _parse(model, request, raw)
         call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
-        context = CallContext(self.market, region, request_id, call["secret_id"])
-        body = handler.handle(context, params)
+        body = await self.sts.handle(action, params, principal, request_id)
         if fault.drop_after:
             _drop(request)
         return body
@@ -197,6 +263,7 @@ class Simulator:
                 params=call["params"],
                 error_code=error_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                account_id=call["account_id"],
             )
         )
 

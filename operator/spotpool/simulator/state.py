@@ -105,6 +105,8 @@ class SimInstance:
     returns_to: str | None = None
     # (when, TerminateInstances RequestId) of each termination that failed, oldest first.
     failed_terminations: list[tuple[float, str]] = field(default_factory=list)
+    # The account (UIN) that bought it: only that account's credentials see or terminate it.
+    account_id: str = ""
     rendered: str | None = field(default=None, repr=False)
 
     @property

@@ -179,6 +179,10 @@ REFERENCE_ROWS: list[tuple[str, str, ErrorCategory]] = [
     ("ClientError", "N", C.INVALID_REQUEST),
     # spotpool's own client-side code for a reply off the documented shape (issue 10)
     ("InvalidResponse", "N", C.UNKNOWN),
+    # spotpool's own client-side codes of a credential provider (issue 19); a transient cause
+    # is raised with category TRANSIENT explicitly
+    ("CredentialsUnavailable", "N", C.AUTH),
+    ("CredentialsExpiring", "N", C.AUTH),
 ]
 
 
