@@ -160,7 +160,8 @@ LEASES = "leases.coordination.k8s.io"
 
 def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, namespace: str,
                            extra_namespaces: list[str]) -> None:
-    name, _ = releases.install(namespace, "--set", "crds.install=false")
+    name, _ = releases.install(namespace, "--set", "crds.install=false",
+                               "--set-json", 'metrics.readers=[{"name": "scraper"}]')
     operator = f"system:serviceaccount:{namespace}:{name}-spotpool"
     anywhere = f"--namespace={extra_namespaces[0]}"
     allowed = [
@@ -175,6 +176,8 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
         ("get", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
         ("update", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
         ("create", LEASES, "--namespace=kube-system"),
+        # /metrics behind a token: who holds a scraper's token, and may it get /metrics?
+        ("create", "tokenreviews.authentication.k8s.io"), ("create", "subjectaccessreviews.authorization.k8s.io"),
     ]
     denied = [
         ("get", SCE, anywhere), ("get", SCE, "--subresource=status", anywhere),
@@ -188,11 +191,16 @@ def test_rbac_cluster_wide(cluster: Cluster, crd: str, releases: Releases, names
         ("update", f"{LEASES}/kube-controller-manager", "--namespace=kube-system"),
         ("list", LEASES, "--namespace=kube-system"), ("delete", f"{LEASES}/spotpool-leader", "--namespace=kube-system"),
         ("get", f"{LEASES}/spotpool-leader", f"--namespace={namespace}"), ("create", LEASES, anywhere),
+        # The operator asks about /metrics; reading it is the scrapers' right, not its own.
+        ("get", "/metrics"),
     ]
     for check in allowed:
         assert _can_i(cluster, operator, *check), f"operator cannot {check}"
     for check in denied:
         assert not _can_i(cluster, operator, *check), f"operator can {check}"
+    # metrics.readers: the chart's metrics-reader ClusterRole, bound to those ServiceAccounts only.
+    assert _can_i(cluster, f"system:serviceaccount:{namespace}:scraper", "get", "/metrics")
+    assert not _can_i(cluster, f"system:serviceaccount:{namespace}:default", "get", "/metrics")
 
 
 def test_rbac_limited_to_listed_namespaces(cluster: Cluster, crd: str, releases: Releases, namespace: str,

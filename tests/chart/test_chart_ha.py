@@ -97,7 +97,7 @@ def test_the_lease_role_lives_in_one_namespace(helm: Helm) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
     # No Lease rights anywhere else, cluster-wide least of all.
     for cluster_role in find(objects, "ClusterRole"):
-        assert all("leases" not in rule["resources"] for rule in cluster_role["rules"])
+        assert all("leases" not in rule.get("resources", []) for rule in cluster_role["rules"])
     assert [r["metadata"]["namespace"] for r in find(objects, "Role")] == ["kube-system"]
 
 

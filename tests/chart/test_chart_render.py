@@ -28,6 +28,9 @@ LEADER_ELECTION_ARGS = ["--leader-elect", "--leader-election-namespace=kube-syst
                         "--renew-deadline=10", "--retry-period=2"]
 # The orphan collector's default flags (values `orphans`).
 ORPHAN_ARGS = ["--orphan-grace=120"]
+# The two ports' default flags (values `operator`, `metrics`): /metrics over HTTPS behind a token.
+SERVING_ARGS = ["--metrics-port=8443", "--metrics-host=0.0.0.0", "--health-port=8081", "--health-host=0.0.0.0",
+                "--metrics-secure"]
 # What `helm template` needs to render as for a cluster running the Prometheus Operator.
 PROMETHEUS_OPERATOR_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
@@ -60,6 +63,7 @@ def test_default_render(helm: Helm) -> None:
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
         "ClusterRoleBinding", "Service", "Deployment", "ConfigMap", "Pod",
+        "ClusterRole",  # the metrics reader (bound to nobody until metrics.readers names someone)
         "Role", "RoleBinding", "PodDisruptionBudget",  # leader election's Lease, two replicas
         "NetworkPolicy",
     ])
@@ -69,13 +73,14 @@ def test_default_render(helm: Helm) -> None:
                                               "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.0"
-    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
-                                 "--log-format=json",
+    assert container["args"] == ["--all-namespaces", *SERVING_ARGS, "--log-format=json",
                                  "--log-level=info", "--observe-interval=15", "--progress-interval=2",
                                  *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
-    assert container["ports"] == [{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}]
+    # The kubelet probes the plain health port; /metrics is HTTPS on a port of its own.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-health"}
+    assert container["ports"] == [{"name": "https-metrics", "containerPort": 8443, "protocol": "TCP"},
+                                  {"name": "http-health", "containerPort": 8081, "protocol": "TCP"}]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "spotpool"
 
@@ -94,8 +99,7 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     )
     pod = one(objects, "Deployment")["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    assert container["args"] == ["--all-namespaces", "--metrics-port=8080", "--metrics-host=0.0.0.0",
-                                 "--log-format=plain",
+    assert container["args"] == ["--all-namespaces", *SERVING_ARGS, "--log-format=plain",
                                  "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
                                  "--cluster-id=prod-gz", *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"
@@ -126,15 +130,25 @@ def test_limited_namespaces(helm: Helm) -> None:
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["kube-system", "team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotpool", "namespace": "spotpool-system"}]
-    # ...and cluster-wide only the reads kopf needs for discovery.
-    (cluster_role,) = find(objects, "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
-                                                                               "namespaces"}
+    # ...and cluster-wide only the reads kopf needs for discovery, and the metrics port's reviews.
+    cluster_role = one(objects, "ClusterRole", "spotpool-cluster")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces", "tokenreviews", "subjectaccessreviews"}
+    assert {r["metadata"]["name"] for r in find(objects, "ClusterRole")} == {"spotpool-cluster",
+                                                                            "spotpool-metrics-reader"}
+
+
+METRICS_READER = "spotpool-metrics-reader"  # what scrapers are granted, not the operator
+
+
+def _operator_roles(objects: list[dict]) -> list[dict]:
+    return [role for role in find(objects, "ClusterRole") + find(objects, "Role")
+            if role["metadata"]["name"] != METRICS_READER]
 
 
 def _rules(objects: list[dict]) -> set[tuple[str, str, str]]:
     return {(group, resource, verb)
-            for role in find(objects, "ClusterRole") + find(objects, "Role")
+            for role in _operator_roles(objects)
             for rule in role["rules"]
             for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
 
@@ -150,6 +164,9 @@ LEAST_PRIVILEGE = {
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
     *{("", "namespaces", v) for v in ("get", "list", "watch")},
     *{("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")},
+    # /metrics behind a token (metrics.secure): who holds it, and may that user get /metrics?
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
 }
 
 
@@ -157,7 +174,9 @@ LEAST_PRIVILEGE = {
 def test_rbac_grants_exactly_what_the_operator_needs(helm: Helm, variant: str) -> None:
     objects = helm.template(*VARIANTS[variant])
     assert _rules(objects) == LEAST_PRIVILEGE
-    for role in find(objects, "ClusterRole") + find(objects, "Role"):
+    reader = one(objects, "ClusterRole", METRICS_READER)
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    for role in _operator_roles(objects):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
 
@@ -223,8 +242,63 @@ def test_service_monitor(helm: Helm) -> None:
     assert SELECTOR.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["spotpool-system"]}
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "http-metrics"
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "https-metrics"
     assert endpoint["path"] == "/metrics"
+    # HTTPS with Prometheus's own ServiceAccount token; the self-signed certificate is not verified.
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+
+    # A token from a Secret instead (Prometheus Operators that deny ServiceMonitors file access).
+    authorization = {"type": "Bearer", "credentials": {"name": "scraper-token", "key": "token"}}
+    objects = helm.template(*VARIANTS["service-monitor"], *PROMETHEUS_OPERATOR_API,
+                            "--set-json", f"serviceMonitor.authorization={json.dumps(authorization)}")
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == authorization and "bearerTokenFile" not in endpoint
+
+
+def test_metrics_readers_are_bound_to_the_metrics_reader_cluster_role(helm: Helm) -> None:
+    objects = helm.template()
+    assert not find(objects, "ClusterRoleBinding", METRICS_READER), "bound to nobody by default"
+    readers = [{"name": "prometheus-k8s", "namespace": "monitoring"}, {"name": "scraper"}]
+    objects = helm.template("--set-json", f"metrics.readers={json.dumps(readers)}")
+    binding = one(objects, "ClusterRoleBinding", METRICS_READER)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": METRICS_READER}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"},
+        {"kind": "ServiceAccount", "name": "scraper", "namespace": "spotpool-system"},  # the release's
+    ]
+
+
+def test_a_certificate_secret_is_mounted_served_and_verified_by_the_service_monitor(helm: Helm) -> None:
+    objects = helm.template("--set", "metrics.certSecret=spotpool-metrics-tls", *VARIANTS["service-monitor"],
+                            *PROMETHEUS_OPERATOR_API)
+    pod_spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    assert container["args"][1:8] == [*SERVING_ARGS, "--metrics-cert-file=/etc/spotpool/metrics-cert/tls.crt",
+                                      "--metrics-key-file=/etc/spotpool/metrics-cert/tls.key"]
+    assert {"name": "metrics-cert", "mountPath": "/etc/spotpool/metrics-cert", "readOnly": True} \
+        in container["volumeMounts"]
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == "metrics-cert")
+    assert volume["secret"] == {"secretName": "spotpool-metrics-tls", "defaultMode": 0o440,
+                                "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}
+    _restricted(pod_spec)
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": "spotpool-metrics-tls", "key": "ca.crt"}},
+                                     "serverName": "spotpool.spotpool-system.svc"}
+
+
+def test_metrics_secure_false_serves_plain_metrics_and_grants_no_reviews(helm: Helm) -> None:
+    objects = helm.template("--set", "metrics.secure=false", *VARIANTS["service-monitor"], *PROMETHEUS_OPERATOR_API)
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--no-metrics-secure" in container["args"] and "--metrics-secure" not in container["args"]
+    assert container["ports"][0] == {"name": "http-metrics", "containerPort": 8443, "protocol": "TCP"}
+    assert not find(objects, "ClusterRole", METRICS_READER)
+    assert not {r for r in _rules(objects) if r[1] in ("tokenreviews", "subjectaccessreviews")}
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == "http-metrics" and not {"scheme", "tlsConfig", "bearerTokenFile"} & set(endpoint)
+    assert "https://" not in one(objects, "Pod")["spec"]["containers"][0]["command"][2]
 
 
 def test_service_monitor_needs_the_prometheus_operator_api(helm: Helm) -> None:
@@ -349,7 +423,7 @@ def test_labels(helm: Helm) -> None:
     assert one(objects, "Service")["spec"]["selector"] == SELECTOR
 
 
-def test_helm_test_pod_checks_healthz_through_the_service(helm: Helm) -> None:
+def test_helm_test_pod_checks_healthz_and_the_metrics_refusal_through_the_service(helm: Helm) -> None:
     objects = helm.template()
     pod = one(objects, "Pod")
     service = one(objects, "Service")
@@ -357,9 +431,13 @@ def test_helm_test_pod_checks_healthz_through_the_service(helm: Helm) -> None:
     assert pod["spec"]["restartPolicy"] == "Never"
     (container,) = pod["spec"]["containers"]
     assert container["image"] == one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    url = f"http://{service['metadata']['name']}.spotpool-system.svc:{service['spec']['ports'][0]['port']}/healthz"
-    assert f'url = "{url}"' in container["command"][2]
-    compile(container["command"][2], "helm-test", "exec")  # the probe script is valid Python
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports == {"https-metrics": 8443, "http-health": 8081}
+    script = container["command"][2]
+    assert f'service = "{service["metadata"]["name"]}.spotpool-system.svc"' in script
+    assert 'url = f"http://{service}:8081/healthz"' in script
+    assert 'url = f"https://{service}:8443/metrics"' in script and "refused.code != 401" in script
+    compile(script, "helm-test", "exec")  # the probe script is valid Python
 
 
 def test_crd_copy_in_chart_is_byte_identical() -> None:

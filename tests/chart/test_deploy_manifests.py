@@ -37,6 +37,7 @@ def test_kustomize_builds_the_whole_install(bin_dir: Path) -> None:
     objects = _kustomize(bin_dir)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole",
+                            "ClusterRole",  # the metrics reader, for you to bind to your Prometheus
                             "ClusterRoleBinding", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap",
                             "Role", "RoleBinding", "PodDisruptionBudget", "NetworkPolicy"])
     source = yaml.safe_load((REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml").read_text())

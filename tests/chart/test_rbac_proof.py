@@ -3,8 +3,9 @@
 Enough: the chart installed on the test control plane (limited-namespace mode, the test's
 namespace only), the real `spotpool operator` started with the exact command line of the chart's
 Deployment and authenticated with a TokenRequest token of the chart's ServiceAccount, runs the core
-end-to-end scenario (0 -> N Ready, a reclaim healed with InstanceLost events, delete releases
-everything) without a single Forbidden.
+end-to-end scenario (its /metrics scraped over HTTPS with the token of a ServiceAccount the chart's
+`metrics.readers` binds to the metrics-reader ClusterRole, 0 -> N Ready, a reclaim healed with
+InstanceLost events, delete releases everything) without a single Forbidden.
 
 Needed: the same, with one rule (verb) taken out of the installed Role or ClusterRole; the
 scenario must then fail, at the step that rule serves, with the API server's Forbidden in the
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.cluster
 
 POOL = "proof"
 SECRET = "tencentcloud-credentials"  # the chart's default credentials.name
+SCRAPER = "scraper"  # the ServiceAccount the chart's metrics.readers binds to the metrics-reader ClusterRole
 EXPECTED = 4
 RECLAIMED = 2
 # How long a step may take with every permission (it takes a few seconds), and how long a negative
@@ -70,14 +72,16 @@ class Scenario:
     namespace: str
     simulator: SimulatorProcess
     timeouts: dict[str, float]
+    operator: OperatorProcess
 
-    STEPS = ("Ready with 0", f"Ready with {EXPECTED}", "reclaim healed", "delete releases all")
+    STEPS = ("metrics scraped", "Ready with 0", f"Ready with {EXPECTED}", "reclaim healed", "delete releases all")
 
     def run(self) -> None:
-        self._step(self.STEPS[0], self._create_empty)
-        self._step(self.STEPS[1], self._scale_up)
-        self._step(self.STEPS[2], self._reclaim)
-        self._step(self.STEPS[3], self._delete)
+        self._step(self.STEPS[0], self._scrape)
+        self._step(self.STEPS[1], self._create_empty)
+        self._step(self.STEPS[2], self._scale_up)
+        self._step(self.STEPS[3], self._reclaim)
+        self._step(self.STEPS[4], self._delete)
 
     def _step(self, step: str, action: Callable[[float], None]) -> None:
         try:
@@ -88,6 +92,23 @@ class Scenario:
             raise ScenarioFailed(step, str(exc)) from None
 
     # -- the steps ---------------------------------------------------------------------------------
+    def _scrape(self, timeout: float) -> None:
+        """The chart's scraper reads /metrics (HTTPS, its bearer token: the operator asks the API
+        server who holds it and whether that user may get /metrics)."""
+        token = self.kubectl.run("create", "token", SCRAPER, f"--namespace={self.namespace}",
+                                 "--duration=1h").stdout.strip()
+        seen: list[int] = []
+
+        def scraped() -> bool:
+            response = self.operator.scrape(token)
+            seen.append(response.status_code)
+            return response.status_code == 200 and "spotpool_build_info" in response.text
+
+        try:
+            wait_for(scraped, timeout=timeout, what="/metrics to answer the scraper 200")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; answers: {sorted(set(seen))}") from None
+
     def _create_empty(self, timeout: float) -> None:
         self.kubectl.apply(json.dumps({
             "apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
@@ -174,7 +195,7 @@ def install(releases: Releases, namespace: str, leases: list[tuple[str, str]]) -
     after the test: it lives outside the test's namespace."""
     release, _ = releases.install(
         namespace, "--set", "crds.install=false", "--set", f"rbac.namespaces={{{namespace}}}",
-        "--set", "operator.logLevel=debug",
+        "--set", "operator.logLevel=debug", "--set-json", f'metrics.readers=[{{"name": "{SCRAPER}"}}]',
         "--set-json", "operator.observeInterval=2", "--set-json", "operator.progressInterval=0.5")
     manifest = releases.helm.run("get", "manifest", release, f"--namespace={namespace}").stdout
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
@@ -184,7 +205,7 @@ def install(releases: Releases, namespace: str, leases: list[tuple[str, str]]) -
     assert leases[-1][0] == lease_role["namespace"]
     return Installed(release, pod["containers"][0]["args"], pod["serviceAccountName"],
                      one(objects, "Role", f"{release}-spotpool")["metadata"]["name"],
-                     one(objects, "ClusterRole")["metadata"]["name"],
+                     one(objects, "ClusterRole", f"{release}-spotpool-cluster")["metadata"]["name"],
                      lease_role["name"], lease_role["namespace"])
 
 
@@ -237,7 +258,7 @@ class Rule:
         return f"{'/'.join(self.verbs)} {self.resource}"
 
 
-READY_0, READY_N, HEALED, DELETED = Scenario.STEPS
+SCRAPED, READY_0, READY_N, HEALED, DELETED = Scenario.STEPS
 STARTUP = "operator starts"
 NEEDED_RULES = [
     # Every status write (conditions, counts, launch records) goes through the status subresource.
@@ -272,6 +293,11 @@ NEEDED_RULES = [
     # Renewing (and taking over, and releasing) is a conditional update: the operator leads from
     # the Lease's creation until its renew deadline, then stops acting for good.
     Rule("coordination.k8s.io", "leases", ("update",), READY_0, role=LEASE_ROLE, after="stops leading"),
+    # /metrics behind a token (metrics.secure, on by default): the operator asks who holds the
+    # scraper's token; without `create` on tokenreviews it cannot, and answers 503 to everyone.
+    Rule("authentication.k8s.io", "tokenreviews", ("create",), SCRAPED, role=CLUSTER_ROLE),
+    # ...then whether that user may get /metrics; without `create` on subjectaccessreviews, 503 too.
+    Rule("authorization.k8s.io", "subjectaccessreviews", ("create",), SCRAPED, role=CLUSTER_ROLE),
 ]
 
 
@@ -282,6 +308,10 @@ def operator_process(cluster: Cluster, installed: Installed, namespace: str, tmp
                         "--duration=1h").stdout.strip()
     kubeconfig = token_kubeconfig(cluster.kubeconfig, token, namespace, tmp_path / "operator.kubeconfig")
     return OperatorProcess(tmp_path / "operator", kubeconfig, args=tuple(installed.args))
+
+
+def scraper(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.run("create", "serviceaccount", SCRAPER, f"--namespace={namespace}")
 
 
 def secret(kubectl: Kubectl, namespace: str) -> None:
@@ -303,11 +333,17 @@ def test_the_charts_permissions_are_enough_for_the_core_scenario(
 ) -> None:
     installed = install(releases, namespace, leases)
     assert "--namespace=" + namespace in installed.args and "--all-namespaces" not in installed.args
+    assert "--metrics-secure" in installed.args
+    scraper(cluster.kubectl, namespace)
     operator = operator_process(cluster, installed, namespace, tmp_path).start()
     secret(cluster.kubectl, namespace)  # after the start, as users apply it: only a watch sees it
     try:
-        Scenario(cluster.kubectl, namespace, simulator, {}).run()
+        Scenario(cluster.kubectl, namespace, simulator, {}, operator).run()
         assert not forbidden(operator.logs()), "\n".join(forbidden(operator.logs())[:20])
+        # Only the chart's scraper: no token is 401, a ServiceAccount the chart does not bind is 403.
+        assert operator.scrape().status_code == 401
+        default = cluster.kubectl.run("create", "token", "default", f"--namespace={namespace}").stdout.strip()
+        assert operator.scrape(default).status_code == 403
         assert "leads (term 1" in operator.logs(), "the operator acted without electing itself"
     finally:
         operator.stop()
@@ -331,6 +367,7 @@ def test_the_scenario_fails_without_each_rule(
     else:
         remove_verbs(cluster.kubectl, "role", installed.role, namespace, rule.api_group, rule.resource,
                      set(rule.verbs))
+    scraper(cluster.kubectl, namespace)
     operator = operator_process(cluster, installed, namespace, tmp_path)
     started = time.monotonic()
     if rule.breaks == STARTUP:
@@ -347,7 +384,7 @@ def test_the_scenario_fails_without_each_rule(
             # With the chart's timings: the renew deadline (10 s) after the Lease was created.
             wait_for(lambda: rule.after in operator.logs(), timeout=30, what=f"{rule.after!r} in the operator log")
         with pytest.raises(ScenarioFailed) as failed:
-            Scenario(cluster.kubectl, namespace, simulator, {rule.breaks: BROKEN_STEP_TIMEOUT}).run()
+            Scenario(cluster.kubectl, namespace, simulator, {rule.breaks: BROKEN_STEP_TIMEOUT}, operator).run()
         assert failed.value.step == rule.breaks, (
             f"without {rule} the scenario failed at {failed.value.step!r}, expected {rule.breaks!r}: "
             f"{failed.value}")

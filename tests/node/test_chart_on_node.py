@@ -2,7 +2,9 @@
 kubelet (containerd + runc) with the chart's security context, read-only root, probes and projected
 service-account token; the operator talks to the apiserver through the `kubernetes` Service with
 that token and the chart's RBAC only, reconciles a pool against the simulator, is scraped by a real
-Prometheus through its Service, passes `helm test` (which resolves the Service through cluster
+Prometheus through its Service over HTTPS with the token of the ServiceAccount the chart's
+`metrics.readers` binds (the operator checks it with TokenReview and SubjectAccessReview: no token
+401, another ServiceAccount's 403), passes `helm test` (which resolves the Service through cluster
 DNS), rolls on `helm upgrade`, and leaves only the CRD on `helm uninstall`.
 """
 
@@ -188,11 +190,14 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
     cluster, kubectl, helm = node_cluster, node_cluster.kubectl, node_cluster.helm
     namespace, release = unique_name("spotpool"), unique_name("sp")
     kubectl.run("create", "namespace", namespace)
-    # Default values but the cluster id and the simulator's endpoint allowed: the image is the
-    # chart's own reference, loaded into the node's runtime without a registry.
+    # Prometheus's ServiceAccount, which the chart's metrics.readers binds to its metrics-reader role.
+    kubectl.run("create", "serviceaccount", "prometheus", f"--namespace={namespace}")
+    # Default values but the cluster id, the simulator's endpoint allowed and the metrics reader: the
+    # image is the chart's own reference, loaded into the node's runtime without a registry.
     helm.run("install", release, CHART, f"--namespace={namespace}", "--set", f"operator.clusterId={release}",
              "--set-json", json.dumps([node_simulator.url]).join(("endpoints.allowed=", "")),
              "--set", "endpoints.allowInsecure=true",
+             "--set-json", 'metrics.readers=[{"name": "prometheus"}]',
              "--wait", f"--timeout={POD_TIMEOUT}s", timeout=POD_TIMEOUT + 60)
     deployment = kubectl.json("get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
     replicas = deployment["items"][0]["spec"]["replicas"]
@@ -203,14 +208,22 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
 
     pools, pool_namespace = reconcile_a_pool(cluster, node_simulator)
 
-    # Prometheus scrapes each pod behind the metrics Service, as a ServiceMonitor makes it do; the
-    # leader reports the pool. Debian's Prometheus is built without kubernetes_sd_configs, so the
-    # Service's EndpointSlices reach it through http_sd_configs instead (served below from the API).
+    # Prometheus scrapes each pod behind the metrics Service, as the chart's ServiceMonitor makes it
+    # do: HTTPS (the operator's self-signed certificate, not verified), with its ServiceAccount's
+    # token; the leader reports the pool. Debian's Prometheus is built without kubernetes_sd_configs,
+    # so the Service's EndpointSlices reach it through http_sd_configs instead (served below from the
+    # API), and the token is a TokenRequest one in a file, as a Pod's projected token would be.
     service = kubectl.json("get", "service", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
     svc = service["items"][0]
-    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http-metrics")
-    discovery = ServiceEndpointsDiscovery(cluster, namespace, svc["metadata"]["name"], "http-metrics").start()
-    scrape = [{"job_name": "spotpool", "http_sd_configs": [{"url": discovery.url, "refresh_interval": "1s"}]}]
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "https-metrics")
+    discovery = ServiceEndpointsDiscovery(cluster, namespace, svc["metadata"]["name"], "https-metrics").start()
+    token = kubectl.run("create", "token", "prometheus", f"--namespace={namespace}", "--duration=1h").stdout.strip()
+    token_file = tmp_path / "prometheus-token"
+    token_file.write_text(token)
+    scrape = [{"job_name": "spotpool", "scheme": "https",
+               "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+               "tls_config": {"insecure_skip_verify": True},
+               "http_sd_configs": [{"url": discovery.url, "refresh_interval": "1s"}]}]
     prometheus = PrometheusProcess(tmp_path / "prometheus", [], scrape_configs=scrape).start()
     try:
         def every_pod_up() -> bool:
@@ -225,13 +238,20 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
     finally:
         prometheus.stop()
         discovery.stop()
-    # And the Service's ClusterIP answers from the host too: kube-proxy routes it to a Ready pod.
-    metrics = httpx.get(f"http://{svc['spec']['clusterIP']}:{port}/metrics", timeout=10)
+    # And the Service's ClusterIP answers from the host too (kube-proxy routes it to a Ready pod), to
+    # the chart's scraper only: no token 401, another ServiceAccount's token 403.
+    url = f"https://{svc['spec']['clusterIP']}:{port}/metrics"
+    metrics = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10, verify=False)
     assert metrics.status_code == 200 and "spotpool_build_info" in metrics.text
+    assert httpx.get(url, timeout=10, verify=False).status_code == 401
+    other = kubectl.run("create", "token", "default", f"--namespace={namespace}").stdout.strip()
+    assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}, timeout=10, verify=False).status_code == 403
 
-    # helm test: a pod of the same image fetches /healthz by the Service's DNS name.
+    # helm test: a pod of the same image fetches /healthz (plain) by the Service's DNS name, and
+    # /metrics without a token is refused.
     test = helm.run("test", release, f"--namespace={namespace}", "--logs", timeout=POD_TIMEOUT)
-    assert "Succeeded" in test.stdout and " 200 " in test.stdout, test.stdout
+    assert "Succeeded" in test.stdout and " 200 " in test.stdout and " 401 without a token" in test.stdout, \
+        test.stdout
 
     # helm upgrade changes the pod template: every pod is replaced, and the new ones become Ready.
     before = {p["metadata"]["uid"] for p in pods}
@@ -242,7 +262,9 @@ def test_helm_install_runs_the_operator_on_a_real_node_through_upgrade_and_unins
     pools.scale("farm", 4)
     pools.wait_ready("farm", 4, timeout=120)
 
-    # Release the pool while an operator still runs, then uninstall: only the CRD stays.
+    # Release the pool while an operator still runs, then uninstall: only the CRD stays (and the
+    # Prometheus ServiceAccount, made by this test, goes first).
+    kubectl.run("delete", "serviceaccount", "prometheus", f"--namespace={namespace}")
     uid = pools.uid("farm")
     pools.delete("farm", timeout=120)
     assert node_simulator.alive(uid) == [], "the operator released every instance it owned"

@@ -35,6 +35,7 @@ from spotpool.controller import failpoints
 from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.collector import OrphanCollector
 from spotpool.controller.fencing import Fence
+from spotpool.controller.identity import Identities
 from spotpool.controller.kube import Conflict
 from spotpool.controller.launchcheck import STATUS_FIELD, launch_digest
 from spotpool.controller.policy import Policy, PoolClaim, pool_claim
@@ -280,7 +281,8 @@ class World:
 
     def __init__(self, sim: RunningSimulator, clock: FakeClock, seed: int = 0, *, observe_interval: float = 1.0,
                  limiter: RateLimiterRegistry | None = None, kube: FakeKube | None = None,
-                 leadership: Any = None, policy: Policy | None = None, orphan_grace: float = 120.0) -> None:
+                 leadership: Any = None, policy: Policy | None = None, orphan_grace: float = 120.0,
+                 identities: Identities | None = None) -> None:
         """`observe_interval`: how often the shared sweep runs (1 s: every pass sees a fresh one);
         `limiter`: the client-side rate limits (default: none in the way); `policy`: the
         administrator's (default: the development one, as the simulator is on loopback http)."""
@@ -295,6 +297,7 @@ class World:
         self.seed = seed
         self.crashes = 0
         self.orphan_grace = orphan_grace
+        self.identities = identities  # the operator's own identity and the roles assumed from it
         self._build()
 
     def _build(self) -> None:
@@ -317,7 +320,8 @@ class World:
                                  on_sweep=self.collector.swept, on_closed=self.collector.forget)
         self.reconciler = Reconciler(kube=self.kube, cloud=self.cloud, metrics=Metrics(registry=_registry()),
                                      post_event=self._event, clock=self.clock.datetime, rng=rng,
-                                     leadership=self.leadership, policy=self.policy, pools=self.kube)
+                                     leadership=self.leadership, policy=self.policy, pools=self.kube,
+                                     identities=self.identities)
         self.memos: dict[str, tuple[PoolMemory, asyncio.Lock]] = {}
 
     async def close(self) -> None:

@@ -114,9 +114,17 @@ class SimulatorProcess:
             _stop(self.proc)
 
 
+SERVING_FLAGS = ("--metrics-port=", "--metrics-host=", "--health-port=", "--health-host=")
+
+
 @dataclass
 class OperatorProcess:
-    """`spotpool operator` watching one namespace, with its own kubeconfig and a log file."""
+    """`spotpool operator` watching one namespace, with its own kubeconfig and a log file.
+
+    With our own flags, /metrics is plain HTTP (`--no-metrics-secure`), as on a development machine:
+    the tests read it without a token. With `args` (a Deployment's command line), it is what those
+    say (the chart's: HTTPS behind a token; `metrics(token=...)`). Either way both ports are on
+    free loopback ports, and readiness is read from the health port."""
 
     workdir: Path
     kubeconfig: Path
@@ -126,6 +134,7 @@ class OperatorProcess:
     observe_interval: float = 2.0
     progress_interval: float = 0.5
     metrics_port: int = 0
+    health_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] | None = None  # exact operator flags (e.g. a Deployment's), instead of ours
     proc: subprocess.Popen[bytes] | None = None
@@ -136,8 +145,17 @@ class OperatorProcess:
         return self.workdir / "operator.log"
 
     @property
+    def metrics_secure(self) -> bool:
+        """Whether /metrics is HTTPS behind a token: the operator's default, unless turned off."""
+        return self.args is not None and "--no-metrics-secure" not in self.args
+
+    @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
+        return f"{'https' if self.metrics_secure else 'http'}://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}"
 
     def leader_gauge(self) -> float | None:
         """`spotpool_leader` from the process's own /metrics; None when it cannot answer (dead,
@@ -145,7 +163,7 @@ class OperatorProcess:
         if not self.running:
             return None
         try:
-            text = httpx.get(f"{self.metrics_url}/metrics", timeout=0.5).text
+            text = self.metrics(timeout=0.5)
         except httpx.HTTPError:
             return None
         found = re.search(r"^spotpool_leader (\S+)$", text, re.MULTILINE)
@@ -153,20 +171,21 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.metrics_port = free_port()
+        self.metrics_port, self.health_port = free_port(), free_port()
         self.starts += 1
         with open(self.log, "a") as out:
             out.write(f"\n===== start #{self.starts} =====\n")
         if self.args is None:
             flags = [f"--namespace={self.namespace}", f"--observe-interval={self.observe_interval}",
                      f"--progress-interval={self.progress_interval}", f"--cluster-id={self.cluster_id}",
-                     "--log-level=debug", *self.extra_args]
-        else:  # the given command line, but on a free loopback port
-            flags = [a for a in self.args if not a.startswith(("--metrics-port=", "--metrics-host="))]
+                     "--log-level=debug", "--no-metrics-secure", *self.extra_args]
+        else:  # the given command line, but on free loopback ports
+            flags = [a for a in self.args if not a.startswith(SERVING_FLAGS)]
         if "--allow-loopback-endpoints" not in flags:  # the simulator listens on 127.0.0.1 over http
             flags.append("--allow-loopback-endpoints")
         self.proc = _spawn([*SPOTPOOL, "operator", *flags, "--metrics-host=127.0.0.1",
-                            f"--metrics-port={self.metrics_port}"],
+                            f"--metrics-port={self.metrics_port}", "--health-host=127.0.0.1",
+                            f"--health-port={self.health_port}"],
                            self.log, env={"KUBECONFIG": str(self.kubeconfig), **self.env})
         wait_for(self._ready, timeout=60, what="the operator to report /readyz")
         return self
@@ -176,7 +195,7 @@ class OperatorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
         try:
-            return httpx.get(f"{self.metrics_url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.health_url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -193,8 +212,16 @@ class OperatorProcess:
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def metrics(self) -> str:
-        return httpx.get(f"{self.metrics_url}/metrics", timeout=5).text
+    def scrape(self, token: str | None = None, timeout: float = 5) -> httpx.Response:
+        """GET /metrics, with `token` as the bearer token when given (the certificate is the
+        operator's self-signed one: not verified)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{self.metrics_url}/metrics", headers=headers, timeout=timeout, verify=False)
+
+    def metrics(self, token: str | None = None, timeout: float = 5) -> str:
+        response = self.scrape(token, timeout)
+        response.raise_for_status()
+        return response.text
 
     @property
     def running(self) -> bool:

@@ -120,3 +120,14 @@ known here without reading the cluster. */}}
 {{- end }}
 {{- join "-" $parts }}
 {{- end }}
+
+{{/* The name of the metrics port (Deployment, Service, ServiceMonitor, NetworkPolicy): its scheme
+first, as Istio and kube-prometheus name ports. */}}
+{{- define "spotpool.metricsPortName" -}}
+{{- ternary "https-metrics" "http-metrics" .Values.metrics.secure }}
+{{- end }}
+
+{{/* Where the metrics certificate Secret (metrics.certSecret) is mounted. */}}
+{{- define "spotpool.metricsCertDir" -}}
+/etc/spotpool/metrics-cert
+{{- end }}

@@ -11,6 +11,7 @@ import re
 import kopf
 
 from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE, DEFAULT_ORPHAN_GRACE, OperatorConfig
+from spotpool.controller.identity import CredentialPolicyError
 from spotpool.controller.leadership import Timing
 from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
@@ -32,11 +33,27 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     scope.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
                        help="watch this namespace (repeatable; globs allowed); default: all namespaces")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument("--metrics-host", default="0.0.0.0",
-                        help="address of the metrics/health port (default 0.0.0.0: every interface, for the "
-                             "kubelet's probes and Prometheus; the chart's NetworkPolicy restricts who connects)")
-    parser.add_argument("--metrics-port", type=int, default=8080,
-                        help="port serving /metrics, /healthz and /readyz (0 picks a free one)")
+    serving = parser.add_argument_group(
+        "metrics and health", "two ports: /metrics for Prometheus, /healthz and /readyz for the kubelet")
+    serving.add_argument("--metrics-host", default="0.0.0.0",
+                         help="address of the metrics port (default 0.0.0.0: every interface, for Prometheus)")
+    serving.add_argument("--metrics-port", type=int, default=8443,
+                         help="port serving /metrics (default 8443; 0 picks a free one)")
+    serving.add_argument("--metrics-secure", action=argparse.BooleanOptionalAction, default=True,
+                         help="serve /metrics over HTTPS, only to bearer tokens the API server says may get the "
+                              "non-resource URL /metrics (TokenReview + SubjectAccessReview; the operator needs "
+                              "create on both); default: on. --no-metrics-secure: plain HTTP to anyone, for "
+                              "DEVELOPMENT only (the demo, on loopback)")
+    serving.add_argument("--metrics-cert-file", default=None, metavar="PATH",
+                         help="PEM certificate (chain) of the metrics port, reloaded when it changes, e.g. "
+                              "tls.crt of a cert-manager Secret; default: a self-signed one made at start-up")
+    serving.add_argument("--metrics-key-file", default=None, metavar="PATH",
+                         help="PEM private key of --metrics-cert-file (e.g. tls.key)")
+    serving.add_argument("--health-host", default="0.0.0.0",
+                         help="address of the health port (default 0.0.0.0: the kubelet probes the Pod's IP)")
+    serving.add_argument("--health-port", type=int, default=8081,
+                         help="port serving /healthz and /readyz over plain HTTP, without authentication "
+                              "(default 8081; 0 picks a free one)")
     parser.add_argument("--observe-interval", type=float, default=15.0,
                         help="seconds between sweeps of each account and region's instances; a pool whose "
                              "instances changed is reconciled right after (default 15)")
@@ -82,6 +99,27 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         metavar="GLOB",
                         help="namespaces whose pools may buy on-demand (pay-as-you-go) instances (repeatable; "
                              "fnmatch globs, e.g. 'platform-*'); default: every namespace")
+    creds = parser.add_argument_group(
+        "credentials", "where pools' CVM credentials come from (spec.credentials), and who may use which")
+    creds.add_argument("--operator-identity", choices=("none", "pod-identity", "cvm-role"), default="none",
+                       help="the operator's own identity: TKE pod identity (the TKE_* variables the pod-identity "
+                            "webhook injects, or the chart sets), or the CAM role of the CVM it runs on; pools "
+                            "with credentials.source OperatorIdentity or Role use it (default: none)")
+    creds.add_argument("--cvm-role", default=None, metavar="NAME",
+                       help="with --operator-identity cvm-role: the role's name (default: the one bound to the CVM)")
+    creds.add_argument("--sts-endpoint", default=None, metavar="URL",
+                       help="STS for pod identity and assumed roles (default: https://sts.tencentcloudapi.com)")
+    creds.add_argument("--metadata-endpoint", default=None, metavar="URL",
+                       help="the CVM metadata service (default: http://metadata.tencentyun.com)")
+    creds.add_argument("--secret-credentials", action=argparse.BooleanOptionalAction, default=True,
+                       help="allow key pairs from Secrets (spec.credentialsSecretRef; default: on)")
+    creds.add_argument("--allow-operator-identity", action="append", default=[], metavar="NAMESPACE_GLOB",
+                       dest="operator_identity_namespaces",
+                       help="namespaces whose pools may act as the operator itself (repeatable; default: none)")
+    creds.add_argument("--allow-role", action="append", default=[], metavar="NAMESPACE_GLOB=ROLE_ARN_GLOB",
+                       dest="allowed_roles",
+                       help="roles pools of these namespaces may assume from the operator's identity "
+                            "(repeatable; e.g. 'team-a=qcs::cam::uin/*:roleName/spotpool-team-a'; default: none)")
     orphans = parser.add_argument_group(
         "orphan collector", "instances of this installation whose SpotComputeEnvironment no longer exists")
     orphans.add_argument("--orphan-release", action=argparse.BooleanOptionalAction, default=True,
@@ -138,6 +176,16 @@ def parse(argv: list[str] | None) -> OperatorConfig:
             parser.error(f"--cvm-rate-limit {item!r}: expected ACTION=PER_SECOND, e.g. RunInstances=5")
         if not action.strip() or rate_limits[action.strip()] <= 0:
             parser.error(f"--cvm-rate-limit {item!r}: the action must be named and the rate positive")
+    if (args.metrics_cert_file is None) != (args.metrics_key_file is None):
+        parser.error("--metrics-cert-file and --metrics-key-file go together")
+    if args.metrics_cert_file is not None and not args.metrics_secure:
+        parser.error("--metrics-cert-file: the metrics port serves plain HTTP (--no-metrics-secure)")
+    for flag, port in (("--metrics-port", args.metrics_port), ("--health-port", args.health_port)):
+        if not 0 <= port <= 65535:
+            parser.error(f"{flag}: {port} is not a TCP port (0 picks a free one)")
+    if args.metrics_port == args.health_port != 0:
+        parser.error(f"--metrics-port and --health-port: {args.health_port} for both; the health port is "
+                     "plain HTTP for the kubelet, the metrics port needs its own")
     if args.orphan_grace < 0:
         parser.error("--orphan-grace: must be seconds >= 0")
     try:
@@ -149,6 +197,11 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         rate_limits=rate_limits,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        metrics_secure=args.metrics_secure,
+        metrics_cert_file=args.metrics_cert_file,
+        metrics_key_file=args.metrics_key_file,
+        health_host=args.health_host,
+        health_port=args.health_port,
         observe_interval=args.observe_interval,
         offers_max_age=args.market_max_age,
         heartbeat_interval=args.heartbeat_interval,
@@ -170,12 +223,19 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         max_price=max_price,
         allowed_instance_types=tuple(args.allowed_instance_types),
         on_demand_namespaces=tuple(args.on_demand_namespaces),
+        operator_identity=args.operator_identity,
+        cvm_role=args.cvm_role,
+        sts_endpoint=args.sts_endpoint,
+        metadata_endpoint=args.metadata_endpoint,
+        secret_credentials=args.secret_credentials,
+        operator_identity_namespaces=tuple(args.operator_identity_namespaces),
+        allowed_roles=tuple(args.allowed_roles),
         orphan_release=args.orphan_release,
         orphan_grace=args.orphan_grace,
     )
     try:
         Policy.from_config(config)
-    except PolicyError as exc:
+    except (PolicyError, CredentialPolicyError) as exc:
         parser.error(str(exc))
     return config
 
@@ -196,18 +256,17 @@ def configure_logging(config: OperatorConfig) -> None:
 
 async def run(config: OperatorConfig) -> None:
     from spotpool.controller import handlers  # noqa: F401 - registers the kopf handlers
-    from spotpool.controller.health import serve
+    from spotpool.controller.health import describe, serve
     from spotpool.controller.runtime import RUNTIME
 
     RUNTIME.config = config
-    runner = await serve(RUNTIME, config.metrics_host, config.metrics_port)
-    port = runner.addresses[0][1] if runner.addresses else config.metrics_port
-    logging.getLogger(__name__).info("metrics and health on http://%s:%d", config.metrics_host, port)
+    serving = await serve(RUNTIME, config)
+    logging.getLogger(__name__).info("%s", describe(serving, config))
     try:
         # kopf installs its own SIGTERM/SIGINT handlers and stops gracefully on them.
         await kopf.operator(standalone=True, clusterwide=config.clusterwide, namespaces=config.namespaces)
     finally:
-        await runner.cleanup()
+        await serving.cleanup()
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 
 from spotpool.api.names import DEFAULT_ENDPOINT, sts_endpoint
 from spotpool.cloud.client import CvmClient
+from spotpool.cloud.credentials import CredentialProvider
 from spotpool.cloud.errors import CloudError
 from spotpool.cloud.models import (
     POSTPAID_BY_HOUR,
@@ -70,11 +71,16 @@ class AccountKey:
     secret_digest: str
 
     @classmethod
-    def of(cls, endpoint: str | None, region: str, credentials: Credentials) -> AccountKey:
-        digest = hashlib.sha256(
-            f"{credentials.secret_key}\0{credentials.token or ''}".encode()
-        ).hexdigest()[:16]
-        return cls((endpoint or DEFAULT_ENDPOINT).rstrip("/"), region, credentials.secret_id, digest)
+    def of(cls, endpoint: str | None, region: str, credentials: Credentials | CredentialProvider) -> AccountKey:
+        """A key pair by its id and a digest of its secret; a provider (temporary credentials,
+        renewed under it) by its source, which stays the same across renewals."""
+        if isinstance(credentials, Credentials):
+            secret_id = credentials.secret_id
+            material = f"{credentials.secret_key}\0{credentials.token or ''}"
+        else:
+            secret_id, material = credentials.source, credentials.rate_limit_key
+        digest = hashlib.sha256(material.encode()).hexdigest()[:16]
+        return cls((endpoint or DEFAULT_ENDPOINT).rstrip("/"), region, secret_id, digest)
 
 
 class _SingleFlight(Generic[T]):
@@ -171,7 +177,7 @@ class CloudAccess:
         self._quotas: OrderedDict[AccountKey, _SingleFlight[AccountQuota | None]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
-    def client(self, key: AccountKey, credentials: Credentials) -> CvmClient:
+    def client(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CvmClient:
         client = self._clients.get(key)
         if client is None:
             client = self._client_factory(
@@ -185,7 +191,7 @@ class CloudAccess:
         self._clients.move_to_end(key)
         return client
 
-    async def identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
+    async def identity(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CallerIdentity:
         """The account a key pair belongs to (STS GetCallerIdentity), asked once per key pair.
 
         A key pair never changes account, so the answer is kept for the process (at most
@@ -205,7 +211,7 @@ class CloudAccess:
         self._identities[key] = identity
         return identity
 
-    async def _ask_identity(self, key: AccountKey, credentials: Credentials) -> CallerIdentity:
+    async def _ask_identity(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CallerIdentity:
         sts = self._client_factory(
             credentials, key.region, sts_endpoint(key.endpoint), observer=self._observer,
             rate_limits=self._rate_limits or None, service="sts",

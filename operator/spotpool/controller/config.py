@@ -18,8 +18,17 @@ DEFAULT_LEASE_NAMESPACE = "kube-system"
 @dataclass(frozen=True)
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
+    # The metrics port (controller/health.py): HTTPS for bearer tokens allowed to get /metrics
+    # (TokenReview + SubjectAccessReview) unless metrics_secure is off (development: plain HTTP, no
+    # authentication). The certificate comes from the two files, or is self-signed at start-up.
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8080
+    metrics_port: int = 8443
+    metrics_secure: bool = True
+    metrics_cert_file: str | None = None
+    metrics_key_file: str | None = None
+    # The health port: /healthz and /readyz over plain HTTP, for the kubelet's probes.
+    health_host: str = "0.0.0.0"
+    health_port: int = 8081
     observe_interval: float = 15.0  # seconds between sweeps of an account and region's instances
     heartbeat_interval: float = 300.0  # seconds between passes of a settled pool nothing woke
     progress_interval: float = 2.0  # seconds between observations while buying or releasing
@@ -49,6 +58,15 @@ class OperatorConfig:
     max_price: Decimal | None = None
     allowed_instance_types: tuple[str, ...] = ()  # fnmatch globs; empty: any type
     on_demand_namespaces: tuple[str, ...] = ()  # fnmatch globs of namespaces that may buy on-demand; empty: all
+    # Credentials (controller/identity.py): the operator's own identity (none, pod-identity, cvm-role),
+    # and which namespaces may use which source.
+    operator_identity: str = "none"
+    cvm_role: str | None = None
+    sts_endpoint: str | None = None
+    metadata_endpoint: str | None = None
+    secret_credentials: bool = True
+    operator_identity_namespaces: tuple[str, ...] = ()
+    allowed_roles: tuple[str, ...] = ()  # NAMESPACE_GLOB=ROLE_ARN_GLOB
     # The orphan collector (controller/collector.py): instances of this installation whose pool no
     # longer exists are reported, and released after the grace unless orphan_release is off.
     orphan_release: bool = True

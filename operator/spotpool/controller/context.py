@@ -15,20 +15,23 @@ pool over a spend guard resolves, with `purchases_refused` set, so that the plan
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from spotpool.api.names import DEFAULT_ENDPOINT, SECRET_FINALIZER
-from spotpool.api.spec import EnvironmentSpec, SpecError
+from spotpool.api.spec import CredentialSource, EnvironmentSpec, SpecError
 from spotpool.cloud.client import CvmClient
+from spotpool.cloud.credentials import CredentialError, CredentialProvider
 from spotpool.cloud.errors import CloudError
+from spotpool.cloud.models import Credentials
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 from spotpool.controller.credentials import CredentialsError, SecretGuard, load_credentials
 from spotpool.controller.fencing import Fence
+from spotpool.controller.identity import IDENTITY_FLAG, Identities
 from spotpool.controller.kube import KubeApi
 from spotpool.controller.policy import Policy, PoolView
-from spotpool.planner import DroppedRecord, InflightLaunch, PoolBackoff, PoolKey
+from spotpool.planner import DroppedRecord, ErrorRecord, InflightLaunch, PoolBackoff, PoolKey
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.persistence import PersistedStatus
 
@@ -73,6 +76,10 @@ class PassContext:
     purchases_refused: tuple[str, str] | None = None
     held_ceiling: int | None = None  # the most the guards let the pool hold at once (SpendGuards.ceiling)
     on_demand_refused: str | None = None  # why the namespace may not buy on-demand (SpendGuards.on_demand_refusal)
+    # status.credentials: the source and where it comes from (never a secret)
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    # a renewal of temporary credentials that failed while the ones in hand are still good
+    credentials_error: ErrorRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ async def resolve(
     fence: Fence,
     policy: Policy | None = None,
     pools: PoolView | None = None,
+    identities: Identities | None = None,
 ) -> PassContext | Blocked:
     """`policy`: the administrator's (default: the safe `Policy()`); `pools`: every pool's claim,
     for the namespace and installation totals."""
@@ -113,17 +121,28 @@ async def resolve(
         # The account is recorded before the first purchase: without it nothing was ever bought.
         return Blocked(DegradedReason.INVALID_CONFIG, refused, spec,
                        nothing_to_release=not persisted.account and not persisted.may_own_instances)
-    if spec.secret_name is None:
-        return Blocked(DegradedReason.INVALID_CONFIG,
-                       f"spec.credentials.source {spec.credential_source.value} is not available: this operator "
-                       f"signs with key pairs from Secrets only (spec.credentialsSecretRef)", spec,
-                       nothing_to_release=not persisted.account and not persisted.may_own_instances)
+    never_bought = not persisted.account and not persisted.may_own_instances
+    refused = policy.credentials.refusal(ref.namespace, spec)
+    if refused is not None:
+        return Blocked(DegradedReason.INVALID_CONFIG, refused, spec, nothing_to_release=never_bought)
     secret = spec.secret_name
-    try:
-        credentials = await load_credentials(kube, ref.namespace, secret)
-    except CredentialsError as exc:
-        return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
-    if not deleting:
+    credentials: Credentials | CredentialProvider
+    if secret is None:
+        provider = _provider(spec, identities or Identities())
+        if provider is None:
+            return Blocked(DegradedReason.INVALID_CONFIG,
+                           f"spec.credentials.source {spec.credential_source.value} needs the operator's own identity, "
+                           f"and this operator has none ({IDENTITY_FLAG} pod-identity or cvm-role; chart value "
+                           f"credentials.operatorIdentity)", spec, nothing_to_release=never_bought)
+        credentials = provider
+        whose = provider.source
+    else:
+        try:
+            credentials = await load_credentials(kube, ref.namespace, secret)
+        except CredentialsError as exc:
+            return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
+        whose = f"Secret {ref.namespace}/{secret}"
+    if not deleting and secret is not None:
         # Before anything can be bought with it: the Secret outlives every instance it bought.
         fence()
         try:
@@ -140,14 +159,14 @@ async def resolve(
         client = cloud.client(key, credentials)
     except CloudError as exc:
         return Blocked(REASON_BY_CATEGORY[exc.category], f"{exc.code}: {exc.message} (asking who the "
-                       f"credentials in Secret {ref.namespace}/{secret} belong to)", spec)
+                       f"credentials of {whose} belong to)", spec)
     except ValueError as exc:  # CvmClient's own checks of endpoint and region: never a crash per pass
         return Blocked(DegradedReason.INVALID_CONFIG, f"cannot make a CVM client for spec.endpoint "
                        f"{endpoint[:200]!r}, region {spec.region!r}: {str(exc)[:300]}", spec)
     account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
     recorded = persisted.account
     if recorded is not None and dict(recorded) != account and persisted.may_own_instances:
-        return Blocked(*_moved(recorded, account, ref.namespace, secret), spec)
+        return Blocked(*_moved(recorded, account, whose), spec)
     guarded = None if deleting else policy.guards.refusal(
         namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
         instance_types=spec.instance_types, pools=pools, created=_created(body))
@@ -169,15 +188,42 @@ async def resolve(
         purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
         held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=_created(body)),
         on_demand_refused=policy.guards.on_demand_refusal(ref.namespace),
+        credentials=_shown(spec, whose),
+        credentials_error=_renewal_error(credentials, now),
     )
 
 
-def _moved(recorded: Mapping[str, Any], account: dict[str, str], namespace: str, secret: str) -> tuple[str, str]:
+def _shown(spec: EnvironmentSpec, whose: str) -> dict[str, str]:
+    """What status.credentials says: the source, and the Secret or the provider (its role ARN and
+    where the operator's identity comes from), bounded. Never a key, a token or an ExternalId."""
+    shown = {"source": spec.credential_source.value, "from": whose[:300]}
+    if spec.credentials is not None and spec.credentials.role_arn is not None:
+        shown["roleArn"] = spec.credentials.role_arn
+    return shown
+
+
+def _renewal_error(credentials: Credentials | CredentialProvider, now: datetime) -> ErrorRecord | None:
+    """A failed renewal the provider recorded: the pass goes on with the credentials still in hand,
+    and Degraded names the source before they run out."""
+    error = getattr(credentials, "last_error", None)
+    if not isinstance(error, CredentialError):
+        return None
+    return ErrorRecord(error.code, str(error), error.category, now)
+
+
+def _provider(spec: EnvironmentSpec, identities: Identities) -> CredentialProvider | None:
+    if spec.credential_source is CredentialSource.OPERATOR_IDENTITY:
+        return identities.operator()
+    assert spec.credentials is not None and spec.credentials.role_arn is not None
+    return identities.role(spec.credentials.role_arn, spec.credentials.external_id)
+
+
+def _moved(recorded: Mapping[str, Any], account: dict[str, str], whose: str) -> tuple[str, str]:
     if recorded.get("id") != account["id"]:
         return (DegradedReason.ACCOUNT_CHANGED,
-                f"the credentials in Secret {namespace}/{secret} belong to account {account['id']}, but this "
+                f"the credentials of {whose} belong to account {account['id']}, but this "
                 f"environment's instances were bought in account {recorded.get('id')}: buying and releasing "
-                f"nothing. Put a key pair of account {recorded.get('id')} back (rotating keys within it is "
+                f"nothing. Use credentials of account {recorded.get('id')} again (rotating keys within it is "
                 f"fine); to use another account, create a new SpotComputeEnvironment")
     field = "region" if recorded.get("region") != account["region"] else "endpoint"
     return (DegradedReason.INVALID_CONFIG,

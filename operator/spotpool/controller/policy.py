@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import httpx
 
 from spotpool.api.names import DEFAULT_ENDPOINT
+from spotpool.controller.identity import CredentialPolicy
 from spotpool.planner.persistence import current_count
 
 DEFAULT_ALLOWED_ENDPOINTS = (
@@ -329,11 +330,12 @@ class Policy:
 
     endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
     guards: SpendGuards = field(default_factory=SpendGuards)
+    credentials: CredentialPolicy = field(default_factory=CredentialPolicy)
 
     @classmethod
-    def development(cls, guards: SpendGuards | None = None) -> Policy:
+    def development(cls, guards: SpendGuards | None = None, credentials: CredentialPolicy | None = None) -> Policy:
         """Loopback endpoints allowed (the simulator on 127.0.0.1): tests, the demo, benchmarks."""
-        return cls(EndpointPolicy.permissive_loopback(), guards or SpendGuards())
+        return cls(EndpointPolicy.permissive_loopback(), guards or SpendGuards(), credentials or CredentialPolicy())
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
@@ -347,6 +349,11 @@ class Policy:
                 max_price=config.max_price,
                 instance_types=tuple(config.allowed_instance_types),
                 on_demand_namespaces=tuple(config.on_demand_namespaces),
+            ),
+            CredentialPolicy(
+                secrets=config.secret_credentials,
+                operator_identity=tuple(config.operator_identity_namespaces),
+                roles=CredentialPolicy.parse_roles(config.allowed_roles),
             ),
         )
 

@@ -35,6 +35,7 @@ from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.fencing import Fence, Leadership, NotLeader
+from spotpool.controller.identity import Identities
 from spotpool.controller.kube import Conflict, KubeApi
 from spotpool.controller.launchcheck import STATUS_FIELD, LaunchChecker
 from spotpool.controller.observer import Observer
@@ -109,6 +110,7 @@ class Reconciler:
         leadership: Leadership | None = None,
         policy: Policy | None = None,
         pools: PoolView | None = None,
+        identities: Identities | None = None,
     ) -> None:
         """Without `leadership` the reconciler always acts (one replica, or tests). `policy`: the
         administrator's endpoints and spend guards; the default, `Policy()`, is the safe one
@@ -117,6 +119,7 @@ class Reconciler:
         self._leadership = leadership
         self._policy = policy or Policy()
         self._pools = pools
+        self._identities = identities or Identities()
         self._kube = kube
         self._cloud = cloud
         self._metrics = metrics
@@ -162,7 +165,7 @@ class Reconciler:
         persisted = picture.persisted
         resolved = await resolve(body=body, persisted=persisted, kube=self._kube, cloud=self._cloud,
                                  guard=self._guard, deleting=deleting, now=now, fence=fence,
-                                 policy=self._policy, pools=self._pools)
+                                 policy=self._policy, pools=self._pools, identities=self._identities)
         if isinstance(resolved, Blocked):
             return await self._blocked(body, memory, persisted, resolved, now, deleting, fence)
         ctx = resolved
@@ -210,12 +213,13 @@ class Reconciler:
             spec=ctx.spec, generation=ctx.ref.generation, environment_label=ctx.ref.name, now=now,
             previous_conditions=[dict(c) for c in persisted.conditions], census=census,
             journal=acted.purchases.journal, sequence=acted.purchases.sequence, account=ctx.account,
-            offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error,
+            offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error or ctx.credentials_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
             purchases_refused=ctx.purchases_refused, capacity=signals, outcome=decided.capacity,
         )
         if checked is not None and checked.record is not None:
             report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
+        report = replace(report, body={**report.body, "credentials": dict(ctx.credentials)})
         fence()
         await self._reporting.write(ctx.ref, body, memory, report, now, ctx.fence)
         self._reporting.observe(ctx, memory, report)

@@ -17,6 +17,7 @@ from spotpool.controller.cloudaccess import CloudAccess
 from spotpool.controller.collector import OrphanCollector
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.fencing import Fence
+from spotpool.controller.identity import CredentialPolicyError, Identities, identities_from_config
 from spotpool.controller.kube import ClusterKubeApi
 from spotpool.controller.leadership import LeaderElector, Standalone
 from spotpool.controller.policy import IndexedPools, Policy
@@ -49,6 +50,7 @@ class Runtime:
         self.collector: OrphanCollector | None = None
         self.leadership: LeaderElector | Standalone = Standalone()
         self.kube: ClusterKubeApi | None = None
+        self.identities = Identities()
         self._secrets_watched = False
         self.pools = IndexedPools()  # every pool's claim, for the spend guards' totals
         self.ready = asyncio.Event()
@@ -98,9 +100,13 @@ class Runtime:
             on_stopped_leading=self._stopped_leading)
         self.metrics.track_leader(self.leadership.is_leader)
         self.leadership.start()
+        try:
+            self.identities = identities_from_config(self.config)
+        except CredentialPolicyError as exc:
+            raise kopf.PermanentError(str(exc)) from None
         self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event,
                                      leadership=self.leadership, policy=Policy.from_config(self.config),
-                                     pools=self.pools)
+                                     pools=self.pools, identities=self.identities)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
@@ -145,6 +151,7 @@ class Runtime:
             await self.collector.close()
         if self.cloud is not None:
             await self.cloud.close()
+        await self.identities.aclose()
 
     def wakeup(self, uid: str, namespace: str | None = None) -> asyncio.Event:
         if namespace is not None:

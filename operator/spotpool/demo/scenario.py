@@ -297,7 +297,8 @@ class Demo:
         self._install_crd()
         self._ensure_namespace(cleanup)
 
-        operator = Operator.spawn(self.run_dir.path, self.namespace, self.cluster.kubeconfig, free_port())
+        operator = Operator.spawn(self.run_dir.path, self.namespace, self.cluster.kubeconfig, free_port(),
+                                  free_port())
         cleanup.callback(self._stop_child, operator.child)
         self.operator = operator
         self.started.append(("operator", operator.child.popen))

@@ -161,6 +161,7 @@ class Simulator:
 class Operator:
     child: Child
     metrics_url: str
+    health_url: str
 
     # The operator's defaults observe a settled pool every 15 s and reuse a market read for 30 s; the
     # demo looks every 3 s so that a reclaim, a sell-out or a restock is noticed within a few seconds
@@ -170,20 +171,25 @@ class Operator:
     MARKET_MAX_AGE = 3.0
 
     @classmethod
-    def spawn(cls, run_dir: Path, namespace: str, kubeconfig: Path | None, metrics_port: int) -> Operator:
+    def spawn(cls, run_dir: Path, namespace: str, kubeconfig: Path | None, metrics_port: int,
+              health_port: int) -> Operator:
         env = {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}
         child = spawn("operator", [
-            *SPOTPOOL, "operator", f"--namespace={namespace}", "--metrics-host=127.0.0.1",
-            f"--metrics-port={metrics_port}", f"--observe-interval={cls.OBSERVE_INTERVAL}",
+            *SPOTPOOL, "operator", f"--namespace={namespace}",
+            # Development only: /metrics over plain HTTP without a token, so that the summary's
+            # `curl` works as printed; on loopback, where nobody else reaches it. (The operator's
+            # default, and the chart's, is HTTPS for a token allowed to get /metrics.)
+            "--no-metrics-secure", "--metrics-host=127.0.0.1", f"--metrics-port={metrics_port}",
+            "--health-host=127.0.0.1", f"--health-port={health_port}", f"--observe-interval={cls.OBSERVE_INTERVAL}",
             f"--progress-interval={cls.PROGRESS_INTERVAL}", f"--market-max-age={cls.MARKET_MAX_AGE}",
             "--log-level=info",
             # The demo's simulator listens on 127.0.0.1 over http: a development-only endpoint.
             "--allow-loopback-endpoints",
         ], run_dir / "operator.log", env=env)
-        return cls(child, f"http://127.0.0.1:{metrics_port}")
+        return cls(child, f"http://127.0.0.1:{metrics_port}", f"http://127.0.0.1:{health_port}")
 
     def wait_ready(self, timeout: float) -> None:
-        wait_until(lambda: http_ok(f"{self.metrics_url}/readyz"), child=self.child, timeout=timeout,
+        wait_until(lambda: http_ok(f"{self.health_url}/readyz"), child=self.child, timeout=timeout,
                    what="the operator to report /readyz")
 
 

@@ -17,7 +17,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     config = parse([])
     assert config == OperatorConfig(
-        namespaces=(), metrics_host="0.0.0.0", metrics_port=8080, observe_interval=15.0,
+        namespaces=(), metrics_host="0.0.0.0", metrics_port=8443, metrics_secure=True, metrics_cert_file=None,
+        metrics_key_file=None, health_host="0.0.0.0", health_port=8081, observe_interval=15.0,
         progress_interval=2.0, cluster_id=None, log_level="info", log_format="plain",
     )
     assert config.clusterwide
@@ -35,6 +36,28 @@ def test_every_flag() -> None:
     assert (config.observe_interval, config.progress_interval) == (7.5, 0.25)
     assert config.cluster_id == "prod-eu"
     assert (config.log_level, config.log_format) == ("debug", "json")
+
+
+def test_metrics_and_health_flags() -> None:
+    config = parse(["--no-metrics-secure", "--health-host=127.0.0.1", "--health-port=9000"])
+    assert (config.metrics_secure, config.health_host, config.health_port) == (False, "127.0.0.1", 9000)
+    config = parse(["--metrics-cert-file=/certs/tls.crt", "--metrics-key-file=/certs/tls.key"])
+    assert config.metrics_secure and (config.metrics_cert_file, config.metrics_key_file) == (
+        "/certs/tls.crt", "/certs/tls.key")
+    assert parse(["--metrics-port=0", "--health-port=0"]).health_port == 0  # both free ports: allowed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--metrics-cert-file=/c"], "go together"),
+    (["--metrics-key-file=/k"], "go together"),
+    (["--no-metrics-secure", "--metrics-cert-file=/c", "--metrics-key-file=/k"], "plain HTTP"),
+    (["--metrics-port=8081"], "for both"),
+    (["--health-port=70000"], "not a TCP port"),
+])
+def test_metrics_flags_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_all_namespaces_is_cluster_wide() -> None:
