@@ -194,3 +194,24 @@ async def test_a_renewal_that_fails_is_said_before_the_session_runs_out(tmp_path
         degraded = w.condition(TEAM, "pool", "Degraded")
         assert degraded["status"] == "True" and "assumed role" in degraded["message"], degraded
         assert len(w.owned(uid)) == 3
+
+
+async def test_a_pool_moved_from_keys_to_the_operators_identity_keeps_its_instances_and_lets_its_secret_go(
+        tmp_path: Path) -> None:
+    """The migration README describes: one edit from credentialsSecretRef to credentials of the same
+    account (here the operator's own); the instances stay, and the Secret's finalizer goes once no
+    pool names it."""
+    same_account = CredentialPolicy(operator_identity=("team",))
+    async with identity_world(tmp_path, same_account) as w:
+        w.kube.put_secret("team", "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        uid = w.kube.create("team", "pool", pool_spec(w.sim, expectedCount=2))["metadata"]["uid"]
+        await w.mark_launch_checked("team", "pool")
+        await w.settle("team", "pool")
+        assert w.kube.secrets[("team", "creds")]["finalizers"]
+        w.kube.edit_spec("team", "pool", {"credentialsSecretRef": None,
+                                          "credentials": {"source": "OperatorIdentity"}})
+        await w.settle("team", "pool")
+        assert w.bought(uid) == 2 and len(w.owned(uid)) == 2
+        assert w.status("team", "pool")["credentials"]["source"] == "OperatorIdentity"
+        assert "secret" not in w.status("team", "pool")["credentials"]
+        assert w.kube.secrets[("team", "creds")]["finalizers"] == []

@@ -233,7 +233,7 @@ class FakeKube:
 
     async def environments_naming_secret(self, namespace: str, secret: str) -> list[str]:
         return [obj["metadata"]["uid"] for (ns, _), obj in self.objects.items()
-                if ns == namespace and obj["spec"]["credentialsSecretRef"]["name"] == secret]
+                if ns == namespace and (obj["spec"].get("credentialsSecretRef") or {}).get("name") == secret]
 
     async def namespace_uid(self, name: str) -> str | None:
         return "kube-system-uid"

@@ -77,7 +77,7 @@ class PassContext:
     held_ceiling: int | None = None  # the most the guards let the pool hold at once (SpendGuards.ceiling)
     on_demand_refused: str | None = None  # why the namespace may not buy on-demand (SpendGuards.on_demand_refusal)
     # status.credentials: the source and where it comes from (never a secret)
-    credentials: Mapping[str, str] = field(default_factory=dict)
+    credentials: Mapping[str, str | None] = field(default_factory=dict)
     # a renewal of temporary credentials that failed while the ones in hand are still good
     credentials_error: ErrorRecord | None = None
 
@@ -193,13 +193,16 @@ async def resolve(
     )
 
 
-def _shown(spec: EnvironmentSpec, whose: str) -> dict[str, str]:
+def _shown(spec: EnvironmentSpec, whose: str) -> dict[str, str | None]:
     """What status.credentials says: the source, and the Secret or the provider (its role ARN and
-    where the operator's identity comes from), bounded. Never a key, a token or an ExternalId."""
-    shown = {"source": spec.credential_source.value, "from": whose[:300]}
-    if spec.credentials is not None and spec.credentials.role_arn is not None:
-        shown["roleArn"] = spec.credentials.role_arn
-    return shown
+    where the operator's identity comes from), bounded. Never a key, a token or an ExternalId.
+    Fields that do not apply are null, so that the merge patch removes what an earlier source left."""
+    return {
+        "source": spec.credential_source.value,
+        "from": whose[:300],
+        "secret": spec.secret_name,  # its finalizer is let go once the pool stops naming it
+        "roleArn": spec.credentials.role_arn if spec.credentials is not None else None,
+    }
 
 
 def _renewal_error(credentials: Credentials | CredentialProvider, now: datetime) -> ErrorRecord | None:

@@ -224,6 +224,11 @@ class Reconciler:
         await self._reporting.write(ctx.ref, body, memory, report, now, ctx.fence)
         self._reporting.observe(ctx, memory, report)
         complete = deleting and decided.deletion_complete and not acted.purchases.journal
+        # The Secret this pool signed with before, if it now signs otherwise (a move from keys to a
+        # role): its finalizer goes once no pool names it. On completion, every Secret it named.
+        left = persisted.credentials_secret
+        if left is not None and left != ctx.spec.secret_name:
+            await self._guard.release(ctx.ref.namespace, left, leaving_uid=ctx.ref.uid)
         if complete and ctx.spec.secret_name is not None:
             await self._guard.release(ctx.ref.namespace, ctx.spec.secret_name, leaving_uid=ctx.ref.uid)
         waiting = None if not deleting or complete else _deletion_wait(census, acted.purchases.journal)

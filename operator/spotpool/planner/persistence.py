@@ -188,6 +188,7 @@ class PersistedStatus:
     instances: tuple[KnownInstance, ...] = ()
     current_count: int = 0
     validated_launch_spec: str | None = None
+    credentials_secret: str | None = None  # status.credentials.secret: the Secret the last pass signed with
 
     @property
     def known_ids(self) -> frozenset[str]:
@@ -233,6 +234,7 @@ def read_status(status: Mapping[str, Any]) -> PersistedStatus:
         instances=tuple(_known_instances(status.get("instances"))),
         current_count=current_count(status),
         validated_launch_spec=validated if isinstance(validated, str) else None,
+        credentials_secret=_secret_name(status.get("credentials")),
     )
 
 
@@ -245,6 +247,14 @@ def current_count(status: Mapping[str, Any]) -> int:
 
 VALIDATED_LAUNCH_SPEC = "validatedLaunchSpec"
 """The status field naming the launch spec digest that passed its DryRun check."""
+
+
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _secret_name(credentials: Any) -> str | None:
+    name = credentials.get("secret") if isinstance(credentials, Mapping) else None
+    return name if isinstance(name, str) and len(name) <= 253 and _SECRET_NAME.fullmatch(name) else None
 
 
 def _sequence(value: Any) -> int:
