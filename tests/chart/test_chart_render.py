@@ -480,3 +480,60 @@ def test_dashboard_configmap(helm: Helm) -> None:
     assert configmap["metadata"]["namespace"] == "monitoring"
     assert configmap["metadata"]["annotations"] == {"grafana_folder": "Spot"}
     assert not find(helm.template("--set", "dashboards.enabled=false"), "ConfigMap")
+
+
+# -- credential sources (issue 19) ------------------------------------------------------------------
+
+POD_IDENTITY = ["--set", "credentialSources.operatorIdentity=pod-identity",
+                "--set", "podIdentity.roleArn=qcs::cam::uin/100000000001:roleName/spotpool-operator"]
+
+
+def test_without_secrets_the_operator_gets_no_access_to_secrets(helm: Helm) -> None:
+    for variant in ([], ["--set", "rbac.namespaces={team-a}"]):
+        objects = helm.template("--set", "credentialSources.secrets=false", *variant)
+        assert not {rule for rule in _rules(objects) if rule[1] == "secrets"}
+        assert _rules(objects) == {rule for rule in LEAST_PRIVILEGE if rule[1] != "secrets"}
+        assert "--no-secret-credentials" in operator_args(objects)
+
+
+def test_pod_identity_through_tkes_webhook_annotates_the_service_account(helm: Helm) -> None:
+    objects = helm.template(*POD_IDENTITY, "--set", "serviceAccount.annotations.team=platform")
+    assert one(objects, "ServiceAccount")["metadata"]["annotations"] == {
+        "team": "platform",
+        "tke.cloud.tencent.com/role-arn": "qcs::cam::uin/100000000001:roleName/spotpool-operator",
+        "tke.cloud.tencent.com/audience": "sts.cloud.tencent.com",
+        "tke.cloud.tencent.com/token-expiration": "86400",
+    }
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "--operator-identity=pod-identity" in operator_args(objects)
+    assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("TKE_")]  # the webhook's job
+
+
+def test_pod_identity_without_the_webhook_projects_the_token_and_sets_the_variables(helm: Helm) -> None:
+    objects = helm.template(*POD_IDENTITY, "--set", "podIdentity.webhook=false",
+                            "--set", "podIdentity.providerId=tke-cls-abc", "--set", "podIdentity.region=ap-guangzhou",
+                            "--set", "podIdentity.tokenExpiration=3600")
+    assert "annotations" not in one(objects, "ServiceAccount")["metadata"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "pod-identity-token")
+    assert env["TKE_WEB_IDENTITY_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    assert (env["TKE_REGION"], env["TKE_PROVIDER_ID"]) == ("ap-guangzhou", "tke-cls-abc")
+    assert env["TKE_ROLE_ARN"] == "qcs::cam::uin/100000000001:roleName/spotpool-operator"
+    volume = next(v for v in pod["volumes"] if v["name"] == "pod-identity-token")
+    assert volume["projected"]["sources"] == [{"serviceAccountToken": {
+        "path": "token", "audience": "sts.cloud.tencent.com", "expirationSeconds": 3600}}]
+
+
+def test_who_may_use_which_source_reaches_the_command_line(helm: Helm) -> None:
+    objects = helm.template("--set", "credentialSources.operatorIdentity=cvm-role", "--set",
+                            "credentialSources.cvmRole=spotpool-node", "--set-json",
+                            'credentialSources.allowedRoles=[{"namespace": "team-*", '
+                            '"roleArn": "qcs::cam::uin/*:roleName/spotpool-team-*"}]',
+                            "--set", "credentialSources.allowOperatorIdentity={platform}")
+    args = operator_args(objects)
+    for flag in ("--operator-identity=cvm-role", "--cvm-role=spotpool-node",
+                 "--allow-role=team-*=qcs::cam::uin/*:roleName/spotpool-team-*", "--allow-operator-identity=platform"):
+        assert flag in args
+    default = operator_args(helm.template())
+    assert not any(a.startswith(("--operator-identity", "--allow-", "--no-secret")) for a in default)

@@ -86,9 +86,11 @@ seccompProfile:
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.credentialSources.secrets }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, patch]
+{{- end }}
 {{- end }}
 
 {{/* The namespace of the leader-election Lease: leaderElection.namespace, else kube-system, which

@@ -255,7 +255,9 @@ def configure_logging(config: OperatorConfig) -> None:
 
 
 async def run(config: OperatorConfig) -> None:
-    from spotpool.controller import handlers  # noqa: F401 - registers the kopf handlers
+    from spotpool.controller import handlers  # registers the kopf handlers
+
+    handlers.register(config)
     from spotpool.controller.health import describe, serve
     from spotpool.controller.runtime import RUNTIME
 

@@ -18,6 +18,7 @@ import kopf
 
 from spotpool.api.names import FINALIZER, PREFIX
 from spotpool.controller import GROUP, PLURAL, VERSION, eventfence
+from spotpool.controller.config import OperatorConfig
 from spotpool.controller.credentials import credentials_entry
 from spotpool.controller.redaction import DELETION_WAITS, tracebacks_off_events
 from spotpool.controller.reporting import PoolMemory
@@ -56,13 +57,20 @@ async def shutdown(**_: Any) -> None:
     await RUNTIME.stop()
 
 
-@kopf.index("", "v1", "secrets")
+def register(config: OperatorConfig) -> None:
+    """Handlers that depend on the configuration. Secrets are watched only while pools may sign with
+    key pairs from them (`--secret-credentials`, the default): with them switched off the operator
+    needs, and the chart grants, no access to Secrets at all."""
+    if config.secret_credentials:
+        kopf.index("", "v1", "secrets")(credential_secrets)
+        kopf.on.event("", "v1", "secrets")(credentials_changed)
+
+
 def credential_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
     """The Secrets that hold a key pair, kept current by a watch (see `credentials_entry`)."""
     return credentials_entry(namespace, name, body)
 
 
-@kopf.on.event("", "v1", "secrets")
 def credentials_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     """A key-pair Secret changed (rotated, created, deleted): its namespace's pools look again now."""
     if type is not None and (type == "DELETED" or credentials_entry(namespace, name, body) is not None):
@@ -93,10 +101,11 @@ def _state(memo: kopf.Memo) -> tuple[PoolMemory, asyncio.Lock]:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=60.0)
 async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                    logger: kopf.Logger, credential_secrets: kopf.Index[Any, Any],
-                    spot_pools: kopf.Index[Any, Any], **_: Any) -> None:
+                    logger: kopf.Logger, spot_pools: kopf.Index[Any, Any],
+                    credential_secrets: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
     # kopf hands indices only to handlers, and starts none before every index is filled.
-    RUNTIME.watch_secrets(credential_secrets)
+    if credential_secrets is not None:
+        RUNTIME.watch_secrets(credential_secrets)
     RUNTIME.watch_pools(spot_pools)
     uid = meta["uid"]
     memory, lock = _state(memo)
@@ -124,10 +133,10 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
-async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                             credential_secrets: kopf.Index[Any, Any], spot_pools: kopf.Index[Any, Any],
-                             **_: Any) -> None:
-    RUNTIME.watch_secrets(credential_secrets)
+async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, spot_pools: kopf.Index[Any, Any],
+                             credential_secrets: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
+    if credential_secrets is not None:
+        RUNTIME.watch_secrets(credential_secrets)
     RUNTIME.watch_pools(spot_pools)
     await _await_leading()
     assert RUNTIME.reconciler is not None

@@ -228,9 +228,9 @@ class Reconciler:
         # role): its finalizer goes once no pool names it. On completion, every Secret it named.
         left = persisted.credentials_secret
         if left is not None and left != ctx.spec.secret_name:
-            await self._guard.release(ctx.ref.namespace, left, leaving_uid=ctx.ref.uid)
+            await self._let_go(ctx.ref.namespace, left, ctx.ref.uid)
         if complete and ctx.spec.secret_name is not None:
-            await self._guard.release(ctx.ref.namespace, ctx.spec.secret_name, leaving_uid=ctx.ref.uid)
+            await self._let_go(ctx.ref.namespace, ctx.spec.secret_name, ctx.ref.uid)
         waiting = None if not deleting or complete else _deletion_wait(census, acted.purchases.journal)
         return Outcome(progressing=report.progressing or decided.acts or (deleting and not complete),
                        deletion_complete=complete, awaiting_spot=not deleting and _awaits_spot(ctx.spec, report),
@@ -339,6 +339,12 @@ class Reconciler:
             self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
         return released, None
 
+    async def _let_go(self, namespace: str, secret: str, uid: str) -> None:
+        """The Secret's finalizer goes once no pool names it. With Secrets switched off
+        (`--no-secret-credentials`) the operator has no access to Secrets and added no finalizer."""
+        if self._policy.credentials.secrets:
+            await self._guard.release(namespace, secret, leaving_uid=uid)
+
     async def _blocked(self, body: Mapping[str, Any], memory: PoolMemory, persisted: PersistedStatus,
                        blocked: Blocked, now: datetime, deleting: bool, fence: Fence) -> Outcome:
         """No plan can be made: report why, from the same builder as every other status."""
@@ -348,7 +354,7 @@ class Reconciler:
             # Secret's finalizer, in case an earlier pass had added it.
             fence()
             if blocked.spec.secret_name is not None:
-                await self._guard.release(ref.namespace, blocked.spec.secret_name, leaving_uid=ref.uid)
+                await self._let_go(ref.namespace, blocked.spec.secret_name, ref.uid)
             return Outcome(progressing=False, deletion_complete=True)
         if deleting and persisted.deleted_already:
             return Outcome(progressing=False, deletion_complete=True)

@@ -54,3 +54,24 @@ async def test_a_standby_that_comes_to_lead_starts_again_from_a_fresh_body(leade
     leadership.leading.set()
     with pytest.raises(kopf.TemporaryError):
         await asyncio.wait_for(waiting, timeout=5)
+
+
+@pytest.mark.parametrize("secrets", [True, False])
+def test_secrets_are_watched_only_while_pools_may_sign_with_them(monkeypatch: pytest.MonkeyPatch,
+                                                                 secrets: bool) -> None:
+    """With --no-secret-credentials the operator needs (and the chart grants) no access to Secrets:
+    nothing may list or watch them."""
+    from spotpool.controller.config import OperatorConfig
+
+    watched: list[str] = []
+
+    def recorder(kind: str) -> object:
+        def decorator(group: str, version: str, plural: str, **_: object) -> object:
+            watched.append(f"{kind} {plural}")
+            return lambda fn: fn
+        return decorator
+
+    monkeypatch.setattr(kopf, "index", recorder("index"))
+    monkeypatch.setattr(kopf.on, "event", recorder("event"))
+    handlers.register(OperatorConfig(secret_credentials=secrets))
+    assert watched == (["index secrets", "event secrets"] if secrets else [])
