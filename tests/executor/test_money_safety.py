@@ -13,6 +13,8 @@ bug: each scenario makes the plan differ (a second scale, a new term's edits).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -372,12 +374,22 @@ async def test_the_collector_releases_instances_of_a_pool_whose_finalizer_was_re
 
 # -- a key that cannot see what it buys ----------------------------------------------------------------
 
-def _hidden_world_config() -> Any:
-    """The simulator with team B's key restricted (CAM) to instances tagged team=b."""
-    return simulator_config().with_overrides({"credentials": [
+@asynccontextmanager
+async def hidden_key_pool() -> AsyncIterator[tuple[World, str]]:
+    """A pool of 2 in team-b whose key CAM restricts to instances tagged team=b, which the pool
+    does not put on what it buys; the World and the pool's uid."""
+    config = simulator_config().with_overrides({"credentials": [
         *[c.model_dump() for c in simulator_config().credentials],
         {"secret_id": TEAM_B[0], "secret_key": TEAM_B[1], "visible_tags": {"team": "b"}},
     ]})
+    clock = FakeClock()
+    async with run_simulator(config, clock=clock) as sim:
+        w = World(sim, clock)
+        try:
+            w.kube.put_secret("team-b", "creds", *TEAM_B)
+            yield w, w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
+        finally:
+            await w.close()
 
 
 async def test_a_key_that_cannot_see_what_it_buys_never_buys_again_for_it() -> None:
@@ -386,21 +398,14 @@ async def test_a_key_that_cannot_see_what_it_buys_never_buys_again_for_it() -> N
     bought again every pass (300 for 2 in 150 passes, found by the stateful machine's author). An id
     no observation ever showed is not gone on a look-up's word: it stays counted, past the 10-minute
     grace too, and Degraded InstancesNotVisible says why and what to change."""
-    clock = FakeClock()
-    async with run_simulator(_hidden_world_config(), clock=clock) as sim:
-        w = World(sim, clock)
-        try:
-            w.kube.put_secret("team-b", "creds", *TEAM_B)
-            uid = w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
-            for _ in range(80):  # 20 simulated minutes: twice the grace
-                await w.reconcile("team-b", NAME)
-                clock.advance(15)
-            assert w.bought(uid) == 2, f"bought {w.bought(uid)} for 2"
-            degraded = w.condition("team-b", NAME, "Degraded")
-            assert degraded["reason"] == "InstancesNotVisible" and "spec.tags" in degraded["message"]
-            assert len(w.status("team-b", NAME)["inflightLaunches"]) == 1
-        finally:
-            await w.close()
+    async with hidden_key_pool() as (w, uid):
+        for _ in range(80):  # 20 simulated minutes: twice the grace
+            await w.reconcile("team-b", NAME)
+            w.clock.advance(15)
+        assert w.bought(uid) == 2, f"bought {w.bought(uid)} for 2"
+        degraded = w.condition("team-b", NAME, "Degraded")
+        assert degraded["reason"] == "InstancesNotVisible" and "spec.tags" in degraded["message"]
+        assert len(w.status("team-b", NAME)["inflightLaunches"]) == 1
 
 
 async def test_a_deletion_never_completes_on_a_look_up_that_cannot_see_the_pools_instances() -> None:
@@ -408,28 +413,21 @@ async def test_a_deletion_never_completes_on_a_look_up_that_cannot_see_the_pools
     deletion completed at once with them running. Now it waits and says why; it releases nothing by
     id (nothing proves an unseen id the pool's), and once the policy lets the key see them, it
     releases them and completes."""
-    clock = FakeClock()
-    async with run_simulator(_hidden_world_config(), clock=clock) as sim:
-        w = World(sim, clock)
-        try:
-            w.kube.put_secret("team-b", "creds", *TEAM_B)
-            uid = w.kube.create("team-b", NAME, pool_spec(sim, expectedCount=2))["metadata"]["uid"]
-            for _ in range(3):
-                await w.reconcile("team-b", NAME)
-                clock.advance(5)
-            w.kube.delete("team-b", NAME)
-            for _ in range(12):
-                outcome = await w.reconcile("team-b", NAME)
-                assert outcome is not None and not outcome.deletion_complete, "completed with 2 running"
-                clock.advance(5)
-            assert len(w.owned(uid)) == 2
-            assert outcome.waiting is not None and "cannot find them" in outcome.waiting
-            assert not [c for c in sim.simulator.ledger.entries("TerminateInstances")]
-            sim.simulator.market._visible_tags.pop(TEAM_B[0])  # the administrator widens the policy
-            took = await w.settle("team-b", NAME, passes=40, step=5)
-            assert ("team-b", NAME) not in w.kube.objects and w.owned(uid) == [], took
-        finally:
-            await w.close()
+    async with hidden_key_pool() as (w, uid):
+        for _ in range(3):
+            await w.reconcile("team-b", NAME)
+            w.clock.advance(5)
+        w.kube.delete("team-b", NAME)
+        for _ in range(12):
+            outcome = await w.reconcile("team-b", NAME)
+            assert outcome is not None and not outcome.deletion_complete, "completed with 2 running"
+            w.clock.advance(5)
+        assert len(w.owned(uid)) == 2
+        assert outcome.waiting is not None and "cannot find them" in outcome.waiting
+        assert not [c for c in w.sim.simulator.ledger.entries("TerminateInstances")]
+        w.sim.simulator.market._visible_tags.pop(TEAM_B[0])  # the administrator widens the policy
+        took = await w.settle("team-b", NAME, passes=40, step=5)
+        assert ("team-b", NAME) not in w.kube.objects and w.owned(uid) == [], took
 
 
 async def test_instances_released_before_any_sweep_listed_them_do_not_hold_a_deletion_after_a_restart() -> None:
