@@ -53,6 +53,7 @@ class Pools:
             "endpoint": self.simulator.url,
             **spec,
         }
+        body = {key: value for key, value in body.items() if value is not None}  # None: leave the field out
         manifest = {"apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
                     "metadata": {"name": name, "namespace": self.namespace}, "spec": body}
         self.kubectl.apply(json.dumps(manifest))
