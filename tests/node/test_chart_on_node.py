@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from spotpool.controller.leadership import lease_name
@@ -25,6 +26,15 @@ from tests.chart.helm import CHART
 from tests.conftest import CRD_NAME, REPO
 from tests.e2e.conftest import Pools
 from tests.node.conftest import NETWORK, NodeCluster, OperatorImage
+from tests.support.identity import (
+    AUDIENCE,
+    EXTERNAL_ID,
+    OPERATOR_ROLE_ARN,
+    PROVIDER_ID,
+    TEAM_ACCOUNT,
+    TEAM_ROLE_ARN,
+    identity_config,
+)
 from tests.support.kube import unique_name, wait_for
 from tests.support.processes import SimulatorProcess, simulator_config
 from tests.support.prometheus import PrometheusProcess
@@ -321,3 +331,63 @@ def test_kustomize_deploy_runs_the_operator_on_a_real_node_and_reconciles(
     kubectl.run("delete", "-k", str(REPO / "deploy"), "--wait=true", timeout=180)
     wait_for(lambda: kubectl.get("namespace", "spotpool-system") is None, timeout=120,
              what="the spotpool-system namespace to be deleted")
+
+
+def test_an_operator_pod_with_pod_identity_and_no_secret_access_buys_in_a_teams_role(
+    node_cluster: NodeCluster, operator_image: OperatorImage, tmp_path: Path
+) -> None:
+    """Issue 19 on a real node: the chart with `credentialSources.secrets: false` (no Secret RBAC,
+    no Secret watch) and TKE pod identity without the webhook (the chart projects a ServiceAccount
+    token for STS's audience and sets the TKE_* variables). The operator pod exchanges its token at
+    the simulator's STS, which checks it against this cluster's JWKS and the operator role's trust
+    in exactly this ServiceAccount, assumes the team's role, and buys in the team's account."""
+    cluster, kubectl, helm = node_cluster, node_cluster.kubectl, node_cluster.helm
+    namespace, release, account = unique_name("spotpool"), unique_name("sp"), "spotpool-operator"
+    kubectl.run("create", "namespace", namespace)
+    probe = kubectl.run("create", "token", "default", f"--namespace={namespace}", f"--audience={AUDIENCE}").stdout
+    issuer = jwt.decode(probe.strip(), options={"verify_signature": False})["iss"]
+    jwks = json.loads(kubectl.run("get", "--raw", "/openid/v1/jwks").stdout)
+    base = simulator_config()
+    base = base.model_copy(update={"api": base.api.model_copy(update={"allow_remote_control": True})})
+    config = identity_config(base, issuer_url=issuer, jwks=jwks,
+                             subjects=[f"system:serviceaccount:{namespace}:{account}"])
+    sim = SimulatorProcess(tmp_path / "identity-simulator", config, host=NETWORK.gateway).start()
+    pool_namespace = unique_name("pools")
+    try:
+        helm.run("install", release, CHART, f"--namespace={namespace}", "--set", f"operator.clusterId={release}",
+                 "--set-json", json.dumps([sim.url]).join(("endpoints.allowed=", "")),
+                 "--set", "endpoints.allowInsecure=true", "--set", f"serviceAccount.name={account}",
+                 "--set", "credentialSources.operatorIdentity=pod-identity", "--set", "credentialSources.secrets=false",
+                 "--set", f"credentialSources.stsEndpoint={sim.url}",
+                 "--set-json", json.dumps([{"namespace": pool_namespace, "roleArn": "qcs::cam::uin/*:roleName/team-*"}])
+                 .join(("credentialSources.allowedRoles=", "")),
+                 "--set", "podIdentity.webhook=false", "--set", f"podIdentity.roleArn={OPERATOR_ROLE_ARN}",
+                 "--set", f"podIdentity.providerId={PROVIDER_ID}", "--set", "podIdentity.region=ap-guangzhou",
+                 "--wait", f"--timeout={POD_TIMEOUT}s", timeout=POD_TIMEOUT + 60)
+        deployment = kubectl.json("get", "deployment", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
+        wait_pods_ready(cluster, namespace, release, deployment["items"][0]["spec"]["replicas"])
+        who = f"system:serviceaccount:{namespace}:{account}"
+        for verb in ("get", "list", "watch", "patch"):
+            allowed = kubectl.run("auth", "can-i", verb, "secrets", "--all-namespaces", f"--as={who}", check=False)
+            assert allowed.stdout.strip() == "no", f"{verb} secrets: {allowed.stdout}"
+
+        kubectl.run("create", "namespace", pool_namespace)
+        wait_for(lambda: kubectl.get("serviceaccount", "default", pool_namespace), timeout=30,
+                 what=f"namespace {pool_namespace} to be set up")
+        pools = Pools(kubectl, pool_namespace, sim)
+        pools.create("farm", expectedCount=2, credentialsSecretRef=None,
+                     credentials={"source": "Role", "roleArn": TEAM_ROLE_ARN, "externalId": EXTERNAL_ID})
+        farm = pools.wait_ready("farm", 2, timeout=120)
+        uid = farm["metadata"]["uid"]
+        assert farm["status"]["account"]["id"] == TEAM_ACCOUNT
+        assert {i["accountId"] for i in sim.instances() if i["tags"].get("spotpool.io/environment-uid") == uid} \
+            == {TEAM_ACCOUNT}
+        assert [c for c in sim.calls("AssumeRoleWithWebIdentity") if c["errorCode"] is None]
+        pools.delete("farm", timeout=120)
+        assert sim.alive(uid) == []
+        helm.run("uninstall", release, f"--namespace={namespace}", "--wait", f"--timeout={POD_TIMEOUT}s",
+                 timeout=POD_TIMEOUT + 60)
+        kubectl.run("delete", "lease", lease_name(release), "-n", "kube-system", check=False)
+    finally:
+        sim.stop()
+        kubectl.run("delete", "namespace", pool_namespace, namespace, "--wait=false", check=False)
