@@ -7,11 +7,9 @@ names a Secret is refused, and so is a pool naming a role its namespace was not 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-import jwt
 import pytest
 
 from tests.conftest import Cluster
@@ -23,7 +21,7 @@ from tests.support.identity import (
     PROVIDER_ID,
     TEAM_ACCOUNT,
     TEAM_ROLE_ARN,
-    identity_config,
+    trusting_apiserver,
 )
 from tests.support.kube import wait_for
 from tests.support.processes import OperatorProcess, SimulatorProcess, simulator_config
@@ -42,10 +40,8 @@ def identity_simulator(cluster: Cluster, namespace: str, tmp_path: Path) -> tupl
                                 f"--audience={AUDIENCE}", "--duration=1h").stdout.strip()
     token_file = tmp_path / "token"
     token_file.write_text(token)
-    issuer = jwt.decode(token, options={"verify_signature": False})["iss"]
-    jwks = json.loads(cluster.kubectl.run("get", "--raw", "/openid/v1/jwks").stdout)
-    config = identity_config(simulator_config(), issuer_url=issuer, jwks=jwks,
-                             subjects=[f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"])
+    config = trusting_apiserver(simulator_config(), cluster.kubectl, token,
+                                f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}")
     sim = SimulatorProcess(tmp_path / "identity-simulator", config=config).start()
     yield sim, token_file
     sim.stop()

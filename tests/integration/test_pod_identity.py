@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 import yaml
 
@@ -32,7 +31,7 @@ from tests.support.identity import (
     PROVIDER_ID,
     TEAM_ACCOUNT,
     TEAM_ROLE_ARN,
-    identity_config,
+    trusting_apiserver,
 )
 
 pytestmark = pytest.mark.cluster
@@ -69,14 +68,11 @@ def apiserver(cluster: Cluster, tmp_path: Path) -> tuple[str, Path]:
 def pod_identity_config(cluster: Cluster, namespace: str, token: str, **source: Any) -> SimulatorConfig:
     """The simulator trusting the apiserver's service-account issuer (the `iss` its tokens carry)
     for the operator role, with this namespace's ServiceAccount as the trusted subject."""
-    issuer = jwt.decode(token, options={"verify_signature": False})["iss"]
-    if not source:
-        source = {"jwks": json.loads(cluster.kubectl.run("get", "--raw", "/openid/v1/jwks").stdout)}
     base = SimulatorConfig.default().with_overrides(
         {"seed": 11, "lifecycle": {"boot_delay_seconds": 0.2, "terminate_delay_seconds": 0.2},
          "sts": {"min_duration_seconds": 1}})
-    return identity_config(base, issuer_url=issuer,
-                           subjects=[f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"], **source)
+    return trusting_apiserver(base, cluster.kubectl, token, f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}",
+                              **source)
 
 
 def provider_of(sim: RunningSimulator, token_file: Path, **kwargs: Any) -> WebIdentityProvider:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 
 from spotpool.controller.leadership import lease_name
@@ -33,7 +32,7 @@ from tests.support.identity import (
     PROVIDER_ID,
     TEAM_ACCOUNT,
     TEAM_ROLE_ARN,
-    identity_config,
+    trusting_apiserver,
 )
 from tests.support.kube import unique_name, wait_for
 from tests.support.processes import SimulatorProcess, simulator_config
@@ -345,12 +344,9 @@ def test_an_operator_pod_with_pod_identity_and_no_secret_access_buys_in_a_teams_
     namespace, release, account = unique_name("spotpool"), unique_name("sp"), "spotpool-operator"
     kubectl.run("create", "namespace", namespace)
     probe = kubectl.run("create", "token", "default", f"--namespace={namespace}", f"--audience={AUDIENCE}").stdout
-    issuer = jwt.decode(probe.strip(), options={"verify_signature": False})["iss"]
-    jwks = json.loads(kubectl.run("get", "--raw", "/openid/v1/jwks").stdout)
     base = simulator_config()
     base = base.model_copy(update={"api": base.api.model_copy(update={"allow_remote_control": True})})
-    config = identity_config(base, issuer_url=issuer, jwks=jwks,
-                             subjects=[f"system:serviceaccount:{namespace}:{account}"])
+    config = trusting_apiserver(base, kubectl, probe.strip(), f"system:serviceaccount:{namespace}:{account}")
     sim = SimulatorProcess(tmp_path / "identity-simulator", config, host=NETWORK.gateway).start()
     pool_namespace = unique_name("pools")
     try:

@@ -125,6 +125,17 @@ def identity_config(
     })
 
 
+def trusting_apiserver(base: SimulatorConfig, kubectl: Any, token: str, subject: str,
+                       **source: Any) -> SimulatorConfig:
+    """`identity_config` whose OIDC issuer is a real kube-apiserver: the `iss` its ServiceAccount
+    tokens carry (read from `token`), its JWKS read from /openid/v1/jwks unless `source` says
+    otherwise (`jwks_url=...`), and `subject` (system:serviceaccount:NS:NAME) the one trusted."""
+    issuer = jwt.decode(token, options={"verify_signature": False})["iss"]
+    if not source:
+        source = {"jwks": json.loads(kubectl.run("get", "--raw", "/openid/v1/jwks").stdout)}
+    return identity_config(base, issuer_url=issuer, subjects=[subject], **source)
+
+
 class FakeClock:
     """Unix seconds that move only when told (the simulator and the client share it)."""
 

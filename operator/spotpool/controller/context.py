@@ -115,13 +115,12 @@ async def resolve(
         spec = EnvironmentSpec.from_k8s(body.get("spec") or {})
     except SpecError as exc:
         return Blocked(DegradedReason.INVALID_CONFIG, str(exc))
+    # The account is recorded before the first purchase: without it nothing was ever bought.
+    never_bought = not persisted.account and not persisted.may_own_instances
     refused = policy.endpoints.refusal(spec.endpoint or DEFAULT_ENDPOINT, spec.region)
     if refused is not None:
         # Before the Secret is read or any request is sent: the endpoint would get a signed request.
-        # The account is recorded before the first purchase: without it nothing was ever bought.
-        return Blocked(DegradedReason.INVALID_CONFIG, refused, spec,
-                       nothing_to_release=not persisted.account and not persisted.may_own_instances)
-    never_bought = not persisted.account and not persisted.may_own_instances
+        return Blocked(DegradedReason.INVALID_CONFIG, refused, spec, nothing_to_release=never_bought)
     refused = policy.credentials.refusal(ref.namespace, spec)
     if refused is not None:
         return Blocked(DegradedReason.INVALID_CONFIG, refused, spec, nothing_to_release=never_bought)
@@ -133,7 +132,7 @@ async def resolve(
             return Blocked(DegradedReason.INVALID_CONFIG,
                            f"spec.credentials.source {spec.credential_source.value} needs the operator's own identity, "
                            f"and this operator has none ({IDENTITY_FLAG} pod-identity or cvm-role; chart value "
-                           f"credentials.operatorIdentity)", spec, nothing_to_release=never_bought)
+                           f"credentialSources.operatorIdentity)", spec, nothing_to_release=never_bought)
         credentials = provider
         whose = provider.source
     else:
@@ -167,9 +166,10 @@ async def resolve(
     recorded = persisted.account
     if recorded is not None and dict(recorded) != account and persisted.may_own_instances:
         return Blocked(*_moved(recorded, account, whose), spec)
+    created = _created(body)
     guarded = None if deleting else policy.guards.refusal(
         namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
-        instance_types=spec.instance_types, pools=pools, created=_created(body))
+        instance_types=spec.instance_types, pools=pools, created=created)
     return PassContext(
         ref=ref,
         body=body,
@@ -186,7 +186,7 @@ async def resolve(
         now=now,
         fence=fence,
         purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
-        held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=_created(body)),
+        held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=created),
         on_demand_refused=policy.guards.on_demand_refusal(ref.namespace),
         credentials=_shown(spec, whose),
         credentials_error=_renewal_error(credentials, now),

@@ -34,6 +34,13 @@ from typing import Any
 from spotpool.api.spec import CredentialSource, EnvironmentSpec
 from spotpool.cloud.credentials import CredentialError, CredentialProvider
 from spotpool.cloud.models import Credentials
+from spotpool.cloud.providers import (
+    DEFAULT_METADATA_ENDPOINT,
+    DEFAULT_STS_ENDPOINT,
+    AssumeRoleProvider,
+    CvmRoleProvider,
+    WebIdentityProvider,
+)
 from spotpool.controller.redaction import REDACTOR
 
 log = logging.getLogger(__name__)
@@ -185,14 +192,6 @@ def identities_from_config(config: Any) -> Identities:
     """The operator's identity as `--operator-identity` says, with roles assumed from it through
     `--sts-endpoint`. Raises `CredentialPolicyError` when pod identity is asked for and the TKE_*
     variables are missing (a startup error that names them)."""
-    from spotpool.cloud.providers import (
-        DEFAULT_METADATA_ENDPOINT,
-        DEFAULT_STS_ENDPOINT,
-        AssumeRoleProvider,
-        CvmRoleProvider,
-        WebIdentityProvider,
-    )
-
     sts = config.sts_endpoint or DEFAULT_STS_ENDPOINT
     base: CredentialProvider
     if config.operator_identity == "none":
