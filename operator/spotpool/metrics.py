@@ -28,7 +28,9 @@ POOL_LABELS = (*ENV_LABELS, "zone", "instance_type")
 # large pool can take many minutes when the market is tight.
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup", "ReturnToSpot")
+RELEASE_REASONS = ("ScaleIn", "Delete", "Cleanup", "ReturnToSpot", "Drifted", "Expired")
+DISRUPTION_REASONS = ("Drifted", "Expired", "ReturnToSpot")
+"""Voluntary disruptions (`spotpool_disruptions_total`): replaced once their replacement ran."""
 CAPACITY_SERIES = (("spot", "spot"), ("on-demand", "base"), ("on-demand", "fallback"))
 """(capacity_type, role) of spotpool_environment_capacity_instances, in `capacity` order."""
 INTERRUPTION_KINDS = ("lost", "launch_failed")
@@ -76,6 +78,15 @@ class Metrics:
         self.returns = Counter("spotpool_returns_to_spot_total",
                                "Fallback on-demand instances released once a spot replacement ran.",
                                ENV_LABELS, registry=r)
+        self.disruptions = Counter("spotpool_disruptions_total",
+                                   "Running instances released voluntarily once their replacement ran, by reason "
+                                   "(Drifted, Expired, ReturnToSpot).", (*ENV_LABELS, "reason"), registry=r)
+        self.drifted = Gauge("spotpool_environment_drifted_instances",
+                             "Alive instances that differ from the spec in a field spec.disruption.drift "
+                             "replaces.", ENV_LABELS, registry=r)
+        self.updated = Gauge("spotpool_environment_updated_instances",
+                             "Alive instances that match the current spec (status.updatedCount).", ENV_LABELS,
+                             registry=r)
         self.ready = Gauge("spotpool_environment_ready",
                            "1 when every expected instance is running, else 0.", ENV_LABELS, registry=r)
         self.degraded = Gauge("spotpool_environment_degraded",
@@ -98,7 +109,8 @@ class Metrics:
                                 "RunInstances calls the cloud refused, by Tencent error code.",
                                 (*POOL_LABELS, "code"), registry=r)
         self.releases = Counter("spotpool_instance_releases_total",
-                                "Instances released by spotpool, by reason (ScaleIn, Delete, Cleanup).",
+                                "Instances released by spotpool, by reason (ScaleIn, Delete, Cleanup, ReturnToSpot, "
+                                "Drifted, Expired).",
                                 (*ENV_LABELS, "reason"), registry=r)
         self.interruptions = Counter("spotpool_instance_interruptions_total",
                                      "Instances lost without spotpool releasing them: reclaimed or released "
@@ -163,9 +175,12 @@ class Metrics:
         capacity: tuple[int, int, int] = (0, 0, 0),
         max_hourly_cost: float | None = None,
         spot_short: bool = False,
+        drifted: int = 0,
+        updated: int = 0,
     ) -> None:
         """Set every gauge of one environment; `pools` yields (zone, type, running, pending, price);
-        `capacity` is (spot, on-demand base, on-demand fallback) alive."""
+        `capacity` is (spot, on-demand base, on-demand fallback) alive; `drifted` and `updated`
+        are alive instances that differ from the spec (in a field that replaces) and that match it."""
         env = (namespace, name)
         for (capacity_type, role), count in zip(CAPACITY_SERIES, capacity, strict=True):
             self.capacity.labels(*env, capacity_type, role).set(count)
@@ -177,6 +192,10 @@ class Metrics:
         self.spot_short.labels(*env).set(1 if spot_short else 0)
         self.fallbacks.labels(*env)
         self.returns.labels(*env)
+        for reason in DISRUPTION_REASONS:
+            self.disruptions.labels(*env, reason)
+        self.drifted.labels(*env).set(drifted)
+        self.updated.labels(*env).set(updated)
         self.expected.labels(*env).set(expected)
         self.current.labels(*env).set(current)
         self.running.labels(*env).set(running)
@@ -206,6 +225,7 @@ class Metrics:
             self.degraded, self.pool_instances, self.market_price, self.max_price, self.launches,
             self.refusals, self.releases, self.interruptions, self.time_to_fulfil, self.reconcile_errors,
             self.max_hourly_cost, self.capacity, self.spot_short, self.fallbacks, self.returns,
+            self.disruptions, self.drifted, self.updated,
         )
         for metric in per_environment:
             for labels in list(_label_sets(metric)):

@@ -9,7 +9,9 @@ reclaims; cloud faults (errors, and RunInstances calls that buy but whose answer
 terminations that CVM accepts and then fails; listing pages that skip an instance (offset paging
 under churn); a tag index that lags (0, 30 or 600 s, chosen per run); crashes at every failpoint;
 failures the process survives (a failpoint raising, a status write that fails before or after it
-landed), followed at once by a scale or a reclaim; deletion.
+landed), followed at once by a scale or a reclaim; spec changes that drift instances (a new image,
+zones and types dropped); expiry switched on and hours passing (instances expire, CVM timers
+fire); deletion.
 
 Around the pool under test (`team/pool`): up to two more pools of its key pair (one sweep for
 all), a pool of another team's key pair of the same account that may see only its own
@@ -19,9 +21,9 @@ skewed page matters. The operator runs as one replica, as two replicas under a l
 landing after the new leader acted), or as two installations without an election acting on the
 same pools, in turn or concurrently in one step.
 
-The only purchases beyond a deficit are the return's spot replacements: at most `maxInFlight` a
-pass (or a step of concurrent passes), and, each time the return is switched on, never more than
-the on-demand instances bought.
+The only purchases beyond a deficit are replacements: the return's (at most `maxInFlight` a pass,
+and, each time the return is switched on, never more than the on-demand instances bought) and
+those of drifted and expired instances (within the disruption budget, each instance once).
 `SPOTPOOL_STATEFUL_EXAMPLES` (default 200) and `SPOTPOOL_STATEFUL_STEPS` (rules per example, default
 25) deepen the search for long runs.
 """
@@ -37,6 +39,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from spotpool.api.names import OWNER_UID_TAG
 from spotpool.controller import failpoints
 from spotpool.simulator import run_simulator
 from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
@@ -58,6 +61,7 @@ TEAM_B_NS = "team-b"
 TEAM_B = ("AKIDTEAMBKEY000000000000000000000000", "teamBSecretKey00000000000000000000")
 EXAMPLES = int(os.environ.get("SPOTPOOL_STATEFUL_EXAMPLES", "200"))
 STEPS = int(os.environ.get("SPOTPOOL_STATEFUL_STEPS", "25"))
+IMAGES = ("img-pmqg1cw7", "img-8toqc6s3")
 POOL = st.integers(0, 3)  # which pool a rule acts on (modulo the pools of the run; 0 is team/pool)
 
 
@@ -116,6 +120,8 @@ class Pool:
     returning: bool = False  # the return to spot is on
     returns: int = 0  # times it was switched on: each time may replace every on-demand instance once
     fallback: bool = False  # spec.onDemand.fallback is set: it fills even with spot sold out
+    drifts: int = 0  # instances alive when a spec change drifted them: each may be replaced once
+    expiring: bool = False  # spec.disruption.expireAfter was set: every instance past it may be replaced once
 
     @property
     def key(self) -> tuple[str, str]:
@@ -127,9 +133,16 @@ class Pool:
         return 0 if self.deleted or self.paused else self.expected
 
     @property
+    def surge(self) -> int:
+        """Replacements a pool may hold beyond its count: the return's maxInFlight, or the default
+        disruption budget for drift and expiry (10% of expectedCount, rounded up), whichever is
+        larger (both count what the pool holds beyond expectedCount as in flight)."""
+        return max(self.budget, -(-self.expected // 10))
+
+    @property
     def ceiling(self) -> int:
-        """The count plus the return's surge (nothing once a deletion began)."""
-        return 0 if self.deleted else self.expected + self.budget
+        """The count plus the surge (nothing once a deletion began)."""
+        return 0 if self.deleted else self.expected + self.surge
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -260,9 +273,39 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(which=POOL, zones=st.sets(st.sampled_from(ZONES), min_size=1),
           types=st.sets(st.sampled_from(TYPES), min_size=1))
     def change_pools(self, which: int, zones: set[str], types: set[str]) -> None:
+        """Instances of zones and types the spec drops have drifted: replaced surge-first."""
         pool = self.pick(which)
         if not pool.deleted:
+            pool.drifts += self.held(pool.uid)
             self.kube.edit_spec(pool.namespace, pool.name, {"zones": sorted(zones), "instanceTypes": sorted(types)})
+            pool.top = max(pool.top, pool.ceiling)
+
+    @rule(which=POOL, image=st.sampled_from(IMAGES))
+    def change_image(self, which: int, image: str) -> None:
+        """A new image drifts every instance bought with another: each is replaced once."""
+        pool = self.pick(which)
+        if not pool.deleted:
+            pool.drifts += self.held(pool.uid)
+            self.kube.edit_spec(pool.namespace, pool.name, {"imageId": image})
+            pool.top = max(pool.top, pool.ceiling)
+
+    @rule(which=POOL)
+    def expire(self, which: int) -> None:
+        """Instances older than an hour are replaced; each carries a CVM timer 2 h later."""
+        pool = self.pick(which)
+        if not pool.deleted:
+            pool.expiring = True
+            self.kube.edit_spec(pool.namespace, pool.name, {"disruption": {"expireAfter": "1h"}})
+
+    @rule(hours=st.integers(1, 3))
+    def age(self, hours: int) -> None:
+        """Time passes (the operator asleep): instances expire, timers fire; then a round."""
+        self.clock.advance(hours * 3600)
+        self.round(5)
+
+    def held(self, uid: str) -> int:
+        """Instances of the pool that may yet run: alive, or back from a failed termination."""
+        return sum(1 for i in self.instances(uid) if i.alive or i.returns_to is not None)
 
     @rule(which=POOL, paused=st.booleans())
     def pause(self, which: int, paused: bool) -> None:
@@ -501,7 +544,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def check_purchases(self, pool: Pool, room: int, before: int) -> None:
         created = self.bought(pool.uid) - before
-        assert created <= room + pool.budget, (
+        assert created <= room + pool.surge, (
             f"{pool.namespace}/{pool.name}: bought {created} with only {room} missing")
 
     def acting(self) -> list[World]:
@@ -585,6 +628,8 @@ class PoolMachine(RuleBasedStateMachine):
             # Spot replacements replace on-demand instances, one each at most each time the return
             # is switched on (switched off, the replacements still booting are released as surplus).
             replaceable = self.replicas[0].bought_on_demand(pool.uid) * pool.returns
+            # Drifted instances are replaced once each; so are expired ones (or the timer ends them).
+            replaceable += pool.drifts + (self.expired_ever(pool.uid) if pool.expiring else 0)
             assert bought <= pool.need + replaceable, f"{where}: bought {bought}, the history needed {pool.need}"
             instances = self.instances(pool.uid)
             if pool.deleted and pool.key not in self.kube.objects:
@@ -596,6 +641,12 @@ class PoolMachine(RuleBasedStateMachine):
             assert held <= max(pool.ceiling, pool.top), (
                 f"{where}: {held} alive for expectedCount {pool.expected} (surge {pool.budget})")
             pool.top = max(pool.ceiling, held)
+
+    def expired_ever(self, uid: str) -> int:
+        """Instances of the pool that lived an hour (expireAfter), gone or not."""
+        now = self.clock.now
+        return sum(1 for i in self.sim.simulator.market.all_instances_ever()
+                   if i.tags.get(OWNER_UID_TAG) == uid and (i.terminated_at or now) - i.created_at >= 3600)
 
     @invariant()
     def money(self) -> None:

@@ -27,6 +27,19 @@ LAUNCH_TAG = f"{PREFIX}/launch"
 was lost is accounted for as soon as the listing shows instances carrying its token, without a
 replay (which could buy when the deficit it was made for is already covered)."""
 
+LAUNCH_SPEC_TAG = f"{PREFIX}/launch-spec"
+"""A fingerprint of the launch spec the instance was bought with, one short hash per field that can
+drift (`planner.disruption.fingerprint`): drift is read from the instance, so it survives any crash,
+restart or move of the object."""
+
+DO_NOT_DISRUPT_TAG = f"{PREFIX}/do-not-disrupt"
+"""Set to "true" on an instance by its workload (e.g. through the instance's CAM role) to hold it
+from voluntary replacement, up to `spec.disruption.doNotDisruptMaxHold`. Never set by spotpool."""
+
+DRAINING_TAG = f"{PREFIX}/draining"
+"""Set by spotpool on an instance it is about to release voluntarily, to the time it marked it
+(RFC 3339, UTC): a scheduler watching tags moves work off it during `spec.disruption.drainGrace`."""
+
 ENVIRONMENT_LABEL = ENVIRONMENT_TAG
 """The label key of `status.selector` (the scale subresource's selector)."""
 
@@ -49,13 +62,19 @@ def environment_tags(*, uid: str, namespace: str, name: str, cluster_id: str) ->
     return {OWNER_UID_TAG: uid, ENVIRONMENT_TAG: name, NAMESPACE_TAG: namespace, CLUSTER_TAG: cluster_id}
 
 
-def sts_endpoint(cvm_endpoint: str) -> str:
-    """The STS endpoint that belongs with a CVM endpoint.
+def service_endpoint(cvm_endpoint: str, service: str) -> str:
+    """The endpoint of another Tencent service (`sts`, `tag`) that belongs with a CVM endpoint.
 
-    Tencent's hosts are per service (`cvm.<suffix>` beside `sts.<suffix>`, also for the internal and
-    international suffixes); any other host (a private gateway, the simulator) is asked itself.
+    Tencent's hosts are per service (`cvm.<suffix>` beside `sts.<suffix>` and `tag.<suffix>`, also
+    for the internal, regional and international suffixes); any other host (a private gateway,
+    the simulator, which serves every service on one port) is asked itself.
     """
     scheme, _, host = cvm_endpoint.rstrip("/").partition("://")
     if host.startswith("cvm.") and host.endswith("tencentcloudapi.com"):
-        return f"{scheme}://sts.{host.removeprefix('cvm.')}"
+        return f"{scheme}://{service}.{host.removeprefix('cvm.')}"
     return f"{scheme}://{host}"
+
+
+def sts_endpoint(cvm_endpoint: str) -> str:
+    """The STS endpoint that belongs with a CVM endpoint (`service_endpoint` for `sts`)."""
+    return service_endpoint(cvm_endpoint, "sts")

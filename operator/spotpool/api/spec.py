@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any
 
+from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -211,6 +212,52 @@ def _parse_duration(value: object) -> int:
     return total
 
 
+MIN_EXPIRE_AFTER_SECONDS = 3600
+MAX_EXPIRE_AFTER_SECONDS = 8760 * 3600
+MAX_LONG_DURATION_SECONDS = 8760 * 3600
+
+
+def _parse_long_duration(value: object) -> int:
+    """A duration up to a year (8760h): lifetimes, holds, schedules' windows."""
+    if isinstance(value, bool) or not isinstance(value, str) or not value:
+        raise ValueError('must be a duration such as "720h", "30m" or "1h30m"')
+    match = _DURATION.fullmatch(value)
+    if match is None or not any(match.groups()):
+        raise ValueError(f'must be a duration such as "720h", "30m" or "1h30m", got {value[:40]!r}')
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_LONG_DURATION_SECONDS:
+        raise ValueError(f"must be at most 8760h (a year), got {value!r}")
+    return total
+
+
+def _parse_expire_after(value: object) -> int:
+    total = _parse_long_duration(value)
+    if total < MIN_EXPIRE_AFTER_SECONDS:
+        raise ValueError(f"must be at least 1h, got {value!r}")
+    return total
+
+
+def _parse_count_or_percent(value: object) -> int | str:
+    """A disruption budget: an instance count (>= 0) or a percentage of expectedCount ("0%" to "100%")."""
+    if isinstance(value, bool):
+        raise ValueError('must be a count such as 2 or a percentage such as "10%"')
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must be at least 0")
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}%", value) and int(value[:-1]) <= 100:
+        return value
+    raise ValueError(f'must be a count such as 2 or a percentage from "0%" to "100%", got {str(value)[:40]!r}')
+
+
+def _check_schedule(value: str) -> str:
+    """Five cron fields (or a @daily-style nickname), evaluated in UTC by croniter."""
+    if not croniter.is_valid(value) or len(value.split()) not in (1, 5):
+        raise ValueError(f'must be a cron schedule of five fields such as "0 9 * * 1-5", got {value[:60]!r}')
+    return value
+
+
 def _parse_int_or_percent(value: object) -> int | str:
     """An instance count (>= 1) or a percentage of expectedCount ("25%", 1 to 100)."""
     if isinstance(value, bool):
@@ -353,6 +400,93 @@ class ReturnToSpot(_SpecModel):
         return max(1, -(-expected_count * percent // 100))
 
 
+class DriftReason(StrEnum):
+    """A way an instance can differ from what the spec now buys (`spec.disruption.drift`)."""
+
+    IMAGE = "Image"  # spec.imageId
+    USER_DATA = "UserData"  # spec.userData
+    NETWORK = "Network"  # spec.network: the VPC, the subnet of the instance's zone, security groups
+    SYSTEM_DISK = "SystemDisk"  # spec.systemDisk
+    LOGIN = "LoginSettings"  # spec.loginSettings
+    NAME = "InstanceNamePrefix"  # spec.instanceNamePrefix
+    ZONE = "Zone"  # its zone is no longer in spec.zones
+    INSTANCE_TYPE = "InstanceType"  # its type is no longer in spec.instanceTypes
+    CHARGE_TYPE = "ChargeType"  # on-demand in a pool whose spec buys no on-demand any more
+
+
+class DriftAction(StrEnum):
+    REPLACE = "Replace"
+    IGNORE = "Ignore"
+
+
+DRIFT_DEFAULTS: dict[DriftReason, DriftAction] = {reason: DriftAction.REPLACE for reason in DriftReason} | {
+    DriftReason.NAME: DriftAction.IGNORE,
+}
+"""What each drift does when `spec.disruption.drift` does not say: every change that alters what
+runs replaces; a new name prefix (cosmetic) does not."""
+
+
+class DisruptionReason(StrEnum):
+    """Why an instance is voluntarily replaced (budgets' `reasons`, Events, metrics)."""
+
+    DRIFTED = "Drifted"
+    EXPIRED = "Expired"
+    RETURN_TO_SPOT = "ReturnToSpot"
+
+
+class Budget(_SpecModel):
+    """At most `instances` voluntary replacements at a time (a count, or a percentage of
+    expectedCount rounded up), for `reasons` (all when absent), while `schedule` (cron, UTC) last
+    fired less than `duration` ago (always when absent)."""
+
+    instances: Annotated[int | str, BeforeValidator(_parse_count_or_percent)]
+    reasons: Annotated[
+        tuple[DisruptionReason, ...], Field(min_length=1, max_length=3), AfterValidator(_unique)
+    ] | None = None
+    schedule: Annotated[_StrictStr, StringConstraints(max_length=100), AfterValidator(_check_schedule)] | None = None
+    duration_seconds: Annotated[int, BeforeValidator(_parse_long_duration)] | None = Field(
+        default=None, alias="duration")
+
+    @model_validator(mode="after")
+    def _schedule_needs_a_duration(self) -> Budget:
+        if (self.schedule is None) != (self.duration_seconds is None):
+            raise ValueError("schedule and duration go together: a window opens when the schedule fires and "
+                             "lasts for the duration")
+        return self
+
+    def allowed(self, expected_count: int) -> int:
+        if isinstance(self.instances, int):
+            return self.instances
+        percent = int(self.instances[:-1])
+        return -(-expected_count * percent // 100)
+
+    def applies_to(self, reason: DisruptionReason) -> bool:
+        return self.reasons is None or reason in self.reasons
+
+
+DEFAULT_BUDGETS = (Budget(instances="10%", reasons=(DisruptionReason.DRIFTED, DisruptionReason.EXPIRED)),)
+"""Without `spec.disruption.budgets`: a tenth of the pool replaced for drift or expiry at a time;
+the return to spot keeps its own `maxInFlight`."""
+
+MAX_BUDGETS = 10
+
+
+class Disruption(_SpecModel):
+    """`spec.disruption`: voluntary replacement of running instances (docs/day2.md)."""
+
+    drift: dict[DriftReason, DriftAction] = Field(default_factory=dict)
+    expire_after_seconds: Annotated[int, BeforeValidator(_parse_expire_after)] | None = Field(
+        default=None, alias="expireAfter")
+    budgets: Annotated[tuple[Budget, ...], Field(max_length=MAX_BUDGETS)] = DEFAULT_BUDGETS
+    do_not_disrupt_max_hold_seconds: Annotated[int, BeforeValidator(_parse_long_duration)] | None = Field(
+        default=None, alias="doNotDisruptMaxHold")
+    drain_grace_seconds: Annotated[int, BeforeValidator(_parse_long_duration)] | None = Field(
+        default=None, alias="drainGrace")
+
+    def replaces(self, reason: DriftReason) -> bool:
+        return self.drift.get(reason, DRIFT_DEFAULTS[reason]) is DriftAction.REPLACE
+
+
 class OnDemand(_SpecModel):
     """Pay-as-you-go (POSTPAID_BY_HOUR) instances: a base always bought so, and a fallback."""
 
@@ -400,6 +534,7 @@ class EnvironmentSpec(_SpecModel):
     paused: Annotated[bool, Field(strict=True)] = False
     on_demand: OnDemand | None = None
     max_hourly_cost: _MaxPrice | None = None
+    disruption: Disruption = Field(default_factory=Disruption)
 
     @property
     def base_count(self) -> int:

@@ -1,7 +1,7 @@
 """spotpool.cloud: the Tencent Cloud CVM API client (signing, errors, rate limits, typed calls) and
 where its credentials come from (a key pair, TKE pod identity, the CVM role, an assumed role)."""
 
-from .client import CvmClient
+from .client import CvmClient, TagFailure
 from .credentials import CredentialError, CredentialProvider, StaticCredentials
 from .errors import (
     CloudError,
@@ -28,6 +28,7 @@ __all__ = [
     "RenewingProvider",
     "SpotOffer",
     "StaticCredentials",
+    "TagFailure",
     "WebIdentityProvider",
     "classify",
     "is_already_gone",

@@ -94,7 +94,9 @@ log = logging.getLogger(__name__)
 API_VERSION = "2017-03-12"
 SERVICE = "cvm"
 STS_API_VERSION = "2018-08-13"
-API_VERSIONS = {SERVICE: API_VERSION, "sts": STS_API_VERSION}
+TAG_SERVICE = "tag"
+TAG_API_VERSION = "2018-08-13"  # the tag service's version (the same date as STS's, by chance)
+API_VERSIONS = {SERVICE: API_VERSION, "sts": STS_API_VERSION, TAG_SERVICE: TAG_API_VERSION}
 CONTENT_TYPE = "application/json"
 REQUEST_CLIENT = f"spotpool/{__version__}"
 DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
@@ -226,6 +228,25 @@ class DryRunBought(CloudNetworkError):
     not repeat the check on its own (each repeat may buy again)."""
 
 
+class TagFailure(CloudError):
+    """TagResources or UnTagResources answered, but did not change every resource: the tag
+    service reports such partial failures in the answer's `FailedResources`, not as an error.
+
+    `failed` maps each resource that was not changed to its (code, cleaned message); every other
+    resource of the call was changed. `code` and `category` are those of the first failure, so a
+    caller that only looks at the code still sees why.
+    """
+
+    def __init__(self, action: str, failed: Mapping[str, tuple[str, str]], request_id: str | None) -> None:
+        self.failed = dict(failed)
+        first_code = next(iter(self.failed.values()))[0]
+        summary = "; ".join(f"{resource}: {code} {message}".rstrip() for resource, (code, message)
+                            in list(self.failed.items())[:3])
+        more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+        super().__init__(first_code, f"{len(self.failed)} resource(s) not changed: {summary}{more}",
+                         action=action, request_id=request_id)
+
+
 class CvmClient:
     """One account (key pair) in one region, over one HTTP connection pool to one endpoint.
 
@@ -259,7 +280,9 @@ class CvmClient:
         attempt (temporary credentials renewed as they near expiry), or None for an unsigned STS
         client (`AssumeRoleWithWebIdentity` only, which takes no signature).
 
-        `service` is `cvm`, or `sts` for `get_caller_identity` (its own API version).
+        `service` is `cvm`, or `sts` for `get_caller_identity`, or `tag` for `tag_resources` and
+        `untag_resources` (each its own API version and signing scope; Tencent serves each at its
+        own host, see `api.names.service_endpoint`).
         `clock` gives request timestamps; `limiter`, `sleep` (backoff) and `rng` (jitter)
         exist so tests can replace time and chance.
 
@@ -671,6 +694,51 @@ class CvmClient:
             raise _invalid("RunInstances", "InstanceIdSet is not a list of at most "
                            f"{count} instance ids")
         return list(ids)
+
+    async def tag_resources(
+        self, resources: Sequence[str], tags: Mapping[str, str], *, guard: CallGuard | None = None
+    ) -> None:
+        """Set `tags` on every resource (tag service TagResources; a client made with service
+        `tag`). `resources` are six-segment names (`wire.instance_resource`); a key already on a
+        resource takes the new value, other keys are left alone.
+
+        At most 10 resources and 10 tags per call, keys of 1..127 and values of 1..255
+        characters: ValueError beyond, before anything is sent (the caller batches, knowing which
+        resources go together). Setting the same tags again changes nothing, so the call is
+        retried like a read. Raises `TagFailure` when the answer lists resources it did not
+        change (the others were changed). The tag service's filters of DescribeInstances may see
+        the change late (its index is eventually consistent); a look-up by id shows it. A name
+        that names nothing (an instance already gone) may well be answered as a success that
+        changed nothing, as users report the real service does: success is no proof the
+        instance exists.
+        """
+        params = wire.tag_resources_params(resources, tags)
+        await self._tag_call("TagResources", params, guard)
+
+    async def untag_resources(
+        self, resources: Sequence[str], keys: Sequence[str], *, guard: CallGuard | None = None
+    ) -> None:
+        """Remove the tag `keys` from every resource (tag service UnTagResources). A key a
+        resource does not carry is no error in the simulator (production does not document it).
+        Bounded and checked like `tag_resources`."""
+        params = wire.untag_resources_params(resources, keys)
+        await self._tag_call("UnTagResources", params, guard)
+
+    async def _tag_call(self, action: str, params: dict[str, Any], guard: CallGuard | None) -> None:
+        if self._service != TAG_SERVICE:
+            raise ValueError(f"{action} is a tag service action: make the client with service='tag'")
+        response = await self.call(action, params, guard=guard)
+        request_id = valid_request_id(response.get("RequestId"))
+        try:
+            failed = wire.parse_failed_resources(response, params["ResourceList"])
+        except ValueError as exc:  # wire's own words, no server data in them
+            raise _invalid(action, str(exc)) from None
+        if failed:
+            raise TagFailure(
+                action,
+                {resource: (code, self._clean(message)) for resource, (code, message) in failed.items()},
+                request_id,
+            )
 
     async def get_caller_identity(self) -> CallerIdentity:
         """Who the key pair belongs to (STS `GetCallerIdentity`; a client made with service `sts`)."""

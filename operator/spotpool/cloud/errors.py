@@ -65,6 +65,8 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
         "LimitExceeded.PrepayQuota",
         "LimitExceeded.VpcSubnetNum",
         "LimitExceeded.UserReturnQuota",
+        "LimitExceeded.TagKey",  # tag service: 1,000 tag keys per account
+        "LimitExceeded.TagValue",  # tag service: 1,000 values per tag key
         "ResourceInsufficient.CidrBlock",
         "FailedOperation.NoAvailableIpAddressCountInSubnet",
         "InvalidAccount.InsufficientBalance",
@@ -102,6 +104,7 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
     ),
     _C.NOT_FOUND: (
         "ResourceNotFound",
+        "ResourceNotFound.RecordNotFound",  # tag service: no such resource (the simulator's choice)
         "InvalidInstanceId.NotFound",
         "ResourceNotFound.InvalidInstanceIdNotFound",
         "UnsupportedOperation.InstanceStateTerminated",
@@ -114,6 +117,7 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
         "ServiceUnavailable",
         "FailedOperation.InquiryPriceFailed",
         "FailedOperation.SecurityGroupActionFailed",
+        "FailedOperation.ResourceTagProcessing",  # tag service: "the resource's tags are being processed"
         "OperationDenied.InstanceOperationInProgress",
         "MutexOperation.TaskRunning",
         "ResourceInUse",
@@ -188,6 +192,29 @@ _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
         "UnsupportedOperation.MinCountUnsupportedChargeType",
         "UnsupportedOperation.MinCountUnsupportedRegion",
         "UnsupportedOperation",
+        # RunInstances ActionTimer: a malformed ActionTime (documented), and, by the simulator's
+        # guess, one in the past or less than 5 minutes ahead; setting the timer failed.
+        "InvalidParameterValue.InvalidTimeFormat",
+        "UnsupportedOperation.NotSupportImportInstancesActionTimer",
+        # Tag service (2018-08-13) TagResources / UnTagResources. The per-request and per-resource
+        # limits are bad requests, not quotas a later retry may find free (LimitExceeded.* would
+        # otherwise read as QUOTA).
+        "InvalidParameter.ReservedTagKey",
+        "InvalidParameter.Tag",
+        "InvalidParameter.UnsupportedService",
+        "InvalidParameterValue.ResourceDescriptionError",
+        "InvalidParameterValue.ResourceIdInvalid",
+        "InvalidParameterValue.TagKeyCharacterIllegal",
+        "InvalidParameterValue.TagKeyDuplicate",
+        "InvalidParameterValue.TagKeyEmpty",
+        "InvalidParameterValue.TagKeyLengthExceeded",
+        "InvalidParameterValue.TagValueCharacterIllegal",
+        "InvalidParameterValue.TagValueEmpty",
+        "InvalidParameterValue.TagValueLengthExceeded",
+        "LimitExceeded.ResourceNumPerRequest",
+        "LimitExceeded.TagNumPerRequest",
+        "LimitExceeded.ResourceAttachedTags",
+        "FailedOperation.PolicyEnforcedInvalid",
         # Platform-wide common codes.
         "ActionOffline",
         "DryRunOperation",  # "would have succeeded": run_instances(dry_run=True) returns []
@@ -240,6 +267,11 @@ ALREADY_GONE_CODES = frozenset({
     "InvalidInstanceId.NotFound",
     "ResourceNotFound.InvalidInstanceIdNotFound",
 })
+
+ACTION_TIMER_REFUSED = "InvalidParameterValue.InvalidTimeFormat"
+"""RunInstances' refusal of its ActionTimer (an ActionTime malformed, past, or under 5 minutes
+ahead of CVM's clock): INVALID_REQUEST, never retried as is; a caller whose clock runs behind
+CVM's may try again with a later time. Nothing was bought."""
 
 SIGNATURE_EXPIRED = "AuthFailure.SignatureExpire"
 DRY_RUN_PASSED = "DryRunOperation"

@@ -210,3 +210,8 @@ class RunInstancesRequest:
     key_ids: Sequence[str] = ()
     user_data: str | None = None
     dry_run: bool = False
+    terminate_at: datetime | None = None
+    """When CVM itself terminates the instances (`ActionTimer`, TerminateInstances): a lifetime
+    that holds even when spotpool is gone. Timezone-aware; sent in UTC to the second. CVM refuses
+    a time less than 5 minutes ahead of its own clock (`wire.ACTION_TIMER_MIN_LEAD_SECONDS`), and
+    since the time is part of the request, a replay of the same ClientToken must repeat it."""

@@ -47,6 +47,9 @@ DEFAULT_RATE_LIMITS: Mapping[str, float] = {
     "DescribeZoneInstanceConfigInfos": 40.0,
     "DescribeZones": 20.0,
     "DescribeRegions": 20.0,
+    # Tag service (its own host, so its own buckets): "A maximum of 20 requests per second".
+    "TagResources": 20.0,
+    "UnTagResources": 20.0,
 }
 DEFAULT_RATE = 20.0
 _EPSILON = 1e-9  # seconds

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from .errors import valid_code
 from .models import (  # issue 11: on-demand, stock, quota and price
     CHARGE_TYPES,
     POSTPAID_BY_HOUR,
@@ -36,6 +37,23 @@ MAX_INSTANCE_COUNT = 100        # the lower of the CN (500) and intl (100) RunIn
 MAX_CLIENT_TOKEN_LENGTH = 64
 MAX_USER_DATA_BYTES = 16 * 1024  # after base64 encoding
 SPOTPAID = "SPOTPAID"
+# RunInstances ActionTimer: the only TimerAction CVM knows, and how far ahead of CVM's clock its
+# ActionTime must be ("must be 5 minutes later than the current time", the ActionTimer model).
+TIMER_ACTION = "TerminateInstances"
+ACTION_TIMER_MIN_LEAD_SECONDS = 300
+ACTION_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # "YYYY-MM-DDThh:mm:ssZ", UTC
+
+# Tag service (API 2018-08-13) TagResources / UnTagResources: "Value range of N: 0-9" for
+# ResourceList, Tags and TagKeys, i.e. at most 10 of each per call; keys of 1-127 and values of
+# 1-255 characters (the tag service's "Use Limits").
+MAX_TAG_RESOURCES = 10
+MAX_TAGS_PER_CALL = 10
+MAX_TAG_KEY_LENGTH = 127
+MAX_TAG_VALUE_LENGTH = 255
+MAX_RESOURCE_NAME = 256
+_REGION = re.compile(r"[a-z]{2,8}(-[a-z0-9]{1,24}){1,4}")
+_ACCOUNT_ID = re.compile(r"[0-9]{1,20}")
+_RESOURCE_NAME = re.compile(r"qcs::[a-z0-9]{1,32}:[a-z0-9-]{0,64}:uin/[0-9]{1,20}:[A-Za-z0-9_-]{1,64}/[!-~]{1,128}")
 
 # Bounds on what one instance of a listing may carry. CVM allows 50 tags per resource, keys of
 # 127 and values of 255 characters, names of 60; anything beyond is a lie, and the listing that
@@ -120,6 +138,8 @@ def run_instances_params(request: RunInstancesRequest) -> dict[str, Any]:
     if request.security_group_ids:
         params["SecurityGroupIds"] = list(request.security_group_ids)
     params["ClientToken"] = request.client_token
+    if request.terminate_at is not None:
+        params["ActionTimer"] = {"TimerAction": TIMER_ACTION, "ActionTime": action_time(request.terminate_at)}
     if request.tags:
         # Sorted, so a replay of the same purchase sends the same bytes whatever the dict order.
         params["TagSpecification"] = [{
@@ -136,6 +156,118 @@ def run_instances_params(request: RunInstancesRequest) -> dict[str, Any]:
     if request.dry_run:
         params["DryRun"] = True
     return params
+
+
+def action_time(when: datetime) -> str:
+    """An ActionTimer's ActionTime: `YYYY-MM-DDThh:mm:ssZ` in UTC, as the ActionTimer model
+    documents it. Fractions of a second are dropped (the field has none), so the timer fires at
+    most a second before `when`. A naive datetime is refused: its zone would be a guess, and a
+    guess of the host's zone is hours off on a machine set to UTC+8."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"terminate_at must be timezone-aware, got {when!r}")
+    return when.astimezone(UTC).strftime(ACTION_TIME_FORMAT)
+
+
+def instance_resource(region: str, account_id: str, instance_id: str) -> str:
+    """The tag service's six-segment name of a CVM instance:
+    `qcs::cvm:<region>:uin/<account>:instance/<id>` (service, region, account, prefix/id).
+
+    `account_id` is the root account (STS GetCallerIdentity's AccountId), not a sub-account's
+    UIN; a name is checked here because the tag service answers a malformed one with a generic
+    error and, for some, silently does nothing.
+    """
+    if not _REGION.fullmatch(region):
+        raise ValueError(f"region is not a Tencent region name: {region!r}")
+    if not _ACCOUNT_ID.fullmatch(account_id):
+        raise ValueError(f"account_id must be the account's numeric UIN, got {account_id!r}")
+    if not _INSTANCE_ID.fullmatch(instance_id):
+        raise ValueError(f"instance_id is not an instance id: {instance_id!r}")
+    return f"qcs::cvm:{region}:uin/{account_id}:instance/{instance_id}"
+
+
+def _tag_resource_list(resources: Sequence[str]) -> list[str]:
+    if isinstance(resources, str):
+        raise ValueError("resources must be a list of six-segment names, not a string")
+    names = unique(resources)
+    if not 1 <= len(names) <= MAX_TAG_RESOURCES:
+        raise ValueError(f"1..{MAX_TAG_RESOURCES} resources per tag call, got {len(names)}")
+    for name in names:
+        if not isinstance(name, str) or len(name) > MAX_RESOURCE_NAME or not _RESOURCE_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a six-segment resource name "
+                "(qcs::<service>:<region>:uin/<account>:<prefix>/<id>)"
+            )
+    return names
+
+
+def _tag_key(key: str) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_TAG_KEY_LENGTH or key != key.strip():
+        raise ValueError(
+            f"tag key {key!r} must have 1..{MAX_TAG_KEY_LENGTH} characters, without leading or "
+            "trailing blanks"
+        )
+    return key
+
+
+def tag_resources_params(resources: Sequence[str], tags: Mapping[str, str]) -> dict[str, Any]:
+    """TagResources parameters (SDK model order: ResourceList, Tags [{TagKey, TagValue}]).
+
+    Within the documented bounds or ValueError before any call: 1..10 resources, 1..10 tags, keys
+    of 1..127 and values of 1..255 characters. Tags are sent sorted, so the same change is the
+    same bytes whatever the mapping's order.
+    """
+    names = _tag_resource_list(resources)
+    if not 1 <= len(tags) <= MAX_TAGS_PER_CALL:
+        raise ValueError(f"1..{MAX_TAGS_PER_CALL} tags per tag call, got {len(tags)}")
+    pairs = []
+    for key in sorted(tags):
+        value = tags[key]
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_TAG_VALUE_LENGTH or value != value.strip():
+            raise ValueError(
+                f"the value of tag {key!r} must have 1..{MAX_TAG_VALUE_LENGTH} characters, "
+                "without leading or trailing blanks"
+            )
+        pairs.append({"TagKey": _tag_key(key), "TagValue": value})
+    return {"ResourceList": names, "Tags": pairs}
+
+
+def untag_resources_params(resources: Sequence[str], keys: Sequence[str]) -> dict[str, Any]:
+    """UnTagResources parameters (ResourceList, TagKeys), bounded like `tag_resources_params`."""
+    names = _tag_resource_list(resources)
+    if isinstance(keys, str):
+        raise ValueError("keys must be a list of tag keys, not a string")
+    wanted = unique(keys)
+    if not 1 <= len(wanted) <= MAX_TAGS_PER_CALL:
+        raise ValueError(f"1..{MAX_TAGS_PER_CALL} tag keys per untag call, got {len(wanted)}")
+    return {"ResourceList": names, "TagKeys": [_tag_key(key) for key in wanted]}
+
+
+def parse_failed_resources(response: Mapping[str, Any], asked: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """TagResources / UnTagResources' `FailedResources`: {resource: (code, message)}, empty when
+    every resource was changed (the field absent, null or empty).
+
+    The tag service reports a partial failure here, in a successful answer, not as an error: a
+    caller that ignored it would believe resources tagged that are not. Entries must name a
+    resource that was asked about, with a code of the documented shape; anything else is
+    ValueError (the message quotes no server data). Messages are returned raw for the caller to
+    clean.
+    """
+    raw = response.get("FailedResources")
+    if raw is None:
+        return {}
+    if not isinstance(raw, list) or len(raw) > len(asked):
+        raise ValueError(f"FailedResources is not a list of at most {len(asked)} entries")
+    failed: dict[str, tuple[str, str]] = {}
+    for entry in raw:
+        if not isinstance(entry, Mapping):
+            raise ValueError("a FailedResources entry is not a JSON object")
+        resource, code, message = entry.get("Resource"), entry.get("Code"), entry.get("Message")
+        if not isinstance(resource, str) or resource not in asked:
+            raise ValueError("a FailedResources entry names a resource that was not asked about")
+        if not isinstance(code, str) or not valid_code(code):
+            raise ValueError("a FailedResources entry has no error code of the documented shape")
+        failed[resource] = (code, message if isinstance(message, str) else "")
+    return failed
 
 
 def filters_param(

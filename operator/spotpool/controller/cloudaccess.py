@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from spotpool.api.names import DEFAULT_ENDPOINT, sts_endpoint
+from spotpool.api.names import DEFAULT_ENDPOINT, service_endpoint, sts_endpoint
 from spotpool.cloud.client import CvmClient
 from spotpool.cloud.credentials import CredentialProvider
 from spotpool.cloud.errors import CloudError
@@ -172,6 +172,7 @@ class CloudAccess:
         # Bounded, least recently used first out: pool authors can name any number of key pairs,
         # endpoints and pool sets, and none of these may grow with them.
         self._clients: OrderedDict[AccountKey, CvmClient] = OrderedDict()
+        self._taggers: OrderedDict[AccountKey, CvmClient] = OrderedDict()
         self._offers: OrderedDict[tuple[AccountKey, frozenset[str], frozenset[str]],
                                   _SingleFlight[list[Offer]]] = OrderedDict()
         self._quotas: OrderedDict[AccountKey, _SingleFlight[AccountQuota | None]] = OrderedDict()
@@ -189,6 +190,22 @@ class CloudAccess:
                 _, evicted = self._clients.popitem(last=False)
                 self._background(evicted.close())
         self._clients.move_to_end(key)
+        return client
+
+    def tagger(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CvmClient:
+        """A client of the Tag service for the account (marking instances it is about to release
+        voluntarily: `spotpool.io/draining`). Made on first use only: most pools never drain."""
+        client = self._taggers.get(key)
+        if client is None:
+            client = self._client_factory(
+                credentials, key.region, service_endpoint(key.endpoint, "tag"), observer=self._observer,
+                rate_limits=self._rate_limits or None, service="tag",
+            )
+            self._taggers[key] = client
+            while len(self._taggers) > MAX_CLIENTS:
+                _, evicted = self._taggers.popitem(last=False)
+                self._background(evicted.close())
+        self._taggers.move_to_end(key)
         return client
 
     async def identity(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CallerIdentity:
@@ -345,7 +362,8 @@ class CloudAccess:
     async def close(self) -> None:
         observers, self._observers = list(self._observers.values()), {}
         await asyncio.gather(*(o.close() for o in observers), return_exceptions=True)
-        clients = list(self._clients.values())
+        clients = [*self._clients.values(), *self._taggers.values()]
         self._clients.clear()
+        self._taggers.clear()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 

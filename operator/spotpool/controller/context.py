@@ -14,7 +14,8 @@ pool over a spend guard resolves, with `purchases_refused` set, so that the plan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,6 +81,7 @@ class PassContext:
     credentials: Mapping[str, str | None] = field(default_factory=dict)
     # a renewal of temporary credentials that failed while the ones in hand are still good
     credentials_error: ErrorRecord | None = None
+    tagger: Callable[[], CvmClient] | None = None  # the account's Tag service client, made on first use
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ async def resolve(
         on_demand_refused=policy.guards.on_demand_refusal(ref.namespace),
         credentials=_shown(spec, whose),
         credentials_error=_renewal_error(credentials, now),
+        tagger=functools.partial(cloud.tagger, key, credentials),
     )
 
 

@@ -25,7 +25,7 @@ import random
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 
-from spotpool.api.names import LAUNCH_TAG, environment_tags
+from spotpool.api.names import LAUNCH_SPEC_TAG, LAUNCH_TAG, environment_tags
 from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import RunInstancesRequest
 from spotpool.controller.context import PassContext
@@ -45,6 +45,7 @@ from spotpool.planner import (
     record_refusal,
     record_success,
 )
+from spotpool.planner.disruption import fingerprint, terminate_at
 from spotpool.planner.formatting import format_time
 from spotpool.planner.persistence import inflight_to_status
 
@@ -199,7 +200,12 @@ class Purchasing:
         return await ctx.client.run_instances(self.request(ctx, launch), guard=ctx.fence)
 
     def request(self, ctx: PassContext, launch: InflightLaunch) -> RunInstancesRequest:
-        """The one RunInstances request a record stands for: a replay must repeat it exactly."""
+        """The one RunInstances request a record stands for: a replay must repeat it exactly.
+
+        Every instance carries the fingerprint of the launch spec it is bought with (drift is read
+        from it), and with `spec.disruption.expireAfter` set, a CVM ActionTimer that terminates it
+        at the record's time + expireAfter + `EXPIRY_TIMER_GRACE`, whatever becomes of the operator.
+        """
         spec, network = ctx.spec, ctx.spec.network
         return RunInstancesRequest(
             zone=launch.zone,
@@ -211,7 +217,7 @@ class Purchasing:
             client_token=launch.client_token,
             tags={**spec.tags, **environment_tags(uid=ctx.ref.uid, namespace=ctx.ref.namespace,
                                                   name=ctx.ref.name, cluster_id=self._cluster_id),
-                  LAUNCH_TAG: launch.client_token},
+                  LAUNCH_TAG: launch.client_token, LAUNCH_SPEC_TAG: fingerprint(spec, launch.zone)},
             instance_name=spec.instance_name_prefix,
             vpc_id=network.vpc_id if network else None,
             subnet_id=(network.subnet_ids or {}).get(launch.zone) if network else None,
@@ -220,6 +226,7 @@ class Purchasing:
             system_disk_size_gib=spec.system_disk.size_gib if spec.system_disk else None,
             key_ids=tuple(spec.login_settings.key_ids) if spec.login_settings else (),
             user_data=spec.user_data,
+            terminate_at=terminate_at(spec, launch.requested_at),
         )
 
     @staticmethod

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from spotpool.api.names import LAUNCH_TAG, OWNER_UID_TAG
+from spotpool.api.names import DRAINING_TAG, LAUNCH_TAG, OWNER_UID_TAG
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.errors import CloudError
 from spotpool.cloud.models import PENDING, TERMINATING, AccountQuota, Instance
-from spotpool.cloud.wire import PAGE_LIMIT
+from spotpool.cloud.wire import MAX_TAG_RESOURCES, PAGE_LIMIT, instance_resource
 from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
@@ -55,8 +55,8 @@ from spotpool.planner import (
     build_status,
     plan,
 )
-from spotpool.planner.capacity import is_on_demand
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
+from spotpool.planner.formatting import format_time
 from spotpool.planner.model import UNANSWERED_SETTLED, CapacitySignals, Purpose
 from spotpool.planner.persistence import PersistedStatus
 
@@ -197,7 +197,7 @@ class Reconciler:
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=market.spot,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
                        purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None,
-                       capacity=signals)
+                       capacity=signals, held_since=persisted.held_since)
         if decided.notes:
             log.debug("%s: %s", ctx.ref, "; ".join(decided.notes))
         acted = await self._act(ctx, decided, memory)
@@ -216,6 +216,7 @@ class Reconciler:
             offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error or ctx.credentials_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
             purchases_refused=ctx.purchases_refused, capacity=signals, outcome=decided.capacity,
+            rollout=None if deleting else decided.rollout,
         )
         if checked is not None and checked.record is not None:
             report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
@@ -223,6 +224,8 @@ class Reconciler:
         fence()
         await self._reporting.write(ctx.ref, body, memory, report, now, ctx.fence)
         self._reporting.observe(ctx, memory, report)
+        if decided.rollout is not None and not deleting:
+            self._reporting.rollout(ctx, memory, decided.rollout)
         complete = deleting and decided.deletion_complete and not acted.purchases.journal
         # The Secret this pool signed with before, if it now signs otherwise (a move from keys to a
         # role): its finalizer goes once no pool names it. On completion, every Secret it named.
@@ -304,13 +307,21 @@ class Reconciler:
         return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client, ctx.ref.uid)
 
     async def _act(self, ctx: PassContext, decided: Plan, memory: PoolMemory) -> _Acted:
-        """Returns first, then purchases, then the other releases. A fallback instance whose spot
-        replacement runs goes before the next replacements are bought, so the pool never holds more
-        than maxInFlight beyond expectedCount; if that release fails, no new replacement is bought
-        this pass."""
+        """Voluntary releases first (returns to spot, drifted and expired instances whose
+        replacements run), then drain marks, then purchases, then the other releases. An instance
+        whose replacement runs goes before the next replacements are bought, so the pool never
+        holds more than its budget beyond expectedCount; if that release fails, no new replacement
+        is bought this pass."""
         released, last_error = await self._release(ctx, memory, decided.returns, ReleaseReason.RETURN_TO_SPOT)
+        for why, batch in decided.voluntary:
+            if last_error is None:
+                done, last_error = await self._release(ctx, memory, (batch,), why)
+                released += done
         if last_error is not None:
-            decided = replace(decided, launches=tuple(b for b in decided.launches if b.purpose is not Purpose.RETURN))
+            decided = replace(decided, launches=tuple(b for b in decided.launches
+                                                      if b.purpose not in (Purpose.RETURN, Purpose.REPLACE)))
+        if decided.drains:
+            last_error = await self._mark_draining(ctx, decided.drains) or last_error
         purchases = await self._purchasing.execute(ctx, decided, memory.store, memory.on_demand_backoff)
         last_error = last_error or purchases.last_error
         for batches, reason in ((decided.releases, decided.release_reason), (decided.cleanup, ReleaseReason.UNWANTED)):
@@ -338,6 +349,27 @@ class Reconciler:
             self._observer(ctx).released(ids)
             self._reporting.released(ctx, memory, list(ids), *_release_words(ctx, reason))
         return released, None
+
+    async def _mark_draining(self, ctx: PassContext, ids: tuple[str, ...]) -> ErrorRecord | None:
+        """Tag instances chosen for a voluntary release `spotpool.io/draining=<now>` (the Tag
+        service's TagResources): they are released once `spec.disruption.drainGrace` has passed
+        since, as the tag says. A refused mark releases nothing: the next pass marks again."""
+        assert ctx.tagger is not None
+        tagger = ctx.tagger()
+        marked = format_time(ctx.now)
+        for start in range(0, len(ids), MAX_TAG_RESOURCES):
+            batch = ids[start:start + MAX_TAG_RESOURCES]
+            ctx.fence()
+            try:
+                await tagger.tag_resources([instance_resource(ctx.spec.region, ctx.account["id"], i) for i in batch],
+                                           {DRAINING_TAG: marked}, guard=ctx.fence)
+            except CloudError as exc:
+                self._reporting.event(ctx, "Warning", "DrainMarkFailed",
+                                      f"TagResources of {len(batch)} instances failed: {describe(exc)}; they are "
+                                      f"released only once marked {DRAINING_TAG} for spec.disruption.drainGrace")
+                return ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
+            self._reporting.draining(ctx, list(batch))
+        return None
 
     async def _let_go(self, namespace: str, secret: str, uid: str) -> None:
         """The Secret's finalizer goes once no pool names it. With Secrets switched off
@@ -375,6 +407,9 @@ def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:
         ReleaseReason.DELETE: "the SpotComputeEnvironment is being deleted",
         ReleaseReason.UNWANTED: "they failed to launch or were shut down",
         ReleaseReason.RETURN_TO_SPOT: "fallback on-demand instances whose spot replacements run",
+        ReleaseReason.DRIFTED: "they differ from the spec (status.instances[].drifted) and their replacements run",
+        ReleaseReason.EXPIRED: f"older than spec.disruption.expireAfter ({ctx.spec.disruption.expire_after_seconds} s) "
+                               f"and their replacements run",
     }[reason]
     return label, why
 
@@ -392,20 +427,20 @@ while replacements boot (a couple of passes a round). Beyond it, the sweep sees 
 
 
 def _returning_replacements(ctx: PassContext, listed: list[Instance]) -> list[str]:
-    """Pending spot instances of a pool that holds fallback on-demand ones: its spot replacements.
+    """Pending instances of a pool that holds more than expectedCount: replacements (a return to
+    spot, drifted or expired instances), which surge beyond the count while they boot.
 
-    A fallback instance is released only once a replacement runs, and the shared sweep that lists
-    them runs once an interval: looked up by id every pass (at most `maxInFlight` of them), a
+    An instance is released only once its replacement runs, and the shared sweep that lists them
+    runs once an interval: looked up by id every pass (at most a budget's worth of them), a
     replacement that boots is seen at once, not up to an interval later. Other pending instances
     wait for the sweep, as before.
     """
-    on_demand = ctx.spec.on_demand
-    if on_demand is None or not on_demand.return_to_spot.enabled or ctx.deleting:
+    if ctx.deleting:
         return []
     alive = [i for i in listed if i.alive and i.tags.get(OWNER_UID_TAG) == ctx.ref.uid]
-    if sum(1 for i in alive if is_on_demand(i)) <= ctx.spec.base_count:
+    if len(alive) <= ctx.spec.expected_count:
         return []
-    pending = sorted(i.instance_id for i in alive if i.state == PENDING and not is_on_demand(i))
+    pending = sorted(i.instance_id for i in alive if i.state == PENDING)
     return pending[:MAX_REPLACEMENTS_LOOKED_UP]
 
 

@@ -16,15 +16,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from spotpool.api.names import DRAINING_TAG
+from spotpool.api.spec import DisruptionReason
 from spotpool.cloud.errors import code_label
 from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.fencing import Fence
 from spotpool.controller.statusstore import StatusMemory, StatusStore, merge_patch
-from spotpool.metrics import Metrics
+from spotpool.metrics import DISRUPTION_REASONS, Metrics
 from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
 from spotpool.planner.formatting import format_price, format_time, parse_time
-from spotpool.planner.model import Purpose
+from spotpool.planner.model import Purpose, Rollout
 
 if TYPE_CHECKING:
     from spotpool.controller.context import ObjectRef, PassContext
@@ -64,6 +66,8 @@ class PoolMemory:
     on_demand_backoff: dict[PoolKey, PoolBackoff] = field(default_factory=dict)
     deletion_wait: str | None = None  # what the delete handler last said it waits for (said once)
     reclaims: deque[tuple[datetime, PoolKey]] = field(default_factory=lambda: deque(maxlen=MAX_RECLAIMS_KEPT))
+    rollout_said: dict[str, str] = field(default_factory=dict)  # DisruptionBlocked: what it last said
+    rollout_ids: dict[str, frozenset[str]] = field(default_factory=dict)  # Drifted, Expired: the ids said
 
     def recent_reclaims(self, now: datetime) -> dict[PoolKey, int]:
         """Instances lost per pool within `RECLAIM_WINDOW` (CapacityOptimized weighs them)."""
@@ -161,6 +165,8 @@ class Reporting:
         for instance_id in ids:
             memory.released[instance_id] = ctx.now
         self._metrics.releases.labels(ctx.ref.namespace, ctx.ref.name, label).inc(len(ids))
+        if label in DISRUPTION_REASONS:
+            self._metrics.disruptions.labels(ctx.ref.namespace, ctx.ref.name, label).inc(len(ids))
         if label == ReleaseReason.RETURN_TO_SPOT:
             self._metrics.returns.labels(ctx.ref.namespace, ctx.ref.name).inc(len(ids))
             self.event(ctx, "Normal", "ReturnedToSpot", f"Released {len(ids)} fallback on-demand instances: "
@@ -203,6 +209,40 @@ class Reporting:
         cutoff = ctx.now - timedelta(hours=1)
         memory.released = {i: t for i, t in memory.released.items() if t > cutoff and i in current}
 
+    def draining(self, ctx: PassContext, ids: list[str]) -> None:
+        grace = ctx.spec.disruption.drain_grace_seconds
+        self.event(ctx, "Normal", "Draining", f"Marked {len(ids)} instances {DRAINING_TAG}: released in {grace} s "
+                                              f"(spec.disruption.drainGrace), their replacements run: {ids_text(ids)}")
+
+    def rollout(self, ctx: PassContext, memory: PoolMemory, rollout: Rollout) -> None:
+        """`Drifted`, `Expired` and `DisruptionBlocked`, each said when what it says changes (a
+        pool whose image changed says so once, not every pass)."""
+        assessment = rollout.assessment
+        drifted = sorted(i for i, d in assessment.per_instance.items() if d.drifted)
+        why = sorted({r.value for d in assessment.per_instance.values() for r in d.drifted})
+        budget = f"; replaced under {rollout.limit}" if rollout.limit else ""
+        self._said_of(ctx, memory, "Drifted", drifted, f"{len(drifted)} instances differ from the spec "
+                      f"({', '.join(why)}){budget}: {ids_text(drifted)}")
+        expired = sorted(c.instance.instance_id for c in (*assessment.candidates, *assessment.waiting)
+                         if c.reason is DisruptionReason.EXPIRED)
+        self._said_of(ctx, memory, "Expired", expired, f"{len(expired)} instances are older than "
+                      f"spec.disruption.expireAfter{budget}: {ids_text(expired)}")
+        blocked = rollout.blocked
+        if blocked is None:
+            memory.rollout_said.pop("DisruptionBlocked", None)
+        elif memory.rollout_said.get("DisruptionBlocked") != blocked:
+            memory.rollout_said["DisruptionBlocked"] = blocked
+            self.event(ctx, "Warning", "DisruptionBlocked", blocked)
+
+    def _said_of(self, ctx: PassContext, memory: PoolMemory, reason: str, ids: list[str], message: str) -> None:
+        """Said when instances not said before join the set, not as the set shrinks while they are
+        replaced (the set is the pool's alive instances at most: bounded by expectedCount)."""
+        said = memory.rollout_ids.get(reason, frozenset())
+        now = frozenset(ids)
+        if now - said:
+            self.event(ctx, "Normal", reason, message)
+        memory.rollout_ids[reason] = now
+
     # -- metrics -----------------------------------------------------------------------------------
     def observe(self, ctx: PassContext, memory: PoolMemory, report: StatusReport) -> None:
         status = report.body
@@ -227,6 +267,8 @@ class Reporting:
             capacity=(capacity.get("spot", 0), capacity.get("onDemandBase", 0), capacity.get("onDemandFallback", 0)),
             max_hourly_cost=float(ctx.spec.max_hourly_cost) if ctx.spec.max_hourly_cost is not None else None,
             spot_short=capacity.get("spotShortSince") is not None,
+            drifted=status["currentCount"] - status.get("updatedCount", status["currentCount"]),
+            updated=status.get("updatedCount", status["currentCount"]),
         )
 
     def observe_blocked(self, ref: ObjectRef) -> None:
@@ -239,6 +281,7 @@ PURPOSE_WORDS = {
     Purpose.BASE: "on-demand base",
     Purpose.FALLBACK: "on-demand fallback",
     Purpose.RETURN: "spot, replacing on-demand fallback",
+    Purpose.REPLACE: "spot, replacing drifted or expired instances",
 }
 
 

@@ -62,13 +62,15 @@ class Mix:
         return roles
 
 
-def take_mix(census: Census, base_count: int) -> Mix:
+def take_mix(census: Census, base_count: int, excluding: frozenset[str] | set[str] = frozenset()) -> Mix:
     """Split the census's alive instances by capacity type; `base_count` is already capped at
-    expectedCount (`EnvironmentSpec.base_count`)."""
-    on_demand = sorted((i for i in census.alive if is_on_demand(i)), key=_age)
+    expectedCount (`EnvironmentSpec.base_count`). `excluding`: instances on their way out (drifted
+    or expired, `planner.disruption`), which hold no role: their replacements take it."""
+    alive = [i for i in census.alive if i.instance_id not in excluding]
+    on_demand = sorted((i for i in alive if is_on_demand(i)), key=_age)
     spot_unseen = sum(r.unseen for r in census.records if not r.launch.on_demand)
     return Mix(
-        spot=tuple(i for i in census.alive if not is_on_demand(i)),
+        spot=tuple(i for i in alive if not is_on_demand(i)),
         base=tuple(on_demand[:base_count]),
         fallback=tuple(on_demand[base_count:]),
         spot_unseen=spot_unseen,

@@ -48,9 +48,12 @@ def ready(counts: Counts, *, deleting: bool) -> tuple[bool, str, str]:
 
 
 def progressing(counts: Counts, *, paused: bool, deleting: bool,
-                refused: tuple[str, str] | None = None) -> tuple[bool, str, str]:
+                refused: tuple[str, str] | None = None,
+                rollout: tuple[bool, str, str] | None = None) -> tuple[bool, str, str]:
     """True while instances are being bought, started or released. `refused`: (reason, message)
-    of a spend guard: a deficit is then not bought, so it is no progress."""
+    of a spend guard: a deficit is then not bought, so it is no progress. `rollout`: the decision
+    while drifted or expired instances remain (`RollingOut`, or `RolloutBlocked` and why); a
+    deficit comes first, as it does for the planner."""
     if deleting:
         if counts.remaining or counts.inflight_unseen or counts.terminating:
             parts = [f"releasing {counts.remaining} instances"]
@@ -69,6 +72,8 @@ def progressing(counts: Counts, *, paused: bool, deleting: bool,
                 f"({counts.deficit} short, {counts.surplus} surplus)"
             ),
         )
+    if rollout is not None and not counts.deficit:
+        return rollout
     if counts.returning and counts.surplus <= counts.returning:
         return True, "ReturningToSpot", (f"{counts.returning} spot replacements are starting; the on-demand "
                                          f"fallback instances they replace go once they run")

@@ -19,6 +19,7 @@ from spotpool.cloud.models import POSTPAID_BY_HOUR, SPOTPAID, AccountQuota, Inst
 
 if TYPE_CHECKING:
     from spotpool.planner.census import Census
+    from spotpool.planner.disruption import Assessment
 
 PoolKey = tuple[str, str]
 """A spot pool: (zone, instance_type)."""
@@ -79,6 +80,8 @@ class ReleaseReason(StrEnum):
     RETURN_TO_SPOT = "ReturnToSpot"  # fallback on-demand instances whose spot replacement runs
     DELETE = "Delete"  # the object is being deleted
     UNWANTED = "Unwanted"  # dead instances (launch failed, shut down) that still exist
+    DRIFTED = "Drifted"  # running instances bought with a launch spec that has since changed, replaced
+    EXPIRED = "Expired"  # running instances older than spec.disruption.expireAfter, replaced
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ class Purpose(StrEnum):
     BASE = "OnDemandBase"  # spec.onDemand.baseCount
     FALLBACK = "OnDemandFallback"  # spot was short for spec.onDemand.fallback.after
     RETURN = "ReturnToSpot"  # a spot replacement for a fallback on-demand instance
+    REPLACE = "Replacement"  # a spot replacement for a drifted or expired instance
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,7 @@ class LaunchBatch:
 
     @property
     def charge_type(self) -> str:
-        return SPOTPAID if self.purpose in (Purpose.SPOT, Purpose.RETURN) else POSTPAID_BY_HOUR
+        return SPOTPAID if self.purpose in (Purpose.SPOT, Purpose.RETURN, Purpose.REPLACE) else POSTPAID_BY_HOUR
 
 
 @dataclass(frozen=True)
@@ -249,10 +253,37 @@ class Plan:
     notes: tuple[str, ...] = ()
     returns: tuple[tuple[str, ...], ...] = ()
     capacity: CapacityOutcome | None = None
+    voluntary: tuple[tuple[ReleaseReason, tuple[str, ...]], ...] = ()
+    drains: tuple[str, ...] = ()
+    rollout: Rollout | None = None
 
     @property
     def acts(self) -> bool:
-        return bool(self.replays or self.launches or self.releases or self.cleanup or self.returns)
+        return bool(self.replays or self.launches or self.releases or self.cleanup or self.returns
+                    or self.voluntary or self.drains)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Drift and expiry this pass (`planner.disruption`), for status, Events and metrics.
+
+    - `assessment`: per instance, what differs, when it expires, what holds it.
+    - `replacing`: candidates whose replacements are bought or in flight (at most the budget).
+    - `remaining`: candidates not yet released (held ones included).
+    - `blocked`: why no replacement is under way though candidates remain (a budget, a hold,
+      a spend guard), or None.
+    - `limit`: the most restrictive active budget's words, when one bounds the rollout.
+    """
+
+    assessment: Assessment
+    replacing: int
+    remaining: int
+    blocked: str | None = None
+    limit: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.remaining > 0
 
 
 @dataclass(frozen=True)

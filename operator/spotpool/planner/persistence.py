@@ -189,6 +189,7 @@ class PersistedStatus:
     current_count: int = 0
     validated_launch_spec: str | None = None
     credentials_secret: str | None = None  # status.credentials.secret: the Secret the last pass signed with
+    held_since: Mapping[str, datetime] = field(default_factory=dict)  # status.disruption.held
 
     @property
     def known_ids(self) -> frozenset[str]:
@@ -235,7 +236,32 @@ def read_status(status: Mapping[str, Any]) -> PersistedStatus:
         current_count=current_count(status),
         validated_launch_spec=validated if isinstance(validated, str) else None,
         credentials_secret=_secret_name(status.get("credentials")),
+        held_since=_held_since(status.get("disruption")),
     )
+
+
+def _held_since(disruption: Any) -> dict[str, datetime]:
+    """`status.disruption.held` ([{id, since}]): when each do-not-disrupt hold began (its maximum
+    counts from it). A list, not a map, so a merge-patch replaces it whole. Unreadable entries are
+    left out: such a hold starts again, which only holds longer."""
+    held = disruption.get("held") if isinstance(disruption, Mapping) else None
+    if not isinstance(held, list):
+        return {}
+    read = {}
+    for entry in held[:MAX_HELD_READ]:
+        if not isinstance(entry, Mapping):
+            continue
+        instance_id, since = entry.get("id"), entry.get("since")
+        if isinstance(instance_id, str) and _INSTANCE_ID.fullmatch(instance_id) and isinstance(since, str):
+            try:
+                read[instance_id] = parse_time(since)
+            except ValueError:
+                continue
+    return read
+
+
+MAX_HELD_READ = 1000
+"""Hold starts read back at most (the planner records no more, `disruption.MAX_HELD_RECORDED`)."""
 
 
 def current_count(status: Mapping[str, Any]) -> int:

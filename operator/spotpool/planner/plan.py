@@ -42,6 +42,7 @@ from decimal import Decimal
 from spotpool.api.spec import AllocationStrategy, EnvironmentSpec
 from spotpool.cloud.models import (
     LAUNCH_FAILED,
+    RUNNING,
     SHUTDOWN,
     TERMINATING,
     Instance,
@@ -51,6 +52,15 @@ from spotpool.planner.allowance import Allowance
 from spotpool.planner.capacity import Mix, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census, take_census
 from spotpool.planner.degraded import DegradedReason
+from spotpool.planner.disruption import (
+    Assessment,
+    Candidate,
+    assess,
+    held,
+    limit,
+    releasable_after_drain,
+    return_budget,
+)
 from spotpool.planner.formatting import as_utc, format_cost
 from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import Launches, plan_launches
@@ -66,6 +76,7 @@ from spotpool.planner.model import (
     PoolKey,
     Purpose,
     ReleaseReason,
+    Rollout,
 )
 from spotpool.planner.pools import PoolAssessment, assess_pools, order_buyable, shortage_reason
 from spotpool.planner.release import batch_ids, release_order
@@ -96,6 +107,7 @@ def plan(
     deleting: bool = False,
     purchases_refused: str | None = None,
     capacity: CapacitySignals | None = None,
+    held_since: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """Decide, once per pass, what to replay, buy and release.
 
@@ -105,6 +117,8 @@ def plan(
     `paused`: a deletion must release everything before the finalizer goes, or instances leak.
     `purchases_refused` (why: a spend guard the administrator set) buys and replays nothing but
     releases as usual: a guard stops spending, never scale-in, cleanup or deletion.
+    `held_since`: when each do-not-disrupt hold began, as the status recorded it
+    (`planner.disruption`).
     """
     capacity = capacity or CapacitySignals()
     observed = take_census(
@@ -120,20 +134,34 @@ def plan(
 
     expected = spec.expected_count
     deficit = census.deficit(expected)
-    mix = take_mix(census, spec.base_count)
+    assessment = assess(spec, census.alive, now, held_since or {})
+    leaving = [c.instance for c in assessment.candidates]
+    # The mix as the pool will be once its candidates are replaced: a drifted base instance's
+    # replacement is bought on-demand as base, and the return to spot never takes a candidate.
+    mix = take_mix(census, spec.base_count, excluding={i.instance_id for i in leaving})
     notes = [f"ignored {census.foreign} instances not owned by {owner_uid}"] if census.foreign else []
     outcome = CapacityOutcome()
     launches: list[LaunchBatch] = []
     returns: list[Instance] = []
     releases: list[Instance] = []
+    voluntary: list[Instance] = []
+    drains: list[Instance] = []
     cleanup: list[Instance] = []
+    rollout: Rollout | None = None
 
     if spec.paused:
         notes.append("paused: buying and releasing nothing")
     else:
         if purchases_refused and deficit:
             notes.append(f"{deficit} instances short: {purchases_refused}")
-        returns, releases = _release(spec, census, mix, prices)
+        bound = limit(spec.disruption.budgets, assessment.reasons(), expected, now).allowed
+        returns, voluntary, releases = _release(spec, census, mix, prices, leaving,
+                                                len(leaving) if bound is None else bound)
+        # Voluntary releases (the return to spot, drift, expiry) wait out the drain grace first.
+        grace = spec.disruption.drain_grace_seconds
+        returns, marked = releasable_after_drain(returns, grace, now)
+        voluntary, marked_too = releasable_after_drain(voluntary, grace, now)
+        drains = marked + marked_too
         if not purchases_refused:
             # One assessment of the spot pools and one allowance serve the deficit and the return
             # (which only buys when nothing is missing, so the two never share a pass's room).
@@ -144,11 +172,19 @@ def plan(
                                    now, notes)
             launches += bought
             if not deficit:
-                returning, held = _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices,
-                                                  capacity.held_ceiling)
+                returning, waits = _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices,
+                                                   capacity.held_ceiling, now)
                 launches += returning
-                if held:
-                    outcome = replace(outcome, return_held=held)
+                if waits:
+                    outcome = replace(outcome, return_held=waits)
+        rollout = _rollout(spec, census, assessment, returns + voluntary + releases, launches, now,
+                           None if deficit else capacity.held_ceiling, refused=purchases_refused, deficit=deficit)
+        if rollout.replacing and not purchases_refused and not deficit:
+            wanted = rollout.replacing
+            bought, replacing_outcome = _buy(spec, census, mix, wanted, assessments, buyable, allowance, capacity,
+                                             prices, now, notes)
+            launches += [replace(b, purpose=Purpose.REPLACE) if b.purpose is Purpose.SPOT else b for b in bought]
+            outcome = replace(replacing_outcome, return_held=outcome.return_held)
         cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
 
     if returns and not mix.spot_running:  # no spot runs: nothing returns, it is plain scale-in
@@ -159,6 +195,7 @@ def plan(
         notes.append(f"{len(launches) - max(room, 0)} launch batches wait: the journal holds "
                      f"{len(decision.keep)} of {MAX_JOURNAL_RECORDS} records")
         launches = launches[:max(room, 0)]
+    reasons = {c.instance.instance_id: c.reason for c in assessment.candidates}
     return Plan(
         journal=decision.keep,
         replays=decision.replay,
@@ -172,7 +209,67 @@ def plan(
         notes=tuple(notes),
         returns=_frozen(batch_ids(returns)),
         capacity=outcome,
+        voluntary=tuple((ReleaseReason(reason.value), ids) for reason in sorted(set(reasons.values()))
+                        for ids in _frozen(batch_ids(i for i in voluntary if reasons[i.instance_id] is reason))),
+        drains=tuple(i.instance_id for i in drains),
+        rollout=rollout or Rollout(assessment, replacing=0, remaining=len(assessment.candidates)
+                                   + len(assessment.waiting)),
     )
+
+
+def _rollout(
+    spec: EnvironmentSpec,
+    census: Census,
+    assessment: Assessment,
+    released: list[Instance],
+    launches: list[LaunchBatch],
+    now: datetime,
+    ceiling: int | None,
+    *,
+    refused: str | None,
+    deficit: int,
+) -> Rollout:
+    """How many drifted or expired instances to buy replacements for now, within the budget.
+
+    Replacements in flight are what the pool holds beyond expectedCount once this pass's
+    releases and purchases are counted (booting replacements, unseen purchases, candidates that
+    wait out their drain grace): new ones only fill the budget up. The budget is the most
+    restrictive active one for the reasons still to replace; the spend guards' ceiling bounds the
+    surge as it bounds the return to spot's. Nothing is bought while a deficit is open (the
+    deficit comes first) or purchases are refused (`refused` says why: the rollout is blocked).
+    """
+    gone = {i.instance_id for i in released}
+    left = [c for c in assessment.candidates if c.instance.instance_id not in gone]
+    remaining = len(left) + len(assessment.waiting)
+    if not left:
+        blocked = _held_words(assessment.waiting, spec) if assessment.waiting else None
+        return Rollout(assessment, replacing=0, remaining=remaining, blocked=blocked)
+    holding = (census.alive_count + census.inflight_unseen - len(released)
+               + sum(b.count for b in launches))
+    in_flight = max(0, holding - spec.expected_count)
+    bound = limit(spec.disruption.budgets, {c.reason for c in left}, spec.expected_count, now)
+    allowed = len(left) if bound.allowed is None else min(len(left), bound.allowed)
+    wanted = allowed - in_flight
+    blocked = None
+    if bound.allowed == 0:
+        blocked = f"{bound.which} allows no voluntary replacement now"
+    elif ceiling is not None and wanted > 0 and holding + wanted > ceiling:
+        wanted = max(0, ceiling - holding)
+        if not wanted and not in_flight:
+            blocked = (f"the administrator's spend guards let this pool hold {ceiling} instances at once, and a "
+                       f"replacement boots while the instance it replaces still runs (it holds {holding})")
+    if refused:
+        wanted = 0
+        blocked = blocked or f"buying nothing: {refused}"
+    elif deficit:
+        wanted = 0
+    return Rollout(assessment, replacing=max(0, wanted), remaining=remaining, blocked=blocked, limit=bound.which)
+
+
+def _held_words(waiting: tuple[Candidate, ...], spec: EnvironmentSpec) -> str:
+    hold = spec.disruption.do_not_disrupt_max_hold_seconds
+    until = f"for up to {hold}s (spec.disruption.doNotDisruptMaxHold)" if hold else "until the tag goes"
+    return f"{len(waiting)} instances carry spotpool.io/do-not-disrupt and are kept {until}"
 
 
 def _allowance(
@@ -304,32 +401,49 @@ def _on_demand(
                          occupancy=Counter(), max_price=spec.max_price, purpose=purpose, allowance=allowance)
 
 
-def _release(spec: EnvironmentSpec, census: Census, mix: Mix, prices: Prices) -> tuple[list[Instance], list[Instance]]:
-    """(fallback on-demand instances a running spot instance replaces, other surplus to release).
+def _release(
+    spec: EnvironmentSpec, census: Census, mix: Mix, prices: Prices, leaving: list[Instance], budget: int,
+) -> tuple[list[Instance], list[Instance], list[Instance]]:
+    """(fallback on-demand instances a running spot instance replaces, drifted or expired
+    instances a running instance replaces, other surplus to release).
 
     With `alive - expected` instances too many: first the fallback on-demand instances that
-    running spot instances make redundant; pending spot instances that replace the remaining
-    fallback ones are kept (they are a return in progress, not surplus); the rest goes by
-    scaleInPolicy, the base on-demand instances last.
+    running spot instances make redundant; then the candidates (`leaving`, in order) as long as
+    running instances still number expectedCount without them; pending instances that replace
+    the remaining fallback ones and candidates are kept (they are a replacement in progress, not
+    surplus; of the candidates', at most `budget`, the most restrictive active budget's count);
+    the rest goes by scaleInPolicy, candidates first, the base on-demand instances and
+    do-not-disrupt ones last.
     """
     expected = spec.expected_count
     surplus = census.surplus(expected)
     if not surplus:
-        return [], []
-    redundant = min(len(mix.fallback), max(0, mix.spot_running + mix.on_demand - expected))
-    returns = list(reversed(mix.fallback))[:redundant]  # newest fallback first
+        return [], [], []
+    fallback = [i for i in mix.fallback if not held(i)]
+    redundant = min(len(fallback), max(0, mix.spot_running + mix.on_demand - expected))
+    returns = list(reversed(fallback))[:redundant]  # newest fallback first
+    running_left = census.running - sum(1 for i in returns if i.state == RUNNING)
+    replaced = leaving[: max(0, min(len(leaving), running_left - expected, surplus - len(returns)))]
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled
-    protected = mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ()
-    rest = surplus - redundant - len(protected)
+    protected = list(mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ())
+    leaving_ids = {i.instance_id for i in leaving}
+    if len(leaving) > len(replaced):
+        kept = {i.instance_id for i in protected}
+        booting = [i for i in census.alive if i.state != RUNNING and i.instance_id not in leaving_ids
+                   and i.instance_id not in kept]
+        protected += booting[: max(0, min(len(leaving) - len(replaced), budget))]
+    rest = surplus - len(returns) - len(replaced) - len(protected)
     if rest <= 0:
-        return returns, []
-    gone = {i.instance_id for i in (*returns, *protected)}
+        return returns, replaced, []
+    gone = {i.instance_id for i in (*returns, *replaced, *protected)}
     base = {i.instance_id for i in mix.base}
     candidates = [i for i in census.alive if i.instance_id not in gone]
     ordered = release_order(candidates, spec.scale_in_policy, _known(prices, on_demand=False),
                             _known(prices, on_demand=True))
-    ordered = [i for i in ordered if i.instance_id not in base] + [i for i in ordered if i.instance_id in base]
-    return returns, ordered[:rest]
+    # Stable: pending and candidates first, then the rest; base and do-not-disrupt instances last.
+    ordered.sort(key=lambda i: (held(i), i.instance_id in base,
+                                not (i.state != RUNNING or i.instance_id in leaving_ids)))
+    return returns, replaced, ordered[:rest]
 
 
 def _return_to_spot(
@@ -341,7 +455,8 @@ def _return_to_spot(
     buyable: list[PoolAssessment],
     allowance: Allowance,
     prices: Prices,
-    ceiling: int | None = None,
+    ceiling: int | None,
+    now: datetime,
 ) -> tuple[list[LaunchBatch], tuple[str, str] | None]:
     """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
 
@@ -366,19 +481,19 @@ def _return_to_spot(
     fallback_left = len(mix.fallback) - len(returns)
     if fallback_left <= 0:
         return [], None
-    held = census.alive_count + census.inflight_unseen - len(returns) - len(releases)
-    in_flight = held - spec.expected_count
-    budget = spec.on_demand.return_to_spot.budget(spec.expected_count)
+    holding = census.alive_count + census.inflight_unseen - len(returns) - len(releases)
+    in_flight = holding - spec.expected_count
+    budget, _ = return_budget(spec, now)
     wanted = min(fallback_left, budget) - max(0, in_flight)
     if wanted <= 0:
         return [], None
-    if ceiling is not None and held + wanted > ceiling:
-        wanted = ceiling - held
+    if ceiling is not None and holding + wanted > ceiling:
+        wanted = ceiling - holding
         if wanted <= 0:
             return [], (DegradedReason.SPEND_GUARD,
                         f"the return to spot of {fallback_left} on-demand fallback instances waits: a spot "
                         f"replacement boots while the instance it replaces still runs, and the administrator's "
-                        f"spend guards let this pool hold {ceiling} instances at once (it holds {held})")
+                        f"spend guards let this pool hold {ceiling} instances at once (it holds {holding})")
     # The fallback instances released this pass, and those the new replacements will replace
     # (newest first, as they are released), no longer count against the cap.
     replaced = list(reversed(mix.fallback))[: len(returns) + max(0, in_flight) + wanted]

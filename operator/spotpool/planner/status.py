@@ -19,6 +19,7 @@ from spotpool.planner import conditions
 from spotpool.planner.capacity import Capacity, Mix, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census
 from spotpool.planner.degraded import DegradedReason, Problem, find_problems
+from spotpool.planner.disruption import InstanceDisruption
 from spotpool.planner.formatting import format_cost, format_price, format_time
 from spotpool.planner.model import (
     CapacityOutcome,
@@ -27,6 +28,7 @@ from spotpool.planner.model import (
     InflightLaunch,
     PoolBackoff,
     PoolKey,
+    Rollout,
 )
 from spotpool.planner.persistence import backoff_to_status, inflight_to_status
 from spotpool.planner.pools import assess_pools
@@ -77,6 +79,7 @@ def build_status(
     purchases_refused: tuple[str, str] | None = None,
     capacity: CapacitySignals | None = None,
     outcome: CapacityOutcome | None = None,
+    rollout: Rollout | None = None,
 ) -> StatusReport:
     """The status after this pass, for every kind of pass.
 
@@ -93,6 +96,9 @@ def build_status(
     - `capacity` and `outcome`: the plan's capacity inputs and verdict (on-demand prices, quota,
       the fallback timer, the spend cap): `status.capacity`, and a deficit the cap leaves unbought
       is Degraded `MaxHourlyCostReached` like a spend guard.
+    - `rollout`: drift and expiry (`planner.disruption`): `status.updatedCount`, per instance
+      what differs and when it expires, `status.disruption`, and Progressing while instances are
+      replaced (or why they are not).
     """
     offers = offers or {}
     backoff = backoff or {}
@@ -152,8 +158,9 @@ def build_status(
         hidden=len(census.hidden),
     )
     ready = conditions.ready(counts, deleting=deleting)
+    rolling = None if deleting or rollout is None or not rollout.active else _rollout_words(rollout)
     progressing = conditions.progressing(counts, paused=spec.paused, deleting=deleting,
-                                         refused=purchases_refused)
+                                         refused=purchases_refused, rollout=rolling)
     degraded = conditions.degraded(problems)
 
     alive_by_pool = census.alive_by_pool()
@@ -186,16 +193,19 @@ def build_status(
         "returning": returning or None,
     }
     listed = sorted(census.owned, key=lambda i: (i.state == RUNNING, i.instance_id))
+    assessment = rollout.assessment if rollout is not None else None
+    disrupted = dict(assessment.per_instance) if assessment is not None else {}
     body: dict[str, Any] = {
         "observedGeneration": generation,
         "currentCount": census.alive_count,
+        "updatedCount": census.alive_count - (assessment.outdated if assessment is not None else 0),
         "runningCount": census.running,
         "pendingCount": census.pending,
         "selector": selector(environment_label),
         "hourlyCost": format_cost(hourly_cost(census.alive, Prices(offers, capacity.on_demand or {}))),
         "capacity": capacity_body,
         "pools": pool_entries,
-        "instances": [_instance_entry(instance, roles.get(instance.instance_id))
+        "instances": [_instance_entry(instance, roles.get(instance.instance_id), disrupted.get(instance.instance_id))
                       for instance in listed[:MAX_STATUS_INSTANCES]],
         # merge-patch null removes a stale count
         "instancesOmitted": len(listed) - MAX_STATUS_INSTANCES if len(listed) > MAX_STATUS_INSTANCES else None,
@@ -209,6 +219,8 @@ def build_status(
     }
     if account is not None:
         body["account"] = dict(account)
+    if rollout is not None:
+        body["disruption"] = _disruption_body(rollout)
     return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0])
 
 
@@ -219,7 +231,37 @@ def _returning(mix: Mix, expected: int) -> int:
     return max(0, min(len(mix.spot_pending), len(mix.fallback), beyond))
 
 
-def _instance_entry(instance: Instance, role: Capacity | None) -> dict[str, Any]:
+def _rollout_words(rollout: Rollout) -> tuple[bool, str, str]:
+    """Progressing while drifted or expired instances are replaced: what, how many remain, and
+    what holds it back."""
+    assessment = rollout.assessment
+    kinds = []
+    if assessment.outdated:
+        kinds.append(f"{assessment.outdated} drifted")
+    if assessment.expired:
+        kinds.append(f"{assessment.expired} expired")
+    what = " and ".join(kinds) or "marked"
+    message = f"replacing {what} instances: {rollout.remaining} remain"
+    if rollout.limit:
+        message += f", under {rollout.limit}"
+    if rollout.blocked:
+        return False, "RolloutBlocked", f"{message}; blocked: {rollout.blocked}"
+    return True, "RollingOut", message
+
+
+def _disruption_body(rollout: Rollout) -> dict[str, Any]:
+    held = sorted(rollout.assessment.held_since.items())
+    return {
+        "remaining": rollout.remaining,
+        # merge-patch null removes what no longer holds
+        "blockedBy": rollout.blocked,
+        "budget": rollout.limit,
+        "held": [{"id": instance_id, "since": format_time(since)} for instance_id, since in held] or None,
+    }
+
+
+def _instance_entry(instance: Instance, role: Capacity | None,
+                    disrupted: InstanceDisruption | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": instance.instance_id,
         "zone": instance.zone,
@@ -230,4 +272,15 @@ def _instance_entry(instance: Instance, role: Capacity | None) -> dict[str, Any]
         entry["capacity"] = role.value
     if instance.created_time is not None:
         entry["launchTime"] = format_time(instance.created_time)
+    if disrupted is not None:
+        if disrupted.drifted:
+            entry["drifted"] = [r.value for r in disrupted.drifted]
+        if disrupted.ignored:
+            entry["driftIgnored"] = [r.value for r in disrupted.ignored]
+        if disrupted.expires_at is not None:
+            entry["expiresAt"] = format_time(disrupted.expires_at)
+        if disrupted.held:
+            entry["doNotDisrupt"] = True
+        if disrupted.draining_since is not None:
+            entry["drainingSince"] = format_time(disrupted.draining_since)
     return entry

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import json
 import operator
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,8 +22,9 @@ from pydantic import BaseModel
 
 from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.index import is_describe_filter
-from spotpool.simulator.market import LaunchRequest, Market
+from spotpool.simulator.market import ACTION_TIMER_REFUSED, LaunchRequest, Market
 from spotpool.simulator.params import (
+    ActionTimer,
     DescribeAccountQuotaParams,
     DescribeInstancesParams,
     DescribeInstancesStatusParams,
@@ -64,6 +67,8 @@ _VPC_ID = re.compile(r"^vpc-[a-z0-9]{8}$")
 _SUBNET_ID = re.compile(r"^subnet-[a-z0-9]{8}$")
 _SG_ID = re.compile(r"^sg-[a-z0-9]{8}$")
 _DECIMAL = re.compile(r"^\d+(\.\d+)?$")
+_ACTION_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+TIMER_ACTION = "TerminateInstances"
 _FAMILY_NAMES = {"S": "Standard", "SA": "Standard AMD", "M": "Memory Optimized", "C": "Compute"}
 
 
@@ -124,7 +129,8 @@ def run_instances(ctx: CallContext, params: RunInstancesParams) -> bytes:
                 f"MinCount must be between 1 and InstanceCount ({params.instance_count}).",
             )
     request = _launch_request(
-        ctx, params, min_count=params.min_count, dry_run=params.dry_run, charge_type=charge_type
+        ctx, params, min_count=params.min_count, dry_run=params.dry_run, charge_type=charge_type,
+        terminate_at=_action_timer(params.action_timer),
     )
     ids = ctx.market.run_instances(request, ctx.request_id)
     if params.dry_run and ctx.market.config.api.dry_run_answer == "DryRunOperation":
@@ -189,6 +195,7 @@ def _launch_request(
     min_count: int | None,
     dry_run: bool,
     charge_type: str,
+    terminate_at: float | None = None,
 ) -> LaunchRequest:
     """The checks RunInstances and InquiryPriceRunInstances share, in a LaunchRequest."""
     if params.launch_template is not None:
@@ -287,7 +294,45 @@ def _launch_request(
         system_disk_size=(disk.disk_size if disk and disk.disk_size else 50),
         charge_type=charge_type,
         account=ctx.account,
+        terminate_at=terminate_at,
     )
+
+
+def _action_timer(timer: ActionTimer | None) -> float | None:
+    """The epoch seconds of an ActionTimer's TerminateInstances, or None without a timer.
+
+    ActionTime must be exactly `YYYY-MM-DDThh:mm:ssZ` (the documented format, UTC): anything
+    else is InvalidParameterValue.InvalidTimeFormat, the code CVM documents for RunInstances. How
+    far ahead it must be is the market's check (`Market._check_timer`), on the simulator's clock.
+    """
+    if timer is None:
+        return None
+    if timer.timer_action is None:
+        raise ApiError(
+            "MissingParameter", "The request is missing the required parameter ActionTimer.TimerAction."
+        )
+    if timer.timer_action != TIMER_ACTION:
+        raise ApiError(
+            "InvalidParameterValue",
+            f"ActionTimer.TimerAction {timer.timer_action!r} is not supported; the only timer "
+            f"action is {TIMER_ACTION}.",
+        )
+    if timer.action_time is None:
+        raise ApiError(
+            "MissingParameter", "The request is missing the required parameter ActionTimer.ActionTime."
+        )
+    if not _ACTION_TIME.fullmatch(timer.action_time):
+        raise ApiError(
+            ACTION_TIMER_REFUSED,
+            f"ActionTimer.ActionTime {timer.action_time!r} is not like 2018-05-29T11:26:40Z "
+            "(ISO 8601, UTC).",
+        )
+    try:
+        return float(calendar.timegm(time.strptime(timer.action_time, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:  # the right shape, no such day or hour (2026-02-30T25:00:00Z)
+        raise ApiError(
+            ACTION_TIMER_REFUSED, f"ActionTimer.ActionTime {timer.action_time!r} is not a valid time."
+        ) from None
 
 
 def _max_price(params: RunInstancesParams | InquiryPriceRunInstancesParams) -> str | None:

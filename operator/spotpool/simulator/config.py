@@ -32,6 +32,8 @@ DEFAULT_RATE_LIMITS: dict[str, float] = {
     "InquiryPriceRunInstances": 10,
     "DescribeZones": 20,
     "DescribeAccountQuota": 20,  # not published (reference §9); the common 20/s
+    "TagResources": 20,  # the tag service's API pages
+    "UnTagResources": 20,
 }
 
 
@@ -211,6 +213,19 @@ class ApiSpec(_Strict):
         default=0.0, ge=0,
         description="tag filters of DescribeInstances miss instances younger than this "
         "(Tencent's tag service is eventually consistent); lookups by InstanceIds see them at once",
+    )
+    action_timer_min_lead_seconds: float = Field(
+        default=300, ge=0,
+        description="how far ahead of the simulator's clock a RunInstances ActionTimer's "
+        "ActionTime must be (CVM documents 5 minutes); nearer, past or malformed times are "
+        "refused with InvalidParameterValue.InvalidTimeFormat and nothing is bought",
+    )
+    tag_unknown_resources: Literal["ignore", "fail"] = Field(
+        default="ignore",
+        description="what TagResources / UnTagResources do with a well-formed name of the "
+        "caller's account that names no instance (never bought, or gone): 'ignore' answers "
+        "success and changes nothing, as users of the real tag service report it does; 'fail' "
+        "lists it in FailedResources with ResourceNotFound.RecordNotFound",
     )
     listing_skew_rate: float = Field(
         default=0.0,

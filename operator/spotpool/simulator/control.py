@@ -187,8 +187,11 @@ def _instance_view(inst: SimInstance) -> dict[str, Any]:
         "maxPrice": inst.max_price,
         "launchTime": iso_time(inst.created_at),
         "launchRequestId": inst.launch_request_id,
-        "terminatedBy": inst.terminated_by,
+        "terminatedBy": inst.terminated_by,  # user, reclaim or timer (its ActionTimer)
         "terminatedAt": None if inst.terminated_at is None else iso_time(inst.terminated_at),
+        # When its RunInstances ActionTimer terminates it (None: no timer), and in epoch seconds.
+        "terminateAt": None if inst.terminate_at is None else iso_time(inst.terminate_at),
+        "terminateAtEpoch": inst.terminate_at,
         # Epoch seconds on the clock of the ledger's `time`, to order an instance's life against
         # the API calls (launchTime and terminatedAt above have CVM's whole-second resolution).
         "timeline": {

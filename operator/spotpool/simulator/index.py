@@ -78,10 +78,7 @@ class RegionIndex:
         self._by_zone.setdefault(inst.zone, {})[iid] = inst
         self._by_name.setdefault(inst.name, {})[iid] = inst
         self._by_state.setdefault(inst.state, {})[iid] = inst
-        for key, value in inst.tags.items():
-            self._by_tag.setdefault((key, value), {})[iid] = inst
-            self._by_tag_key.setdefault(key, {})[iid] = inst
-            self._by_tag_value.setdefault(value, {})[iid] = inst
+        self._add_tags(inst, inst.indexed_tags)
 
     def remove(self, inst: SimInstance) -> None:
         iid = inst.instance_id
@@ -89,7 +86,38 @@ class RegionIndex:
         _discard(self._by_zone, inst.zone, iid)
         _discard(self._by_name, inst.name, iid)
         _discard(self._by_state, inst.state, iid)
-        for key, value in inst.tags.items():
+        self._remove_tags(inst, inst.indexed_tags)
+
+    def retag(self, inst: SimInstance, old: dict[str, str], new: dict[str, str]) -> None:
+        """Move an instance between tag buckets after its tags went from `old` to `new`.
+
+        Only the buckets that change are touched, and an instance joining a bucket is put in its
+        launch-order place: buckets are pages' order, which must stay launch order."""
+        iid = inst.instance_id
+        old_values, new_values = set(old.values()), set(new.values())
+        for pair in old.items() - new.items():
+            _discard(self._by_tag, pair, iid)
+        for key in old.keys() - new.keys():
+            _discard(self._by_tag_key, key, iid)
+        for value in old_values - new_values:
+            _discard(self._by_tag_value, value, iid)
+        for pair in new.items() - old.items():
+            _insert(self._by_tag, pair, inst)
+        for key in new.keys() - old.keys():
+            _insert(self._by_tag_key, key, inst)
+        for value in new_values - old_values:
+            _insert(self._by_tag_value, value, inst)
+
+    def _add_tags(self, inst: SimInstance, tags: dict[str, str]) -> None:
+        iid = inst.instance_id
+        for key, value in tags.items():
+            self._by_tag.setdefault((key, value), {})[iid] = inst
+            self._by_tag_key.setdefault(key, {})[iid] = inst
+            self._by_tag_value.setdefault(value, {})[iid] = inst
+
+    def _remove_tags(self, inst: SimInstance, tags: dict[str, str]) -> None:
+        iid = inst.instance_id
+        for key, value in tags.items():
             _discard(self._by_tag, (key, value), iid)
             _discard(self._by_tag_key, key, iid)
             _discard(self._by_tag_value, value, iid)
@@ -178,6 +206,15 @@ class RegionIndex:
 
 def _in_launch_order(instances: Iterable[SimInstance]) -> Bucket:
     return {inst.instance_id: inst for inst in sorted(instances, key=lambda i: i.seq)}
+
+
+def _insert(index: dict, key: object, inst: SimInstance) -> None:  # type: ignore[type-arg]
+    """Add an instance to a bucket in launch order (at the end unless it is older than the last)."""
+    bucket: Bucket = index.setdefault(key, {})
+    last = bucket[next(reversed(bucket))] if bucket else None
+    bucket[inst.instance_id] = inst
+    if last is not None and last.seq > inst.seq:
+        index[key] = _in_launch_order(bucket.values())
 
 
 def _discard(index: dict, key: object, iid: str) -> None:  # type: ignore[type-arg]

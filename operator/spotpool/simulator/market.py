@@ -18,6 +18,12 @@ by default: a termination that is accepted and fails later (`lifecycle.terminate
 (`api.listing_skew_rate`, `skew_next_pages`), and key pairs restricted by a CAM policy to the
 instances carrying some tags (`Credential.visible_tags`).
 
+Two things change instances besides calls: a RunInstances ActionTimer (`terminate_at`) is an event
+like a reclaim, so the instance goes (terminating, then gone, its capacity back) at its time on
+this clock whether or not anyone calls; and the tag service's TagResources / UnTagResources
+(`change_tags`) replace an instance's tags, shown at once by DescribeInstances and reaching the tag
+index, which tag filters read, `api.tag_index_delay_seconds` later.
+
 Accounts are kept apart: every instance, vCPU quota and ClientToken belongs to one account (UIN),
 and a call acts in the account of the credentials that signed it. A key of account A never sees,
 terminates or replays what account B bought, and B's purchases never use A's quota. The physical
@@ -48,8 +54,10 @@ from spotpool.simulator.state import POSTPAID_BY_HOUR, SPOTPAID, Pool, SimInstan
 Clock = Callable[[], float]
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_BOOT, _RECLAIM, _GONE, _TERMINATION_FAILED = 0, 1, 2, 3
-USER, RECLAIM = "user", "reclaim"
+_BOOT, _RECLAIM, _GONE, _TERMINATION_FAILED, _TIMER, _REINDEX = 0, 1, 2, 3, 4, 5
+USER, RECLAIM, TIMER = "user", "reclaim", "timer"  # who terminated an instance (`terminated_by`)
+ACTION_TIMER_REFUSED = "InvalidParameterValue.InvalidTimeFormat"
+MAX_TAGS_PER_INSTANCE = 50  # the tag service's "Each resource can have 50 tags at most"
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class LaunchRequest:
     system_disk_size: int = 50
     charge_type: str = SPOTPAID  # or POSTPAID_BY_HOUR
     account: str | None = None  # the buyer's account (UIN); None: the market's default account
+    terminate_at: float | None = None  # ActionTimer TerminateInstances (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,10 @@ class Market:
                     self._begin_termination(inst, at, RECLAIM, inst.latest_operation_request_id)
             elif kind == _TERMINATION_FAILED:
                 self._fail_termination(inst, at)
+            elif kind == _TIMER:
+                self._fire_timer(inst, at)
+            elif kind == _REINDEX:
+                self._reindex(inst, at)
             else:
                 self._remove(inst, at)
         return now
@@ -359,6 +372,22 @@ class Market:
                 self._push(at, _BOOT, inst)
         elif inst.spot:
             self._schedule_reclaim(inst, at)
+        if inst.terminate_at is not None and inst.terminate_at <= at:
+            # Its ActionTimer came while it was terminating (and found nothing to do): the
+            # cloud's timer still wants it gone.
+            self._push(at, _TIMER, inst)
+
+    def _fire_timer(self, inst: SimInstance, at: float) -> None:
+        """The RunInstances ActionTimer's TerminateInstances, on CVM's side: the instance goes as
+        a TerminateInstances would take it (the terminating state, then gone, its capacity back),
+        whether or not anyone calls. One already going is left to that; a launch that failed is
+        removed at once, as TerminateInstances removes it."""
+        if inst.terminated_by is not None:
+            return
+        if inst.state == LAUNCH_FAILED:
+            self._remove(inst, at)
+            return
+        self._begin_termination(inst, at, TIMER, "")
 
     def _release_capacity(self, inst: SimInstance) -> None:
         if inst.holds_capacity:
@@ -450,12 +479,14 @@ class Market:
         """
         now = self.advance()
         if req.dry_run:
+            self._check_timer(req, now)
             self._check_offer(req)
             return []
         if req.client_token is not None:
             replay = self._replay(req, now)
             if replay is not None:
                 return replay
+        self._check_timer(req, now)
         pool, count = self._check_offer(req)
         names = expand_names(req.name, count)
         ids = [self._launch(pool, req, names[i], now, request_id) for i in range(count)]
@@ -470,6 +501,22 @@ class Market:
             self._account(req.account).tokens[req.client_token] = record
             self._token_order.append(record)
         return ids
+
+    def _check_timer(self, req: LaunchRequest, now: float) -> None:
+        """Refuse an ActionTime in the past or nearer than the minimum lead on this clock, before
+        anything is bought or the ClientToken recorded. A replay of a recorded token is answered
+        before this check: its timer was accepted when it bought, and a repeat must not turn into
+        a refusal because time passed (the documents do not say which CVM checks first)."""
+        if req.terminate_at is None:
+            return
+        lead = self.config.api.action_timer_min_lead_seconds
+        if req.terminate_at < now + lead:
+            when = "is in the past" if req.terminate_at <= now else f"is {req.terminate_at - now:.0f} s away"
+            raise ApiError(
+                ACTION_TIMER_REFUSED,
+                f"ActionTimer.ActionTime {when}; it must be at least {lead:.0f} s later than the "
+                "current time.",
+            )
 
     def _replay(self, req: LaunchRequest, now: float) -> list[str] | None:
         while self._token_order and self._token_order[0].expires_at <= now:
@@ -521,6 +568,7 @@ class Market:
             will_fail=self._rng.random() < self.config.lifecycle.launch_failure_rate,
             latest_operation_request_id=request_id,
             charge_type=req.charge_type,
+            terminate_at=req.terminate_at,
         )
         if inst.spot:
             pool.stock -= 1
@@ -532,6 +580,8 @@ class Market:
         self._bought.append(inst)
         book.regions[pool.region].add(inst)
         self._push(now + self.config.lifecycle.boot_delay_seconds, _BOOT, inst)
+        if req.terminate_at is not None:
+            self._push(req.terminate_at, _TIMER, inst)
         return inst.instance_id
 
     def _new_instance_id(self) -> str:
@@ -716,6 +766,86 @@ class Market:
     def get(self, instance_id: str) -> SimInstance | None:
         self.advance()
         return self._instances.get(instance_id)
+
+    # ------------------------------------------------------------------------- tags
+
+    def change_tags(
+        self,
+        region: str,
+        instance_ids: list[str],
+        *,
+        set_tags: Mapping[str, str] | None = None,
+        remove_keys: list[str] | tuple[str, ...] = (),
+        account: str | None = None,
+        visible_tags: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Set `set_tags` on and remove `remove_keys` from the account's instances of the region
+        (the tag service's TagResources / UnTagResources); return the ids that name none of them.
+
+        All or nothing for the instances found: a caller restricted to `visible_tags` naming one
+        it may not see, or a change leaving one with more than 50 tags, changes nothing. Another
+        account's instance is just not found. DescribeInstances shows the new tags at once; tag
+        filters see them `api.tag_index_delay_seconds` later (`_retag`).
+        """
+        now = self.advance()
+        uin = account or self._default_account
+        found: list[SimInstance] = []
+        unknown: list[str] = []
+        for iid in dict.fromkeys(instance_ids):
+            inst = self._instances.get(iid)
+            if inst is None or inst.region != region or inst.account_id != uin:
+                unknown.append(iid)
+            else:
+                found.append(inst)
+        if visible_tags:
+            hidden = [inst.instance_id for inst in found if not _carries(inst, visible_tags)]
+            if hidden:
+                raise ApiError(
+                    "AuthFailure.UnauthorizedOperation",
+                    f"You are not authorized to change the tags of {', '.join(hidden)} (CAM).",
+                )
+        changes: list[tuple[SimInstance, dict[str, str]]] = []
+        for inst in found:
+            tags = {**inst.tags, **(set_tags or {})}
+            for key in remove_keys:
+                tags.pop(key, None)
+            if len(tags) > MAX_TAGS_PER_INSTANCE:
+                raise ApiError(
+                    "LimitExceeded.ResourceAttachedTags",
+                    f"The instance {inst.instance_id} would carry {len(tags)} tags; a resource "
+                    f"carries at most {MAX_TAGS_PER_INSTANCE}.",
+                )
+            changes.append((inst, tags))
+        for inst, tags in changes:
+            self._retag(inst, tags, now)
+        return unknown
+
+    def _retag(self, inst: SimInstance, tags: dict[str, str], now: float) -> None:
+        """Give an instance new tags: at once in its description, in the tag index at once or,
+        with an index delay, `tag_index_delay_seconds` later (tag filters meanwhile see the tags
+        it had; several changes reach the index in order, each at its own time)."""
+        if tags == inst.tags:
+            return
+        indexed = inst.indexed_tags
+        inst.tags = tags
+        inst.rendered = None
+        lag = self.config.api.tag_index_delay_seconds
+        if not lag:
+            self._account(inst.account_id).regions[inst.region].retag(inst, indexed, tags)
+            return
+        inst.index_tags = indexed
+        inst.tag_updates.append((now + lag, tags))
+        self._push(now + lag, _REINDEX, inst)
+
+    def _reindex(self, inst: SimInstance, at: float) -> None:
+        """Bring the tag index up to the latest tag change due by `at`."""
+        latest: dict[str, str] | None = None
+        while inst.tag_updates and inst.tag_updates[0][0] <= at:
+            latest = inst.tag_updates.pop(0)[1]
+        if latest is None:
+            return
+        self._account(inst.account_id).regions[inst.region].retag(inst, inst.indexed_tags, latest)
+        inst.index_tags = latest if inst.tag_updates else None
 
     # ------------------------------------------------------------------ market control
 

@@ -81,6 +81,18 @@ class SystemDisk(_Wire):
     kms_key_id: str | None = None
 
 
+class ActionTimer(_Wire):
+    """RunInstances' ActionTimer. Externals, ActionTimerId, Status and InstanceId are output-only
+    in the SDK model; the SDK can still send them, so they are accepted (and ignored)."""
+
+    timer_action: str | None = None
+    action_time: str | None = None
+    externals: dict[str, Any] | None = None
+    action_timer_id: str | None = None
+    status: str | None = None
+    instance_id: str | None = None
+
+
 class _LaunchParams(_Wire):
     """Fields shared by RunInstances and InquiryPriceRunInstances."""
 
@@ -110,7 +122,7 @@ class _LaunchParams(_Wire):
 
 
 class RunInstancesParams(_LaunchParams):
-    action_timer: dict[str, Any] | None = None
+    action_timer: ActionTimer | None = None
     disaster_recover_group_ids: list[str] | None = None
     user_data: str | None = None
     dry_run: bool = False

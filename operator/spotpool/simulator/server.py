@@ -1,13 +1,14 @@
-"""The simulator's HTTP server: the signed CVM and STS APIs at `/`, the CVM metadata service at
-`/latest/meta-data/`, and the control API at `/_sim/`.
+"""The simulator's HTTP server: the signed CVM, STS and tag APIs at `/`, the CVM metadata service
+at `/latest/meta-data/`, and the control API at `/_sim/`.
 
 Every request to `/` gets HTTP 200 and the exact CVM envelope with `Content-Type:
 application/json` and no charset (the official Python SDK ignores error bodies otherwise). Checks
 run in this order: method, authentication (Authorization, SecretId, timestamp skew, signature,
 session token), version, action, region, injected faults, rate limit, parameters, the action
 itself. A request of STS's version goes to `sts.py` (its unsigned AssumeRoleWithWebIdentity skips
-authentication). Anything unexpected becomes an `InternalError` envelope, never a 500 or a stack
-trace on the wire.
+authentication), unless it is signed for service `tag` (the tag service shares the version date;
+an unsigned request by its action), which goes to `tagging.py`. Anything unexpected becomes an
+`InternalError` envelope, never a 500 or a stack trace on the wire.
 
 Each call acts in the account of the principal that signed it (`iam.Principal.account_id`): the
 market keeps accounts apart, and the rate-limit bucket is the principal's (`rate_key`).
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from pydantic import BaseModel
 
+from spotpool.cloud.signing import parse_authorization
 from spotpool.simulator.actions import ACTIONS, CallContext
 from spotpool.simulator.api_errors import ApiError
 from spotpool.simulator.auth import Authenticator
@@ -49,6 +51,7 @@ from spotpool.simulator.sts import (
     StsService,
     unknown_action,
 )
+from spotpool.simulator.tagging import TAG_API_VERSION, TAG_PARAMS, TagService
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Simulator:
         self.limiter = RateLimiter(config.api.rate_limits, clock)
         self.identities = Identities(config, clock)
         self.sts = StsService(config, self.identities, clock)
+        self.tags = TagService(self.market)
         self._auth = Authenticator(self.identities, config.api.max_clock_skew_seconds, clock)
         self._install_configured_faults()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -143,7 +147,10 @@ class Simulator:
                 "RequestSizeLimitExceeded", f"The request body exceeds {MAX_BODY_BYTES} bytes."
             ) from None
         query = request.rel_url.raw_query_string if method == "GET" else ""
-        if request.headers.get("X-TC-Version") == STS_API_VERSION:
+        version = request.headers.get("X-TC-Version")
+        if version in (STS_API_VERSION, TAG_API_VERSION) and _service_of(request, action) == "tag":
+            return await self._answer_tag(request, raw, query, action, region, request_id, call)
+        if version == STS_API_VERSION:
             return await self._answer_sts(request, raw, query, action, region, request_id, call)
         principal = self._authenticate(request, raw, query, "cvm", call)
         version = request.headers.get("X-TC-Version")
@@ -244,6 +251,36 @@ class Simulator:
             _drop(request)
         return body
 
+    async def _answer_tag(
+        self,
+        request: web.Request,
+        raw: bytes,
+        query: str,
+        action: str,
+        region: str | None,
+        request_id: str,
+        call: dict[str, Any],
+    ) -> bytes:
+        """A tag service call (TagResources, UnTagResources): signed for service `tag`, in the
+        signer's account. The tag service takes no region (its resources name theirs), so
+        X-TC-Region is not required. Faults apply only when named for the action (never `*`)."""
+        principal = self._authenticate(request, raw, query, "tag", call)
+        model = TAG_PARAMS.get(action)
+        if model is None:
+            raise ApiError(
+                "InvalidAction",
+                f"The action {action!r} does not exist in the tag service {TAG_API_VERSION} "
+                f"(simulated: {', '.join(TAG_PARAMS)}).",
+            )
+        fault = self.faults.decide(action, wildcard=False)
+        await self._before(fault, request, action, principal.rate_key)
+        params = _parse(model, request, raw)
+        call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
+        body = self.tags.handle(params, principal, request_id)
+        if fault.drop_after:
+            _drop(request)
+        return body
+
     def _record(
         self,
         action: str,
@@ -266,6 +303,17 @@ class Simulator:
                 account_id=call["account_id"],
             )
         )
+
+
+def _service_of(request: web.Request, action: str) -> str:
+    """Which service of API version 2018-08-13 a request is for, STS or the tag service: the one
+    its signature's credential scope names (`.../tag/tc3_request`), as Tencent's per-service
+    hosts decide it; an unsigned or malformed request by its action (the unsigned STS action,
+    or a tag action that authentication will then refuse)."""
+    parsed = parse_authorization(request.headers.get("Authorization", ""))
+    if parsed is not None and parsed.service in ("sts", "tag"):
+        return parsed.service
+    return "tag" if action in TAG_PARAMS else "sts"
 
 
 def _parse(model: type[BaseModel], request: web.Request, raw: bytes) -> BaseModel:

@@ -59,10 +59,12 @@ class Pool:
 
 @dataclass(slots=True, eq=False)
 class SimInstance:
-    """One simulated instance. Identity, placement and tags never change; the state does.
+    """One simulated instance. Identity and placement never change; the state does, and the tags
+    do through the tag service (`tags` is then replaced, never changed in place).
 
     `rendered` caches the instance's DescribeInstances JSON: describes of thousands of instances
-    are the hot path, and an instance's JSON only changes when its state does (`set_state`).
+    are the hot path, and an instance's JSON only changes when its state or its tags do
+    (`set_state`, `Market._retag`).
     """
 
     instance_id: str
@@ -107,7 +109,19 @@ class SimInstance:
     failed_terminations: list[tuple[float, str]] = field(default_factory=list)
     # The account (UIN) that bought it: only that account's credentials see or terminate it.
     account_id: str = ""
+    # When its RunInstances ActionTimer terminates it (epoch seconds); None: no timer.
+    terminate_at: float | None = None
+    # The tags the region's tag index holds for it, while a TagResources / UnTagResources change
+    # is not indexed yet (`api.tag_index_delay_seconds`); None: the index holds `tags`.
+    index_tags: dict[str, str] | None = None
+    # Tag changes still to reach the index: (when, the tags from then on), oldest first.
+    tag_updates: list[tuple[float, dict[str, str]]] = field(default_factory=list)
     rendered: str | None = field(default=None, repr=False)
+
+    @property
+    def indexed_tags(self) -> dict[str, str]:
+        """The tags tag filters see: `tags`, or the older ones while a change is not indexed."""
+        return self.tags if self.index_tags is None else self.index_tags
 
     @property
     def alive(self) -> bool:

@@ -177,6 +177,32 @@ REFERENCE_ROWS: list[tuple[str, str, ErrorCategory]] = [
     ("ClientError.ParseJsonError", "R", C.TRANSIENT),
     ("ClientParamsError", "N", C.INVALID_REQUEST),
     ("ClientError", "N", C.INVALID_REQUEST),
+    # RunInstances ActionTimer (issue 20): the documented malformed-time code, which the
+    # simulator also answers for a time in the past or under 5 minutes ahead
+    ("InvalidParameterValue.InvalidTimeFormat", "N", C.INVALID_REQUEST),
+    ("UnsupportedOperation.NotSupportImportInstancesActionTimer", "N", C.INVALID_REQUEST),
+    # Tag service TagResources / UnTagResources (issue 20): per-request limits are bad requests,
+    # account-wide tag limits quotas, "tags being processed" a retry
+    ("InvalidParameter.ReservedTagKey", "N", C.INVALID_REQUEST),
+    ("InvalidParameter.Tag", "N", C.INVALID_REQUEST),
+    ("InvalidParameter.UnsupportedService", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.ResourceDescriptionError", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.ResourceIdInvalid", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagKeyCharacterIllegal", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagKeyDuplicate", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagKeyEmpty", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagKeyLengthExceeded", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagValueCharacterIllegal", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagValueEmpty", "N", C.INVALID_REQUEST),
+    ("InvalidParameterValue.TagValueLengthExceeded", "N", C.INVALID_REQUEST),
+    ("LimitExceeded.ResourceNumPerRequest", "N", C.INVALID_REQUEST),
+    ("LimitExceeded.TagNumPerRequest", "N", C.INVALID_REQUEST),
+    ("LimitExceeded.ResourceAttachedTags", "N", C.INVALID_REQUEST),
+    ("LimitExceeded.TagKey", "Q", C.QUOTA),
+    ("LimitExceeded.TagValue", "Q", C.QUOTA),
+    ("FailedOperation.PolicyEnforcedInvalid", "N", C.INVALID_REQUEST),
+    ("FailedOperation.ResourceTagProcessing", "R", C.TRANSIENT),
+    ("ResourceNotFound.RecordNotFound", "N", C.NOT_FOUND),
     # spotpool's own client-side code for a reply off the documented shape (issue 10)
     ("InvalidResponse", "N", C.UNKNOWN),
     # spotpool's own client-side codes of a credential provider (issue 19); a transient cause

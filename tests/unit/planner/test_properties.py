@@ -108,6 +108,10 @@ def worlds(draw: st.DrawFn) -> World:
         allocationStrategy=draw(st.sampled_from(["LowestPrice", "Diversified", "Prioritized"])),
         scaleInPolicy=draw(st.sampled_from(["NewestFirst", "OldestFirst", "MostExpensiveFirst"])),
         paused=draw(st.integers(0, 5)) == 0,  # mostly unpaused: paused plans are all empty
+        # Instances of zones and types the spec no longer names have drifted: these properties are
+        # of a pool that replaces nothing voluntarily (test_disruption_properties.py has the rest),
+        # so drifted instances only go first when there is surplus.
+        disruption={"budgets": [{"instances": 0}]},
     )
     offers = {}
     for pool in UNIVERSE:
@@ -279,7 +283,9 @@ def buyable(world: World, pool: PoolKey) -> bool:
 
 
 def released(p: Plan) -> list[str]:
-    return [i for batch in p.releases for i in batch]
+    """Every id the plan releases as surplus: scale-in, and drifted instances (an instance of a
+    zone or type the spec no longer names has drifted, and goes first)."""
+    return [i for batch in p.releases for i in batch] + [i for _, batch in p.voluntary for i in batch]
 
 
 # -- properties -----------------------------------------------------------------------------------

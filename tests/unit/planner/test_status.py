@@ -96,6 +96,7 @@ def test_full_shape_for_a_converged_environment() -> None:
     assert {k: v for k, v in result.items() if k not in ("pools", "instances", "conditions")} == {
         "observedGeneration": 3,
         "currentCount": 2,
+        "updatedCount": 2,
         "runningCount": 1,
         "pendingCount": 1,
         "selector": "spotpool.io/environment=render-farm",
