@@ -275,7 +275,8 @@ def _churn_panels() -> list[Builder[Panel]]:
         _timeseries(
             14, "Launches and releases",
             "Instances bought, and instances released by spotpool by reason (ScaleIn, Delete, Cleanup, "
-            "ReturnToSpot), per minute. Launches without a matching rise in running instances mean churn.",
+            "ReturnToSpot, Drifted, Expired), per minute. Launches without a matching rise in running "
+            "instances mean churn; during a rollout launches and Drifted releases go together.",
             "cpm",
             _query("A", "sum by (namespace, environment) "
                         f"(rate(spotpool_instance_launches_total{{{ENV}}}{RATE})) * 60",
@@ -284,6 +285,35 @@ def _churn_panels() -> list[Builder[Panel]]:
                         f"(rate(spotpool_instance_releases_total{{{ENV}}}{RATE})) * 60",
                    "{{environment}} released ({{reason}})"),
             width=8,
+        ),
+    ]
+
+
+def _day2_panels() -> list[Builder[Panel]]:
+    return [
+        _timeseries(
+            26, "Drifted vs up-to-date instances",
+            "Alive instances per environment that match the current spec (status.updatedCount, the "
+            "UP-TO-DATE column of `kubectl get sce`) and that differ from it in a field "
+            "spec.disruption.drift replaces (image, userData, network, ...). During a rollout drifted "
+            "falls and up-to-date rises; drifted that stays up means the rollout is blocked: a budget of "
+            "0 or outside its schedule, do-not-disrupt holds, or purchases refused (Progressing says which).",
+            "short",
+            _query("A", f"sum by (namespace, environment) (spotpool_environment_drifted_instances{{{ENV}}})",
+                   "{{namespace}}/{{environment}} drifted"),
+            _query("B", f"sum by (namespace, environment) (spotpool_environment_updated_instances{{{ENV}}})",
+                   "{{namespace}}/{{environment}} up-to-date"),
+        ),
+        _timeseries(
+            27, "Voluntary disruptions by reason",
+            "Running instances spotpool released on purpose once their replacement ran, per second, by "
+            "reason: Drifted (the spec changed), Expired (older than spec.disruption.expireAfter), "
+            "ReturnToSpot (an on-demand fallback replaced by spot). Each is bounded by "
+            "spec.disruption.budgets; reclaims are not counted here (see Interruptions).",
+            "cps",
+            _query("A", "sum by (namespace, environment, reason) "
+                        f"(rate(spotpool_disruptions_total{{{ENV}}}{RATE}))",
+                   "{{environment}} {{reason}}"),
         ),
     ]
 
@@ -336,8 +366,8 @@ def build() -> Dashboard:
     dashboard = (
         Dashboard(TITLE).uid(UID)
         .description("Health of spotpool's spot pools: fulfilment, market prices and cost, the spot and "
-                     "on-demand capacity mix, refusals and interruptions, and the operator's own CVM API "
-                     "and reconcile behaviour.")
+                     "on-demand capacity mix, refusals and interruptions, day-2 rollouts (drift, expiry), and "
+                     "the operator's own CVM API and reconcile behaviour.")
         .tags(["spotpool", "tencentcloud", "spot"])
         .time("now-6h", "now").refresh("30s").timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
@@ -362,6 +392,7 @@ def build() -> Dashboard:
         (Row("Market and cost").id(8), _market_panels()),
         (Row("Spot and on-demand").id(20), _capacity_panels()),
         (Row("Refusals, interruptions and churn").id(11), _churn_panels()),
+        (Row("Day 2: drift, expiry and rollouts").id(25), _day2_panels()),
         (Row("Operator and CVM API").id(15), _operator_panels()),
     ]
     for row, panels in sections:

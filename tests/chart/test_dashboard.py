@@ -164,6 +164,10 @@ REQUIRED_PANELS = {
     "Fallbacks to on-demand and returns to spot": ["spotpool_fallback_instances_total",
                                                    "spotpool_returns_to_spot_total"],
     "Spot short": ["spotpool_environment_spot_short"],
+    "Drifted vs up-to-date instances": ["spotpool_environment_drifted_instances",
+                                        "spotpool_environment_updated_instances"],
+    "Voluntary disruptions by reason": ["spotpool_disruptions_total"],
+    "Launches and releases": ["spotpool_instance_launches_total", "spotpool_instance_releases_total"],
 }
 
 
@@ -182,6 +186,29 @@ def test_required_panels(board: dict[str, Any]) -> None:
     assert "by (namespace, environment, capacity_type, role)" in by_title["Instances by capacity type and role"]
     for counter in ("spotpool_fallback_instances_total", "spotpool_returns_to_spot_total"):
         assert f"(increase({counter}{{" in by_title["Fallbacks to on-demand and returns to spot"]
+    assert "sum by (namespace, environment, reason) (rate(spotpool_disruptions_total{" in (
+        by_title["Voluntary disruptions by reason"])
+    assert "sum by (namespace, environment, reason)" in by_title["Launches and releases"]
+
+
+def test_day2_row_groups_the_rollout_panels(board: dict[str, Any]) -> None:
+    """The "Day 2" row holds the drift and disruption panels, and the release reasons the
+    rollout adds are named where releases are shown."""
+    rows: dict[str, list[str]] = {}
+    current = ""
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            rows[current] = []
+        else:
+            rows[current].append(panel["title"])
+    assert rows["Day 2: drift, expiry and rollouts"] == ["Drifted vs up-to-date instances",
+                                                         "Voluntary disruptions by reason"]
+    by_title = {p["title"]: p for p in panels(board)}
+    assert by_title["Voluntary disruptions by reason"]["fieldConfig"]["defaults"]["unit"] == "cps"
+    for reason in ("Drifted", "Expired", "ReturnToSpot"):
+        assert reason in by_title["Voluntary disruptions by reason"]["description"]
+        assert reason in by_title["Launches and releases"]["description"]
 
 
 def test_capacity_panels_stack_the_roles_dash_the_cap_and_name_the_spot_short_state(board: dict[str, Any]) -> None:

@@ -263,8 +263,8 @@ def test_kubectl_get_shows_the_pool(operator: OperatorProcess, pools: Pools) -> 
     pools.create("glance", expectedCount=2)
     pools.wait_ready("glance", 2)
     out = pools.kubectl.run("get", "sce", "glance", f"--namespace={pools.namespace}").stdout.splitlines()
-    assert out[1].split()[:7] == ["glance", "2", "2", "2", "0.0923", json.loads(json.dumps(
-        status(pools.get("glance"))["hourlyCost"])), "True"]
+    assert out[1].split()[:8] == ["glance", "2", "2", "2", "2", "0.0923", json.loads(json.dumps(
+        status(pools.get("glance"))["hourlyCost"])), "True"]  # UP-TO-DATE is the fourth count
 
 
 def test_deleting_the_namespace_releases_the_pool_even_though_its_secret_goes_too(

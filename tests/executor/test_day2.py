@@ -110,6 +110,21 @@ async def test_a_budget_of_zero_disrupts_nothing_and_says_which_budget() -> None
         assert {i.image_id for i in w.owned(uid)} == {NEW_IMAGE} and w.bought(uid) == 8
 
 
+async def test_drifted_instances_beyond_a_lower_count_go_as_scale_in_not_as_replaced() -> None:
+    async with world() as w:
+        uid = await start(w, expectedCount=5, disruption={"budgets": [{"instances": 0}]})
+        await w.settle(NS, NAME)
+        w.kube.edit_spec(NS, NAME, {"imageId": NEW_IMAGE})
+        await w.mark_launch_checked(NS, NAME)
+        await w.settle(NS, NAME)
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 2})
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 2 and w.bought(uid) == 5
+        released = [e.message for e in w.events if e.reason == "Released"]
+        assert len(released) == 1 and "(ScaleIn:" in released[0] and "3 instances" in released[0]
+        assert status(w)["updatedCount"] == 0 and status(w)["disruption"]["remaining"] == 2
+
+
 async def test_a_scheduled_budget_replaces_only_while_its_window_is_open() -> None:
     async with world() as w:
         now = datetime.fromtimestamp(w.clock.now, UTC)

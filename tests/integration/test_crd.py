@@ -108,6 +108,21 @@ INVALID = [
      "spec.onDemand.returnToSpot.maxInFlight"),
     ("maxInFlight not a percentage", with_spec(onDemand={"returnToSpot": {"maxInFlight": "half"}}),
      "spec.onDemand.returnToSpot.maxInFlight"),
+    ("expireAfter under an hour", with_spec(disruption={"expireAfter": "30m"}), "spec.disruption.expireAfter"),
+    ("expireAfter over a year", with_spec(disruption={"expireAfter": "9000h"}), "spec.disruption.expireAfter"),
+    ("unknown drift reason", with_spec(disruption={"drift": {"Colour": "Replace"}}), "spec.disruption.drift"),
+    ("unknown drift action", with_spec(disruption={"drift": {"Image": "Later"}}), "spec.disruption.drift.Image"),
+    ("negative budget", with_spec(disruption={"budgets": [{"instances": -1}]}), "spec.disruption.budgets[0].instances"),
+    ("budget over 100%", with_spec(disruption={"budgets": [{"instances": "150%"}]}),
+     "spec.disruption.budgets[0].instances"),
+    ("schedule without duration", with_spec(disruption={"budgets": [{"instances": 1, "schedule": "0 9 * * *"}]}),
+     "spec.disruption.budgets[0]"),
+    ("schedule of three fields", with_spec(disruption={"budgets": [{"instances": 1, "schedule": "0 9 *",
+                                                                    "duration": "1h"}]}),
+     "spec.disruption.budgets[0].schedule"),
+    ("unknown budget reason", with_spec(disruption={"budgets": [{"instances": 1, "reasons": ["Boredom"]}]}),
+     "spec.disruption.budgets[0].reasons"),
+    ("drain grace not a duration", with_spec(disruption={"drainGrace": "soon"}), "spec.disruption.drainGrace"),
 ]
 
 
@@ -185,6 +200,22 @@ def test_pools_without_a_secret_are_accepted(cluster: Cluster, crd: str, namespa
     assert cluster.kubectl.get("sce", "valid", namespace)["spec"]["credentials"] == credentials  # type: ignore[index]
 
 
+def test_every_documented_disruption_shape_is_accepted(cluster: Cluster, crd: str, namespace: str) -> None:
+    disruption = {
+        "drift": {"Image": "Replace", "InstanceNamePrefix": "Ignore", "Zone": "Ignore"},
+        "expireAfter": "720h",
+        "budgets": [{"instances": "10%"}, {"instances": 0, "reasons": ["Drifted", "ReturnToSpot"],
+                                           "schedule": "0 9 * * 1-5", "duration": "8h"},
+                    {"instances": 5, "schedule": "@daily", "duration": "30m"}],
+        "doNotDisruptMaxHold": "24h",
+        "drainGrace": "5m",
+    }
+    cluster.kubectl.apply(json.dumps(with_spec(disruption=disruption)), f"--namespace={namespace}")
+    spec = cluster.kubectl.get("sce", "valid", namespace)["spec"]  # type: ignore[index]
+    assert spec["disruption"] == disruption
+    EnvironmentSpec.from_k8s(spec)  # the operator reads what the API server keeps
+
+
 def test_on_demand_defaults_and_every_documented_shape_are_accepted(cluster: Cluster, crd: str, namespace: str) -> None:
     obj = with_spec(allocationStrategy="CapacityOptimized", maxHourlyCost="2.50",
                     onDemand={"fallback": {"after": "1h30m"}, "returnToSpot": {"maxInFlight": 2}})
@@ -257,7 +288,7 @@ def test_where_the_instances_live_cannot_change(
 def test_printer_columns(cluster: Cluster, crd: str, namespace: str) -> None:
     cluster.kubectl.apply(json.dumps(VALID), f"--namespace={namespace}")
     status = {"status": {
-        "currentCount": 3, "runningCount": 2, "pendingCount": 1, "hourlyCost": "0.0639",
+        "currentCount": 3, "runningCount": 2, "pendingCount": 1, "hourlyCost": "0.0639", "updatedCount": 1,
         "selector": "spotpool.io/environment=valid",
         "conditions": [{"type": "Ready", "status": "False", "reason": "Scaling", "message": "2 of 3 running",
                         "lastTransitionTime": "2026-11-26T00:00:00Z"}],
@@ -265,8 +296,9 @@ def test_printer_columns(cluster: Cluster, crd: str, namespace: str) -> None:
     cluster.kubectl.run("patch", "sce", "valid", f"--namespace={namespace}", "--subresource=status",
                         "--type=merge", "-p", json.dumps(status))
     lines = cluster.kubectl.run("get", "sce", "valid", f"--namespace={namespace}").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "EXPECTED", "CURRENT", "RUNNING", "MAXPRICE", "HOURLYCOST", "READY", "AGE"]
-    assert lines[1].split()[:7] == ["valid", "3", "3", "2", "0.0923", "0.0639", "False"]
+    assert lines[0].split() == ["NAME", "EXPECTED", "CURRENT", "RUNNING", "UP-TO-DATE", "MAXPRICE", "HOURLYCOST",
+                                "READY", "AGE"]
+    assert lines[1].split()[:8] == ["valid", "3", "3", "2", "1", "0.0923", "0.0639", "False"]
     # The category lists it too.
     assert "valid" in cluster.kubectl.run("get", "spotpool", f"--namespace={namespace}").stdout
 

@@ -427,8 +427,9 @@ while replacements boot (a couple of passes a round). Beyond it, the sweep sees 
 
 
 def _returning_replacements(ctx: PassContext, listed: list[Instance]) -> list[str]:
-    """Pending instances of a pool that holds more than expectedCount: replacements (a return to
-    spot, drifted or expired instances), which surge beyond the count while they boot.
+    """Pending instances of a pool that holds more than expectedCount or is rolling out:
+    replacements (a return to spot, drifted or expired instances), which surge beyond the count
+    while they boot.
 
     An instance is released only once its replacement runs, and the shared sweep that lists them
     runs once an interval: looked up by id every pass (at most a budget's worth of them), a
@@ -438,7 +439,9 @@ def _returning_replacements(ctx: PassContext, listed: list[Instance]) -> list[st
     if ctx.deleting:
         return []
     alive = [i for i in listed if i.alive and i.tags.get(OWNER_UID_TAG) == ctx.ref.uid]
-    if len(alive) <= ctx.spec.expected_count:
+    # While a rollout goes on, the sweep may show the count exactly (a round released, the next
+    # bought) while the next round's replacements boot: they are looked up all the same.
+    if len(alive) <= ctx.spec.expected_count and not ctx.persisted.rolling_out:
         return []
     pending = sorted(i.instance_id for i in alive if i.state == PENDING)
     return pending[:MAX_REPLACEMENTS_LOOKED_UP]

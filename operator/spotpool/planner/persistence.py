@@ -190,6 +190,7 @@ class PersistedStatus:
     validated_launch_spec: str | None = None
     credentials_secret: str | None = None  # status.credentials.secret: the Secret the last pass signed with
     held_since: Mapping[str, datetime] = field(default_factory=dict)  # status.disruption.held
+    rolling_out: bool = False  # status.disruption.remaining > 0: drifted or expired instances are replaced
 
     @property
     def known_ids(self) -> frozenset[str]:
@@ -237,7 +238,13 @@ def read_status(status: Mapping[str, Any]) -> PersistedStatus:
         validated_launch_spec=validated if isinstance(validated, str) else None,
         credentials_secret=_secret_name(status.get("credentials")),
         held_since=_held_since(status.get("disruption")),
+        rolling_out=_rolling_out(status.get("disruption")),
     )
+
+
+def _rolling_out(disruption: Any) -> bool:
+    remaining = disruption.get("remaining") if isinstance(disruption, Mapping) else None
+    return isinstance(remaining, int) and not isinstance(remaining, bool) and remaining > 0
 
 
 def _held_since(disruption: Any) -> dict[str, datetime]:

@@ -423,10 +423,15 @@ def _release(
     redundant = min(len(fallback), max(0, mix.spot_running + mix.on_demand - expected))
     returns = list(reversed(fallback))[:redundant]  # newest fallback first
     running_left = census.running - sum(1 for i in returns if i.state == RUNNING)
-    replaced = leaving[: max(0, min(len(leaving), running_left - expected, surplus - len(returns)))]
+    # A candidate is replaced when an up-to-date instance runs in its place: beyond the share of
+    # expectedCount the candidates do not fill. Other surplus is a scale-in (candidates first).
+    leaving_ids = {i.instance_id for i in leaving}
+    current_running = sum(1 for i in census.alive if i.state == RUNNING and i.instance_id not in leaving_ids
+                          and i not in returns)
+    in_place = max(0, current_running - max(0, expected - len(leaving)))
+    replaced = leaving[: max(0, min(len(leaving), in_place, running_left - expected, surplus - len(returns)))]
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled
     protected = list(mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ())
-    leaving_ids = {i.instance_id for i in leaving}
     if len(leaving) > len(replaced):
         kept = {i.instance_id for i in protected}
         booting = [i for i in census.alive if i.state != RUNNING and i.instance_id not in leaving_ids

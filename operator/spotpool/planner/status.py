@@ -198,14 +198,18 @@ def build_status(
     body: dict[str, Any] = {
         "observedGeneration": generation,
         "currentCount": census.alive_count,
-        "updatedCount": census.alive_count - (assessment.outdated if assessment is not None else 0),
+        # Counted on the census after the pass (its releases and purchases), as every count here.
+        "updatedCount": sum(1 for i in census.alive
+                            if not (disrupted.get(i.instance_id) and disrupted[i.instance_id].drifted)),
         "runningCount": census.running,
         "pendingCount": census.pending,
         "selector": selector(environment_label),
         "hourlyCost": format_cost(hourly_cost(census.alive, Prices(offers, capacity.on_demand or {}))),
         "capacity": capacity_body,
         "pools": pool_entries,
-        "instances": [_instance_entry(instance, roles.get(instance.instance_id), disrupted.get(instance.instance_id))
+        # What differs is said of alive instances only: a released one is on its way out.
+        "instances": [_instance_entry(instance, roles.get(instance.instance_id),
+                                      disrupted.get(instance.instance_id) if instance.alive else None)
                       for instance in listed[:MAX_STATUS_INSTANCES]],
         # merge-patch null removes a stale count
         "instancesOmitted": len(listed) - MAX_STATUS_INSTANCES if len(listed) > MAX_STATUS_INSTANCES else None,

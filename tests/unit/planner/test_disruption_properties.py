@@ -173,7 +173,8 @@ def test_budgets_most_restrictive_active_wins_and_percentages_round_up() -> None
 def test_bad_disruption_specs_name_the_field() -> None:
     cases = {
         "spec.disruption.expireAfter": {"expireAfter": "30m"},
-        "spec.disruption.budgets[0].schedule": {"budgets": [{"instances": 1, "schedule": "every day", "duration": "1h"}]},
+        "spec.disruption.budgets[0].schedule": {"budgets": [{"instances": 1, "schedule": "every day",
+                                                             "duration": "1h"}]},
         "spec.disruption.budgets[0]": {"budgets": [{"instances": 1, "schedule": "0 9 * * *"}]},
         "spec.disruption.budgets[0].instances": {"budgets": [{"instances": "150%"}]},
         "spec.disruption.drift.Colour": {"drift": {"Colour": "Replace"}},
