@@ -8,11 +8,13 @@ each drifted instance is replaced exactly once (the purchases are counted), cras
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spotpool.api.names import DO_NOT_DISRUPT_TAG, DRAINING_TAG, LAUNCH_SPEC_TAG
 from spotpool.cloud.models import RUNNING
+from spotpool.controller.reporting import PoolMemory
 from spotpool.planner.disruption import EXPIRY_TIMER_GRACE
 from tests.support.inprocess import NAME, NS, World, condition, passes_crashing_at, status, world
 
@@ -248,3 +250,44 @@ async def test_instances_bought_before_drift_detection_do_not_drift_in_launch_fi
         await w.settle(NS, NAME)
         assert sorted(i.instance_id for i in w.owned(uid)) == sorted(ids) and w.bought(uid) == 2
         assert status(w)["updatedCount"] == 2, "no drift without a visible change"
+
+
+async def test_a_write_that_touched_nothing_a_plan_reads_does_not_cost_the_pass() -> None:
+    """kopf annotates the object after it handles a spec change; the pass planned from the body
+    before that write still buys (its journal write finds the status and the spec as it read them),
+    where it used to give up and wait a progress interval. A spec edit in between still stops it."""
+    async with world() as w:
+        uid = await start(w, expectedCount=2)
+        stale = w.kube.body(NS, NAME)
+        assert stale is not None
+        w.kube.annotate(NS, NAME, "kopf.zalando.org/last-handled-configuration", "{}")
+        memory = w.memos.setdefault(uid, (PoolMemory(), asyncio.Lock()))
+        await w.reconciler.reconcile(stale, *memory)
+        assert w.bought(uid) == 2
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 4})
+        stale = w.kube.body(NS, NAME)
+        assert stale is not None
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 3})
+        await w.crash()
+        memory = w.memos.setdefault(uid, (PoolMemory(), asyncio.Lock()))
+        outcome = await w.reconciler.reconcile(stale, *memory)
+        assert w.bought(uid) == 2 and outcome.problem is not None, "planned from expectedCount 4: nothing bought"
+        await w.settle(NS, NAME)
+        assert w.bought(uid) == 3
+
+
+async def test_a_budget_for_return_to_spot_bounds_its_surge_below_max_in_flight() -> None:
+    """The return to spot is a voluntary disruption: a budget naming ReturnToSpot bounds it as
+    maxInFlight does, the most restrictive winning (here 1 at a time, where maxInFlight allows 4)."""
+    async with world() as w:
+        w.sell_out_spot()
+        uid = await start(w, expectedCount=4, onDemand={"fallback": {"after": "0s"},
+                                                        "returnToSpot": {"maxInFlight": "100%"}},
+                          disruption={"budgets": [{"instances": 1, "reasons": ["ReturnToSpot"]}]})
+        await w.settle(NS, NAME)
+        assert status(w)["capacity"]["onDemandFallback"] == 4
+        w.sell_out_spot(False)
+        w.clock.advance(60)  # past the market read's reuse
+        peak, least = await roll(w, uid, expected=4, budget=1)
+        assert peak == 5 and least == 4
+        assert status(w)["capacity"]["onDemandFallback"] == 0 and w.bought(uid) == 8

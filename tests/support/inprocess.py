@@ -149,6 +149,13 @@ class FakeKube:
         obj["metadata"]["generation"] += 1
         self._bump(obj)
 
+    def annotate(self, namespace: str, name: str, key: str, value: str) -> None:
+        """A metadata-only write (kopf's own annotation after it handles a change): a new
+        resourceVersion, the same generation."""
+        obj = self.objects[(namespace, name)]
+        obj["metadata"].setdefault("annotations", {})[key] = value
+        self._bump(obj)
+
     def delete(self, namespace: str, name: str) -> None:
         obj = self.objects.get((namespace, name))
         if obj is None:

@@ -99,7 +99,7 @@ class Purchasing:
                 "inflightLaunches": [inflight_to_status(i) for i in result.journal],
                 "launchSequence": result.sequence,
                 "account": ctx.account,
-            }, fence=ctx.fence)
+            }, fence=ctx.fence, generation=ctx.ref.generation)
         # A task group, not gather: if one call fails unexpectedly the others are cancelled with
         # it, as a crash would stop them; their records stay and the planner settles them.
         turns = asyncio.Semaphore(CALLS_IN_FLIGHT)

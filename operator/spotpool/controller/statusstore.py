@@ -16,7 +16,9 @@ counts, and the next plan buys again. So:
   spec edit) and is read instead. A failed write, a lost or new leadership term, or a conflict
   drops the memory: the next pass reads the body.
 - **Every write is conditional.** The journal write, before money is spent, gives up on a
-  conflict: the pass replans from the newer object. The status write after the actions re-reads
+  conflict unless the newer object differs only in what no plan reads (the status, the spec's
+  generation and the deletion mark as the pass read them): then it writes over it; otherwise the
+  pass replans from the newer object. The status write after the actions re-reads
   the object on a conflict and writes again only if the journal and the sequence there are still
   those this pass left (the conflict came from fields nobody plans from: kopf's annotations, a
   spec edit); otherwise another writer (a new leader) owns the journal now, and this pass stops.
@@ -109,10 +111,36 @@ class StatusStore:
         return Picture(status, read_status(status), version, from_memory=False)
 
     async def write_journal(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any],
-                            fence: Fence | None = None) -> str:
-        """Write `patch` (the journal, before money is spent) only over the version the pass
-        planned from; `Conflict` (memory dropped) when anyone wrote since. `fence`: the pass's term
-        (see `_write`)."""
+                            fence: Fence | None = None, *, generation: int | None = None) -> str:
+        """Write `patch` (the journal, before money is spent) only over what the pass planned
+        from; `Conflict` (memory dropped) when anything it planned from changed since. `fence`:
+        the pass's term (see `_write`).
+
+        A conflict is checked, not taken as a change: a write that only touched what no plan
+        reads (kopf's own annotation after a spec change is handled, labels) leaves the status,
+        `metadata.generation` (the spec) and the deletion mark as they were; the journal is then
+        written over the newer version at once, instead of the pass being thrown away (which cost
+        every spec change, and every new pool, one progress interval). `generation`: the one the
+        pass planned from; without it every conflict gives up."""
+        planned = dict(memory.status or {})
+        try:
+            return await self._write(namespace, name, memory, patch, fence)
+        except Conflict:
+            if generation is None or memory.status is None:
+                memory.drop()
+                raise
+        try:
+            current = await self._kube.read_object(namespace, name)
+        except BaseException:
+            memory.drop()
+            raise
+        meta = (current or {}).get("metadata") or {}
+        if (current is None or dict(current.get("status") or {}) != planned or meta.get("generation") != generation
+                or meta.get("deletionTimestamp")):
+            memory.drop()
+            raise Conflict(f"{namespace}/{name}: changed since the pass read it (status, spec or deletion)")
+        memory.lineage.clear()
+        memory.lineage.append(str(meta["resourceVersion"]))
         try:
             return await self._write(namespace, name, memory, patch, fence)
         except Conflict:
