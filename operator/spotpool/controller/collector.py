@@ -33,6 +33,7 @@ from spotpool.cloud.client import CallGuard, CvmClient
 from spotpool.cloud.errors import CloudError
 from spotpool.cloud.models import TERMINATING, Instance
 from spotpool.controller.config import DEFAULT_ORPHAN_GRACE
+from spotpool.controller.events import Reason
 from spotpool.controller.observer import ObserverKey
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class OrphanCollector:
         if self._on_count is not None:
             self._on_count(key, len(tracked))
         if new:
-            self._report("OrphanInstances", self._words(new, key, tracked) + (
+            self._report(Reason.ORPHAN_INSTANCES, self._words(new, key, tracked) + (
                 f"; releasing them after {self.grace:.0f} s unless their pool reappears" if self._release
                 else "; not releasing them (--no-orphan-release): release them by hand"))
         due = sorted(i for i, orphan in tracked.items()
@@ -163,7 +164,7 @@ class OrphanCollector:
         self.released += ids
         if self._on_released is not None:
             self._on_released(key, len(ids))
-        self._report("OrphanInstancesReleased", f"released {len(ids)} orphan instances in {key.region}: "
+        self._report(Reason.ORPHAN_INSTANCES_RELEASED, f"released {len(ids)} orphan instances in {key.region}: "
                                                 f"{', '.join(ids[:10])}" + (f" and {len(ids) - 10} more"
                                                                               if len(ids) > 10 else ""))
 

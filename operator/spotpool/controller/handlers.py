@@ -20,6 +20,7 @@ from spotpool.api.names import FINALIZER, PREFIX
 from spotpool.controller import GROUP, PLURAL, VERSION, eventfence
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.credentials import credentials_entry
+from spotpool.controller.events import Reason
 from spotpool.controller.redaction import DELETION_WAITS, tracebacks_off_events
 from spotpool.controller.reporting import PoolMemory
 from spotpool.controller.runtime import RUNTIME, post_event
@@ -148,7 +149,7 @@ async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, 
             # Once per change of what it waits for, not once per retry (kopf's own retry Events are
             # left to the log: redaction.DELETION_WAITS).
             memory.deletion_wait = why
-            post_event(body, type="Normal", reason="DeletionWaiting", message=why)
+            post_event(body, type=Reason.DELETION_WAITING.type, reason=Reason.DELETION_WAITING, message=why)
         raise kopf.TemporaryError(DELETION_WAITS + why, delay=RUNTIME.config.progress_interval)
     RUNTIME.forget(meta["uid"], meta["namespace"], meta["name"])
 

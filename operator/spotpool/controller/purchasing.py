@@ -29,6 +29,7 @@ from spotpool.api.names import LAUNCH_SPEC_TAG, LAUNCH_TAG, environment_tags
 from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import RunInstancesRequest
 from spotpool.controller.context import PassContext
+from spotpool.controller.events import Reason
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.reporting import Reporting
 from spotpool.controller.statusstore import StatusMemory, StatusStore
@@ -160,7 +161,7 @@ class Purchasing:
             failpoint("after-run-instances")
         except CloudError as exc:
             if exc.retryable:
-                self._reporting.event(ctx, "Warning", "LaunchPending",
+                self._reporting.event(ctx, Reason.LAUNCH_PENDING,
                                       f"RunInstances for {where} did not answer ({exc.code}); the planner may "
                                       f"replay it with the same client token, which cannot buy twice")
                 return
@@ -178,12 +179,12 @@ class Purchasing:
                     result.backoff = table
                 result.price_refused |= exc.category is ErrorCategory.PRICE
                 retry = table[pool].retry_after
-                self._reporting.event(ctx, "Warning", "LaunchRefused",
+                self._reporting.event(ctx, Reason.LAUNCH_REFUSED,
                                       f"RunInstances refused {where}: {exc.code}: {exc.message}"
                                       + (f"; retrying that pool after {format_time(retry)}" if retry else ""))
                 return
             result.last_error = ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
-            self._reporting.event(ctx, "Warning", "LaunchFailed", f"RunInstances for {where} failed: {describe(exc)}")
+            self._reporting.event(ctx, Reason.LAUNCH_CALL_FAILED, f"RunInstances for {where} failed: {describe(exc)}")
             return
         self._settle(result, replace(launch, instance_ids=tuple(ids)))
         if on_demand:

@@ -33,6 +33,7 @@ from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.config import OperatorConfig
 from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
 from spotpool.controller.credentials import SecretGuard
+from spotpool.controller.events import Reason
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.fencing import Fence, Leadership, NotLeader
 from spotpool.controller.identity import Identities
@@ -180,7 +181,7 @@ class Reconciler:
         checked = checking
         if checked is not None:
             for note in checked.notes:
-                self._reporting.event(ctx, "Warning", "LaunchCheck", note)
+                self._reporting.event(ctx, Reason.LAUNCH_CHECK, note)
             if checked.refused is not None:
                 ctx = replace(ctx, purchases_refused=(DegradedReason.INVALID_CONFIG, checked.refused))
         if isinstance(observing, CloudError):
@@ -342,7 +343,7 @@ class Reconciler:
                 await ctx.client.terminate_instances(ids, guard=ctx.fence)
                 failpoint("after-terminate-instances")
             except CloudError as exc:
-                self._reporting.event(ctx, "Warning", "ReleaseFailed",
+                self._reporting.event(ctx, Reason.RELEASE_FAILED,
                                       f"TerminateInstances of {len(ids)} instances failed: {describe(exc)}")
                 return released, ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
             released += ids
@@ -364,7 +365,7 @@ class Reconciler:
                 await tagger.tag_resources([instance_resource(ctx.spec.region, ctx.account["id"], i) for i in batch],
                                            {DRAINING_TAG: marked}, guard=ctx.fence)
             except CloudError as exc:
-                self._reporting.event(ctx, "Warning", "DrainMarkFailed",
+                self._reporting.event(ctx, Reason.DRAIN_MARK_FAILED,
                                       f"TagResources of {len(batch)} instances failed: {describe(exc)}; they are "
                                       f"released only once marked {DRAINING_TAG} for spec.disruption.drainGrace")
                 return ErrorRecord(exc.code, exc.message, exc.category, ctx.now)

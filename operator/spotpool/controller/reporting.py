@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from spotpool.api.names import DRAINING_TAG
 from spotpool.api.spec import DisruptionReason
 from spotpool.cloud.errors import code_label
-from spotpool.cloud.models import LAUNCH_FAILED, PENDING, RUNNING, Instance
+from spotpool.cloud.models import PENDING, RUNNING, Instance
+from spotpool.controller.events import Reason
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.fencing import Fence
 from spotpool.controller.statusstore import StatusMemory, StatusStore, merge_patch
 from spotpool.metrics import DISRUPTION_REASONS, Metrics
 from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
 from spotpool.planner.formatting import format_price, format_time, parse_time
+from spotpool.planner.losses import find_losses
 from spotpool.planner.model import Purpose, Rollout
 
 if TYPE_CHECKING:
@@ -111,13 +113,15 @@ class Reporting:
             if cond["type"] == "Degraded" and cond["status"] == "True":
                 self._post(body, "Warning", cond["reason"], cond["message"])
             elif cond["type"] == "Degraded" and old.get("status") == "True":
-                self._post(body, "Normal", "Recovered", "the cloud no longer refuses this environment")
+                self._post(body, Reason.RECOVERED.type, Reason.RECOVERED,
+                           "the cloud no longer refuses this environment")
             elif cond["type"] == "Ready" and cond["status"] == "True":
-                self._post(body, "Normal", "Ready", cond["message"])
+                self._post(body, Reason.READY.type, Reason.READY, cond["message"])
 
     # -- events ------------------------------------------------------------------------------------
-    def event(self, ctx: PassContext, type_: str, reason: str, message: str) -> None:
-        self._post(ctx.body, type_, reason, message)
+    def event(self, ctx: PassContext, reason: Reason, message: str) -> None:
+        """Post one Event about the pool (`controller.events` says what each reason means)."""
+        self._post(ctx.body, reason.type, reason, message)
 
     def _post(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body.get("metadata") or {}
@@ -144,12 +148,12 @@ class Reporting:
             parts.append(f"{count} {kind} in {zone}{price} ({PURPOSE_WORDS[purpose]})")
         ids = [i for _, batch_ids in launched for i in batch_ids]
         max_price = launched[0][0].max_price
-        self.event(ctx, "Normal", "Launched", f"Bought {'; '.join(parts)} (maxPrice {max_price}): {ids_text(ids)}")
+        self.event(ctx, Reason.LAUNCHED, f"Bought {'; '.join(parts)} (maxPrice {max_price}): {ids_text(ids)}")
         fallback = sum(len(ids) for batch, ids in launched if batch.purpose is Purpose.FALLBACK)
         if fallback:
             fallback_spec = ctx.spec.on_demand.fallback if ctx.spec.on_demand else None
             after = fallback_spec.after_seconds if fallback_spec else 0
-            self.event(ctx, "Warning", "FallbackToOnDemand",
+            self.event(ctx, Reason.FALLBACK_TO_ON_DEMAND,
                        f"Bought {fallback} on-demand instances: spot could not fill the pool for {after} s "
                        f"(spec.onDemand.fallback.after); they return to spot when it can be had again")
 
@@ -158,7 +162,7 @@ class Reporting:
 
     def record_dropped(self, ctx: PassContext, dropped: DroppedRecord) -> None:
         token = f" {dropped.client_token}" if dropped.client_token else ""
-        self.event(ctx, "Warning", "LaunchRecordDropped", f"launch record{token} dropped ({dropped.reason}): "
+        self.event(ctx, Reason.LAUNCH_RECORD_DROPPED, f"launch record{token} dropped ({dropped.reason}): "
                                                           f"{dropped.detail}")
 
     def released(self, ctx: PassContext, memory: PoolMemory, ids: list[str], label: str, why: str) -> None:
@@ -169,10 +173,10 @@ class Reporting:
             self._metrics.disruptions.labels(ctx.ref.namespace, ctx.ref.name, label).inc(len(ids))
         if label == ReleaseReason.RETURN_TO_SPOT:
             self._metrics.returns.labels(ctx.ref.namespace, ctx.ref.name).inc(len(ids))
-            self.event(ctx, "Normal", "ReturnedToSpot", f"Released {len(ids)} fallback on-demand instances: "
+            self.event(ctx, Reason.RETURNED_TO_SPOT, f"Released {len(ids)} fallback on-demand instances: "
                                                         f"spot replacements run in their place: {ids_text(ids)}")
             return
-        self.event(ctx, "Normal", "Released", f"Released {len(ids)} instances ({label}: {why}): {ids_text(ids)}")
+        self.event(ctx, Reason.RELEASED, f"Released {len(ids)} instances ({label}: {why}): {ids_text(ids)}")
 
     def notice_losses(self, ctx: PassContext, memory: PoolMemory, census: Census) -> None:
         """Instances that were alive and are now gone, reclaimed or failed, without spotpool
@@ -184,34 +188,30 @@ class Reporting:
                                             "SPOTPAID", None, {})
                 for known in ctx.persisted.instances if known.state in (PENDING, RUNNING)
             }
-        lost: dict[str, list[str]] = {"lost": [], "launch_failed": []}
-        for instance_id, before in memory.alive.items():
-            if instance_id in memory.released:
-                continue
-            now = current.get(instance_id)
-            if now is not None and now.state in (PENDING, RUNNING):
-                continue
-            kind = "launch_failed" if now is not None and now.state == LAUNCH_FAILED else "lost"
-            if kind == "lost" and before.zone and before.instance_type:
-                memory.reclaims.append((ctx.now, (before.zone, before.instance_type)))
-            self._metrics.interruptions.labels(ctx.ref.namespace, ctx.ref.name, before.zone, before.instance_type,
-                                               kind).inc()
-            lost[kind].append(instance_id)
+        losses = find_losses(memory.alive, census, memory.released)
+        for kind, instances in (("lost", losses.lost), ("launch_failed", losses.failed)):
+            for before in instances:
+                if kind == "lost" and before.zone and before.instance_type:
+                    memory.reclaims.append((ctx.now, (before.zone, before.instance_type)))
+                self._metrics.interruptions.labels(ctx.ref.namespace, ctx.ref.name, before.zone,
+                                                   before.instance_type, kind).inc()
         replacing = "" if ctx.deleting else "; replacements are being bought"
-        if lost["lost"]:
-            self.event(ctx, "Warning", "InstanceLost",
-                       f"{len(lost['lost'])} instances were lost (reclaimed by the cloud or released outside "
-                       f"spotpool){replacing}: {ids_text(lost['lost'])}")
-        if lost["launch_failed"]:
-            self.event(ctx, "Warning", "LaunchFailed", f"{len(lost['launch_failed'])} instances failed to launch "
-                                                       f"(LAUNCH_FAILED){replacing}: {ids_text(lost['launch_failed'])}")
+        if losses.lost:
+            ids = [i.instance_id for i in losses.lost]
+            self.event(ctx, Reason.INSTANCE_LOST,
+                       f"{len(ids)} instances were lost (reclaimed by the cloud or released outside "
+                       f"spotpool){replacing}: {ids_text(ids)}")
+        if losses.failed:
+            ids = [i.instance_id for i in losses.failed]
+            self.event(ctx, Reason.INSTANCES_FAILED_TO_LAUNCH,
+                       f"{len(ids)} instances failed to launch (LAUNCH_FAILED){replacing}: {ids_text(ids)}")
         memory.alive = {i: inst for i, inst in current.items() if inst.state in (PENDING, RUNNING)}
         cutoff = ctx.now - timedelta(hours=1)
         memory.released = {i: t for i, t in memory.released.items() if t > cutoff and i in current}
 
     def draining(self, ctx: PassContext, ids: list[str]) -> None:
         grace = ctx.spec.disruption.drain_grace_seconds
-        self.event(ctx, "Normal", "Draining", f"Marked {len(ids)} instances {DRAINING_TAG}: released in {grace} s "
+        self.event(ctx, Reason.DRAINING, f"Marked {len(ids)} instances {DRAINING_TAG}: released in {grace} s "
                                               f"(spec.disruption.drainGrace), their replacements run: {ids_text(ids)}")
 
     def rollout(self, ctx: PassContext, memory: PoolMemory, rollout: Rollout) -> None:
@@ -221,26 +221,26 @@ class Reporting:
         drifted = sorted(i for i, d in assessment.per_instance.items() if d.drifted)
         why = sorted({r.value for d in assessment.per_instance.values() for r in d.drifted})
         budget = f"; replaced under {rollout.limit}" if rollout.limit else ""
-        self._said_of(ctx, memory, "Drifted", drifted, f"{len(drifted)} instances differ from the spec "
+        self._said_of(ctx, memory, Reason.DRIFTED, drifted, f"{len(drifted)} instances differ from the spec "
                       f"({', '.join(why)}){budget}: {ids_text(drifted)}")
         expired = sorted(c.instance.instance_id for c in (*assessment.candidates, *assessment.waiting)
                          if c.reason is DisruptionReason.EXPIRED)
-        self._said_of(ctx, memory, "Expired", expired, f"{len(expired)} instances are older than "
+        self._said_of(ctx, memory, Reason.EXPIRED, expired, f"{len(expired)} instances are older than "
                       f"spec.disruption.expireAfter{budget}: {ids_text(expired)}")
         blocked = rollout.blocked
         if blocked is None:
-            memory.rollout_said.pop("DisruptionBlocked", None)
-        elif memory.rollout_said.get("DisruptionBlocked") != blocked:
-            memory.rollout_said["DisruptionBlocked"] = blocked
-            self.event(ctx, "Warning", "DisruptionBlocked", blocked)
+            memory.rollout_said.pop(Reason.DISRUPTION_BLOCKED, None)
+        elif memory.rollout_said.get(Reason.DISRUPTION_BLOCKED) != blocked:
+            memory.rollout_said[Reason.DISRUPTION_BLOCKED] = blocked
+            self.event(ctx, Reason.DISRUPTION_BLOCKED, blocked)
 
-    def _said_of(self, ctx: PassContext, memory: PoolMemory, reason: str, ids: list[str], message: str) -> None:
+    def _said_of(self, ctx: PassContext, memory: PoolMemory, reason: Reason, ids: list[str], message: str) -> None:
         """Said when instances not said before join the set, not as the set shrinks while they are
         replaced (the set is the pool's alive instances at most: bounded by expectedCount)."""
         said = memory.rollout_ids.get(reason, frozenset())
         now = frozenset(ids)
         if now - said:
-            self.event(ctx, "Normal", reason, message)
+            self.event(ctx, reason, message)
         memory.rollout_ids[reason] = now
 
     # -- metrics -----------------------------------------------------------------------------------

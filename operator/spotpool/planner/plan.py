@@ -168,12 +168,12 @@ def plan(
             assessments = assess_pools(spec, offers, backoff, now, capacity.quota)
             buyable = order_buyable(spec, assessments, capacity.reclaims)
             allowance = _allowance(spec, census, offers, capacity, prices)
-            bought, outcome = _buy(spec, census, mix, deficit, assessments, buyable, allowance, capacity, prices,
-                                   now, notes)
+            market = _Market(spec, census, mix, assessments, buyable, allowance, capacity, prices, now)
+            bought, outcome, why = _buy(market, deficit)
+            notes += why
             launches += bought
             if not deficit:
-                returning, waits = _return_to_spot(spec, census, mix, returns, releases, buyable, allowance, prices,
-                                                   capacity.held_ceiling, now)
+                returning, waits = _return_to_spot(market, returns, releases)
                 launches += returning
                 if waits:
                     outcome = replace(outcome, return_held=waits)
@@ -181,8 +181,8 @@ def plan(
                            None if deficit else capacity.held_ceiling, refused=purchases_refused, deficit=deficit)
         if rollout.replacing and not purchases_refused and not deficit:
             wanted = rollout.replacing
-            bought, replacing_outcome = _buy(spec, census, mix, wanted, assessments, buyable, allowance, capacity,
-                                             prices, now, notes)
+            bought, replacing_outcome, why = _buy(market, wanted)
+            notes += why
             launches += [replace(b, purpose=Purpose.REPLACE) if b.purpose is Purpose.SPOT else b for b in bought]
             outcome = replace(replacing_outcome, return_held=outcome.return_held)
         cleanup = sorted((i for i in census.owned if i.state in DEAD_STATES), key=lambda i: i.instance_id)
@@ -291,20 +291,30 @@ def _allowance(
     return Allowance(quota=capacity.quota, cpu=cpu, cap=spec.max_hourly_cost, cost=cost)
 
 
-def _buy(
-    spec: EnvironmentSpec,
-    census: Census,
-    mix: Mix,
-    deficit: int,
-    assessments: list[PoolAssessment],
-    buyable: list[PoolAssessment],
-    allowance: Allowance,
-    capacity: CapacitySignals,
-    prices: Prices,
-    now: datetime,
-    notes: list[str],
-) -> tuple[list[LaunchBatch], CapacityOutcome]:
-    """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring)."""
+@dataclass(frozen=True)
+class _Market:
+    """What one pass buys against: the spec, the count, the capacity types, the spot pools as
+    assessed and ordered, what the quota and the cap leave (shared by every purchase of the pass),
+    the capacity signals, the prices and the time. Made once per pass."""
+
+    spec: EnvironmentSpec
+    census: Census
+    mix: Mix
+    assessments: list[PoolAssessment]
+    buyable: list[PoolAssessment]
+    allowance: Allowance
+    capacity: CapacitySignals
+    prices: Prices
+    now: datetime
+
+
+def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], CapacityOutcome, list[str]]:
+    """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring),
+    the capacity verdict, and notes on why less was planned."""
+    spec, census, mix, allowance, capacity, prices, now = (market.spec, market.census, market.mix, market.allowance,
+                                                          market.capacity, market.prices, market.now)
+    assessments, buyable = market.assessments, market.buyable
+    notes: list[str] = []
     base_need = min(deficit, max(0, spec.base_count - mix.on_demand - mix.on_demand_unseen))
     base = _on_demand(spec, base_need, Purpose.BASE, capacity, prices, allowance, now)
     guarded = _over_ceiling(spec, capacity, prices, base_need - sum(b.count for b in base.batches))
@@ -351,7 +361,7 @@ def _buy(
         capped=message,
         price_guarded=guarded,
     )
-    return launches, outcome
+    return launches, outcome, notes
 
 
 def _over_ceiling(spec: EnvironmentSpec, capacity: CapacitySignals, prices: Prices, short: int) -> str | None:
@@ -452,16 +462,7 @@ def _release(
 
 
 def _return_to_spot(
-    spec: EnvironmentSpec,
-    census: Census,
-    mix: Mix,
-    returns: list[Instance],
-    releases: list[Instance],
-    buyable: list[PoolAssessment],
-    allowance: Allowance,
-    prices: Prices,
-    ceiling: int | None,
-    now: datetime,
+    market: _Market, returns: list[Instance], releases: list[Instance],
 ) -> tuple[list[LaunchBatch], tuple[str, str] | None]:
     """Spot replacements for fallback on-demand instances (step 4), within the disruption budget.
 
@@ -481,6 +482,8 @@ def _return_to_spot(
     stands (5.5x the spot cost, measured). The pool may so pass the cap while replacements boot,
     by at most `maxInFlight` spot prices; it costs less as soon as they run.
     """
+    spec, census, mix, allowance, prices = market.spec, market.census, market.mix, market.allowance, market.prices
+    ceiling = market.capacity.held_ceiling
     if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
         return [], None
     fallback_left = len(mix.fallback) - len(returns)
@@ -488,7 +491,7 @@ def _return_to_spot(
         return [], None
     holding = census.alive_count + census.inflight_unseen - len(returns) - len(releases)
     in_flight = holding - spec.expected_count
-    budget, _ = return_budget(spec, now)
+    budget, _ = return_budget(spec, market.now)
     wanted = min(fallback_left, budget) - max(0, in_flight)
     if wanted <= 0:
         return [], None
@@ -507,7 +510,7 @@ def _return_to_spot(
     allowance.cost -= credit
     try:
         batches = list(plan_launches(
-            deficit=wanted, strategy=spec.allocation_strategy, pools=list(buyable),
+            deficit=wanted, strategy=spec.allocation_strategy, pools=list(market.buyable),
             occupancy=census.alive_by_pool() + census.unseen_by_pool, max_price=spec.max_price,
             purpose=Purpose.RETURN, allowance=allowance,
         ).batches)
