@@ -38,7 +38,7 @@ from spotpool.controller.failpoints import failpoint
 from spotpool.controller.fencing import Fence, Leadership, NotLeader
 from spotpool.controller.identity import Identities
 from spotpool.controller.kube import Conflict, KubeApi
-from spotpool.controller.launchcheck import STATUS_FIELD, LaunchChecker
+from spotpool.controller.launchcheck import LaunchChecker
 from spotpool.controller.observer import Observer
 from spotpool.controller.policy import Policy, PoolView
 from spotpool.controller.purchasing import PurchaseResult, Purchasing, describe
@@ -218,10 +218,8 @@ class Reconciler:
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
             purchases_refused=ctx.purchases_refused, capacity=signals, outcome=decided.capacity,
             rollout=None if deleting else decided.rollout,
+            validated_launch_spec=checked.record if checked is not None else None, credentials=ctx.credentials,
         )
-        if checked is not None and checked.record is not None:
-            report = replace(report, body={**report.body, STATUS_FIELD: checked.record})
-        report = replace(report, body={**report.body, "credentials": dict(ctx.credentials)})
         fence()
         await self._reporting.write(ctx.ref, body, memory, report, now, ctx.fence)
         self._reporting.observe(ctx, memory, report)
@@ -462,8 +460,7 @@ def _vcpus_bought(bought: list[InflightLaunch], market: Market) -> dict[tuple[st
 def _awaits_spot(spec: EnvironmentSpec, report: StatusReport) -> bool:
     """The pool holds fallback on-demand instances that are to return to spot."""
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled and not spec.paused
-    capacity = report.body.get("capacity") or {}
-    return returning and bool(capacity.get("onDemandFallback"))
+    return returning and report.figures is not None and report.figures.on_demand_fallback > 0
 
 
 def _deletion_wait(census: Census, journal: list[InflightLaunch]) -> str | None:

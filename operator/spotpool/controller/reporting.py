@@ -13,7 +13,6 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from spotpool.api.names import DRAINING_TAG
@@ -245,30 +244,28 @@ class Reporting:
 
     # -- metrics -----------------------------------------------------------------------------------
     def observe(self, ctx: PassContext, memory: PoolMemory, report: StatusReport) -> None:
-        status = report.body
-        capacity = status.get("capacity") or {}
+        figures = report.figures
+        assert figures is not None, "a pass that observed reports its figures"
         expected = 0 if ctx.deleting else ctx.spec.expected_count
-        running = status["runningCount"]
-        if running < expected and memory.shortfall_since is None:
+        if figures.running < expected and memory.shortfall_since is None:
             memory.shortfall_since = time.monotonic()
-        elif running >= expected and memory.shortfall_since is not None:
+        elif figures.running >= expected and memory.shortfall_since is not None:
             self._metrics.time_to_fulfil.labels(ctx.ref.namespace, ctx.ref.name).observe(
                 time.monotonic() - memory.shortfall_since)
             memory.shortfall_since = None
         self._metrics.observe_environment(
             ctx.ref.namespace, ctx.ref.name,
-            expected=ctx.spec.expected_count, current=status["currentCount"], running=running,
-            pending=status["pendingCount"], hourly_cost=float(Decimal(status["hourlyCost"])),
+            expected=ctx.spec.expected_count, current=figures.current, running=figures.running,
+            pending=figures.pending, hourly_cost=float(figures.hourly_cost),
             ready=report.ready, degraded=report.degraded,
-            pools=[(p["zone"], p["instanceType"], p["running"], p["pending"],
-                    float(Decimal(p["marketPrice"])) if "marketPrice" in p else None)
-                   for p in status["pools"]],
+            pools=[(zone, kind, running, pending, float(price) if price is not None else None)
+                   for zone, kind, running, pending, price in figures.pools],
             max_price=float(ctx.spec.max_price),
-            capacity=(capacity.get("spot", 0), capacity.get("onDemandBase", 0), capacity.get("onDemandFallback", 0)),
+            capacity=(figures.spot, figures.on_demand_base, figures.on_demand_fallback),
             max_hourly_cost=float(ctx.spec.max_hourly_cost) if ctx.spec.max_hourly_cost is not None else None,
-            spot_short=capacity.get("spotShortSince") is not None,
-            drifted=status["currentCount"] - status.get("updatedCount", status["currentCount"]),
-            updated=status.get("updatedCount", status["currentCount"]),
+            spot_short=figures.spot_short,
+            drifted=figures.current - figures.updated,
+            updated=figures.updated,
         )
 
     def observe_blocked(self, ref: ObjectRef) -> None:

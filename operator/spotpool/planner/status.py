@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from spotpool.api.names import ENVIRONMENT_LABEL
@@ -30,7 +31,7 @@ from spotpool.planner.model import (
     PoolKey,
     Rollout,
 )
-from spotpool.planner.persistence import backoff_to_status, inflight_to_status
+from spotpool.planner.persistence import VALIDATED_LAUNCH_SPEC, backoff_to_status, inflight_to_status
 from spotpool.planner.pools import assess_pools
 
 MAX_STATUS_INSTANCES = 1000
@@ -49,14 +50,32 @@ def selector(environment_label: str) -> str:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """The counts and prices the status reports, typed, for the metrics and the caller: nothing
+    outside the builder reads them back out of the status body."""
+
+    current: int
+    running: int
+    pending: int
+    updated: int
+    hourly_cost: Decimal
+    spot: int
+    on_demand_base: int
+    on_demand_fallback: int
+    spot_short: bool
+    pools: tuple[tuple[str, str, int, int, Decimal | None], ...]  # zone, type, running, pending, market price
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """A status to merge-patch (`body`), and what the caller decides on, as values rather than
-    conditions to read back."""
+    conditions to read back (`figures`: None for a pass that could not observe)."""
 
     body: dict[str, Any]
     ready: bool
     progressing: bool
     degraded: bool
+    figures: Figures | None = None
 
 
 def build_status(
@@ -80,6 +99,8 @@ def build_status(
     capacity: CapacitySignals | None = None,
     outcome: CapacityOutcome | None = None,
     rollout: Rollout | None = None,
+    validated_launch_spec: str | None = None,
+    credentials: Mapping[str, str | None] | None = None,
 ) -> StatusReport:
     """The status after this pass, for every kind of pass.
 
@@ -99,6 +120,9 @@ def build_status(
     - `rollout`: drift and expiry (`planner.disruption`): `status.updatedCount`, per instance
       what differs and when it expires, `status.disruption`, and Progressing while instances are
       replaced (or why they are not).
+    - `validated_launch_spec`: the launch spec digest the DryRun checks passed this pass (written
+      as `validatedLaunchSpec`; None leaves the recorded one); `credentials`: where this pass's
+      credentials came from (`status.credentials`, never a secret).
     """
     offers = offers or {}
     backoff = backoff or {}
@@ -225,7 +249,21 @@ def build_status(
         body["account"] = dict(account)
     if rollout is not None:
         body["disruption"] = _disruption_body(rollout)
-    return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0])
+    if validated_launch_spec is not None:
+        body[VALIDATED_LAUNCH_SPEC] = validated_launch_spec
+    if credentials is not None:
+        body["credentials"] = dict(credentials)
+    # The figures are the status's own numbers, rounded as it shows them: a dashboard and
+    # `kubectl get` never disagree.
+    cost = Decimal(body["hourlyCost"])
+    figures = Figures(
+        current=census.alive_count, running=census.running, pending=census.pending, updated=body["updatedCount"],
+        hourly_cost=cost, spot=len(mix.spot), on_demand_base=len(mix.base), on_demand_fallback=len(mix.fallback),
+        spot_short=outcome.spot_short_since is not None,
+        pools=tuple((p.zone, p.instance_type, running_by_pool[p.key], alive_by_pool[p.key] - running_by_pool[p.key],
+                     Decimal(format_price(p.market_price)) if p.market_price is not None else None) for p in pools),
+    )
+    return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0], figures=figures)
 
 
 def _returning(mix: Mix, expected: int) -> int:
