@@ -198,7 +198,8 @@ async def test_a_renewal_that_fails_is_said_before_the_session_runs_out(tmp_path
 
 async def test_a_pool_moved_from_keys_to_the_operators_identity_keeps_its_instances_and_lets_its_secret_go(
         tmp_path: Path) -> None:
-    """The migration README describes: one edit from credentialsSecretRef to credentials of the same
+    """The migration docs/trust-and-credentials.md describes: one edit from credentialsSecretRef to
+    credentials of the same
     account (here the operator's own); the instances stay, and the Secret's finalizer goes once no
     pool names it."""
     same_account = CredentialPolicy(operator_identity=("team",))

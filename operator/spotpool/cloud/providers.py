@@ -43,6 +43,8 @@ from urllib.parse import quote
 
 import httpx
 
+from spotpool.flight import Flight
+
 from .client import CvmClient
 from .credentials import CREDENTIALS_UNAVAILABLE, CredentialError, CredentialProvider
 from .errors import INVALID_RESPONSE, SIGNATURE_EXPIRED, CloudError, ErrorCategory, valid_code
@@ -117,7 +119,7 @@ class RenewingProvider(ABC):
         self._rng = rng if rng is not None else random.Random()
         self._cached: Credentials | None = None
         self._obtained_at = 0.0
-        self._inflight: asyncio.Future[Credentials] | None = None
+        self._renewal: Flight[Credentials] = Flight()
         self._last_error: CredentialError | None = None
         self._failures = 0
         self._retry_at = float("-inf")
@@ -148,7 +150,7 @@ class RenewingProvider(ABC):
         if cached is not None and not self._due(cached, now):
             return cached
         usable = self._usable(cached, now)
-        if self._inflight is None:
+        if not self._renewal.running:
             if now < self._retry_at:  # a renewal failed lately: not again before the backoff
                 if usable:
                     assert cached is not None
@@ -159,22 +161,17 @@ class RenewingProvider(ABC):
         if usable:
             assert cached is not None
             return cached
-        assert self._inflight is not None
-        # shield: one caller giving up (a cancelled pass) must not cancel everyone's renewal.
-        return await asyncio.shield(self._inflight)
+        # One caller giving up (a cancelled pass) never cancels everyone's renewal (`Flight`).
+        return await self._renewal.join(lambda: self._renew(force=False))
 
     async def refresh(self) -> Credentials:
         """Renew now, whatever is left (joins a renewal already under way)."""
-        if self._inflight is None:
-            self._start_renewal(force=True)
-        assert self._inflight is not None
-        return await asyncio.shield(self._inflight)
+        return await self._renewal.join(lambda: self._renew(force=True))
 
     async def settle(self) -> None:
         """Wait for a renewal under way, if any (its outcome is in `expires_at`/`last_error`):
         for tests, and for a caller that wants fresh credentials before a long operation."""
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight])
+        await self._renewal.wait()
 
     @property
     def expires_at(self) -> float | None:
@@ -189,10 +186,7 @@ class RenewingProvider(ABC):
     async def aclose(self) -> None:
         """Stop a renewal under way and release network resources (subclasses close their
         clients after this)."""
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            inflight.cancel()
-            await asyncio.wait([inflight])
+        await self._renewal.cancel()
 
     # ------------------------------------------------------------------- renewal
 
@@ -209,14 +203,7 @@ class RenewingProvider(ABC):
         return credentials.expires_at is None or credentials.expires_at - now > self._min_validity
 
     def _start_renewal(self, force: bool) -> None:
-        self._inflight = asyncio.ensure_future(self._renew(force))
-        self._inflight.add_done_callback(self._renewal_done)
-
-    def _renewal_done(self, future: asyncio.Future[Credentials]) -> None:
-        if self._inflight is future:
-            self._inflight = None
-        if not future.cancelled():
-            future.exception()  # retrieved: a renewal nobody awaits any more logs no warning
+        self._renewal.start(lambda: self._renew(force))
 
     async def _renew(self, force: bool) -> Credentials:
         try:

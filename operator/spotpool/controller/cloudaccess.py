@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from spotpool.api.names import DEFAULT_ENDPOINT, service_endpoint, sts_endpoint
 from spotpool.cloud.client import CvmClient
@@ -33,6 +33,7 @@ from spotpool.cloud.models import (
     SpotOffer,
 )
 from spotpool.controller.observer import Observer, ObserverKey, Swept
+from spotpool.flight import CachedFlight, Flight
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -83,49 +84,6 @@ class AccountKey:
         return cls((endpoint or DEFAULT_ENDPOINT).rstrip("/"), region, secret_id, digest)
 
 
-class _SingleFlight(Generic[T]):
-    """A value computed at most once at a time, reused while younger than `max_age` seconds.
-
-    Concurrent reconciles of many environments then wait on one cloud call instead of each
-    making its own. The computation runs in its own task, so cancelling one waiter (a daemon being
-    stopped) never cancels the others. `invalidate()` also disowns a computation already running:
-    it may predate the change, so callers after it start a fresh one and its result is not kept.
-    """
-
-    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._max_age = max_age
-        self._clock = clock
-        self._value: tuple[float, T] | None = None
-        self._running: tuple[int, asyncio.Task[T]] | None = None
-        self._generation = 0
-
-    def invalidate(self) -> None:
-        self._value = None
-        self._generation += 1
-
-    def amend(self, change: Callable[[T], T]) -> None:
-        """Apply `change` to the kept value, if any, without asking again (nor restarting its age)."""
-        if self._value is not None:
-            self._value = (self._value[0], change(self._value[1]))
-
-    async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
-        if self._value is not None and self._clock() - self._value[0] < self._max_age:
-            return self._value[1]
-        if self._running is None or self._running[0] != self._generation:
-            generation, started = self._generation, self._clock()
-            task: asyncio.Task[T] = asyncio.ensure_future(compute())
-            self._running = (generation, task)
-
-            def finished(done: asyncio.Task[T]) -> None:
-                if self._running is not None and self._running[1] is done:
-                    self._running = None
-                if not done.cancelled() and done.exception() is None and generation == self._generation:
-                    self._value = (started, done.result())
-
-            task.add_done_callback(finished)
-        return await asyncio.shield(self._running[1])
-
-
 class CloudAccess:
     """Clients, market prices and instance listings, shared across environments per account."""
 
@@ -164,7 +122,7 @@ class CloudAccess:
         self._users: dict[str, ObserverKey] = {}  # pool uid -> the observer of its key pair
         self._clock = clock
         self._identities: dict[AccountKey, CallerIdentity] = {}
-        self._identity_flights: dict[AccountKey, asyncio.Future[CallerIdentity]] = {}
+        self._identity_flights: dict[AccountKey, Flight[CallerIdentity]] = {}
         self._observer = observer
         self._offers_max_age = offers_max_age
         self._client_factory = client_factory
@@ -174,8 +132,8 @@ class CloudAccess:
         self._clients: OrderedDict[AccountKey, CvmClient] = OrderedDict()
         self._taggers: OrderedDict[AccountKey, CvmClient] = OrderedDict()
         self._offers: OrderedDict[tuple[AccountKey, frozenset[str], frozenset[str]],
-                                  _SingleFlight[list[Offer]]] = OrderedDict()
-        self._quotas: OrderedDict[AccountKey, _SingleFlight[AccountQuota | None]] = OrderedDict()
+                                  CachedFlight[list[Offer]]] = OrderedDict()
+        self._quotas: OrderedDict[AccountKey, CachedFlight[AccountQuota | None]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def client(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CvmClient:
@@ -218,11 +176,12 @@ class CloudAccess:
         known = self._identities.get(key)
         if known is not None:
             return known
-        flight = self._identity_flights.get(key)
-        if flight is None:
-            flight = self._identity_flights[key] = asyncio.ensure_future(self._ask_identity(key, credentials))
-            flight.add_done_callback(lambda _: self._identity_flights.pop(key, None))
-        identity = await asyncio.shield(flight)
+        flight = self._identity_flights.setdefault(key, Flight())
+        try:
+            identity = await flight.join(lambda: self._ask_identity(key, credentials))
+        finally:
+            if not flight.running:
+                self._identity_flights.pop(key, None)
         if len(self._identities) >= MAX_IDENTITIES:
             self._identities.pop(next(iter(self._identities)))
         self._identities[key] = identity
@@ -270,11 +229,11 @@ class CloudAccess:
 
         return await flight.get(read)
 
-    def _flight(self, cache: OrderedDict[K, _SingleFlight[T]], key: K, limit: int) -> _SingleFlight[T]:
+    def _flight(self, cache: OrderedDict[K, CachedFlight[T]], key: K, limit: int) -> CachedFlight[T]:
         """The cached read under `key`, made on first use; the least recently used go past `limit`."""
         flight = cache.get(key)
         if flight is None:
-            flight = cache[key] = _SingleFlight(self._offers_max_age, self._clock)
+            flight = cache[key] = CachedFlight(self._offers_max_age, self._clock)
             while len(cache) > limit:
                 cache.popitem(last=False)
         cache.move_to_end(key)

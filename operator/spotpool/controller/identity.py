@@ -1,6 +1,6 @@
 """Where a pool's CVM credentials come from (`spec.credentials`), and who may use which.
 
-Three sources (docs/security.md, README "Credentials"):
+Three sources (docs/security.md, docs/trust-and-credentials.md):
 
 - `Secret`: a key pair in a Secret of the pool's namespace (`spec.credentialsSecretRef`), as
   before. The administrator may switch Secrets off altogether (`--no-secret-credentials`); the

@@ -1,4 +1,4 @@
-"""`_SingleFlight`: one computation at a time shared by every concurrent caller, a value reused
+"""`CachedFlight`: one computation at a time shared by every concurrent caller, a value reused
 while younger than `max_age` (on an injected clock), `invalidate`, and errors that reach every
 waiter without being cached."""
 
@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from spotpool.controller.cloudaccess import _SingleFlight
+from spotpool.flight import CachedFlight, Flight
 
 
 class FakeClock:
@@ -40,7 +40,7 @@ class Computation:
 
 
 async def test_concurrent_callers_share_one_computation() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=10, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=10, clock=FakeClock())
     compute = Computation(gated=True)
     callers = [asyncio.create_task(flight.get(compute)) for _ in range(5)]
     await compute.started.wait()
@@ -52,7 +52,7 @@ async def test_concurrent_callers_share_one_computation() -> None:
 
 
 async def test_a_caller_arriving_while_the_computation_runs_waits_for_it() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=10, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=10, clock=FakeClock())
     compute = Computation(gated=True)
     first = asyncio.create_task(flight.get(compute))
     await compute.started.wait()
@@ -66,7 +66,7 @@ async def test_a_caller_arriving_while_the_computation_runs_waits_for_it() -> No
 
 async def test_value_is_reused_while_younger_than_max_age_then_recomputed() -> None:
     clock = FakeClock(100.0)
-    flight: _SingleFlight[str] = _SingleFlight(max_age=10, clock=clock)
+    flight: CachedFlight[str] = CachedFlight(max_age=10, clock=clock)
     compute = Computation()
     assert await flight.get(compute) == "value-1"
     clock.now = 109.999
@@ -82,7 +82,7 @@ async def test_value_is_reused_while_younger_than_max_age_then_recomputed() -> N
 async def test_age_counts_from_when_the_computation_started() -> None:
     """A slow read is as old as the moment it began, not the moment it ended."""
     clock = FakeClock(100.0)
-    flight: _SingleFlight[str] = _SingleFlight(max_age=10, clock=clock)
+    flight: CachedFlight[str] = CachedFlight(max_age=10, clock=clock)
 
     async def slow() -> str:
         clock.now += 8  # the read takes 8 s
@@ -96,7 +96,7 @@ async def test_age_counts_from_when_the_computation_started() -> None:
 
 
 async def test_invalidate_forces_a_fresh_computation() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     compute = Computation()
     assert await flight.get(compute) == "value-1"
     assert await flight.get(compute) == "value-1"
@@ -107,7 +107,7 @@ async def test_invalidate_forces_a_fresh_computation() -> None:
 
 
 async def test_an_exception_reaches_every_waiter_and_is_not_cached() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     boom = RuntimeError("listing failed")
     failing = Computation(gated=True, fail_with=boom)
     callers = [asyncio.create_task(flight.get(failing)) for _ in range(4)]
@@ -127,7 +127,7 @@ async def test_an_exception_reaches_every_waiter_and_is_not_cached() -> None:
 
 async def test_a_failure_does_not_evict_an_earlier_computation_in_flight_for_later_callers() -> None:
     """After a failed flight ends, a new caller starts a new flight (no stale future is awaited)."""
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     with pytest.raises(ValueError):
         await flight.get(Computation(fail_with=ValueError("x")))
     compute = Computation(gated=True)
@@ -138,7 +138,7 @@ async def test_a_failure_does_not_evict_an_earlier_computation_in_flight_for_lat
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_computation() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     compute = Computation(gated=True)
     leader = asyncio.create_task(flight.get(compute))
     await compute.started.wait()
@@ -154,7 +154,7 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_computation() -> No
 
 
 async def test_cancelling_the_caller_that_runs_the_computation_does_not_cancel_the_others() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     compute = Computation(gated=True)
     leader = asyncio.create_task(flight.get(compute))
     await compute.started.wait()
@@ -167,7 +167,7 @@ async def test_cancelling_the_caller_that_runs_the_computation_does_not_cancel_t
 
 
 async def test_invalidate_during_a_computation_makes_later_callers_compute_afresh() -> None:
-    flight: _SingleFlight[str] = _SingleFlight(max_age=3600, clock=FakeClock())
+    flight: CachedFlight[str] = CachedFlight(max_age=3600, clock=FakeClock())
     before = Computation(gated=True)
     early = asyncio.create_task(flight.get(before))
     await before.started.wait()
@@ -180,3 +180,23 @@ async def test_invalidate_during_a_computation_makes_later_callers_compute_afres
     assert await late == "value-1" and after.calls == 1  # the fresh read, not the early one
     probe = Computation()
     assert await flight.get(probe) == "value-1" and probe.calls == 0  # the fresh read is cached
+
+
+async def test_a_flight_runs_once_for_concurrent_callers_and_survives_a_cancelled_one() -> None:
+    calls = 0
+    gate = asyncio.Event()
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return "answer"
+
+    flight: Flight[str] = Flight()
+    first = asyncio.ensure_future(flight.join(compute))
+    second = asyncio.ensure_future(flight.join(compute))
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    assert await second == "answer" and calls == 1 and not flight.running
+    assert await flight.join(compute) == "answer" and calls == 2
