@@ -23,16 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the e2e tests' process wrappers live in tests/support
 
+from spotpool.api.names import GROUP, VERSION  # noqa: E402
 from spotpool.devcluster.controlplane import ControlPlane  # noqa: E402
 from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY  # noqa: E402
+from tests.support.specs import pool_spec  # noqa: E402
 
-GROUP, VERSION, PLURAL = "spotpool.io", "v1alpha1", "spotcomputeenvironments"
 CRD_FILE = REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml"
 PER_CALL = 100  # RunInstances InstanceCount upper bound, and DescribeInstances page size
 RUN_RATE = 10.0  # documented RunInstances limit, calls per second
 DESCRIBE_RATE = 40.0  # documented DescribeInstances limit, calls per second
-MAX_PRICE = "0.0923"
-IMAGE_ID = "img-pmqg1cw7"
 
 
 def lower_bound(count: int, latency: float, calls: int | None = None) -> float:
@@ -79,11 +78,8 @@ def environment(name: str, namespace: str, count: int, zone: str, instance_type:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "SpotComputeEnvironment",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "expectedCount": count, "maxPrice": MAX_PRICE, "region": region,
-            "zones": [zone], "instanceTypes": [instance_type], "imageId": IMAGE_ID,
-            "credentialsSecretRef": {"name": "cvm"}, "endpoint": endpoint,
-        },
+        "spec": pool_spec(expectedCount=count, region=region, zones=[zone], instanceTypes=[instance_type],
+                          credentialsSecretRef={"name": "cvm"}, endpoint=endpoint),
     }
 
 

@@ -99,11 +99,8 @@ from typing import Any
 
 import kubernetes
 from benchlib import (  # first: it puts the repository on sys.path for tests.support
-    GROUP,
     PER_CALL,
-    PLURAL,
     RUN_RATE,
-    VERSION,
     create_namespace,
     delete_namespace,
     environment,
@@ -113,8 +110,10 @@ from benchlib import (  # first: it puts the repository on sys.path for tests.su
 )
 from scale_bench import ZONES, NamespaceWatch, fmt, is_lookup, verdict
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from spotpool.simulator import SimulatorConfig
+from tests.support import specs
 from tests.support.processes import OperatorProcess, SimulatorProcess
 
 ZONE, INSTANCE_TYPE = ZONES[0], "S5.MEDIUM4"  # 2 vCPUs
@@ -144,15 +143,15 @@ def simulator_config(instances: int, zones: int = 1) -> SimulatorConfig:
     """Spot and on-demand stock and vCPU quota for twice what the run needs per zone x type
     (a return holds up to 2N), a ledger for the whole run; rate limits and lifecycle as documented."""
     per_zone = math.ceil(instances / zones)
-    return SimulatorConfig.default().with_overrides({
-        "seed": 1,
-        "market": {
+    return specs.simulator_config(
+        seed=1,
+        market={
             "default_stock": max(500, 2 * per_zone), "spot_quota_vcpus": max(20_000, 2 * 2 * per_zone),
             "default_on_demand_stock": max(10_000, 2 * per_zone),
             "on_demand_quota_vcpus": max(20_000, 2 * 2 * per_zone),
         },
-        "api": {"ledger_size": max(200_000, 100 * instances)},
-    })
+        api={"ledger_size": max(200_000, 100 * instances)},
+    )
 
 
 @dataclass

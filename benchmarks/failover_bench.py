@@ -53,6 +53,7 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.controller.leadership import KubeLeaseStore, LeaderElector, Timing
 
 # -- the child: an elector and nothing else ------------------------------------------------------
@@ -194,8 +195,7 @@ def operator_runs(args: argparse.Namespace, plane: Any, bin_dir: Path, tmp: Path
                                extra_args=flags, env={"POD_NAME": f"bench-{made}"})
 
     def get() -> dict[str, Any]:
-        return custom.get_namespaced_custom_object(benchlib.GROUP, benchlib.VERSION, namespace,
-                                                   benchlib.PLURAL, "pool")
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pool")
 
     def is_ready(count: int) -> bool:
         st = benchlib.status(get())
@@ -226,7 +226,7 @@ def operator_runs(args: argparse.Namespace, plane: Any, bin_dir: Path, tmp: Path
         with ThreadPoolExecutor(2) as pool:
             operators = list(pool.map(OperatorProcess.start, [operator(), operator()]))
         count = 1
-        custom.create_namespaced_custom_object(benchlib.GROUP, benchlib.VERSION, namespace, benchlib.PLURAL,
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                benchlib.environment("pool", namespace, count, "ap-guangzhou-3",
                                                                     "S5.MEDIUM4", simulator.url))
         until(lambda: is_ready(count), 60, "the pool Ready")
@@ -243,7 +243,7 @@ def operator_runs(args: argparse.Namespace, plane: Any, bin_dir: Path, tmp: Path
                 assert leader.proc is not None
                 signalled, signalled_wall = time.monotonic(), time.time()
                 os.killpg(leader.proc.pid, sig)
-                custom.patch_namespaced_custom_object(benchlib.GROUP, benchlib.VERSION, namespace, benchlib.PLURAL,
+                custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                       "pool", {"spec": {"expectedCount": count}})
                 bound = args.lease_duration + 4 * args.retry_period + 30
                 until(lambda standby=standby: standby.leader_gauge() == 1.0, bound, "the standby to lead")

@@ -55,11 +55,8 @@ from typing import Any
 
 import kubernetes
 from benchlib import (  # first: it puts the repository on sys.path for tests.support
-    GROUP,
     PER_CALL,
-    PLURAL,
     RUN_RATE,
-    VERSION,
     create_namespace,
     environment,
     install_crd,
@@ -68,8 +65,10 @@ from benchlib import (  # first: it puts the repository on sys.path for tests.su
     status,
 )
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from spotpool.simulator import SimulatorConfig
+from tests.support import specs
 from tests.support.processes import OperatorProcess, SimulatorProcess
 
 ZONE, INSTANCE_TYPE = "ap-guangzhou-3", "S5.MEDIUM4"
@@ -194,11 +193,11 @@ def simulator_config(count: int) -> SimulatorConfig:
     # Stock for the whole pool in the one zone x type (the default is 500) and vCPU quota for it
     # (the default, 20,000 per zone, holds 10,000 2-vCPU instances); rate limits stay the
     # documented defaults.
-    return SimulatorConfig.default().with_overrides({
-        "seed": 1,
-        "market": {"default_stock": max(2 * count, 500), "spot_quota_vcpus": max(20_000, 4 * count)},
-        "api": {"ledger_size": max(100_000, 10 * count)},
-    })
+    return specs.simulator_config(
+        seed=1,
+        market={"default_stock": max(2 * count, 500), "spot_quota_vcpus": max(20_000, 4 * count)},
+        api={"ledger_size": max(100_000, 10 * count)},
+    )
 
 
 @dataclass

@@ -65,9 +65,6 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (  # first: it puts the repository on sys.path
-    GROUP,
-    PLURAL,
-    VERSION,
     environment,
     install_crd,
     ready,
@@ -88,10 +85,12 @@ from beyond_spot_bench import (
 )
 from scale_bench import fmt, verdict
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from spotpool.simulator import SimulatorConfig
+from tests.support.specs import IMAGE_ID
 
-OLD_IMAGE = "img-pmqg1cw7"  # benchlib's
+OLD_IMAGE = IMAGE_ID  # benchlib.environment's
 NEW_IMAGE = "img-0patched"
 
 

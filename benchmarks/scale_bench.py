@@ -71,10 +71,7 @@ import kubernetes
 import operator_bench
 from benchlib import (  # first: it puts the repository on sys.path for tests.support
     DESCRIBE_RATE,
-    GROUP,
     PER_CALL,
-    PLURAL,
-    VERSION,
     apiserver_writes,
     cpu_seconds,
     create_namespace,
@@ -87,9 +84,11 @@ from benchlib import (  # first: it puts the repository on sys.path for tests.su
     status,
 )
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from spotpool.simulator import SimulatorConfig
 from spotpool.simulator.config import DEFAULT_ACCOUNT_ID, DEMO_SECRET_ID, DEMO_SECRET_KEY
+from tests.support import specs
 from tests.support.processes import OperatorProcess, SimulatorProcess
 
 ZONES = ("ap-guangzhou-3", "ap-guangzhou-4", "ap-guangzhou-6", "ap-guangzhou-7")
@@ -118,12 +117,12 @@ def simulator_config(pools: int, size: int, accounts: int = 1) -> SimulatorConfi
     ZONES, one type); a ledger big enough for a whole phase; `accounts` accounts, each a key pair
     with its own rate limits and quota (the simulator keeps accounts apart)."""
     per_zone = math.ceil(pools / len(ZONES)) * size
-    return SimulatorConfig.default().with_overrides({
-        "seed": 1,
-        "market": {"default_stock": max(500, 2 * per_zone), "spot_quota_vcpus": max(20_000, 2 * 2 * per_zone)},
-        "api": {"ledger_size": 500_000},
-        "credentials": [{"secret_id": i, "secret_key": k, "account_id": a} for i, k, a in account_keys(accounts)],
-    })
+    return specs.simulator_config(
+        seed=1,
+        market={"default_stock": max(500, 2 * per_zone), "spot_quota_vcpus": max(20_000, 2 * 2 * per_zone)},
+        api={"ledger_size": 500_000},
+        credentials=[{"secret_id": i, "secret_key": k, "account_id": a} for i, k, a in account_keys(accounts)],
+    )
 
 
 def is_lookup(call: dict[str, Any]) -> bool:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from spotpool.api.names import CRD_NAME
 from spotpool.devcluster.controlplane import ControlPlane, ensure_binaries
 from tests.support.kube import Kubectl, unique_name, wait_for
 from tests.support.processes import SimulatorProcess, simulator_config
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "spotpool.io_spotcomputeenvironments.yaml"
-CRD_NAME = "spotcomputeenvironments.spotpool.io"
 
 
 @dataclass

@@ -44,6 +44,7 @@ from tests.chart.helm import Releases, one, operator_args, operator_lease
 from tests.conftest import Cluster
 from tests.support.kube import Kubectl, token_kubeconfig, wait_for
 from tests.support.processes import DEMO_SECRET_ID, DEMO_SECRET_KEY, OperatorProcess, SimulatorProcess
+from tests.support.specs import pool_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -113,10 +114,7 @@ class Scenario:
         self.kubectl.apply(json.dumps({
             "apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
             "metadata": {"name": POOL, "namespace": self.namespace},
-            "spec": {"expectedCount": 0, "maxPrice": "0.0923", "region": "ap-guangzhou",
-                     "zones": ["ap-guangzhou-3", "ap-guangzhou-4"], "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
-                     "imageId": "img-pmqg1cw7", "credentialsSecretRef": {"name": SECRET},
-                     "endpoint": self.simulator.url},
+            "spec": pool_spec(expectedCount=0, credentialsSecretRef={"name": SECRET}, endpoint=self.simulator.url),
         }))
         self._wait_ready(0, timeout)
 

@@ -15,6 +15,7 @@ import yaml
 from tests.chart.helm import CHART, Helm, find, one
 from tests.conftest import Cluster
 from tests.support.kube import unique_name
+from tests.support.specs import pool_spec
 
 
 def _args(objects: list[dict[str, Any]]) -> list[str]:
@@ -114,9 +115,7 @@ def test_admission_policy_render(helm: Helm) -> None:
 # -- applied for real ----------------------------------------------------------------------------------
 
 def _pool(namespace: str, name: str, **spec: Any) -> str:
-    body = {"expectedCount": 3, "maxPrice": "0.2", "region": "ap-guangzhou", "zones": ["ap-guangzhou-3"],
-            "instanceTypes": ["S5.MEDIUM4"], "imageId": "img-pmqg1cw7", "credentialsSecretRef": {"name": "c"}}
-    body.update(spec)
+    body = pool_spec(**{"maxPrice": "0.2", "instanceTypes": ["S5.MEDIUM4"], **spec})  # within GUARDS
     return json.dumps({"apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
                        "metadata": {"name": name, "namespace": namespace}, "spec": body})
 

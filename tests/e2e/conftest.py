@@ -22,6 +22,7 @@ from tests.support.processes import (
     OperatorProcess,
     SimulatorProcess,
 )
+from tests.support.specs import pool_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -42,18 +43,8 @@ class Pools:
         return name
 
     def create(self, name: str, *, secret: str = "cvm", **spec: Any) -> dict[str, Any]:
-        body = {
-            "expectedCount": 3,
-            "maxPrice": "0.0923",
-            "region": "ap-guangzhou",
-            "zones": ["ap-guangzhou-3", "ap-guangzhou-4"],
-            "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
-            "imageId": "img-pmqg1cw7",
-            "credentialsSecretRef": {"name": secret},
-            "endpoint": self.simulator.url,
-            **spec,
-        }
-        body = {key: value for key, value in body.items() if value is not None}  # None: leave the field out
+        # A change to None leaves the field out.
+        body = pool_spec(**{"credentialsSecretRef": {"name": secret}, "endpoint": self.simulator.url, **spec})
         manifest = {"apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
                     "metadata": {"name": name, "namespace": self.namespace}, "spec": body}
         self.kubectl.apply(json.dumps(manifest))

@@ -16,16 +16,12 @@ from typing import Any
 import pytest
 
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
+from tests.support.specs import simulator_config
 
 
 def fast_config(**changes: Any) -> SimulatorConfig:
     """The default market with quick lifecycles and a fixed seed, plus `changes` (deep-merged)."""
-    base = SimulatorConfig.default().with_overrides(
-        {
-            "seed": 1234,
-            "lifecycle": {"boot_delay_seconds": 0.2, "terminate_delay_seconds": 0.2},
-        }
-    )
+    base = simulator_config(seed=1234, lifecycle={"boot_delay_seconds": 0.2, "terminate_delay_seconds": 0.2})
     return base.with_overrides(changes) if changes else base
 
 

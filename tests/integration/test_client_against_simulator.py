@@ -20,6 +20,7 @@ from spotpool.cloud import CloudError, CloudNetworkError, CvmClient, ErrorCatego
 from spotpool.cloud.models import TERMINATING, Credentials, RunInstancesRequest
 from spotpool.cloud.ratelimit import RateLimiterRegistry
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
+from tests.support.specs import simulator_config
 
 DEMO = Credentials("AKIDSPOTPOOLDEMO00000000000000000000", "spotpoolDemoSecretKey0000000000000")
 REGION = "ap-guangzhou"
@@ -30,7 +31,7 @@ IMAGE = "img-pmqg1cw7"
 
 def lifecycle_config(**lifecycle: Any) -> SimulatorConfig:
     """For the tests that need exact lifecycle timings (the `simulator` fixture uses 0.2 s)."""
-    return SimulatorConfig.default().with_overrides({"seed": 20240501, "lifecycle": lifecycle})
+    return simulator_config(seed=20240501, lifecycle=lifecycle)
 
 
 def make_client(simulator: RunningSimulator, credentials: Credentials = DEMO,

@@ -13,6 +13,7 @@ import yaml
 from spotpool.api.spec import EnvironmentSpec, SpecError, reserved_tag_key
 from tests.conftest import CRD_FILE, REPO, Cluster
 from tests.support.kube import Kubectl, token_kubeconfig, unique_name
+from tests.support.specs import pool_spec
 from tests.unit.test_spec import ALLOWED_KEYS, RESERVED_KEYS
 
 pytestmark = pytest.mark.cluster
@@ -21,15 +22,7 @@ VALID = {
     "apiVersion": "spotpool.io/v1alpha1",
     "kind": "SpotComputeEnvironment",
     "metadata": {"name": "valid"},
-    "spec": {
-        "expectedCount": 3,
-        "maxPrice": "0.0923",
-        "region": "ap-guangzhou",
-        "zones": ["ap-guangzhou-3", "ap-guangzhou-4"],
-        "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
-        "imageId": "img-pmqg1cw7",
-        "credentialsSecretRef": {"name": "tencentcloud-credentials"},
-    },
+    "spec": pool_spec(),
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from spotpool.controller.kube import ClusterKubeApi, Conflict
 from tests.conftest import Cluster
+from tests.support.specs import pool_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -18,9 +19,7 @@ def environment(namespace: str) -> str:
     return json.dumps({
         "apiVersion": "spotpool.io/v1alpha1", "kind": "SpotComputeEnvironment",
         "metadata": {"name": "pool", "namespace": namespace},
-        "spec": {"expectedCount": 1, "maxPrice": "0.1", "region": "ap-guangzhou", "zones": ["ap-guangzhou-3"],
-                 "instanceTypes": ["S5.MEDIUM4"], "imageId": "img-pmqg1cw7",
-                 "credentialsSecretRef": {"name": "creds"}},
+        "spec": pool_spec(),
     })
 
 

@@ -33,6 +33,7 @@ from tests.support.identity import (
     TEAM_ROLE_ARN,
     trusting_apiserver,
 )
+from tests.support.specs import simulator_config
 
 pytestmark = pytest.mark.cluster
 
@@ -68,9 +69,8 @@ def apiserver(cluster: Cluster, tmp_path: Path) -> tuple[str, Path]:
 def pod_identity_config(cluster: Cluster, namespace: str, token: str, **source: Any) -> SimulatorConfig:
     """The simulator trusting the apiserver's service-account issuer (the `iss` its tokens carry)
     for the operator role, with this namespace's ServiceAccount as the trusted subject."""
-    base = SimulatorConfig.default().with_overrides(
-        {"seed": 11, "lifecycle": {"boot_delay_seconds": 0.2, "terminate_delay_seconds": 0.2},
-         "sts": {"min_duration_seconds": 1}})
+    base = simulator_config(seed=11, lifecycle={"boot_delay_seconds": 0.2, "terminate_delay_seconds": 0.2},
+                            sts={"min_duration_seconds": 1})
     return trusting_apiserver(base, cluster.kubectl, token, f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}",
                               **source)
 

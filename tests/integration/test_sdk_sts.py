@@ -33,6 +33,7 @@ from tests.support.identity import (
     Issuer,
     identity_config,
 )
+from tests.support.specs import simulator_config
 
 OTHER = ("AKIDOTHERACCOUNT000000000000000000000", "otherAccountSecretKey0000000000000", "200000000002")
 
@@ -88,7 +89,7 @@ def issuer() -> Issuer:
 
 
 def identity_simulator_config(issuer: Issuer, **changes: Any) -> SimulatorConfig:
-    return identity_config(SimulatorConfig.default().with_overrides({"seed": 5}), issuer, **changes)
+    return identity_config(simulator_config(seed=5), issuer, **changes)
 
 
 def profile(sim: RunningSimulator) -> ClientProfile:

@@ -44,11 +44,10 @@ from spotpool.controller.reporting import PoolMemory
 from spotpool.metrics import Metrics
 from spotpool.simulator import RunningSimulator, SimulatorConfig, run_simulator
 from spotpool.simulator.config import DEFAULT_RATE_LIMITS, DEMO_SECRET_ID, DEMO_SECRET_KEY
+from tests.support import specs
+from tests.support.specs import TYPES, ZONES
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-REGION = "ap-guangzhou"
-ZONES = ("ap-guangzhou-3", "ap-guangzhou-4")
-TYPES = ("S5.MEDIUM4", "SA2.MEDIUM4")
 OTHER_ACCOUNT = ("AKIDOTHERACCOUNT000000000000000000000", "otherAccountSecretKey0000000000000", "200000000002")
 DEMO_ACCOUNT = "100000000001"  # the account of the simulator's demo key pair
 
@@ -261,26 +260,22 @@ class Event:
 def simulator_config(**api: Any) -> SimulatorConfig:
     """The default market, a fixed seed, minute-scale lifecycles, rate limits out of the way (the
     clock does not move by itself, so a bucket would never refill), and a second account."""
-    return SimulatorConfig.default().with_overrides({
-        "seed": 7,
-        "lifecycle": {"boot_delay_seconds": 20, "terminate_delay_seconds": 10},
-        "api": {"rate_limits": dict.fromkeys(DEFAULT_RATE_LIMITS, 1e9), "max_clock_skew_seconds": 10**9, **api},
-        "credentials": [
+    return specs.simulator_config(
+        lifecycle={"boot_delay_seconds": 20, "terminate_delay_seconds": 10},
+        api={"rate_limits": dict.fromkeys(DEFAULT_RATE_LIMITS, 1e9), "max_clock_skew_seconds": 10**9, **api},
+        credentials=[
             {"secret_id": DEMO_SECRET_ID, "secret_key": DEMO_SECRET_KEY},
             {"secret_id": ROTATED_KEY[0], "secret_key": ROTATED_KEY[1], "account_id": ROTATED_KEY[2]},
             {"secret_id": OTHER_ACCOUNT[0], "secret_key": OTHER_ACCOUNT[1], "account_id": OTHER_ACCOUNT[2]},
         ],
-    })
+    )
 
 
 def pool_spec(sim: RunningSimulator, **changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "expectedCount": 5, "maxPrice": "1.0", "region": REGION, "zones": list(ZONES),
-        "instanceTypes": list(TYPES), "imageId": "img-pmqg1cw7",
-        "credentialsSecretRef": {"name": "creds"}, "endpoint": sim.url,
-    }
-    spec.update(changes)
-    return spec
+    """`specs.pool_spec` for a pool of this harness: 5 instances at up to 1.0, the Secret `creds`
+    (`start` writes it), the simulator's endpoint."""
+    return specs.pool_spec(**{"expectedCount": 5, "maxPrice": "1.0", "credentialsSecretRef": {"name": "creds"},
+                              "endpoint": sim.url, **changes})
 
 
 class World:

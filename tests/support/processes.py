@@ -19,6 +19,7 @@ import yaml
 
 from spotpool.devcluster.controlplane import free_port
 from spotpool.simulator import SimulatorConfig
+from tests.support import specs
 from tests.support.kube import wait_for
 
 SPOTPOOL = [sys.executable, "-m", "spotpool"]
@@ -49,11 +50,7 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: flo
 
 def simulator_config(**lifecycle: Any) -> SimulatorConfig:
     """The default market with a quick lifecycle (tests wait on conditions, so faster is cheaper)."""
-    config = SimulatorConfig.default()
-    data = config.model_dump(mode="json")
-    data["seed"] = 7
-    data["lifecycle"].update({"boot_delay_seconds": 0.5, "terminate_delay_seconds": 0.5, **lifecycle})
-    return SimulatorConfig.model_validate(data)
+    return specs.simulator_config(lifecycle={"boot_delay_seconds": 0.5, "terminate_delay_seconds": 0.5, **lifecycle})
 
 
 @dataclass

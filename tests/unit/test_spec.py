@@ -24,16 +24,9 @@ from spotpool.api.spec import (
     reserved_tag_key,
 )
 from tests.conftest import CRD_FILE
+from tests.support.specs import pool_spec
 
-MINIMAL: dict[str, Any] = {
-    "expectedCount": 10,
-    "maxPrice": "0.0923",
-    "region": "ap-guangzhou",
-    "zones": ["ap-guangzhou-3", "ap-guangzhou-4"],
-    "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4"],
-    "imageId": "img-pmqg1cw7",
-    "credentialsSecretRef": {"name": "tencentcloud-credentials"},
-}
+MINIMAL: dict[str, Any] = pool_spec(expectedCount=10)
 
 
 def spec_with(**changes: Any) -> dict[str, Any]:

@@ -9,6 +9,18 @@ from __future__ import annotations
 
 PREFIX = "spotpool.io"
 
+GROUP = PREFIX
+"""The API group of the SpotComputeEnvironment resource (crds/spotpool.io_spotcomputeenvironments.yaml)."""
+
+VERSION = "v1alpha1"
+"""The served (and stored) version of the resource."""
+
+PLURAL = "spotcomputeenvironments"
+"""The resource's plural name, as in its API paths."""
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+"""The CustomResourceDefinition's name."""
+
 OWNER_UID_TAG = f"{PREFIX}/environment-uid"
 """The owning SpotComputeEnvironment's UID: the single source of ownership."""
 
@@ -52,9 +64,6 @@ instances, so deleting a namespace (Secret and pool together) cannot strand them
 
 DEFAULT_ENDPOINT = "https://cvm.tencentcloudapi.com"
 """CVM's public endpoint, used when `spec.endpoint` is not set."""
-
-STS_HOST = "sts.tencentcloudapi.com"
-"""Where the account behind a key pair is asked (STS GetCallerIdentity)."""
 
 
 def environment_tags(*, uid: str, namespace: str, name: str, cluster_id: str) -> dict[str, str]:

@@ -139,7 +139,8 @@ def warm_up() -> None:
 
 # Instances in these states need no TerminateInstances (absent ones neither).
 _GONE_STATES = frozenset({TERMINATING})
-# TerminateInstances' refusals of a batch mixing charge types (reference §7.2).
+# TerminateInstances' refusals of a batch mixing charge types (spot and pay-as-you-go): the batch is
+# split by charge type and sent again.
 _MIXED_CHARGE_CODES = frozenset(
     {"UnsupportedOperation.InstanceMixedPricingModel",
      "InvalidParameterValue.InstanceNotSupportedMixPricingModel"}

@@ -36,7 +36,7 @@ class ErrorCategory(StrEnum):
 
 _C = ErrorCategory
 
-# Every code named in the reference (sections 1.4, 1.5, 4, 5, 6 and 7), by category.
+# The codes Tencent documents for the calls spotpool makes (common codes and each action's), by category.
 _CODES_BY_CATEGORY: dict[ErrorCategory, tuple[str, ...]] = {
     _C.CAPACITY: (
         "ResourceInsufficient",

@@ -36,7 +36,7 @@ from threading import Lock
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# Requests per second per (action, API host, sub-account), from the reference's section 9.
+# Requests per second per (action, API host, sub-account), as Tencent publishes them (docs/cvm-api.md).
 DEFAULT_RATE_LIMITS: Mapping[str, float] = {
     "RunInstances": 10.0,
     "TerminateInstances": 10.0,

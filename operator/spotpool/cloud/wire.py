@@ -28,7 +28,7 @@ from .models import (  # issue 11: on-demand, stock, quota and price
     ZoneQuota,
 )
 
-# API limits (reference sections 0, 3.1, 4.1, 5, 6.1).
+# API limits: the bounds CVM puts on one call (the id and count bounds: docs/cvm-api.md).
 MAX_IDS_PER_CALL = 100          # DescribeInstances InstanceIds, TerminateInstances batch
 PAGE_LIMIT = 100                # DescribeInstances Limit maximum
 MAX_FILTERS = 10

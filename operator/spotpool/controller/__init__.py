@@ -1,5 +1,5 @@
 """The kopf glue and the executor: observe the cloud, ask the planner, act, report."""
 
-GROUP = "spotpool.io"
-VERSION = "v1alpha1"
-PLURAL = "spotcomputeenvironments"
+from spotpool.api.names import GROUP, PLURAL, VERSION
+
+__all__ = ["GROUP", "PLURAL", "VERSION"]

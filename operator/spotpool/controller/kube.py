@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from spotpool.controller import GROUP, PLURAL, VERSION
+from spotpool.api.names import GROUP, PLURAL, VERSION
 
 
 class Conflict(Exception):

@@ -628,12 +628,12 @@ def from_config(
     The Lease lives in --leader-election-namespace (kube-system by default, whatever namespace the
     operator runs in) and is named by `lease_name` from the cluster id and the watched namespaces.
     `cluster_id` is the resolved id the instances are tagged with; it enters the name only when it
-    was configured (--cluster-id or $SPOTPOOL_CLUSTER_ID, as the runtime resolves it), not when it
+    was configured (`config.cluster_id`: --cluster-id, or $SPOTPOOL_CLUSTER_ID, its default), not when it
     is the default kube-system UID, which every installation in the cluster shares anyway.
     """
     if not config.leader_elect:
         return Standalone()
-    configured = bool(config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID"))
+    configured = bool(config.cluster_id)
     name = lease_name(cluster_id if configured else None, config.namespaces)
     namespace = config.leader_election_namespace or DEFAULT_LEASE_NAMESPACE
     timing = Timing(config.lease_duration, config.renew_deadline, config.retry_period)

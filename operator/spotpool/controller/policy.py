@@ -44,7 +44,6 @@ DEFAULT_ALLOWED_ENDPOINTS = (
 ENDPOINT_FLAG = "--allowed-endpoint"
 LOOPBACK_FLAG = "--allow-loopback-endpoints"
 INSECURE_FLAG = "--allow-insecure-endpoints"
-SPEND_GUARD = "SpendGuard"  # the Degraded reason of a pool over a guard (planner.degraded)
 
 
 class PolicyError(ValueError):

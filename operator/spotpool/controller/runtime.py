@@ -61,8 +61,8 @@ class Runtime:
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
         kube = self.kube = ClusterKubeApi()
-        cluster_id = self.config.cluster_id or os.environ.get("SPOTPOOL_CLUSTER_ID") or \
-            await kube.namespace_uid("kube-system")
+        # config.cluster_id is --cluster-id, whose default the CLI reads from $SPOTPOOL_CLUSTER_ID.
+        cluster_id = self.config.cluster_id or await kube.namespace_uid("kube-system")
         if not cluster_id:
             # A shared fallback id would let two clusters on one account release each other's
             # instances: refuse to start rather than guess.

@@ -33,9 +33,9 @@ from typing import Any, TextIO
 
 import yaml
 
+from spotpool.api.names import CRD_NAME
 from spotpool.demo import render
 from spotpool.demo.stack import (
-    CRD_NAME,
     Cluster,
     DemoError,
     Operator,

@@ -22,11 +22,10 @@ from typing import Any, cast
 
 import httpx
 
+from spotpool.api.names import GROUP, PLURAL, VERSION
 from spotpool.devcluster.controlplane import BINARIES, ControlPlane, bin_dir, ensure_binaries, repo_root
 from spotpool.devcluster.processes import Child, spawn
 
-CRD_NAME = "spotcomputeenvironments.spotpool.io"
-GROUP, VERSION, PLURAL = "spotpool.io", "v1alpha1", "spotcomputeenvironments"
 SPOTPOOL = [sys.executable, "-m", "spotpool"]
 
 

@@ -35,8 +35,6 @@ from spotpool.devcluster.processes import Child, spawn
 log = logging.getLogger(__name__)
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
-# What a control plane with a node (devcluster.node) runs in addition.
-NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy", "containerd", "ctr", "coredns")
 
 # Controllers that make the API behave like a real cluster for an operator's purposes; scheduling,
 # workloads and nodes stay off because nothing here runs pods.

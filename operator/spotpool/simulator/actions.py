@@ -1,6 +1,6 @@
 """The CVM actions: validate an authenticated request's parameters and answer from the market.
 
-Each handler checks what the real API checks, with the real error codes (reference §3-§7), then
+Each handler checks what the real API checks, with the error codes Tencent documents, then
 asks the market. Limits chosen where the reference leaves a choice are named constants here.
 """
 

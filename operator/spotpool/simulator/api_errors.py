@@ -2,7 +2,7 @@
 
 Every refusal, from signature checks down to market rules, is an `ApiError`, so the server has one
 place that turns refusals into the `{"Response": {"Error": ...}}` envelope and nothing leaks as a
-500. Codes are the real ones (reference §7); messages explain what to change.
+500. Codes are the ones Tencent documents; messages explain what to change.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from spotpool.simulator.faults import FaultSpec
 DEMO_SECRET_ID = "AKIDSPOTPOOLDEMO00000000000000000000"
 DEMO_SECRET_KEY = "spotpoolDemoSecretKey0000000000000"
 
-#: Published per-action limits (requests per second per action and sub-account), reference §9.
+#: Published per-action limits (requests per second per action and sub-account); docs/cvm-api.md.
 DEFAULT_RATE_LIMITS: dict[str, float] = {
     "RunInstances": 10,
     "TerminateInstances": 10,
@@ -31,7 +31,7 @@ DEFAULT_RATE_LIMITS: dict[str, float] = {
     "DescribeZoneInstanceConfigInfos": 40,
     "InquiryPriceRunInstances": 10,
     "DescribeZones": 20,
-    "DescribeAccountQuota": 20,  # not published (reference §9); the common 20/s
+    "DescribeAccountQuota": 20,  # no published limit: the common 20/s
     "TagResources": 20,  # the tag service's API pages
     "UnTagResources": 20,
 }

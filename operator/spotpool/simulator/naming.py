@@ -1,7 +1,7 @@
 """InstanceName expansion for multi-instance purchases (`{R:x}` and `{R:x,F:y}` patterns).
 
 Operators name instances per pool and rely on the documented expansion to tell them apart, so
-the simulator applies the same rules as RunInstances (reference §3.2).
+the simulator applies the same rules as RunInstances.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-action request rate limits, as token buckets per action and principal (reference §9).
+"""Per-action request rate limits, as token buckets per action and principal (docs/cvm-api.md).
 
 The principal's key is `iam.Principal.rate_key`: a key pair's SecretId (as before roles existed),
 or one key per role for all its sessions, so renewing temporary credentials does not refill the

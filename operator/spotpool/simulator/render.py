@@ -1,6 +1,6 @@
 """The JSON the API answers with: the envelope and the real field names of CVM's models.
 
-Field names and shapes follow the official SDK's models (reference §4.2, §6.1) so the SDK
+Field names and shapes follow the official SDK's models (tencentcloud-sdk-python-cvm) so the SDK
 deserialises every answer and the operator's client sees what production would send. Instances
 are rendered once per state change and the fragments spliced into DescribeInstances pages.
 """
@@ -91,7 +91,7 @@ def _instance_fields(inst: SimInstance) -> dict[str, Any]:
         "LoginSettings": {"KeyIds": list(inst.key_ids) or None},
         "InstanceState": inst.state,
         "Tags": [{"Key": key, "Value": value} for key, value in inst.tags.items()],
-        # Spot instances cannot stop charging when shut down (reference §8); pay-as-you-go ones
+        # Spot instances cannot stop charging when shut down; pay-as-you-go ones
         # keep charging unless asked otherwise at stop time.
         "StopChargingMode": "NOT_APPLICABLE" if inst.spot else "KEEP_CHARGING",
         "Uuid": inst.uuid,

@@ -8,9 +8,9 @@ from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import Credentials
 from spotpool.controller.identity import CredentialPolicy, CredentialPolicyError, Identities
 from spotpool.controller.redaction import MASK, REDACTOR
+from tests.support.specs import pool_spec
 
-SPEC = {"expectedCount": 1, "maxPrice": "0.1", "region": "ap-guangzhou", "zones": ["ap-guangzhou-3"],
-        "instanceTypes": ["S5.MEDIUM4"], "imageId": "img-pmqg1cw7"}
+SPEC = pool_spec(credentialsSecretRef=None)  # each test names its credentials
 ROLE = "qcs::cam::uin/200000000002:roleName/team-render"
 
 

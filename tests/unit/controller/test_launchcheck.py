@@ -34,17 +34,16 @@ from spotpool.controller.launchcheck import (
 )
 from spotpool.controller.purchasing import Purchasing
 from spotpool.planner.persistence import read_status
+from tests.support.specs import pool_spec
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ACCOUNT = "100000000001"
-SPEC: dict[str, Any] = {
-    "expectedCount": 4, "maxPrice": "0.05", "region": "ap-guangzhou",
-    "zones": ["ap-guangzhou-3", "ap-guangzhou-4"], "instanceTypes": ["S5.MEDIUM4", "SA2.MEDIUM4", "S6.LARGE8"],
-    "imageId": "img-pmqg1cw7", "credentialsSecretRef": {"name": "creds"},
-    "network": {"vpcId": "vpc-2ari9m7h",
-                "subnetIds": {"ap-guangzhou-3": "subnet-ahv6swf2", "ap-guangzhou-4": "subnet-mt7v2yvb"}},
-    "tags": {"team": "render"},
-}
+SPEC: dict[str, Any] = pool_spec(
+    expectedCount=4, maxPrice="0.05", instanceTypes=["S5.MEDIUM4", "SA2.MEDIUM4", "S6.LARGE8"],
+    network={"vpcId": "vpc-2ari9m7h",
+             "subnetIds": {"ap-guangzhou-3": "subnet-ahv6swf2", "ap-guangzhou-4": "subnet-mt7v2yvb"}},
+    tags={"team": "render"},
+)
 
 
 def spec(**changes: Any) -> EnvironmentSpec:

@@ -471,9 +471,9 @@ def test_a_configured_cluster_id_and_the_watched_namespaces_name_the_lease(monke
         ("kube-system", lease_name(None, ["team-a", "team-b"]))
     assert lease_of(replace(base, cluster_id="prod", namespaces=("team-a",)), "prod") == \
         ("kube-system", lease_name("prod", ["team-a"]))
-    # $SPOTPOOL_CLUSTER_ID configures the id as --cluster-id does (the runtime resolves either).
+    # $SPOTPOOL_CLUSTER_ID configures the id as --cluster-id does (the CLI reads it as the flag's default).
     monkeypatch.setenv("SPOTPOOL_CLUSTER_ID", "prod")
-    assert lease_of(base, "prod") == ("kube-system", lease_name("prod"))
+    assert lease_of(replace(parse([]), leader_elect=True), "prod") == ("kube-system", lease_name("prod"))
 
 
 def test_the_cli_defaults_to_the_shared_lease_namespace(capsys: pytest.CaptureFixture[str]) -> None:

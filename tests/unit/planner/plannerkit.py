@@ -14,6 +14,7 @@ from spotpool.cloud.models import RUNNING, Instance, SpotOffer
 from spotpool.planner.census import Census, take_census
 from spotpool.planner.model import OWNER_UID_TAG, InflightLaunch, Observation, Plan, PoolKey
 from spotpool.planner.tokens import client_token
+from tests.support.specs import pool_spec
 
 UID = "3f6d2a10-0000-4000-8000-000000000001"
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -23,17 +24,7 @@ S5, SA2 = "S5.MEDIUM4", "SA2.MEDIUM4"
 
 def make_spec(**overrides: Any) -> EnvironmentSpec:
     """A valid spec (camelCase keys, as the API server hands it over) with overrides."""
-    spec: dict[str, Any] = {
-        "expectedCount": 4,
-        "maxPrice": "0.0500",
-        "region": "ap-guangzhou",
-        "zones": [Z3, Z4],
-        "instanceTypes": [S5, SA2],
-        "imageId": "img-pmqg1cw7",
-        "credentialsSecretRef": {"name": "tencentcloud-credentials"},
-    }
-    spec.update(overrides)
-    return EnvironmentSpec.from_k8s(spec)
+    return EnvironmentSpec.from_k8s(pool_spec(**{"expectedCount": 4, "maxPrice": "0.0500", **overrides}))
 
 
 def make_instance(
