@@ -259,14 +259,16 @@ async def run(config: OperatorConfig) -> None:
 
     handlers.register(config)
     from spotpool.controller.health import describe, serve
-    from spotpool.controller.runtime import RUNTIME
+    from spotpool.controller.runtime import Runtime
 
-    RUNTIME.config = config
-    serving = await serve(RUNTIME, config)
+    runtime = Runtime(config)
+    serving = await serve(runtime, config)
     logging.getLogger(__name__).info("%s", describe(serving, config))
     try:
-        # kopf installs its own SIGTERM/SIGINT handlers and stops gracefully on them.
-        await kopf.operator(standalone=True, clusterwide=config.clusterwide, namespaces=config.namespaces)
+        # kopf installs its own SIGTERM/SIGINT handlers and stops gracefully on them. The runtime
+        # reaches every handler through kopf's operator-level memo.
+        await kopf.operator(standalone=True, clusterwide=config.clusterwide, namespaces=config.namespaces,
+                            memo=kopf.Memo(runtime=runtime))
     finally:
         await serving.cleanup()
 

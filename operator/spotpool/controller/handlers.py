@@ -23,14 +23,15 @@ from spotpool.controller.credentials import credentials_entry
 from spotpool.controller.events import Reason
 from spotpool.controller.redaction import DELETION_WAITS, tracebacks_off_events
 from spotpool.controller.reporting import PoolMemory
-from spotpool.controller.runtime import RUNTIME, post_event
+from spotpool.controller.runtime import Runtime, of
 
 ANNOTATION_PREFIX = PREFIX
 log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    runtime = of(memo)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX, v1=False)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -42,20 +43,20 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # (the redactor scrubs every record where it is made).
     settings.posting.loggers = True
     settings.posting.level = logging.WARNING
-    if not tracebacks_off_events(only_while=lambda: RUNTIME.leadership.is_leader()):
+    if not tracebacks_off_events(only_while=lambda: runtime.leadership.is_leader()):
         raise kopf.PermanentError("kopf's Event poster was not found: refusing to post log records unformatted")
     # Queued Events are sent only while this replica leads, checked when sent (controller/eventfence.py).
-    if not eventfence.install(lambda: RUNTIME.leadership.is_leader()):
+    if not eventfence.install(lambda: runtime.leadership.is_leader()):
         raise kopf.PermanentError("kopf's Event post function was not found: refusing to post Events unfenced")
     settings.posting.event_name_prefix = "spotpool-"
     # A stopping daemon finishes its current reconcile (bounded by the API timeouts) before it goes.
     settings.background.cancellation_polling = 0.5
-    await RUNTIME.start()
+    await runtime.start()
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: Any) -> None:
-    await RUNTIME.stop()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await of(memo).stop()
 
 
 def register(config: OperatorConfig) -> None:
@@ -72,14 +73,15 @@ def credential_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> 
     return credentials_entry(namespace, name, body)
 
 
-def credentials_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+def credentials_changed(namespace: str, name: str, body: kopf.Body, type: str | None, memo: kopf.Memo,
+                        **_: Any) -> None:
     """A key-pair Secret changed (rotated, created, deleted): its namespace's pools look again now."""
     if type is not None and (type == "DELETED" or credentials_entry(namespace, name, body) is not None):
-        RUNTIME.wake_namespace(namespace)
+        of(memo).wake_namespace(namespace)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def wake(type: str | None, meta: kopf.Meta, **_: Any) -> None:
+def wake(type: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """A spec change (kubectl apply, kubectl scale) reconciles now instead of at the next tick.
 
     From the raw watch events and each replica's own record of the generations it has seen, not
@@ -88,7 +90,7 @@ def wake(type: str | None, meta: kopf.Meta, **_: Any) -> None:
     after an apiserver restart) and recorded it, the leader's kopf saw no change and the pool slept
     until its heartbeat (300 s; the chaos e2e caught a scale-down kept waiting 294 s)."""
     if type != "DELETED":
-        RUNTIME.wake_on_generation(meta["uid"], meta.get("generation"))
+        of(memo).wake_on_generation(meta["uid"], meta.get("generation"))
 
 
 def _state(memo: kopf.Memo) -> tuple[PoolMemory, asyncio.Lock]:
@@ -105,13 +107,12 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
                     logger: kopf.Logger, spot_pools: kopf.Index[Any, Any],
                     credential_secrets: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
     # kopf hands indices only to handlers, and starts none before every index is filled.
-    if credential_secrets is not None:
-        RUNTIME.watch_secrets(credential_secrets)
-    RUNTIME.watch_pools(spot_pools)
+    runtime = of(memo)
+    _watch(runtime, spot_pools, credential_secrets)
     uid = meta["uid"]
     memory, lock = _state(memo)
-    wakeup = RUNTIME.wakeup(uid, meta["namespace"])
-    config = RUNTIME.config
+    wakeup = runtime.wakeup(uid, meta["namespace"])
+    config = runtime.config
     while not stopped:
         wakeup.clear()
         # A settled pool sleeps until something wakes it: its slice of the sweep changed, its spec
@@ -119,10 +120,10 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
         # A pool whose fallback instances wait for spot is not settled (`Outcome.next_delay`).
         delay = config.observe_interval
         try:
-            assert RUNTIME.reconciler is not None
-            outcome = await RUNTIME.reconciler.reconcile(body, memory, lock)
+            assert runtime.reconciler is not None
+            outcome = await runtime.reconciler.reconcile(body, memory, lock)
             delay = outcome.next_delay(config)
-            if not RUNTIME.leadership.is_leader():
+            if not runtime.leadership.is_leader():
                 # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
                 log.debug("%s/%s: pass fenced: not leading", meta["namespace"], meta["name"])
         except Exception as exc:  # one environment's failure must never stop the others
@@ -136,22 +137,29 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5.0)
 async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, spot_pools: kopf.Index[Any, Any],
                              credential_secrets: kopf.Index[Any, Any] | None = None, **_: Any) -> None:
-    if credential_secrets is not None:
-        RUNTIME.watch_secrets(credential_secrets)
-    RUNTIME.watch_pools(spot_pools)
-    await _await_leading()
-    assert RUNTIME.reconciler is not None
+    runtime = of(memo)
+    _watch(runtime, spot_pools, credential_secrets)
+    await _await_leading(runtime)
+    assert runtime.reconciler is not None
     memory, lock = _state(memo)
-    outcome = await RUNTIME.reconciler.reconcile(body, memory, lock, deleting=True)
+    outcome = await runtime.reconciler.reconcile(body, memory, lock, deleting=True)
     if not outcome.deletion_complete:
         why = outcome.waiting or outcome.problem or "waiting for the cloud to confirm every instance is gone"
-        if why != memory.deletion_wait and RUNTIME.leadership.is_leader():
+        if why != memory.deletion_wait and runtime.leadership.is_leader():
             # Once per change of what it waits for, not once per retry (kopf's own retry Events are
             # left to the log: redaction.DELETION_WAITS).
             memory.deletion_wait = why
-            post_event(body, type=Reason.DELETION_WAITING.type, reason=Reason.DELETION_WAITING, message=why)
-        raise kopf.TemporaryError(DELETION_WAITS + why, delay=RUNTIME.config.progress_interval)
-    RUNTIME.forget(meta["uid"], meta["namespace"], meta["name"])
+            runtime.post_event(body, type=Reason.DELETION_WAITING.type, reason=Reason.DELETION_WAITING, message=why)
+        raise kopf.TemporaryError(DELETION_WAITS + why, delay=runtime.config.progress_interval)
+    runtime.forget(meta["uid"], meta["namespace"], meta["name"])
+
+
+def _watch(runtime: Runtime, spot_pools: kopf.Index[Any, Any], credential_secrets: kopf.Index[Any, Any] | None) -> None:
+    """Hand kopf's indices (given only to handlers) to the runtime: the pools' claims for the spend
+    guards, the key-pair Secrets for the credentials."""
+    if credential_secrets is not None:
+        runtime.watch_secrets(credential_secrets)
+    runtime.watch_pools(spot_pools)
 
 
 STANDBY_RETRY = 60.0
@@ -161,15 +169,15 @@ interval patched every deleting pool every 2 s, and each patch made the leader's
 status write of that pool conflict and read the object again."""
 
 
-async def _await_leading() -> None:
+async def _await_leading(runtime: Runtime) -> None:
     """Return at once on the leader. A standby waits (writing nothing) until it leads or
     `STANDBY_RETRY` passes, then asks kopf to call again: either way with the object as it is
     then, not with the body this call was given, which may be a minute old (a deletion must plan
     from the journal the last leader left, not from an older one)."""
-    if RUNTIME.leadership.is_leader():
+    if runtime.leadership.is_leader():
         return
     try:
-        await asyncio.wait_for(RUNTIME.leadership.wait_leading(), timeout=STANDBY_RETRY)
+        await asyncio.wait_for(runtime.leadership.wait_leading(), timeout=STANDBY_RETRY)
     except TimeoutError:
         pass
     raise kopf.TemporaryError(DELETION_WAITS + "this replica did not lead when the deletion came", delay=0)

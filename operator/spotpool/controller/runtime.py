@@ -1,4 +1,10 @@
-"""The operator's long-lived parts, created once kopf's event loop runs and shared by its handlers."""
+"""The operator's long-lived parts, created once kopf's event loop runs and shared by its handlers.
+
+One `Runtime` per operator process, made by the CLI and handed to every handler through kopf's
+operator-level memo (`kopf.operator(memo=...)`, shallow-copied into each object's memo, as kopf's
+own daemons receive it): no module-level singleton, so a test or a second operator in one process
+builds its own.
+"""
 
 from __future__ import annotations
 
@@ -29,21 +35,9 @@ log = logging.getLogger(__name__)
 _TAG_VALUE = re.compile(r"[^A-Za-z0-9._:/=+@-]")
 
 
-def post_event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    """Kubernetes Events are the activity log; kopf posts them asynchronously with retries.
-
-    Only the leader posts: an Event is a write, and a leader that lost its term in the middle of a
-    pass (paused with a RunInstances on the wire, say) must not publish what it learned late; the
-    new leader owns the object's story from its takeover. The log keeps the line either way."""
-    if not RUNTIME.leadership.is_leader():
-        log.info("not leading: Event %s not posted (%s)", reason, message[:200])
-        return
-    kopf.event(cast(kopf.Body, dict(body)), type=type, reason=reason, message=message[:1024])
-
-
 class Runtime:
-    def __init__(self) -> None:
-        self.config = OperatorConfig()
+    def __init__(self, config: OperatorConfig | None = None) -> None:
+        self.config = config or OperatorConfig()
         self.metrics: Metrics = METRICS
         self.reconciler: Reconciler | None = None
         self.cloud: CloudAccess | None = None
@@ -104,12 +98,24 @@ class Runtime:
             self.identities = identities_from_config(self.config)
         except CredentialPolicyError as exc:
             raise kopf.PermanentError(str(exc)) from None
-        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=post_event,
+        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=self.post_event,
                                      leadership=self.leadership, policy=Policy.from_config(self.config),
                                      pools=self.pools, identities=self.identities)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
+
+    def post_event(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        """Kubernetes Events are the activity log; kopf posts them asynchronously with retries.
+
+        Only the leader posts: an Event is a write, and a leader that lost its term in the middle
+        of a pass (paused with a RunInstances on the wire, say) must not publish what it learned
+        late; the new leader owns the object's story from its takeover. The log keeps the line
+        either way."""
+        if not self.leadership.is_leader():
+            log.info("not leading: Event %s not posted (%s)", reason, message[:200])
+            return
+        kopf.event(cast(kopf.Body, dict(body)), type=type, reason=reason, message=message[:1024])
 
     def watch_secrets(self, index: Any) -> None:
         """Hand kopf's index of key-pair Secrets to the Kubernetes access (once is enough)."""
@@ -188,4 +194,10 @@ class Runtime:
         self.metrics.forget_environment(namespace, name)
 
 
-RUNTIME = Runtime()
+
+def of(memo: Any) -> Runtime:
+    """The runtime a handler was handed: kopf's memo (operator-level, or an object's copy of it)."""
+    runtime = getattr(memo, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("the operator was started without its runtime in kopf's memo (spotpool.controller.cli)")
+    return runtime

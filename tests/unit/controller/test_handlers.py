@@ -10,7 +10,7 @@ import pytest
 
 from spotpool.controller import handlers
 from spotpool.controller.redaction import DELETION_WAITS
-from spotpool.controller.runtime import RUNTIME
+from spotpool.controller.runtime import Runtime, of
 
 
 class Leadership:
@@ -28,27 +28,33 @@ class Leadership:
 
 
 @pytest.fixture
-def leadership(monkeypatch: pytest.MonkeyPatch) -> Leadership:
+def runtime() -> Runtime:
+    return Runtime()
+
+
+@pytest.fixture
+def leadership(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Leadership:
     fake = Leadership(leading=False)
-    monkeypatch.setattr(RUNTIME, "leadership", fake)
+    monkeypatch.setattr(runtime, "leadership", fake)
     return fake
 
 
-async def test_the_leader_goes_on_at_once(leadership: Leadership) -> None:
+async def test_the_leader_goes_on_at_once(runtime: Runtime, leadership: Leadership) -> None:
     leadership.leading.set()
-    await handlers._await_leading()
+    await handlers._await_leading(runtime)
 
 
-async def test_a_standby_waits_then_asks_to_be_called_again(leadership: Leadership,
+async def test_a_standby_waits_then_asks_to_be_called_again(runtime: Runtime, leadership: Leadership,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "STANDBY_RETRY", 0.05)
     with pytest.raises(kopf.TemporaryError) as raised:
-        await handlers._await_leading()
+        await handlers._await_leading(runtime)
     assert str(raised.value).startswith(DELETION_WAITS) and raised.value.delay == 0
 
 
-async def test_a_standby_that_comes_to_lead_starts_again_from_a_fresh_body(leadership: Leadership) -> None:
-    waiting = asyncio.ensure_future(handlers._await_leading())
+async def test_a_standby_that_comes_to_lead_starts_again_from_a_fresh_body(runtime: Runtime,
+                                                                           leadership: Leadership) -> None:
+    waiting = asyncio.ensure_future(handlers._await_leading(runtime))
     await asyncio.sleep(0)
     assert not waiting.done()  # no retry recorded (no patch) while it waits
     leadership.leading.set()
@@ -75,3 +81,17 @@ def test_secrets_are_watched_only_while_pools_may_sign_with_them(monkeypatch: py
     monkeypatch.setattr(kopf.on, "event", recorder("event"))
     handlers.register(OperatorConfig(secret_credentials=secrets))
     assert watched == (["index secrets", "event secrets"] if secrets else [])
+
+
+def test_handlers_find_the_runtime_in_kopfs_memo_and_its_per_object_copies() -> None:
+    """The CLI hands the runtime down through kopf's operator-level memo; kopf gives each object a
+    shallow copy, in which the object's own state lives beside the shared runtime."""
+    import copy
+
+    runtime = Runtime()
+    operator_memo = kopf.Memo(runtime=runtime)
+    one, other = copy.copy(operator_memo), copy.copy(operator_memo)
+    assert of(one) is runtime and of(other) is runtime
+    assert handlers._state(one)[0] is not handlers._state(other)[0]  # each object its own memory
+    with pytest.raises(RuntimeError, match="runtime"):
+        of(kopf.Memo())
