@@ -120,8 +120,7 @@ async def keep_pool(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, stopped: 
         # A pool whose fallback instances wait for spot is not settled (`Outcome.next_delay`).
         delay = config.observe_interval
         try:
-            assert runtime.reconciler is not None
-            outcome = await runtime.reconciler.reconcile(body, memory, lock)
+            outcome = await runtime.parts.reconciler.reconcile(body, memory, lock)
             delay = outcome.next_delay(config)
             if not runtime.leadership.is_leader():
                 # Through the module's logger, not kopf's: kopf's posts Events, which a follower must not.
@@ -140,9 +139,8 @@ async def release_everything(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, 
     runtime = of(memo)
     _watch(runtime, spot_pools, credential_secrets)
     await _await_leading(runtime)
-    assert runtime.reconciler is not None
     memory, lock = _state(memo)
-    outcome = await runtime.reconciler.reconcile(body, memory, lock, deleting=True)
+    outcome = await runtime.parts.reconciler.reconcile(body, memory, lock, deleting=True)
     if not outcome.deletion_complete:
         why = outcome.waiting or outcome.problem or "waiting for the cloud to confirm every instance is gone"
         if why != memory.deletion_wait and runtime.leadership.is_leader():

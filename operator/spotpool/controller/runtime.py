@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -35,17 +36,26 @@ log = logging.getLogger(__name__)
 _TAG_VALUE = re.compile(r"[^A-Za-z0-9._:/=+@-]")
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What `Runtime.start` builds once kopf's loop runs (they need it): the Kubernetes access, the
+    cloud access, the orphan collector and the reconciler. Made together, so none is ever half
+    there: before the start there are no parts at all (`Runtime.parts` raises)."""
+
+    kube: ClusterKubeApi
+    cloud: CloudAccess
+    collector: OrphanCollector
+    reconciler: Reconciler
+
+
 class Runtime:
     def __init__(self, config: OperatorConfig | None = None) -> None:
         self.config = config or OperatorConfig()
         self.metrics: Metrics = METRICS
-        self.reconciler: Reconciler | None = None
-        self.cloud: CloudAccess | None = None
-        self.collector: OrphanCollector | None = None
+        self._parts: Parts | None = None
         self.leadership: LeaderElector | Standalone = Standalone()
-        self.kube: ClusterKubeApi | None = None
         self.identities = Identities()
-        self._secrets_watched = False
+        self._secret_index: Any = None
         self.pools = IndexedPools()  # every pool's claim, for the spend guards' totals
         self.ready = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -54,7 +64,7 @@ class Runtime:
 
     async def start(self) -> None:
         warm_up()  # before any environment waits on its first CVM client and request
-        kube = self.kube = ClusterKubeApi()
+        kube = ClusterKubeApi()
         # config.cluster_id is --cluster-id, whose default the CLI reads from $SPOTPOOL_CLUSTER_ID.
         cluster_id = self.config.cluster_id or await kube.namespace_uid("kube-system")
         if not cluster_id:
@@ -67,14 +77,14 @@ class Runtime:
         cluster_id = _TAG_VALUE.sub("-", cluster_id)[:63]
         # The backstop for instances no pool counts any more (controller/collector.py): leader only,
         # fenced like every release, for the namespaces this installation watches.
-        self.collector = OrphanCollector(
+        collector = OrphanCollector(
             live_uids=self._live_uids, namespaces=self.config.namespaces, grace=self.config.orphan_grace,
             release=self.config.orphan_release, report=self._report_orphans,
             guard=lambda: Fence(self.leadership), acting=lambda: self.leadership.is_leader(),
             on_count=lambda key, n: self.metrics.orphans.labels(key.region, key.account_id).set(n),
             on_released=lambda key, n: self.metrics.orphans_released.labels(key.region, key.account_id).inc(n),
         )
-        self.cloud = CloudAccess(
+        cloud = CloudAccess(
             cluster_id=cluster_id,
             observer=self.metrics.observe_api_call,
             offers_max_age=self.config.offers_max_age,
@@ -84,8 +94,8 @@ class Runtime:
             sweep_on_timer=True,
             # A standby sweeps nothing: only the leader's timers call the cloud.
             acting=lambda: self.leadership.is_leader(),
-            on_sweep=self.collector.swept,
-            on_closed=self.collector.forget,
+            on_sweep=collector.swept,
+            on_closed=collector.forget,
         )
         # Only the leader observes, buys and releases; followers keep their daemons idle. The Lease
         # is named from the cluster id, so two installations on one cluster elect one leader.
@@ -98,12 +108,22 @@ class Runtime:
             self.identities = identities_from_config(self.config)
         except CredentialPolicyError as exc:
             raise kopf.PermanentError(str(exc)) from None
-        self.reconciler = Reconciler(kube=kube, cloud=self.cloud, metrics=self.metrics, post_event=self.post_event,
+        reconciler = Reconciler(kube=kube, cloud=cloud, metrics=self.metrics, post_event=self.post_event,
                                      leadership=self.leadership, policy=Policy.from_config(self.config),
                                      pools=self.pools, identities=self.identities)
+        self._parts = Parts(kube, cloud, collector, reconciler)
+        if self._secret_index is not None:
+            kube.watch_secrets(self._secret_index)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
         self.ready.set()
+
+    @property
+    def parts(self) -> Parts:
+        """The parts `start` built; handlers run only after it (kopf's startup handler)."""
+        if self._parts is None:
+            raise RuntimeError("the runtime has not started: kopf runs the handlers only after its startup handler")
+        return self._parts
 
     def post_event(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
         """Kubernetes Events are the activity log; kopf posts them asynchronously with retries.
@@ -119,9 +139,10 @@ class Runtime:
 
     def watch_secrets(self, index: Any) -> None:
         """Hand kopf's index of key-pair Secrets to the Kubernetes access (once is enough)."""
-        if self.kube is not None and not self._secrets_watched:
-            self.kube.watch_secrets(index)
-            self._secrets_watched = True
+        if self._secret_index is None:
+            self._secret_index = index
+            if self._parts is not None:
+                self._parts.kube.watch_secrets(index)
 
     def watch_pools(self, index: Any) -> None:
         """Hand kopf's index of every pool's claim (handlers.py `spot_pools`) to the spend guards."""
@@ -153,10 +174,9 @@ class Runtime:
     async def stop(self) -> None:
         self.ready.clear()
         await self.leadership.stop()
-        if self.collector is not None:
-            await self.collector.close()
-        if self.cloud is not None:
-            await self.cloud.close()
+        if self._parts is not None:
+            await self._parts.collector.close()
+            await self._parts.cloud.close()
         await self.identities.aclose()
 
     def wakeup(self, uid: str, namespace: str | None = None) -> asyncio.Event:
@@ -189,8 +209,8 @@ class Runtime:
         self._wakeups.pop(uid, None)
         self._namespaces.pop(uid, None)
         self._generations.pop(uid, None)
-        if self.cloud is not None:
-            self.cloud.forget_pool(uid)  # its key pair's sweeps stop once no pool uses it
+        if self._parts is not None:
+            self._parts.cloud.forget_pool(uid)  # its key pair's sweeps stop once no pool uses it
         self.metrics.forget_environment(namespace, name)
 
 
