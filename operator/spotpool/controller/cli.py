@@ -10,12 +10,15 @@ import re
 
 import kopf
 
-from spotpool.controller.config import DEFAULT_LEASE_NAMESPACE, DEFAULT_ORPHAN_GRACE, OperatorConfig
+from spotpool.controller.config import OperatorConfig
 from spotpool.controller.identity import CredentialPolicyError
 from spotpool.controller.leadership import Timing
 from spotpool.controller.policy import DEFAULT_ALLOWED_ENDPOINTS, Policy, PolicyError, parse_price
 from spotpool.controller.redaction import REDACTOR
 from spotpool.planner.model import UNANSWERED_SETTLED
+
+DEFAULTS = OperatorConfig()
+"""Every flag's default is the configuration's own: defined once, in `OperatorConfig`."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("plain", "json")
@@ -35,11 +38,11 @@ def parse(argv: list[str] | None) -> OperatorConfig:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     serving = parser.add_argument_group(
         "metrics and health", "two ports: /metrics for Prometheus, /healthz and /readyz for the kubelet")
-    serving.add_argument("--metrics-host", default="0.0.0.0",
+    serving.add_argument("--metrics-host", default=DEFAULTS.metrics_host,
                          help="address of the metrics port (default 0.0.0.0: every interface, for Prometheus)")
-    serving.add_argument("--metrics-port", type=int, default=8443,
+    serving.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
                          help="port serving /metrics (default 8443; 0 picks a free one)")
-    serving.add_argument("--metrics-secure", action=argparse.BooleanOptionalAction, default=True,
+    serving.add_argument("--metrics-secure", action=argparse.BooleanOptionalAction, default=DEFAULTS.metrics_secure,
                          help="serve /metrics over HTTPS, only to bearer tokens the API server says may get the "
                               "non-resource URL /metrics (TokenReview + SubjectAccessReview; the operator needs "
                               "create on both); default: on. --no-metrics-secure: plain HTTP to anyone, for "
@@ -49,19 +52,19 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                               "tls.crt of a cert-manager Secret; default: a self-signed one made at start-up")
     serving.add_argument("--metrics-key-file", default=None, metavar="PATH",
                          help="PEM private key of --metrics-cert-file (e.g. tls.key)")
-    serving.add_argument("--health-host", default="0.0.0.0",
+    serving.add_argument("--health-host", default=DEFAULTS.health_host,
                          help="address of the health port (default 0.0.0.0: the kubelet probes the Pod's IP)")
-    serving.add_argument("--health-port", type=int, default=8081,
+    serving.add_argument("--health-port", type=int, default=DEFAULTS.health_port,
                          help="port serving /healthz and /readyz over plain HTTP, without authentication "
                               "(default 8081; 0 picks a free one)")
-    parser.add_argument("--observe-interval", type=float, default=15.0,
+    parser.add_argument("--observe-interval", type=float, default=DEFAULTS.observe_interval,
                         help="seconds between sweeps of each account and region's instances; a pool whose "
                              "instances changed is reconciled right after (default 15)")
-    parser.add_argument("--heartbeat-interval", type=float, default=300.0,
+    parser.add_argument("--heartbeat-interval", type=float, default=DEFAULTS.heartbeat_interval,
                         help="seconds between passes of a settled pool that nothing woke (default 300)")
-    parser.add_argument("--progress-interval", type=float, default=2.0,
+    parser.add_argument("--progress-interval", type=float, default=DEFAULTS.progress_interval,
                         help="seconds between observations while buying or releasing (default 2)")
-    parser.add_argument("--market-max-age", type=float, default=30.0,
+    parser.add_argument("--market-max-age", type=float, default=DEFAULTS.offers_max_age,
                         help="seconds a read of prices, stock and quota is reused by the pools of an account "
                              "(default 30); a sold-out pool coming back is noticed within it")
     parser.add_argument("--cluster-id", default=os.environ.get("SPOTPOOL_CLUSTER_ID"),
@@ -101,7 +104,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                              "fnmatch globs, e.g. 'platform-*'); default: every namespace")
     creds = parser.add_argument_group(
         "credentials", "where pools' CVM credentials come from (spec.credentials), and who may use which")
-    creds.add_argument("--operator-identity", choices=("none", "pod-identity", "cvm-role"), default="none",
+    creds.add_argument("--operator-identity", choices=("none", "pod-identity", "cvm-role"),
+                       default=DEFAULTS.operator_identity,
                        help="the operator's own identity: TKE pod identity (the TKE_* variables the pod-identity "
                             "webhook injects, or the chart sets), or the CAM role of the CVM it runs on; pools "
                             "with credentials.source OperatorIdentity or Role use it (default: none)")
@@ -111,7 +115,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                        help="STS for pod identity and assumed roles (default: https://sts.tencentcloudapi.com)")
     creds.add_argument("--metadata-endpoint", default=None, metavar="URL",
                        help="the CVM metadata service (default: http://metadata.tencentyun.com)")
-    creds.add_argument("--secret-credentials", action=argparse.BooleanOptionalAction, default=True,
+    creds.add_argument("--secret-credentials", action=argparse.BooleanOptionalAction,
+                       default=DEFAULTS.secret_credentials,
                        help="allow key pairs from Secrets (spec.credentialsSecretRef; default: on)")
     creds.add_argument("--allow-operator-identity", action="append", default=[], metavar="NAMESPACE_GLOB",
                        dest="operator_identity_namespaces",
@@ -122,32 +127,33 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                             "(repeatable; e.g. 'team-a=qcs::cam::uin/*:roleName/spotpool-team-a'; default: none)")
     orphans = parser.add_argument_group(
         "orphan collector", "instances of this installation whose SpotComputeEnvironment no longer exists")
-    orphans.add_argument("--orphan-release", action=argparse.BooleanOptionalAction, default=True,
+    orphans.add_argument("--orphan-release", action=argparse.BooleanOptionalAction, default=DEFAULTS.orphan_release,
                          help="release orphan instances after --orphan-grace (default: on); off: only report "
                               "them (a Warning Event, the spotpool_orphan_instances metric, the log)")
-    orphans.add_argument("--orphan-grace", type=float, default=DEFAULT_ORPHAN_GRACE, metavar="SECONDS",
+    orphans.add_argument("--orphan-grace", type=float, default=DEFAULTS.orphan_grace, metavar="SECONDS",
                          help="how long an instance stays an orphan before it is released, and at least two "
-                              f"sweeps (default {DEFAULT_ORPHAN_GRACE:.0f})")
+                              f"sweeps (default {DEFAULTS.orphan_grace:.0f})")
     election = parser.add_argument_group(
         "leader election", "several replicas (or installations) elect one leader on a Lease; only it acts")
-    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=DEFAULTS.leader_elect,
                           help="act only while holding the Lease named from the cluster id and, with "
                                "--namespace, the watched namespaces (default: off)")
-    election.add_argument("--leader-election-namespace", default=DEFAULT_LEASE_NAMESPACE, metavar="NAMESPACE",
+    election.add_argument("--leader-election-namespace", default=DEFAULTS.leader_election_namespace,
+                          metavar="NAMESPACE",
                           help="namespace of the Lease, shared by every installation in the cluster whatever "
-                               f"namespace it runs in (default: {DEFAULT_LEASE_NAMESPACE}); installations that "
-                               "must not act at once need the same value")
-    election.add_argument("--lease-duration", type=int, default=15,
+                               f"namespace it runs in (default: {DEFAULTS.leader_election_namespace}); installations "
+                               "that must not act at once need the same value")
+    election.add_argument("--lease-duration", type=int, default=DEFAULTS.lease_duration,
                           help="whole seconds a follower waits, from its last sight of a renewal, before "
                                "taking over (default 15)")
-    election.add_argument("--renew-deadline", type=float, default=10.0,
+    election.add_argument("--renew-deadline", type=float, default=DEFAULTS.renew_deadline,
                           help="seconds after its last successful renewal a leader stops acting; less than "
                                "the lease duration (default 10)")
-    election.add_argument("--retry-period", type=float, default=2.0,
+    election.add_argument("--retry-period", type=float, default=DEFAULTS.retry_period,
                           help="seconds between attempts to acquire or renew (default 2)")
-    parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", "info"),
+    parser.add_argument("--log-level", default=os.environ.get("SPOTPOOL_LOG_LEVEL", DEFAULTS.log_level),
                         choices=LOG_LEVELS)
-    parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", "plain"),
+    parser.add_argument("--log-format", default=os.environ.get("SPOTPOOL_LOG_FORMAT", DEFAULTS.log_format),
                         choices=LOG_FORMATS)
     args = parser.parse_args(argv)
     # argparse checks `choices` only for values given on the command line, not for env defaults.
