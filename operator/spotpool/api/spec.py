@@ -195,40 +195,33 @@ _DURATION = re.compile(r"^(?:([0-9]{1,4})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,5})s)?
 MAX_FALLBACK_WAIT_SECONDS = 24 * 3600
 
 
-def _parse_duration(value: object) -> int:
-    """A Go-style duration of hours, minutes and seconds (`90s`, `5m`, `1h30m`) as seconds.
-
-    The CRD checks the same pattern; seconds are enough precision for a wait measured in passes.
-    """
+def _seconds(value: object, *, most: int, example: str) -> int:
+    """A Go-style duration of hours, minutes and seconds (`90s`, `5m`, `1h30m`) as seconds, at most
+    `most`. The CRD checks the same pattern; seconds are enough precision for waits measured in passes."""
     if isinstance(value, bool) or not isinstance(value, str) or not value:
-        raise ValueError('must be a duration such as "5m", "90s" or "1h30m"')
+        raise ValueError(f"must be a duration such as {example}")
     match = _DURATION.fullmatch(value)
     if match is None or not any(match.groups()):
-        raise ValueError(f'must be a duration such as "5m", "90s" or "1h30m", got {value[:40]!r}')
+        raise ValueError(f"must be a duration such as {example}, got {value[:40]!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
     total = hours * 3600 + minutes * 60 + seconds
-    if total > MAX_FALLBACK_WAIT_SECONDS:
-        raise ValueError(f"must be at most 24h, got {value!r}")
+    if total > most:
+        raise ValueError(f"must be at most {most // 3600}h, got {value!r}")
     return total
 
 
+def _parse_duration(value: object) -> int:
+    """A wait of at most a day (`spec.onDemand.fallback.after`)."""
+    return _seconds(value, most=MAX_FALLBACK_WAIT_SECONDS, example='"5m", "90s" or "1h30m"')
+
+
 MIN_EXPIRE_AFTER_SECONDS = 3600
-MAX_EXPIRE_AFTER_SECONDS = 8760 * 3600
 MAX_LONG_DURATION_SECONDS = 8760 * 3600
 
 
 def _parse_long_duration(value: object) -> int:
     """A duration up to a year (8760h): lifetimes, holds, schedules' windows."""
-    if isinstance(value, bool) or not isinstance(value, str) or not value:
-        raise ValueError('must be a duration such as "720h", "30m" or "1h30m"')
-    match = _DURATION.fullmatch(value)
-    if match is None or not any(match.groups()):
-        raise ValueError(f'must be a duration such as "720h", "30m" or "1h30m", got {value[:40]!r}')
-    hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total > MAX_LONG_DURATION_SECONDS:
-        raise ValueError(f"must be at most 8760h (a year), got {value!r}")
-    return total
+    return _seconds(value, most=MAX_LONG_DURATION_SECONDS, example='"720h", "30m" or "1h30m"')
 
 
 def _parse_expire_after(value: object) -> int:

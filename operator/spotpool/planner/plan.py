@@ -438,15 +438,17 @@ def _release(
     leaving_ids = {i.instance_id for i in leaving}
     current_running = sum(1 for i in census.alive if i.state == RUNNING and i.instance_id not in leaving_ids
                           and i not in returns)
-    in_place = max(0, current_running - max(0, expected - len(leaving)))
-    replaced = leaving[: max(0, min(len(leaving), in_place, running_left - expected, surplus - len(returns)))]
+    # Only candidates that fill expectedCount need replacing: beyond it they are surplus.
+    inside = min(len(leaving), expected)
+    in_place = max(0, current_running - (expected - inside))
+    replaced = leaving[: max(0, min(inside, in_place, running_left - expected, surplus - len(returns)))]
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled
     protected = list(mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ())
-    if len(leaving) > len(replaced):
+    if inside > len(replaced):
         kept = {i.instance_id for i in protected}
         booting = [i for i in census.alive if i.state != RUNNING and i.instance_id not in leaving_ids
                    and i.instance_id not in kept]
-        protected += booting[: max(0, min(len(leaving) - len(replaced), budget))]
+        protected += booting[: max(0, min(inside - len(replaced), budget))]
     rest = surplus - len(returns) - len(replaced) - len(protected)
     if rest <= 0:
         return returns, replaced, []
