@@ -129,7 +129,7 @@ try:
     from kopf._core.actions import invocation
     from kopf._core.reactor import processing
     _wrap_stream(watching, "infinite_watch")
-    from spotpool.cloud import client
+    from spotpool.cloud import transport
     from spotpool.controller import cloudaccess, kube, reconciler
     _wrap(processing, "process_resource_event", lambda a, k: "kopf processes a watch event")
     _wrap(invocation, "invoke",
@@ -137,7 +137,7 @@ try:
     _wrap(reconciler.Reconciler, "reconcile", lambda a, k: "reconcile")
     _wrap(reconciler, "load_credentials", lambda a, k: "load_credentials (Secret read)")
     _wrap(kube.KubeApi, "patch_status", _patch_label)
-    _wrap(client.CvmClient, "_attempt", lambda a, k: "CVM %s (client side)" % a[1])
+    _wrap(transport.Transport, "_attempt", lambda a, k: "CVM %s (client side)" % a[1])
     _wrap_sync(cloudaccess.CloudAccess, "client", "CloudAccess.client (a new CvmClient on first use)")
 except Exception as exc:  # profiling must never stop the operator
     sys.stderr.write("SPOTPOOL_PROFILE 0 instrumentation failed: %r\n" % (exc,))

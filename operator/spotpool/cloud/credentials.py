@@ -8,7 +8,7 @@ profile, CVM role and OIDC and keeps the first hit forever, so a pod on a node w
 silently acts as the node; spotpool picks one provider per pool and names it in every error.
 
 The renewing providers (web identity, CVM role, assumed role) are in `providers.py`; this module
-has no I/O so that `client.py` can depend on it.
+has no I/O so that the transport (`transport.py`) can depend on it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Translation between typed arguments / models and the CVM API's JSON parameters and responses.
 
 Kept apart from the transport so the API's limits and field layout can be tested without HTTP.
+Both directions live here: the request side (parameters, in the SDK's order and within the API's
+bounds) and the response side (the envelope's Response / Error / RequestId, error codes checked
+and messages cleaned, then each action's answer checked against its documented shape). Nothing
+here holds state or does I/O: what needs the client's state (the secrets to redact, the bytes
+read so far) hands it in.
 Request dicts are built in the official Python SDK's model order (the order of the attributes in
 `tencentcloud.cvm.v20170312.models`, which its `_serialize` follows) so that, serialised with
 `json.dumps` defaults, our bodies are byte-identical to the SDK's for the same request.
@@ -9,18 +14,29 @@ Request dicts are built in the official Python SDK's model order (the order of t
 from __future__ import annotations
 
 import base64
+import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from .errors import valid_code
+from .errors import (
+    INVALID_RESPONSE,
+    SERVER_NETWORK_ERROR,
+    CloudError,
+    CloudNetworkError,
+    ErrorCategory,
+    clean_message,
+    valid_code,
+    valid_request_id,
+)
 from .models import (  # issue 11: on-demand, stock, quota and price
     CHARGE_TYPES,
     POSTPAID_BY_HOUR,
     STOCK_CATEGORIES,
     AccountQuota,
+    CallerIdentity,
     Instance,
     Offer,
     PriceQuote,
@@ -371,6 +387,28 @@ def retained_size(instance: Instance) -> int:
     )
 
 
+def parse_listing_page(response: Mapping[str, Any], max_instances: int) -> tuple[list[Instance], int]:
+    """One DescribeInstances page, checked: TotalCount a count within the listing's bound,
+    InstanceSet a list of at most PAGE_LIMIT well-formed instances. ValueError (in wire's own
+    words, quoting no server data) otherwise."""
+    total = response.get("TotalCount")
+    if total is None:
+        total = 0
+    if type(total) is not int or total < 0:
+        raise ValueError("TotalCount is not a non-negative integer")
+    if total > max_instances:
+        raise ValueError(f"TotalCount exceeds {max_instances}, the most one listing may hold")
+    raw_page = response.get("InstanceSet")
+    if raw_page is None:
+        raw_page = []
+    if not isinstance(raw_page, list) or len(raw_page) > PAGE_LIMIT:
+        raise ValueError(f"InstanceSet is not a list of at most {PAGE_LIMIT} instances")
+    try:
+        return [parse_instance(raw) for raw in raw_page], total
+    except ValueError as exc:
+        raise ValueError(f"malformed instance: {exc}") from None
+
+
 def _decimal(value: Any) -> Decimal | None:
     """A JSON number as an exact Decimal (via its shortest repr), None when absent or invalid."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -565,3 +603,121 @@ def _check_charge(
             raise ValueError("a spot purchase needs max_price (its bid)")
     elif max_price is not None:
         raise ValueError(f"max_price is a spot bid; a {charge_type} purchase takes none")
+
+
+# ------------------------------------------------ the response: the envelope and each answer
+
+
+def invalid_response(action: str, message: str) -> CloudError:
+    """InvalidResponse: the server's answer breaks the documented shape or the client's bounds.
+    `message` is the client's own words; it never quotes the server."""
+    return CloudError(INVALID_RESPONSE, message, action=action, category=ErrorCategory.UNKNOWN)
+
+
+def parse_envelope(
+    action: str,
+    status: int,
+    content_type: str,
+    data: bytes | None,
+    secrets: Iterable[str | None] = (),
+) -> dict[str, Any]:
+    """The `Response` object of a CVM envelope, or the CloudError it carries or amounts to.
+
+    `data` is the body of a 200 reply of a parsed media type, None for any other reply (which is
+    never read). Nothing of a non-CVM reply is quoted (its body may be an internal service's
+    answer): the message names the HTTP status and the media type only. A CVM error's code must
+    have the documented shape, its message is cleaned and clipped (`errors.clean_message`, with
+    `secrets` redacted: the keys and tokens the caller signed with lately), its RequestId checked.
+    """
+    if data is None:
+        what = "redirect, not followed" if 300 <= status < 400 else "not a CVM reply"
+        raise CloudNetworkError(
+            SERVER_NETWORK_ERROR,
+            f"HTTP {status} with Content-Type {content_type} ({what})",
+            action=action,
+            http_status=status,
+        )
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
+        payload = None
+    envelope = payload.get("Response") if isinstance(payload, dict) else None
+    if not isinstance(envelope, dict):
+        raise CloudNetworkError(
+            SERVER_NETWORK_ERROR,
+            f"HTTP 200 with Content-Type {content_type}, but not a CVM reply "
+            "(no JSON Response object)",
+            action=action,
+            http_status=200,
+        )
+    request_id = valid_request_id(envelope.get("RequestId"))
+    error = envelope.get("Error")
+    if error is None:
+        return envelope
+    if not isinstance(error, dict) or not error.get("Code"):
+        raise CloudNetworkError(
+            SERVER_NETWORK_ERROR,
+            "HTTP 200 with a malformed Error object (no Code); not a CVM reply",
+            action=action,
+            request_id=request_id,
+            http_status=200,
+        )
+    code = error["Code"]
+    if not valid_code(code):
+        raise CloudError(
+            INVALID_RESPONSE,
+            "the server answered with an error code that is not of the documented shape",
+            action=action,
+            request_id=request_id,
+            category=ErrorCategory.UNKNOWN,
+        )
+    message = error.get("Message")
+    raise CloudError(
+        code,
+        clean_message(message if isinstance(message, str) else "", secrets),
+        action=action,
+        request_id=request_id,
+    )
+
+
+def parse_instance_ids(response: Mapping[str, Any], count: int) -> list[str]:
+    """RunInstances' InstanceIdSet: at most `count` ids of the documented shape (ValueError
+    otherwise): anything else would be stored and acted on."""
+    ids = response.get("InstanceIdSet") or []
+    if not isinstance(ids, list) or len(ids) > count or not all(
+        isinstance(instance_id, str) and valid_instance_id(instance_id) for instance_id in ids
+    ):
+        raise ValueError(f"InstanceIdSet is not a list of at most {count} instance ids")
+    return list(ids)
+
+
+def parse_offers(response: Mapping[str, Any]) -> list[Offer]:
+    """DescribeZoneInstanceConfigInfos' InstanceTypeQuotaSet as Offers (ValueError when it is
+    not a list of well-formed items)."""
+    items = response.get("InstanceTypeQuotaSet") or []
+    if not isinstance(items, list):
+        raise ValueError("InstanceTypeQuotaSet is not a list")
+    return [parse_config_item(raw) for raw in items]
+
+
+def _identity_text(value: Any, limit: int) -> str:
+    """A server-sent identity field shown to users: a string, printable, at most `limit`; else ""."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        return ""
+    return value
+
+
+def parse_caller_identity(response: Mapping[str, Any]) -> CallerIdentity:
+    """STS GetCallerIdentity's answer; ValueError without an AccountId of ASCII digits (at most
+    20). The other fields are shown to users only, so a bad one is dropped (""), not refused."""
+    account = response.get("AccountId")
+    # ASCII digits only: str.isdigit() alone also takes "²" and other scripts' digits.
+    if not isinstance(account, str) or not account.isascii() or not account.isdigit() or len(account) > 20:
+        raise ValueError("GetCallerIdentity answered without a valid AccountId")
+    return CallerIdentity(
+        account_id=account,
+        arn=_identity_text(response.get("Arn"), 256),
+        user_id=_identity_text(response.get("UserId"), 256),
+        principal_id=_identity_text(response.get("PrincipalId"), 64),
+        type=_identity_text(response.get("Type"), 64),
+    )

@@ -427,7 +427,7 @@ async def test_a_static_client_keeps_its_repr_and_bucket() -> None:
     client = CvmClient(creds, "ap-guangzhou")
     try:
         assert "secret_id='AKIDSTATIC'" in repr(client) and "staticKey" not in repr(client)
-        assert client._bucket_account == account_key("AKIDSTATIC", "staticKey")
+        assert client._transport.bucket_account == account_key("AKIDSTATIC", "staticKey")
         assert client.source == "key pair AKIDSTATIC"
     finally:
         await client.close()
