@@ -64,7 +64,7 @@ from .transport import (
     SERVICE,
     TAG_SERVICE,
     CallGuard,
-    Observer,
+    CallObserver,
     Transport,
     warm_up,
 )
@@ -78,9 +78,9 @@ __all__ = [  # what callers import from here, wherever it is defined
     "DEFAULT_MAX_REPLY_BYTES",
     "PAGE_CONCURRENCY",
     "CallGuard",
+    "CallObserver",
     "CvmClient",
     "DryRunBought",
-    "Observer",
     "TagFailure",
     "warm_up",
 ]
@@ -130,7 +130,7 @@ class CvmClient:
         backoff_base: float = 0.2,
         backoff_cap: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        observer: Observer | None = None,
+        observer: CallObserver | None = None,
         clock: Callable[[], float] = time.time,
         limiter: RateLimiterRegistry | None = None,
         sleep: Sleep = asyncio.sleep,

@@ -106,7 +106,9 @@ _TRANSPORT_FAILURES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
     (httpx.WriteError, "the connection failed while sending the request"),
 )
 
-Observer = Callable[[str, float, str | None], None]
+CallObserver = Callable[[str, float, str | None], None]
+"""Told of every HTTP attempt (action, seconds, Tencent error code or None): the API metrics. Named
+apart from `controller.observer.Observer`, which sweeps an account's instances."""
 
 
 class CallGuard(Protocol):
@@ -193,7 +195,7 @@ class Transport:
         backoff_base: float,
         backoff_cap: float,
         http_transport: httpx.AsyncBaseTransport | None,
-        observer: Observer | None,
+        observer: CallObserver | None,
         clock: Callable[[], float],
         limiter: RateLimiterRegistry | None,
         sleep: Sleep,
