@@ -55,6 +55,15 @@ class Mix:
     def spot_pending(self) -> tuple[Instance, ...]:
         return tuple(instance for instance in self.spot if instance.state != RUNNING)
 
+    def returning(self, expected: int, returned: int = 0) -> tuple[Instance, ...]:
+        """The spot replacements on their way for fallback on-demand instances: pending spot
+        instances the pool holds beyond expectedCount, at most one per fallback instance not
+        `returned` (released this pass). The one answer the plan (which keeps them from scale-in)
+        and the status (`capacity.returning`, Progressing `ReturningToSpot`) both read."""
+        beyond = len(self.spot) + self.on_demand - expected
+        room = max(0, min(len(self.spot_pending), len(self.fallback) - returned, beyond))
+        return self.spot_pending[:room]
+
     def roles(self) -> dict[str, Capacity]:
         roles = {instance.instance_id: Capacity.SPOT for instance in self.spot}
         roles.update({instance.instance_id: Capacity.BASE for instance in self.base})

@@ -443,7 +443,7 @@ def _release(
     in_place = max(0, current_running - (expected - inside))
     replaced = leaving[: max(0, min(inside, in_place, running_left - expected, surplus - len(returns)))]
     returning = spec.on_demand is not None and spec.on_demand.return_to_spot.enabled
-    protected = list(mix.spot_pending[: min(len(mix.spot_pending), len(mix.fallback) - redundant)] if returning else ())
+    protected = list(mix.returning(expected, returned=redundant)) if returning else []
     if inside > len(replaced):
         kept = {i.instance_id for i in protected}
         booting = [i for i in census.alive if i.state != RUNNING and i.instance_id not in leaving_ids

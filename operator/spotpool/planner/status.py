@@ -17,7 +17,7 @@ from spotpool.api.names import ENVIRONMENT_LABEL
 from spotpool.api.spec import EnvironmentSpec
 from spotpool.cloud.models import RUNNING, Instance, SpotOffer
 from spotpool.planner import conditions
-from spotpool.planner.capacity import Capacity, Mix, Prices, hourly_cost, take_mix
+from spotpool.planner.capacity import Capacity, Prices, hourly_cost, take_mix
 from spotpool.planner.census import Census
 from spotpool.planner.degraded import DegradedReason, Problem, find_problems
 from spotpool.planner.disruption import InstanceDisruption
@@ -160,7 +160,7 @@ def build_status(
     pools = assess_pools(spec, offers, backoff, now, capacity.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     mix = take_mix(census, spec.base_count)
-    returning = 0 if deleting else _returning(mix, spec.expected_count)
+    returning = 0 if deleting else len(mix.returning(spec.expected_count))
     counts = conditions.Counts(
         expected=spec.expected_count,
         running=census.running,
@@ -264,13 +264,6 @@ def build_status(
                      Decimal(format_price(p.market_price)) if p.market_price is not None else None) for p in pools),
     )
     return StatusReport(body=body, ready=ready[0], progressing=progressing[0], degraded=degraded[0], figures=figures)
-
-
-def _returning(mix: Mix, expected: int) -> int:
-    """Spot replacements on their way for fallback on-demand instances: the pending spot
-    instances the pool has beyond expectedCount, at most one per fallback instance."""
-    beyond = len(mix.spot) + mix.on_demand - expected
-    return max(0, min(len(mix.spot_pending), len(mix.fallback), beyond))
 
 
 def _rollout_words(rollout: Rollout) -> tuple[bool, str, str]:
