@@ -291,3 +291,21 @@ async def test_a_budget_for_return_to_spot_bounds_its_surge_below_max_in_flight(
         peak, least = await roll(w, uid, expected=4, budget=1)
         assert peak == 5 and least == 4
         assert status(w)["capacity"]["onDemandFallback"] == 0 and w.bought(uid) == 8
+
+
+async def test_a_held_fallback_instance_is_not_returned_and_buys_no_replacement_again_and_again() -> None:
+    async with world() as w:
+        w.sell_out_spot()
+        uid = await start(w, expectedCount=2, onDemand={"fallback": {"after": "0s"}})
+        await w.settle(NS, NAME)
+        fallback = sorted(i.instance_id for i in w.owned(uid))
+        w.sim.simulator.market.change_tags("ap-guangzhou", fallback[:1], set_tags={DO_NOT_DISRUPT_TAG: "true"})
+        w.sell_out_spot(False)
+        w.clock.advance(60)  # past the market read's reuse
+        await w.settle(NS, NAME)
+        for _ in range(5):  # settled stays settled: no replacement bought and released in a loop
+            w.clock.advance(30)
+            await w.reconcile(NS, NAME)
+        alive = {i.instance_id for i in w.owned(uid)}
+        assert fallback[0] in alive and fallback[1] not in alive and len(alive) == 2
+        assert w.bought(uid) == 3, "one spot replacement for the free fallback instance, none for the held one"

@@ -488,7 +488,10 @@ def _return_to_spot(
     ceiling = market.capacity.held_ceiling
     if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
         return [], None
-    fallback_left = len(mix.fallback) - len(returns)
+    # A fallback instance its workload holds (spotpool.io/do-not-disrupt) is not returned: no
+    # replacement is bought for it (bought, it would run beside it and go as surplus, pass after pass).
+    returnable = [i for i in mix.fallback if not held(i)]
+    fallback_left = len(returnable) - len(returns)
     if fallback_left <= 0:
         return [], None
     holding = census.alive_count + census.inflight_unseen - len(returns) - len(releases)
@@ -506,7 +509,7 @@ def _return_to_spot(
                         f"spend guards let this pool hold {ceiling} instances at once (it holds {holding})")
     # The fallback instances released this pass, and those the new replacements will replace
     # (newest first, as they are released), no longer count against the cap.
-    replaced = list(reversed(mix.fallback))[: len(returns) + max(0, in_flight) + wanted]
+    replaced = list(reversed(returnable))[: len(returns) + max(0, in_flight) + wanted]
     credit = sum((price for i in replaced if (price := prices.of((i.zone, i.instance_type), True)) is not None),
                  Decimal(0))
     allowance.cost -= credit
