@@ -249,7 +249,7 @@ class CvmClient:
         try:
             response = await self.call("RunInstances", params, guard=guard)
         except CloudError as err:
-            # The reference cannot say how a passed dry run answers: success or DryRunOperation.
+            # Tencent's documentation does not say how a passed dry run answers: success or DryRunOperation.
             if dry_run and err.code == DRY_RUN_PASSED:
                 return []
             raise

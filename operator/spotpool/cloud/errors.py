@@ -3,7 +3,7 @@
 The operator branches on categories (capacity, price, quota, ...) rather than on codes, but keeps
 the code verbatim for conditions, events and metrics: an unknown code is never swallowed.
 
-Choices the reference leaves open (its retry column is itself a recommendation):
+Choices Tencent's error-code tables leave open (whether to retry is not documented per code):
 
 - Refusals scoped to one zone x instance type that no retry will cure (`ResourceUnavailable.*`,
   `ResourceNotFound.InvalidZoneInstanceType`, `UnsupportedOperation.NoInstanceTypeSupportSpot`)
@@ -11,7 +11,7 @@ Choices the reference leaves open (its retry column is itself a recommendation):
   other candidate pools, not mark the whole environment misconfigured.
 - "Retry later" state conflicts (`UnsupportedOperation.InstanceStatePending`, `MutexOperation.*`,
   `OperationDenied.InstanceOperationInProgress`, ...) are TRANSIENT, so the client retries them.
-- The bare `FailedOperation` code is UNKNOWN: the reference could not say what it means.
+- The bare `FailedOperation` code is UNKNOWN: no document says what it means.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ INVALID_RESPONSE = "InvalidResponse"
 OTHER_CODE_LABEL = "Other"
 
 # The documented shape of a CVM error code: dotted CamelCase words (`AuthFailure.SignatureFailure`,
-# `LimitExceeded.CvmInstanceQuota`); the longest in the reference is under 60 characters.
+# `LimitExceeded.CvmInstanceQuota`); the longest documented one is under 60 characters.
 MAX_CODE_LENGTH = 128
 _CODE_SHAPE = re.compile(r"[A-Za-z]+(?:\.[A-Za-z0-9]+)*")
 # RequestIds are UUIDs; allow any short token of that alphabet, nothing else.

@@ -455,8 +455,8 @@ def _item_price(
     """(price paid, list price, the ItemPrice) of an object carrying an ItemPrice as `Price`.
 
     The paid price is UnitPriceDiscount, or UnitPrice when that is absent or not positive (a zero
-    "discount price" would make a pool look free). The reference cannot say which ItemPrice
-    field carries the spot price (open question 5); the discounted price is the natural reading.
+    "discount price" would make a pool look free). Tencent's documentation does not say which
+    ItemPrice field carries the spot price; the discounted price is the natural reading.
     """
     price = raw.get("Price") or {}
     if not isinstance(price, Mapping):

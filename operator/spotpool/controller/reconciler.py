@@ -58,7 +58,7 @@ from spotpool.planner import (
 )
 from spotpool.planner.degraded import REASON_BY_CATEGORY, DegradedReason
 from spotpool.planner.formatting import format_time
-from spotpool.planner.model import UNANSWERED_SETTLED, CapacitySignals, Purpose
+from spotpool.planner.model import UNANSWERED_SETTLED, PurchaseSignals, Purpose
 from spotpool.planner.persistence import PersistedStatus
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class Reconciler:
         if isinstance(observing, BaseException):
             raise observing
         observation, market, quota = observing
-        signals = CapacitySignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
+        signals = PurchaseSignals(on_demand=market.on_demand, on_demand_backoff=memory.on_demand_backoff,
                                   quota=quota, reclaims=memory.recent_reclaims(now),
                                   spot_short_since=persisted.spot_short_since,
                                   price_ceiling=self._policy.guards.max_price, held_ceiling=ctx.held_ceiling,
@@ -198,7 +198,7 @@ class Reconciler:
         decided = plan(spec=ctx.spec, observation=observation, journal=ctx.journal, offers=market.spot,
                        backoff=ctx.backoff, now=now, owner_uid=ctx.ref.uid, deleting=deleting,
                        purchases_refused=ctx.purchases_refused[1] if ctx.purchases_refused else None,
-                       capacity=signals, held_since=persisted.held_since)
+                       signals=signals, held_since=persisted.held_since)
         if decided.notes:
             log.debug("%s: %s", ctx.ref, "; ".join(decided.notes))
         acted = await self._act(ctx, decided, memory)
@@ -216,7 +216,7 @@ class Reconciler:
             journal=acted.purchases.journal, sequence=acted.purchases.sequence, account=ctx.account,
             offers=market.spot, backoff=acted.purchases.backoff, last_error=acted.last_error or ctx.credentials_error,
             deleting=deleting, unlisted_overdue=decided.unlisted_overdue,
-            purchases_refused=ctx.purchases_refused, capacity=signals, outcome=decided.capacity,
+            purchases_refused=ctx.purchases_refused, signals=signals, outcome=decided.verdict,
             rollout=None if deleting else decided.rollout,
             validated_launch_spec=checked.record if checked is not None else None, credentials=ctx.credentials,
         )

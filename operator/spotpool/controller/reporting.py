@@ -25,6 +25,7 @@ from spotpool.controller.fencing import Fence
 from spotpool.controller.statusstore import StatusMemory, StatusStore, merge_patch
 from spotpool.metrics import DISRUPTION_REASONS, Metrics
 from spotpool.planner import Census, DroppedRecord, LaunchBatch, PoolBackoff, PoolKey, ReleaseReason, StatusReport
+from spotpool.planner.conditions import ConditionState, states
 from spotpool.planner.formatting import format_price, format_time, parse_time
 from spotpool.planner.losses import find_losses
 from spotpool.planner.model import Purpose, Rollout
@@ -100,22 +101,23 @@ class Reporting:
         status["lastReconcileTime"] = format_time(now)
         failpoint("status-write")
         await self._statuses.write_status(ref.namespace, ref.name, memory.store, status, fence)
-        self.announce_transitions(body, previous, report.body)
+        self.announce_transitions(body, states(previous.get("conditions")), report.conditions)
 
-    def announce_transitions(self, body: Mapping[str, Any], before_status: Mapping[str, Any],
-                             status: Mapping[str, Any]) -> None:
-        before = {c.get("type"): c for c in before_status.get("conditions") or []}
-        for cond in status["conditions"]:
-            old = before.get(cond["type"], {})
-            if old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
+    def announce_transitions(self, body: Mapping[str, Any], before: Mapping[str, ConditionState],
+                             after: Mapping[str, ConditionState]) -> None:
+        """An Event for each condition that changed in a way a user acts on: Degraded with its
+        reason (a Warning), its end (`Recovered`), and Ready."""
+        for kind, cond in after.items():
+            old = before.get(kind)
+            if old is not None and old.status == cond.status and old.reason == cond.reason:
                 continue
-            if cond["type"] == "Degraded" and cond["status"] == "True":
-                self._post(body, "Warning", cond["reason"], cond["message"])
-            elif cond["type"] == "Degraded" and old.get("status") == "True":
+            if kind == "Degraded" and cond.status == "True":
+                self._post(body, "Warning", cond.reason, cond.message)
+            elif kind == "Degraded" and old is not None and old.status == "True":
                 self._post(body, Reason.RECOVERED.type, Reason.RECOVERED,
                            "the cloud no longer refuses this environment")
-            elif cond["type"] == "Ready" and cond["status"] == "True":
-                self._post(body, Reason.READY.type, Reason.READY, cond["message"])
+            elif kind == "Ready" and cond.status == "True":
+                self._post(body, Reason.READY.type, Reason.READY, cond.message)
 
     # -- events ------------------------------------------------------------------------------------
     def event(self, ctx: PassContext, reason: Reason, message: str) -> None:

@@ -8,6 +8,7 @@ invalid reason would make the API server refuse the whole status write.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -130,3 +131,30 @@ def _clip(message: str) -> str:
     if len(message) <= MAX_MESSAGE_LENGTH:
         return message
     return message[: MAX_MESSAGE_LENGTH - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+@dataclass(frozen=True)
+class ConditionState:
+    """One condition as a status holds it, typed: what a transition is judged on."""
+
+    kind: str
+    status: str  # "True" or "False"
+    reason: str
+    message: str
+
+    @classmethod
+    def read(cls, raw: object) -> ConditionState | None:
+        """A condition entry as any writer left it; None when it is not one."""
+        if not isinstance(raw, Mapping):
+            return None
+        fields = [raw.get(key) for key in ("type", "status", "reason", "message")]
+        if not all(isinstance(value, str) for value in fields[:3]):
+            return None
+        kind, status, reason, message = fields
+        return cls(str(kind), str(status), str(reason), message if isinstance(message, str) else "")
+
+
+def states(raw: object) -> dict[str, ConditionState]:
+    """The readable conditions of a `status.conditions` list, by type."""
+    read = [ConditionState.read(item) for item in raw] if isinstance(raw, list) else []
+    return {state.kind: state for state in read if state is not None}

@@ -237,7 +237,7 @@ class Plan:
     - `notes`: why the plan is what it is (no buyable pool, paused...), for logs.
     - `returns`: fallback on-demand id batches to release (`ReleaseReason.RETURN_TO_SPOT`): their
       spot replacements run.
-    - `capacity`: the fallback timer, the shortage's reasons and the spend cap's verdict.
+    - `verdict`: the fallback timer, the shortage's reasons and the spend cap's verdict.
     """
 
     journal: tuple[InflightLaunch, ...]
@@ -252,7 +252,7 @@ class Plan:
     deletion_complete: bool = False
     notes: tuple[str, ...] = ()
     returns: tuple[tuple[str, ...], ...] = ()
-    capacity: CapacityOutcome | None = None
+    verdict: PurchaseVerdict | None = None
     voluntary: tuple[tuple[ReleaseReason, tuple[str, ...]], ...] = ()
     drains: tuple[str, ...] = ()
     rollout: Rollout | None = None
@@ -287,7 +287,7 @@ class Rollout:
 
 
 @dataclass(frozen=True)
-class CapacityOutcome:
+class PurchaseVerdict:
     """What the plan decided about capacity types and cost, for the status and the next pass.
 
     - `spot_short_since`: since when spot has been unable to fill the deficit (carried from pass
@@ -312,7 +312,7 @@ class CapacityOutcome:
 
 
 @dataclass(frozen=True)
-class CapacitySignals:
+class PurchaseSignals:
     """The planner's inputs about capacity beyond the spot market (all optional).
 
     - `on_demand`: the POSTPAID_BY_HOUR offers per pool (stock and list price).

@@ -66,14 +66,14 @@ from spotpool.planner.journal import JournalDecision, decide_journal
 from spotpool.planner.launch import Launches, plan_launches
 from spotpool.planner.model import (
     MAX_JOURNAL_RECORDS,
-    CapacityOutcome,
-    CapacitySignals,
     InflightLaunch,
     LaunchBatch,
     Observation,
     Plan,
     PoolBackoff,
     PoolKey,
+    PurchaseSignals,
+    PurchaseVerdict,
     Purpose,
     ReleaseReason,
     Rollout,
@@ -106,7 +106,7 @@ def plan(
     owner_uid: str,
     deleting: bool = False,
     purchases_refused: str | None = None,
-    capacity: CapacitySignals | None = None,
+    signals: PurchaseSignals | None = None,
     held_since: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """Decide, once per pass, what to replay, buy and release.
@@ -120,7 +120,7 @@ def plan(
     `held_since`: when each do-not-disrupt hold began, as the status recorded it
     (`planner.disruption`).
     """
-    capacity = capacity or CapacitySignals()
+    signals = signals or PurchaseSignals()
     observed = take_census(
         instances=observation.listed, inflight=journal, owner_uid=owner_uid, confirmed=observation.confirmed,
         now=now, released=observation.released,
@@ -128,7 +128,7 @@ def plan(
     decision = decide_journal(spec=spec, census=observed, now=now, deleting=deleting,
                               purchases_refused=purchases_refused, unbought=observation.unbought)
     census = observed.keeping(decision.keep)
-    prices = Prices(offers, capacity.on_demand or {})
+    prices = Prices(offers, signals.on_demand or {})
     if deleting:
         return _plan_deletion(spec, census, prices, decision)
 
@@ -140,7 +140,7 @@ def plan(
     # replacement is bought on-demand as base, and the return to spot never takes a candidate.
     mix = take_mix(census, spec.base_count, excluding={i.instance_id for i in leaving})
     notes = [f"ignored {census.foreign} instances not owned by {owner_uid}"] if census.foreign else []
-    outcome = CapacityOutcome()
+    outcome = PurchaseVerdict()
     launches: list[LaunchBatch] = []
     returns: list[Instance] = []
     releases: list[Instance] = []
@@ -165,10 +165,10 @@ def plan(
         if not purchases_refused:
             # One assessment of the spot pools and one allowance serve the deficit and the return
             # (which only buys when nothing is missing, so the two never share a pass's room).
-            assessments = assess_pools(spec, offers, backoff, now, capacity.quota)
-            buyable = order_buyable(spec, assessments, capacity.reclaims)
-            allowance = _allowance(spec, census, offers, capacity, prices)
-            market = _Market(spec, census, mix, assessments, buyable, allowance, capacity, prices, now)
+            assessments = assess_pools(spec, offers, backoff, now, signals.quota)
+            buyable = order_buyable(spec, assessments, signals.reclaims)
+            allowance = _allowance(spec, census, offers, signals, prices)
+            market = _Market(spec, census, mix, assessments, buyable, allowance, signals, prices, now)
             bought, outcome, why = _buy(market, deficit)
             notes += why
             launches += bought
@@ -178,7 +178,7 @@ def plan(
                 if waits:
                     outcome = replace(outcome, return_held=waits)
         rollout = _rollout(spec, census, assessment, returns + voluntary + releases, launches, now,
-                           None if deficit else capacity.held_ceiling, refused=purchases_refused, deficit=deficit)
+                           None if deficit else signals.held_ceiling, refused=purchases_refused, deficit=deficit)
         if rollout.replacing and not purchases_refused and not deficit:
             wanted = rollout.replacing
             bought, replacing_outcome, why = _buy(market, wanted)
@@ -208,7 +208,7 @@ def plan(
         unlisted_overdue=decision.unlisted_overdue,
         notes=tuple(notes),
         returns=_frozen(batch_ids(returns)),
-        capacity=outcome,
+        verdict=outcome,
         voluntary=tuple((ReleaseReason(reason.value), ids) for reason in sorted(set(reasons.values()))
                         for ids in _frozen(batch_ids(i for i in voluntary if reasons[i.instance_id] is reason))),
         drains=tuple(i.instance_id for i in drains),
@@ -276,7 +276,7 @@ def _allowance(
     spec: EnvironmentSpec,
     census: Census,
     offers: Mapping[PoolKey, SpotOffer],
-    capacity: CapacitySignals,
+    signals: PurchaseSignals,
     prices: Prices,
 ) -> Allowance:
     """What is left of the quota and the cap once the alive instances and in-flight purchases
@@ -286,16 +286,16 @@ def _allowance(
         price = prices.of(record.launch.pool, record.launch.on_demand)
         cost += (price if price is not None else spec.max_price) * record.unseen
     cpu = {key: offer.cpu for key, offer in offers.items()}
-    for key, od in (capacity.on_demand or {}).items():
+    for key, od in (signals.on_demand or {}).items():
         cpu.setdefault(key, od.cpu)
-    return Allowance(quota=capacity.quota, cpu=cpu, cap=spec.max_hourly_cost, cost=cost)
+    return Allowance(quota=signals.quota, cpu=cpu, cap=spec.max_hourly_cost, cost=cost)
 
 
 @dataclass(frozen=True)
 class _Market:
     """What one pass buys against: the spec, the count, the capacity types, the spot pools as
     assessed and ordered, what the quota and the cap leave (shared by every purchase of the pass),
-    the capacity signals, the prices and the time. Made once per pass."""
+    the purchase signals, the prices and the time. Made once per pass."""
 
     spec: EnvironmentSpec
     census: Census
@@ -303,21 +303,21 @@ class _Market:
     assessments: list[PoolAssessment]
     buyable: list[PoolAssessment]
     allowance: Allowance
-    capacity: CapacitySignals
+    signals: PurchaseSignals
     prices: Prices
     now: datetime
 
 
-def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], CapacityOutcome, list[str]]:
+def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], PurchaseVerdict, list[str]]:
     """Base, spot and fallback purchases for the deficit (steps 1 to 3 in the module's docstring),
-    the capacity verdict, and notes on why less was planned."""
-    spec, census, mix, allowance, capacity, prices, now = (market.spec, market.census, market.mix, market.allowance,
-                                                          market.capacity, market.prices, market.now)
+    the purchase verdict, and notes on why less was planned."""
+    spec, census, mix, allowance, signals, prices, now = (market.spec, market.census, market.mix, market.allowance,
+                                                          market.signals, market.prices, market.now)
     assessments, buyable = market.assessments, market.buyable
     notes: list[str] = []
     base_need = min(deficit, max(0, spec.base_count - mix.on_demand - mix.on_demand_unseen))
-    base = _on_demand(spec, base_need, Purpose.BASE, capacity, prices, allowance, now)
-    guarded = _over_ceiling(spec, capacity, prices, base_need - sum(b.count for b in base.batches))
+    base = _on_demand(spec, base_need, Purpose.BASE, signals, prices, allowance, now)
+    guarded = _over_ceiling(spec, signals, prices, base_need - sum(b.count for b in base.batches))
     spot_need = deficit - base_need
     spot = plan_launches(
         deficit=spot_need, strategy=spec.allocation_strategy, pools=list(buyable),
@@ -334,7 +334,7 @@ def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], CapacityOutc
     # The shortage starts when spot cannot be planned, and ends only when nothing is missing for spot:
     # a pool that looks buyable again once its backoff lapses is tried, but one more refusal must
     # not restart the wait (with refusals every few minutes it would never end).
-    previous = as_utc(capacity.spot_short_since) if capacity.spot_short_since else None
+    previous = as_utc(signals.spot_short_since) if signals.spot_short_since else None
     since = (previous or now) if reasons else (previous if spot_need else None)
     fallback = spec.on_demand.fallback if spec.on_demand else None
     due = (fallback is not None and since is not None and bool(reasons & {r.value for r in fallback.reasons})
@@ -345,15 +345,15 @@ def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], CapacityOutc
         if fallback.max_count is not None:
             inflight = max(0, mix.on_demand_unseen - max(0, spec.base_count - mix.on_demand))
             room = min(room, max(0, fallback.max_count - len(mix.fallback) - inflight))
-        fallen_back = _on_demand(spec, room, Purpose.FALLBACK, capacity, prices, allowance, now)
-        guarded = guarded or _over_ceiling(spec, capacity, prices, room - sum(b.count for b in fallen_back.batches))
+        fallen_back = _on_demand(spec, room, Purpose.FALLBACK, signals, prices, allowance, now)
+        guarded = guarded or _over_ceiling(spec, signals, prices, room - sum(b.count for b in fallen_back.batches))
     launches = [*base.batches, *spot.batches, *fallen_back.batches]
     capped = deficit - sum(b.count for b in launches) if allowance.capped else 0
     message = None
     if capped:
         message = (f"the pool costs {format_cost(allowance.cost)} USD/h with this pass's purchases, against "
                    f"spec.maxHourlyCost {spec.max_hourly_cost} USD/h: {capped} instances short are not bought")
-    outcome = CapacityOutcome(
+    outcome = PurchaseVerdict(
         spot_short_since=since,
         spot_short_reasons=tuple(sorted(reasons)),
         fallback_due=due,
@@ -364,12 +364,12 @@ def _buy(market: _Market, deficit: int) -> tuple[list[LaunchBatch], CapacityOutc
     return launches, outcome, notes
 
 
-def _over_ceiling(spec: EnvironmentSpec, capacity: CapacitySignals, prices: Prices, short: int) -> str | None:
+def _over_ceiling(spec: EnvironmentSpec, signals: PurchaseSignals, prices: Prices, short: int) -> str | None:
     """Why `short` on-demand instances were not bought, when an administrator's guard is what left
     them out: the namespace may buy none, or every candidate pool's list price is above `--max-price`."""
-    if short > 0 and capacity.on_demand_refused:
-        return f"{short} on-demand instances are not bought: {capacity.on_demand_refused}"
-    ceiling = capacity.price_ceiling
+    if short > 0 and signals.on_demand_refused:
+        return f"{short} on-demand instances are not bought: {signals.on_demand_refused}"
+    ceiling = signals.price_ceiling
     if short <= 0 or ceiling is None:
         return None
     listed = [p for key in _candidates(spec) if (p := prices.of(key, on_demand=True)) is not None]
@@ -384,17 +384,17 @@ def _candidates(spec: EnvironmentSpec) -> list[PoolKey]:
 
 
 def _on_demand(
-    spec: EnvironmentSpec, need: int, purpose: Purpose, capacity: CapacitySignals, prices: Prices, allowance: Allowance,
+    spec: EnvironmentSpec, need: int, purpose: Purpose, signals: PurchaseSignals, prices: Prices, allowance: Allowance,
     now: datetime,
 ) -> Launches:
     """On-demand batches for `need` instances: the cheapest list price first (candidate order on
     ties), skipping pools sold out as pay-as-you-go, unpriced, or backing off after a refusal."""
-    if need <= 0 or capacity.on_demand_refused:
+    if need <= 0 or signals.on_demand_refused:
         return Launches((), 0)
-    od_offers = capacity.on_demand or {}
-    od_backoff = capacity.on_demand_backoff or {}
+    od_offers = signals.on_demand or {}
+    od_backoff = signals.on_demand_backoff or {}
     pools = []
-    ceiling = capacity.price_ceiling
+    ceiling = signals.price_ceiling
     for index, key in enumerate(_candidates(spec)):
         offer = od_offers.get(key)
         if offer is not None and (offer.sold_out or offer.status_category == "WithoutStock"):
@@ -485,7 +485,7 @@ def _return_to_spot(
     by at most `maxInFlight` spot prices; it costs less as soon as they run.
     """
     spec, census, mix, allowance, prices = market.spec, market.census, market.mix, market.allowance, market.prices
-    ceiling = market.capacity.held_ceiling
+    ceiling = market.signals.held_ceiling
     if spec.on_demand is None or not spec.on_demand.return_to_spot.enabled:
         return [], None
     # A fallback instance its workload holds (spotpool.io/do-not-disrupt) is not returned: no

@@ -23,12 +23,12 @@ from spotpool.planner.degraded import DegradedReason, Problem, find_problems
 from spotpool.planner.disruption import InstanceDisruption
 from spotpool.planner.formatting import format_cost, format_price, format_time
 from spotpool.planner.model import (
-    CapacityOutcome,
-    CapacitySignals,
     ErrorRecord,
     InflightLaunch,
     PoolBackoff,
     PoolKey,
+    PurchaseSignals,
+    PurchaseVerdict,
     Rollout,
 )
 from spotpool.planner.persistence import VALIDATED_LAUNCH_SPEC, backoff_to_status, inflight_to_status
@@ -77,6 +77,12 @@ class StatusReport:
     degraded: bool
     figures: Figures | None = None
 
+    @property
+    def conditions(self) -> dict[str, conditions.ConditionState]:
+        """The conditions this status writes, typed (the Events of their transitions are judged
+        on these, never on raw status fields)."""
+        return conditions.states(self.body.get("conditions"))
+
 
 def build_status(
     *,
@@ -96,8 +102,8 @@ def build_status(
     deleting: bool = False,
     unlisted_overdue: int = 0,
     purchases_refused: tuple[str, str] | None = None,
-    capacity: CapacitySignals | None = None,
-    outcome: CapacityOutcome | None = None,
+    signals: PurchaseSignals | None = None,
+    outcome: PurchaseVerdict | None = None,
     rollout: Rollout | None = None,
     validated_launch_spec: str | None = None,
     credentials: Mapping[str, str | None] | None = None,
@@ -114,7 +120,7 @@ def build_status(
       it makes the environment Degraded whatever the counts.
     - `purchases_refused`: (reason, message) of a spend guard (the pass observed and may release,
       but buys nothing): Degraded with that reason, and a deficit is not Progressing.
-    - `capacity` and `outcome`: the plan's capacity inputs and verdict (on-demand prices, quota,
+    - `signals` and `outcome`: the plan's purchase inputs and verdict (on-demand prices, quota,
       the fallback timer, the spend cap): `status.capacity`, and a deficit the cap leaves unbought
       is Degraded `MaxHourlyCostReached` like a spend guard.
     - `rollout`: drift and expiry (`planner.disruption`): `status.updatedCount`, per instance
@@ -148,8 +154,8 @@ def build_status(
             ready=False, progressing=False, degraded=True,
         )
 
-    capacity = capacity or CapacitySignals()
-    outcome = outcome or CapacityOutcome()
+    signals = signals or PurchaseSignals()
+    outcome = outcome or PurchaseVerdict()
     if purchases_refused is None and outcome.capped:
         purchases_refused = (DegradedReason.MAX_HOURLY_COST_REACHED.value, outcome.capped)
     if purchases_refused is None and outcome.price_guarded:
@@ -157,7 +163,7 @@ def build_status(
     held_back = None  # a return to spot waiting for room: Degraded, but no purchase of the count is refused
     if purchases_refused is None and outcome.return_held:
         held_back = outcome.return_held
-    pools = assess_pools(spec, offers, backoff, now, capacity.quota)
+    pools = assess_pools(spec, offers, backoff, now, signals.quota)
     expected = 0 if deleting else spec.expected_count  # a deletion wants nothing alive
     mix = take_mix(census, spec.base_count)
     returning = 0 if deleting else len(mix.returning(spec.expected_count))
@@ -228,7 +234,7 @@ def build_status(
         "runningCount": census.running,
         "pendingCount": census.pending,
         "selector": selector(environment_label),
-        "hourlyCost": format_cost(hourly_cost(census.alive, Prices(offers, capacity.on_demand or {}))),
+        "hourlyCost": format_cost(hourly_cost(census.alive, Prices(offers, signals.on_demand or {}))),
         "capacity": capacity_body,
         "pools": pool_entries,
         # What differs is said of alive instances only: a released one is on its way out.

@@ -1,7 +1,8 @@
 """The CVM actions: validate an authenticated request's parameters and answer from the market.
 
 Each handler checks what the real API checks, with the error codes Tencent documents, then
-asks the market. Limits chosen where the reference leaves a choice are named constants here.
+asks the market. Limits chosen where Tencent's documentation leaves a choice are named constants here
+(docs/cvm-api.md lists them with the guesses).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from spotpool.cloud.models import (
 )
 from spotpool.planner import plan
 from spotpool.planner.capacity import Capacity, take_mix
-from spotpool.planner.model import CapacitySignals, InflightLaunch, Plan, PoolKey, Purpose, ReleaseReason
+from spotpool.planner.model import InflightLaunch, Plan, PoolKey, PurchaseSignals, Purpose, ReleaseReason
 from spotpool.planner.persistence import inflight_to_status, read_journal
 from spotpool.planner.pools import assess_pools, capacity_score, order_buyable
 from tests.unit.planner.plannerkit import (
@@ -65,11 +65,11 @@ def fallback_spec(**overrides: Any) -> dict[str, Any]:
     return {"onDemand": on_demand, **overrides}
 
 
-def run(*instances: Instance, offers: dict[PoolKey, SpotOffer] | None = None, signals: CapacitySignals | None = None,
+def run(*instances: Instance, offers: dict[PoolKey, SpotOffer] | None = None, signals: PurchaseSignals | None = None,
         journal: tuple[InflightLaunch, ...] = (), **spec: Any) -> Plan:
     return plan(spec=make_spec(**spec), observation=observe(*instances), journal=journal,
                 offers=all_offered() if offers is None else offers, backoff={}, now=NOW, owner_uid=UID,
-                capacity=signals)
+                signals=signals)
 
 
 def bought(p: Plan) -> Counter[Purpose]:
@@ -120,60 +120,60 @@ def test_roles_oldest_on_demand_are_the_base() -> None:
 def test_fallback_waits_for_the_configured_time_then_buys_on_demand() -> None:
     first = run(offers=sold_out(), expectedCount=3, **fallback_spec())
     assert first.launches == ()
-    assert first.capacity is not None and first.capacity.spot_short_since == NOW
-    assert first.capacity.spot_short_reasons == ("SoldOut",) and not first.capacity.fallback_due
+    assert first.verdict is not None and first.verdict.spot_short_since == NOW
+    assert first.verdict.spot_short_reasons == ("SoldOut",) and not first.verdict.fallback_due
 
     almost = run(offers=sold_out(), expectedCount=3,
-                 signals=CapacitySignals(spot_short_since=NOW - timedelta(minutes=4, seconds=59)), **fallback_spec())
+                 signals=PurchaseSignals(spot_short_since=NOW - timedelta(minutes=4, seconds=59)), **fallback_spec())
     assert almost.launches == ()
 
     due = run(offers=sold_out(), expectedCount=3,
-              signals=CapacitySignals(spot_short_since=NOW - timedelta(minutes=5)), **fallback_spec())
+              signals=PurchaseSignals(spot_short_since=NOW - timedelta(minutes=5)), **fallback_spec())
     assert bought(due) == {Purpose.FALLBACK: 3}
-    assert due.capacity is not None and due.capacity.fallback_due
-    assert due.capacity.spot_short_since == NOW - timedelta(minutes=5)  # the clock is not restarted
+    assert due.verdict is not None and due.verdict.fallback_due
+    assert due.verdict.spot_short_since == NOW - timedelta(minutes=5)  # the clock is not restarted
 
 
 def test_without_a_fallback_spot_shortage_is_reported_but_nothing_on_demand_is_bought() -> None:
-    p = run(offers=sold_out(), expectedCount=3, signals=CapacitySignals(spot_short_since=NOW - timedelta(hours=2)))
-    assert p.launches == () and p.capacity is not None and p.capacity.spot_short_reasons == ("SoldOut",)
+    p = run(offers=sold_out(), expectedCount=3, signals=PurchaseSignals(spot_short_since=NOW - timedelta(hours=2)))
+    assert p.launches == () and p.verdict is not None and p.verdict.spot_short_reasons == ("SoldOut",)
 
 
 def test_only_the_configured_reasons_fall_back() -> None:
-    long_ago = CapacitySignals(spot_short_since=NOW - timedelta(hours=1))
+    long_ago = PurchaseSignals(spot_short_since=NOW - timedelta(hours=1))
     too_dear = all_offered("0.0900")  # above maxPrice 0.0500
     p = run(offers=too_dear, expectedCount=2, signals=long_ago,
             **fallback_spec(onDemand={"fallback": {"after": "1m", "reasons": ["SoldOut"]}}))
     assert p.launches == ()
-    assert p.capacity is not None and p.capacity.spot_short_reasons == ("PriceAboveMax",)
+    assert p.verdict is not None and p.verdict.spot_short_reasons == ("PriceAboveMax",)
     p = run(offers=too_dear, expectedCount=2, signals=long_ago,
             **fallback_spec(onDemand={"fallback": {"after": "1m", "reasons": ["PriceAboveMax"]}}))
     assert bought(p) == {Purpose.FALLBACK: 2}
 
 
 def test_the_shortage_clock_resets_once_nothing_is_missing() -> None:
-    long_ago = CapacitySignals(spot_short_since=NOW - timedelta(hours=1))
+    long_ago = PurchaseSignals(spot_short_since=NOW - timedelta(hours=1))
     p = run(spot("ins-0000000a"), spot("ins-0000000b"), expectedCount=2, signals=long_ago, **fallback_spec())
-    assert p.launches == () and p.capacity is not None and p.capacity.spot_short_since is None
+    assert p.launches == () and p.verdict is not None and p.verdict.spot_short_since is None
     p = run(od("ins-0000000a"), od("ins-0000000b"), offers=sold_out(), expectedCount=2, signals=long_ago,
             **fallback_spec())
-    assert p.launches == () and p.capacity is not None and p.capacity.spot_short_since is None
+    assert p.launches == () and p.verdict is not None and p.verdict.spot_short_since is None
 
 
 def test_a_pool_that_looks_buyable_again_keeps_the_shortage_clock_until_spot_fills() -> None:
     since = NOW - timedelta(minutes=3)
-    retrying = run(expectedCount=2, signals=CapacitySignals(spot_short_since=since), **fallback_spec())
+    retrying = run(expectedCount=2, signals=PurchaseSignals(spot_short_since=since), **fallback_spec())
     assert bought(retrying) == {Purpose.SPOT: 2}  # the lapsed backoff lets spot be tried again
-    assert retrying.capacity is not None and retrying.capacity.spot_short_since == since
-    assert not retrying.capacity.spot_short_reasons and not retrying.capacity.fallback_due
+    assert retrying.verdict is not None and retrying.verdict.spot_short_since == since
+    assert not retrying.verdict.spot_short_reasons and not retrying.verdict.fallback_due
     # ... and when that try is refused, the wait goes on from where it was, not from now
-    refused = run(offers=sold_out(), expectedCount=2, signals=CapacitySignals(spot_short_since=since),
+    refused = run(offers=sold_out(), expectedCount=2, signals=PurchaseSignals(spot_short_since=since),
                   **fallback_spec())
-    assert refused.capacity is not None and refused.capacity.spot_short_since == since
+    assert refused.verdict is not None and refused.verdict.spot_short_since == since
 
 
 def test_fallback_max_count_bounds_the_on_demand_instances() -> None:
-    long_ago = CapacitySignals(spot_short_since=NOW - timedelta(hours=1))
+    long_ago = PurchaseSignals(spot_short_since=NOW - timedelta(hours=1))
     spec = fallback_spec(onDemand={"fallback": {"after": "1m", "maxCount": 3}})
     p = run(od("ins-0000000a"), offers=sold_out(), expectedCount=6, signals=long_ago, **spec)
     assert bought(p) == {Purpose.FALLBACK: 2}
@@ -183,7 +183,7 @@ def test_fallback_max_count_bounds_the_on_demand_instances() -> None:
 
 
 def test_on_demand_sold_out_pools_and_refusals_are_skipped() -> None:
-    long_ago = CapacitySignals(
+    long_ago = PurchaseSignals(
         spot_short_since=NOW - timedelta(hours=1),
         on_demand={(Z3, S5): Offer(Z3, S5, ON_DEMAND, Decimal("0.05"), Decimal("0.05"), True, "WithoutStock"),
                    (Z4, S5): Offer(Z4, S5, ON_DEMAND, Decimal("0.06"), Decimal("0.06"), False, "EnoughStock")},
@@ -233,8 +233,8 @@ def test_a_spend_cap_the_fallback_nearly_fills_does_not_block_the_return() -> No
             **fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}}))
     assert p.launches == ()
     # and says so: the cap, the cost, what it holds back (before, Degraded stayed False)
-    assert p.capacity is not None and p.capacity.return_held is not None
-    reason, message = p.capacity.return_held
+    assert p.verdict is not None and p.verdict.return_held is not None
+    reason, message = p.verdict.return_held
     assert reason == "MaxHourlyCostReached" and "spec.maxHourlyCost 0.2100" in message
     assert "4 on-demand fallback instances" in message
 
@@ -243,12 +243,12 @@ def test_a_guards_ceiling_bounds_the_return_surge() -> None:
     """The administrator's guards let the pool hold 5 at once: one replacement at a time, not the
     budget's two, and none at all when the ceiling is the count (the return then waits, said)."""
     spec = fallback_spec(onDemand={"returnToSpot": {"maxInFlight": 2}})
-    p = run(*FALLBACK_FOUR, expectedCount=4, signals=CapacitySignals(held_ceiling=5), **spec)
+    p = run(*FALLBACK_FOUR, expectedCount=4, signals=PurchaseSignals(held_ceiling=5), **spec)
     assert bought(p) == {Purpose.RETURN: 1}
-    assert p.capacity is not None and p.capacity.return_held is None
-    held = run(*FALLBACK_FOUR, expectedCount=4, signals=CapacitySignals(held_ceiling=4), **spec)
-    assert held.launches == () and held.capacity is not None and held.capacity.return_held is not None
-    reason, message = held.capacity.return_held
+    assert p.verdict is not None and p.verdict.return_held is None
+    held = run(*FALLBACK_FOUR, expectedCount=4, signals=PurchaseSignals(held_ceiling=4), **spec)
+    assert held.launches == () and held.verdict is not None and held.verdict.return_held is not None
+    reason, message = held.verdict.return_held
     assert reason == "SpendGuard" and "hold 4 instances at once" in message
 
 
@@ -256,29 +256,29 @@ def test_the_administrators_max_price_bounds_on_demand_too() -> None:
     """`--max-price 0.05` with list prices of 0.10: neither the base nor a fallback is bought
     on-demand (before, a base of 5 was bought at list price under the guard, and a bid below the
     market with a PriceAboveMax fallback was a switch to on-demand), and the plan says why."""
-    ceiling = CapacitySignals(price_ceiling=Decimal("0.05"))
+    ceiling = PurchaseSignals(price_ceiling=Decimal("0.05"))
     p = run(expectedCount=4, signals=ceiling, onDemand={"baseCount": 2})
     assert bought(p) == {Purpose.SPOT: 2}
-    assert p.capacity is not None and p.capacity.price_guarded is not None
-    assert "2 on-demand instances are not bought" in p.capacity.price_guarded
-    assert "limit of 0.05 USD/h (--max-price)" in p.capacity.price_guarded
+    assert p.verdict is not None and p.verdict.price_guarded is not None
+    assert "2 on-demand instances are not bought" in p.verdict.price_guarded
+    assert "limit of 0.05 USD/h (--max-price)" in p.verdict.price_guarded
     fallback = run(offers=sold_out(), expectedCount=3, signals=ceiling, **fallback_spec(onDemand={
         "fallback": {"after": "0s"}}))
-    assert fallback.launches == () and fallback.capacity is not None and fallback.capacity.price_guarded
-    under = run(expectedCount=4, signals=CapacitySignals(price_ceiling=Decimal("0.10")), onDemand={"baseCount": 2})
-    assert bought(under) == {Purpose.BASE: 2, Purpose.SPOT: 2} and under.capacity is not None
-    assert under.capacity.price_guarded is None
+    assert fallback.launches == () and fallback.verdict is not None and fallback.verdict.price_guarded
+    under = run(expectedCount=4, signals=PurchaseSignals(price_ceiling=Decimal("0.10")), onDemand={"baseCount": 2})
+    assert bought(under) == {Purpose.BASE: 2, Purpose.SPOT: 2} and under.verdict is not None
+    assert under.verdict.price_guarded is None
 
 
 def test_a_namespace_the_administrator_keeps_from_on_demand_buys_none() -> None:
-    refused = CapacitySignals(on_demand_refused="namespace team may not buy on-demand (--on-demand-namespace)")
+    refused = PurchaseSignals(on_demand_refused="namespace team may not buy on-demand (--on-demand-namespace)")
     p = run(expectedCount=4, signals=refused, onDemand={"baseCount": 2})
     assert bought(p) == {Purpose.SPOT: 2}
-    assert p.capacity is not None and p.capacity.price_guarded is not None
-    assert p.capacity.price_guarded.startswith("2 on-demand instances are not bought: namespace team")
+    assert p.verdict is not None and p.verdict.price_guarded is not None
+    assert p.verdict.price_guarded.startswith("2 on-demand instances are not bought: namespace team")
     fallback = run(offers=sold_out(), expectedCount=3, signals=refused,
                    **fallback_spec(onDemand={"fallback": {"after": "0s"}}))
-    assert fallback.launches == () and fallback.capacity is not None and fallback.capacity.price_guarded
+    assert fallback.launches == () and fallback.verdict is not None and fallback.verdict.price_guarded
 
 
 def test_the_return_honours_a_percentage_budget() -> None:
@@ -311,15 +311,15 @@ def test_scale_in_releases_fallback_on_demand_first() -> None:
 def test_the_cap_stops_buying_and_says_so() -> None:
     p = run(spot("ins-0000000a"), expectedCount=10, maxHourlyCost="0.1000")  # 0.02/h each
     assert bought(p) == {Purpose.SPOT: 4}  # 0.02 + 4 x 0.02 = 0.10
-    assert p.capacity is not None and p.capacity.capped_count == 5
-    assert p.capacity.capped == ("the pool costs 0.1000 USD/h with this pass's purchases, against "
+    assert p.verdict is not None and p.verdict.capped_count == 5
+    assert p.verdict.capped == ("the pool costs 0.1000 USD/h with this pass's purchases, against "
                                  "spec.maxHourlyCost 0.1000 USD/h: 5 instances short are not bought")
 
 
 def test_a_cap_below_the_current_cost_buys_nothing_but_releases_by_expected_count() -> None:
     fleet = tuple(spot(f"ins-0000000{n}") for n in range(6))
     p = run(*fleet, expectedCount=8, maxHourlyCost="0.0500")
-    assert p.launches == () and p.capacity is not None and p.capacity.capped_count == 2
+    assert p.launches == () and p.verdict is not None and p.verdict.capped_count == 2
     p = run(*fleet, expectedCount=3, maxHourlyCost="0.0500")
     assert len(released(p)) == 3
 
@@ -329,7 +329,7 @@ def test_on_demand_counts_at_list_price_against_the_cap() -> None:
     # base: 2 x 0.10 = 0.20; spot: 2 x 0.02 would make 0.24
     assert bought(p) == {Purpose.BASE: 2, Purpose.SPOT: 2}
     p = run(expectedCount=4, maxHourlyCost="0.2100", onDemand={"baseCount": 2})
-    assert bought(p) == {Purpose.BASE: 2} and p.capacity is not None and p.capacity.capped_count == 2
+    assert bought(p) == {Purpose.BASE: 2} and p.verdict is not None and p.verdict.capped_count == 2
 
 
 def test_in_flight_purchases_count_against_the_cap() -> None:
@@ -351,23 +351,23 @@ def cpu_offers(price: str = "0.0200") -> dict[PoolKey, SpotOffer]:
 
 
 def test_purchases_go_where_quota_is_left() -> None:
-    p = run(offers=cpu_offers(), expectedCount=5, signals=CapacitySignals(quota=quota(z3=0)))
+    p = run(offers=cpu_offers(), expectedCount=5, signals=PurchaseSignals(quota=quota(z3=0)))
     assert {b.zone for b in p.launches} == {Z4}
     pools = assess_pools(make_spec(), cpu_offers(), {}, NOW, quota(z3=0))
     assert {a.verdict.value for a in pools if a.zone == Z3} == {"NoQuota"}
 
 
 def test_quota_is_shared_by_the_batches_of_one_plan() -> None:
-    p = run(offers=cpu_offers(), expectedCount=10, signals=CapacitySignals(quota=quota(z3=6, z4=4)))
+    p = run(offers=cpu_offers(), expectedCount=10, signals=PurchaseSignals(quota=quota(z3=6, z4=4)))
     per_zone = Counter()
     for batch in p.launches:
         per_zone[batch.zone] += batch.count
     assert per_zone == {Z3: 3, Z4: 2}  # 2 vCPUs each
-    assert p.capacity is not None and p.capacity.spot_short_reasons == ("QuotaExceeded",)
+    assert p.verdict is not None and p.verdict.spot_short_reasons == ("QuotaExceeded",)
 
 
 def test_unknown_quota_does_not_limit() -> None:
-    p = run(offers=cpu_offers(), expectedCount=10, signals=CapacitySignals(quota=None))
+    p = run(offers=cpu_offers(), expectedCount=10, signals=PurchaseSignals(quota=None))
     assert bought(p) == {Purpose.SPOT: 10}
 
 
@@ -443,7 +443,7 @@ def test_capacity_plans_keep_the_money_rules(
             "onDemand": {"baseCount": base, "fallback": {"after": "1m"},
                          "returnToSpot": {"enabled": returning, "maxInFlight": budget}}}
     p = run(*instances, offers=all_offered() if spot_buyable else sold_out(),
-            signals=CapacitySignals(spot_short_since=NOW - timedelta(hours=1)), **spec)
+            signals=PurchaseSignals(spot_short_since=NOW - timedelta(hours=1)), **spec)
     alive = [i for i in instances if i.state in (RUNNING, PENDING)]
     gone = set(released(p)) | set(returned(p))
     counts = bought(p)
