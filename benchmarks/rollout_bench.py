@@ -80,6 +80,7 @@ from beyond_spot_bench import (
     group_rounds,
     purchases,
     ratio,
+    release_lags,
     simulator_config,
     stack,
 )
@@ -224,10 +225,6 @@ def run_rollout(plane: ControlPlane, kubectl: Path, workdir: Path, s: Settings, 
 
 
 # -- report ------------------------------------------------------------------------------------------
-
-def release_lags(rounds: list[Round]) -> list[float]:
-    return [r.released - r.running for r in rounds if r.released is not None and math.isfinite(r.running)]
-
 
 def table(results: list[Rollout]) -> list[str]:
     rows = ["| N | budget | first purchase | all replaced (cloud) | bound | ratio | updatedCount = N (status) "

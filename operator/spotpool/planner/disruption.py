@@ -56,6 +56,8 @@ _FIELDS: tuple[tuple[str, DriftReason], ...] = (
 """Tag segment letter per field. Appending a field is compatible (old instances lack it: no
 drift in it); changing a field's meaning needs a new FINGERPRINT_VERSION."""
 
+_ORDER = list(DriftReason)
+
 EXPIRY_TIMER_GRACE = timedelta(hours=2)
 """How long after `expireAfter` CVM's ActionTimer terminates an instance the operator has not
 replaced: time for a surge-first replacement under its budget, after which the cloud ends the
@@ -87,11 +89,16 @@ def _field_values(spec: EnvironmentSpec, zone: str) -> dict[DriftReason, object]
     }
 
 
+def _digests(spec: EnvironmentSpec, zone: str) -> dict[DriftReason, str]:
+    values = _field_values(spec, zone)
+    return {reason: _digest(values[reason]) for _, reason in _FIELDS}
+
+
 def fingerprint(spec: EnvironmentSpec, zone: str) -> str:
     """The `spotpool.io/launch-spec` tag of an instance bought now in `zone`: 8 hex digits of
     sha256 per field (about 60 characters; CVM tag values take 255)."""
-    values = _field_values(spec, zone)
-    return ".".join([FINGERPRINT_VERSION, *(f"{letter}{_digest(values[reason])}" for letter, reason in _FIELDS)])
+    digests = _digests(spec, zone)
+    return ".".join([FINGERPRINT_VERSION, *(f"{letter}{digests[reason]}" for letter, reason in _FIELDS)])
 
 
 def _read_fingerprint(tag: str | None) -> dict[DriftReason, str]:
@@ -109,23 +116,26 @@ def _read_fingerprint(tag: str | None) -> dict[DriftReason, str]:
     return read
 
 
-def drift_of(instance: Instance, spec: EnvironmentSpec) -> tuple[DriftReason, ...]:
+def drift_of(instance: Instance, spec: EnvironmentSpec,
+             by_zone: dict[str, dict[DriftReason, str]] | None = None) -> tuple[DriftReason, ...]:
     """Every way `instance` differs from what the spec buys now (replaced or ignored), in
-    DriftReason order."""
+    DriftReason order. `by_zone`: the spec's digests per zone, filled as zones come (a pass
+    computes them once per zone, not once per instance: pools hold up to 10,000)."""
     found: list[DriftReason] = []
     recorded = _read_fingerprint(instance.tags.get(LAUNCH_SPEC_TAG))
     if recorded:
-        values = _field_values(spec, instance.zone)
-        found += [reason for _, reason in _FIELDS
-                  if reason in recorded and recorded[reason] != _digest(values[reason])]
+        cache = by_zone if by_zone is not None else {}
+        current = cache.get(instance.zone)
+        if current is None:
+            current = cache[instance.zone] = _digests(spec, instance.zone)
+        found += [reason for _, reason in _FIELDS if reason in recorded and recorded[reason] != current[reason]]
     if instance.zone not in spec.zones:
         found.append(DriftReason.ZONE)
     if instance.instance_type not in spec.instance_types:
         found.append(DriftReason.INSTANCE_TYPE)
     if instance.charge_type == POSTPAID_BY_HOUR and spec.on_demand is None:
         found.append(DriftReason.CHARGE_TYPE)
-    order = list(DriftReason)
-    return tuple(sorted(found, key=order.index))
+    return tuple(sorted(found, key=_ORDER.index))
 
 
 def expires_at(instance: Instance, spec: EnvironmentSpec) -> datetime | None:
@@ -263,8 +273,9 @@ def assess(
     holds: dict[str, datetime] = {}
     per_instance: dict[str, InstanceDisruption] = {}
     outdated = expired_count = 0
+    by_zone: dict[str, dict[DriftReason, str]] = {}
     for instance in alive:
-        differs = drift_of(instance, spec)
+        differs = drift_of(instance, spec, by_zone)
         drifted = tuple(r for r in differs if disruption.replaces(r))
         ignored = tuple(r for r in differs if not disruption.replaces(r))
         expiry = expires_at(instance, spec)

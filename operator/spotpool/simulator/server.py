@@ -22,7 +22,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -240,16 +240,11 @@ class Simulator:
         model = STS_PARAMS.get(action)
         if model is None:
             raise unknown_action(action)
-        fault = self.faults.decide(action, wildcard=False)
-        await self._before(
-            fault, request, action, principal.rate_key if principal else "(unsigned)"
-        )
-        params = _parse(model, request, raw)
-        call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
-        body = await self.sts.handle(action, params, principal, request_id)
-        if fault.drop_after:
-            _drop(request)
-        return body
+        async def handle(params: Any) -> bytes:
+            return await self.sts.handle(action, params, principal, request_id)
+
+        return await self._serve_other(request, raw, action, model, principal.rate_key if principal else "(unsigned)",
+                                       call, handle)
 
     async def _answer_tag(
         self,
@@ -272,11 +267,29 @@ class Simulator:
                 f"The action {action!r} does not exist in the tag service {TAG_API_VERSION} "
                 f"(simulated: {', '.join(TAG_PARAMS)}).",
             )
+        async def handle(params: Any) -> bytes:
+            return self.tags.handle(params, principal, request_id)
+
+        return await self._serve_other(request, raw, action, model, principal.rate_key, call, handle)
+
+    async def _serve_other(
+        self,
+        request: web.Request,
+        raw: bytes,
+        action: str,
+        model: Any,
+        rate_key: str,
+        call: dict[str, Any],
+        handle: Callable[[Any], Awaitable[bytes]],
+    ) -> bytes:
+        """The common part of a call to a service beside CVM (STS, the tag service), once it is
+        authenticated: faults named for the action only (never `*`), rate limits, the parameters
+        parsed and recorded, the answer, and a dropped connection if the fault says so."""
         fault = self.faults.decide(action, wildcard=False)
-        await self._before(fault, request, action, principal.rate_key)
+        await self._before(fault, request, action, rate_key)
         params = _parse(model, request, raw)
         call["params"] = summarize_params(params.model_dump(by_alias=True, exclude_none=True))
-        body = self.tags.handle(params, principal, request_id)
+        body = await handle(params)
         if fault.drop_after:
             _drop(request)
         return body
