@@ -309,3 +309,48 @@ async def test_a_held_fallback_instance_is_not_returned_and_buys_no_replacement_
         alive = {i.instance_id for i in w.owned(uid)}
         assert fallback[0] in alive and fallback[1] not in alive and len(alive) == 2
         assert w.bought(uid) == 3, "one spot replacement for the free fallback instance, none for the held one"
+
+
+async def test_a_reclaim_and_a_scale_up_mid_rollout_buy_exactly_what_they_need() -> None:
+    """The plan after each event differs from the one before (a replayed ClientToken cannot hide
+    an overbuy): a reclaimed replacement is bought again once, a scale-up buys its count, and every
+    drifted instance is still replaced once."""
+    async with world() as w:
+        uid = await start(w, expectedCount=4, disruption={"budgets": [{"instances": 2}]})
+        await w.settle(NS, NAME)
+        w.kube.edit_spec(NS, NAME, {"imageId": NEW_IMAGE})
+        await w.mark_launch_checked(NS, NAME)
+        await w.reconcile(NS, NAME)  # the first two replacements are bought
+        w.clock.advance(25)
+        await w.reconcile(NS, NAME)  # they run: two drifted ones go
+        new = sorted(i.instance_id for i in w.owned(uid) if i.image_id == NEW_IMAGE)
+        assert len(new) >= 2
+        w.sim.simulator.market.reclaim(new[:1])
+        w.kube.edit_spec(NS, NAME, {"expectedCount": 5})
+        await w.mark_launch_checked(NS, NAME)
+        for _ in range(40):  # a reclaim may take running below the count (not a voluntary reason)
+            outcome = await w.reconcile(NS, NAME)
+            assert len(w.owned(uid)) <= 5 + 2, "never above the count plus the budget"
+            w.clock.advance(5)
+            if outcome is not None and not outcome.progressing:
+                break
+        alive = w.owned(uid)
+        assert len(alive) == 5 and {i.image_id for i in alive} == {NEW_IMAGE}
+        assert w.bought(uid) == 4 + 4 + 1 + 1, "4 first, 4 replacements, 1 for the reclaim, 1 for the scale-up"
+
+
+async def test_a_deletion_mid_rollout_leaves_nothing_alive() -> None:
+    async with world() as w:
+        uid = await start(w, expectedCount=4, disruption={"budgets": [{"instances": 2}], "drainGrace": "1m"})
+        await w.settle(NS, NAME)
+        w.kube.edit_spec(NS, NAME, {"imageId": NEW_IMAGE})
+        await w.mark_launch_checked(NS, NAME)
+        for _ in range(4):  # replacements bought and booted, old ones marked draining
+            await w.reconcile(NS, NAME)
+            w.clock.advance(15)
+        assert any(DRAINING_TAG in i.tags for i in w.owned(uid))
+        w.kube.delete(NS, NAME)
+        await w.settle(NS, NAME, step=15)
+        assert (NS, NAME) not in w.kube.objects
+        w.clock.advance(60)
+        assert w.owned(uid) == [], "no instance of the pool alive anywhere once the deletion completed"
