@@ -75,6 +75,7 @@ def test_default_render(helm: Helm) -> None:
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.0"
     assert container["args"] == ["--all-namespaces", *SERVING_ARGS, "--log-format=json",
                                  "--log-level=info", "--observe-interval=15", "--progress-interval=2",
+                                 "--first-passes-at-once=50",
                                  *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
     # The kubelet probes the plain health port; /metrics is HTTPS on a port of its own.
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
@@ -88,7 +89,7 @@ def test_default_render(helm: Helm) -> None:
 def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     objects = helm.template(
         "--set", "operator.clusterId=prod-gz", "--set", "operator.observeInterval=30",
-        "--set-json", "operator.progressInterval=0.5",
+        "--set-json", "operator.progressInterval=0.5", "--set", "operator.firstPassesAtOnce=200",
         "--set", "operator.logLevel=debug", "--set", "operator.logFormat=plain",
         "--set", "image.tag=0.1.1", "--set", "image.pullPolicy=Always",
         "--set", "imagePullSecrets[0].name=registry", "--set", "nodeSelector.pool=system",
@@ -101,7 +102,8 @@ def test_operator_values_reach_the_command_line(helm: Helm) -> None:
     container = pod["spec"]["containers"][0]
     assert container["args"] == ["--all-namespaces", *SERVING_ARGS, "--log-format=plain",
                                  "--log-level=debug", "--observe-interval=30", "--progress-interval=0.5",
-                                 "--cluster-id=prod-gz", *ORPHAN_ARGS, *LEADER_ELECTION_ARGS]
+                                 "--first-passes-at-once=200", "--cluster-id=prod-gz", *ORPHAN_ARGS,
+                                 *LEADER_ELECTION_ARGS]
     assert container["image"] == "ghcr.io/spotpool/spotpool:0.1.1"
     assert container["imagePullPolicy"] == "Always"
     assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]

@@ -134,6 +134,7 @@ class OperatorProcess:
     health_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] | None = None  # exact operator flags (e.g. a Deployment's), instead of ours
+    launcher: tuple[str, ...] = tuple(SPOTPOOL)  # what runs `spotpool` (a profiler may wrap it)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -180,7 +181,7 @@ class OperatorProcess:
             flags = [a for a in self.args if not a.startswith(SERVING_FLAGS)]
         if "--allow-loopback-endpoints" not in flags:  # the simulator listens on 127.0.0.1 over http
             flags.append("--allow-loopback-endpoints")
-        self.proc = _spawn([*SPOTPOOL, "operator", *flags, "--metrics-host=127.0.0.1",
+        self.proc = _spawn([*self.launcher, "operator", *flags, "--metrics-host=127.0.0.1",
                             f"--metrics-port={self.metrics_port}", "--health-host=127.0.0.1",
                             f"--health-port={self.health_port}"],
                            self.log, env={"KUBECONFIG": str(self.kubeconfig), **self.env})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -361,14 +362,17 @@ def parse_instance(raw: Any) -> Instance:
             raise ValueError("a tag is not a JSON object")
         key = _text(tag.get("Key"), MAX_TAG_KEY, "a tag key")
         if key:
-            tags[key] = _text(tag.get("Value"), MAX_TAG_VALUE, "a tag value")
+            value = _text(tag.get("Value"), MAX_TAG_VALUE, "a tag value")
+            # Interned: tags are mostly shared (cluster, owner, launch batch and spec), and each
+            # page's JSON would otherwise give every instance copies of its own.
+            tags[sys.intern(key)] = sys.intern(value)
     created = raw.get("CreatedTime")
     return Instance(
         instance_id=instance_id,
-        zone=_text(placement.get("Zone"), MAX_FIELD, "Zone"),
-        instance_type=_text(raw.get("InstanceType"), MAX_FIELD, "InstanceType"),
-        state=_text(raw.get("InstanceState"), MAX_FIELD, "InstanceState"),
-        charge_type=_text(raw.get("InstanceChargeType"), MAX_FIELD, "InstanceChargeType"),
+        zone=sys.intern(_text(placement.get("Zone"), MAX_FIELD, "Zone")),
+        instance_type=sys.intern(_text(raw.get("InstanceType"), MAX_FIELD, "InstanceType")),
+        state=sys.intern(_text(raw.get("InstanceState"), MAX_FIELD, "InstanceState")),
+        charge_type=sys.intern(_text(raw.get("InstanceChargeType"), MAX_FIELD, "InstanceChargeType")),
         created_time=parse_time(created if isinstance(created, str) and len(created) <= MAX_FIELD
                                 else None),
         tags=tags,

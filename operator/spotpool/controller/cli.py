@@ -64,6 +64,10 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                         help="seconds between passes of a settled pool that nothing woke (default 300)")
     parser.add_argument("--progress-interval", type=float, default=DEFAULTS.progress_interval,
                         help="seconds between observations while buying or releasing (default 2)")
+    parser.add_argument("--first-passes-at-once", type=int, default=DEFAULTS.first_passes_at_once,
+                        help="pools whose first pass after the operator starts (or after they are created) "
+                             "runs at once; the others queue (default 50). Bounds the memory a restart on "
+                             "many pools takes: CPython keeps its peak")
     parser.add_argument("--market-max-age", type=float, default=DEFAULTS.offers_max_age,
                         help="seconds a read of prices, stock and quota is reused by the pools of an account "
                              "(default 30); a sold-out pool coming back is noticed within it")
@@ -194,6 +198,8 @@ def parse(argv: list[str] | None) -> OperatorConfig:
                      "plain HTTP for the kubelet, the metrics port needs its own")
     if args.orphan_grace < 0:
         parser.error("--orphan-grace: must be seconds >= 0")
+    if args.first_passes_at_once < 1:
+        parser.error("--first-passes-at-once: must be at least 1")
     try:
         max_price = parse_price(args.max_price) if args.max_price is not None else None
     except PolicyError as exc:
@@ -212,6 +218,7 @@ def parse(argv: list[str] | None) -> OperatorConfig:
         offers_max_age=args.market_max_age,
         heartbeat_interval=args.heartbeat_interval,
         progress_interval=args.progress_interval,
+        first_passes_at_once=args.first_passes_at_once,
         cluster_id=args.cluster_id,
         log_level=args.log_level,
         log_format=args.log_format,

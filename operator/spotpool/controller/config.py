@@ -32,6 +32,9 @@ class OperatorConfig:
     observe_interval: float = 15.0  # seconds between sweeps of an account and region's instances
     heartbeat_interval: float = 300.0  # seconds between passes of a settled pool nothing woke
     progress_interval: float = 2.0  # seconds between observations while buying or releasing
+    # Pools whose first pass in this process runs at once (at startup every pool's starts
+    # together; docs/scaling.md: the peak they make is never given back).
+    first_passes_at_once: int = 50
     cluster_id: str | None = None  # None: the kube-system namespace UID
     offers_max_age: float = 30.0  # seconds a market price read is reused
     log_level: str = "info"

@@ -58,6 +58,8 @@ class Runtime:
         self._secret_index: Any = None
         self.pools = IndexedPools()  # every pool's claim, for the spend guards' totals
         self.ready = asyncio.Event()
+        # First passes in this process, a bounded batch at a time (`handlers.keep_pool`).
+        self.first_passes = asyncio.Semaphore(self.config.first_passes_at_once)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._namespaces: dict[str, str] = {}  # uid -> namespace, to wake a namespace's pools
         self._generations: dict[str, Any] = {}  # uid -> the last metadata.generation this replica saw

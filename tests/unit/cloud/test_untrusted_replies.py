@@ -162,3 +162,26 @@ def test_the_registry_drops_idle_buckets_once_it_holds_many() -> None:
     registry.bucket("h", "and-another", "DescribeZones", 1.0)
     assert len(registry) == 1  # every idle bucket went; the new one stays
     assert registry.bucket("h", "acct0", "DescribeZones", 1.0) is not busy
+
+
+def test_parsed_instances_share_their_common_strings() -> None:
+    """Every swept instance is held between sweeps (20,000 at 1,000 pools): the strings instances
+    have in common (zone, type, state, charge type, tag keys and values) are one object each, not a
+    copy per instance from each page's JSON."""
+    import json as _json
+
+    from spotpool.cloud import wire
+
+    def page(instance_id: str) -> dict:
+        return _json.loads(_json.dumps({
+            "InstanceId": instance_id, "Placement": {"Zone": "ap-guangzhou-3"}, "InstanceType": "S5.MEDIUM4",
+            "InstanceState": "RUNNING", "InstanceChargeType": "SPOTPAID",
+            "Tags": [{"Key": "spotpool.io/cluster", "Value": "cluster-a"},
+                     {"Key": "spotpool.io/environment-uid", "Value": "uid-1"}]}))
+
+    one, other = wire.parse_instance(page("ins-00000001")), wire.parse_instance(page("ins-00000002"))
+    assert one.zone is other.zone and one.instance_type is other.instance_type and one.state is other.state
+    assert one.charge_type is other.charge_type
+    for (key_a, value_a), (key_b, value_b) in zip(one.tags.items(), other.tags.items(), strict=True):
+        assert key_a is key_b and value_a is value_b
+    assert not hasattr(one, "__dict__")  # slotted: no per-instance dict

@@ -144,3 +144,11 @@ def test_orphan_collector_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse(["--orphan-grace=-1"])
     assert "--orphan-grace" in capsys.readouterr().err
+
+
+def test_first_passes_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse([]).first_passes_at_once == 50
+    assert parse(["--first-passes-at-once=200"]).first_passes_at_once == 200
+    with pytest.raises(SystemExit):
+        parse(["--first-passes-at-once=0"])
+    assert "--first-passes-at-once: must be at least 1" in capsys.readouterr().err

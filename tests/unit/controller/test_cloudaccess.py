@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import statistics
 from decimal import Decimal
 from typing import Any
 
@@ -437,4 +439,50 @@ async def test_a_standby_sweeps_nothing_on_its_timer() -> None:
     leading = True
     while not client.listings:
         await asyncio.sleep(0.01)
+    await cloud.close()
+
+
+async def test_the_timer_keeps_the_interval_from_sweep_start_to_sweep_start() -> None:
+    """A sweep of many pages takes a good part of the interval: the timer counts the interval from
+    one sweep's start to the next, so the period stays the interval (sleeping a whole interval after
+    each sweep ended would stretch it by the sweep's length, and a reclaim would be seen that late)."""
+    interval, sweep_takes = 0.5, 0.3
+    cloud = access(Factory(), observe_interval=interval, sweep_on_timer=True)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def slow_sweep(tag: str, value: str) -> list[Instance]:
+        starts.append(loop.time())
+        await asyncio.sleep(sweep_takes)
+        return []
+
+    client.describe_by_tag = slow_sweep  # type: ignore[method-assign]
+    cloud.observer(key, "100", client, "uid-a")
+    while len(starts) < 5:
+        await asyncio.sleep(0.01)
+    await cloud.close()
+    periods = [b - a for a, b in itertools.pairwise(starts[1:])]
+    # Sleeping a whole interval after each sweep would give at least interval + sweep_takes = 0.8 s.
+    assert statistics.median(periods) < interval + sweep_takes / 2, periods
+    assert min(periods) > interval - 0.05, periods  # and never sooner than the interval
+
+
+async def test_a_sweep_keeps_the_previous_object_of_an_unchanged_instance() -> None:
+    """Nothing made from a sweep's pages outlives it for an instance that did not change: the
+    snapshot keeps the previous sweep's object, so the new pages' memory is freed whole instead of
+    being pinned by one small copy per instance (fragmentation the process never gives back)."""
+    factory = Factory()
+    cloud = access(factory, observe_interval=15.0)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    client.instances = [instance("ins-a", "uid-a"), instance("ins-b", "uid-a")]
+    observer = cloud.observer(key, "100", client, "uid-a")
+    first = {i.instance_id: i for i in await observer.slice("uid-a")}
+    client.instances = [instance("ins-a", "uid-a"), dataclasses.replace(instance("ins-b", "uid-a"), state="STOPPED")]
+    await observer.start_sweep()
+    second = {i.instance_id: i for i in await observer.slice("uid-a")}
+    assert second["ins-a"] is first["ins-a"]  # equal: the old object kept
+    assert second["ins-b"] is not first["ins-b"] and second["ins-b"].state == "STOPPED"  # changed: the new one
     await cloud.close()

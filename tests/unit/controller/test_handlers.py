@@ -95,3 +95,62 @@ def test_handlers_find_the_runtime_in_kopfs_memo_and_its_per_object_copies() -> 
     assert handlers._state(one)[0] is not handlers._state(other)[0]  # each object its own memory
     with pytest.raises(RuntimeError, match="runtime"):
         of(kopf.Memo())
+
+
+async def test_first_passes_run_a_bounded_batch_at_a_time_and_later_passes_never_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At startup every pool's daemon begins its first pass together; the peak those make is
+    CPython's high-water mark for good, so at most `first_passes_at_once` run at once. A pool's
+    later passes take no part in the gate (a settled pool never queues behind new ones)."""
+    import copy
+    from types import SimpleNamespace
+
+    from spotpool.controller.config import OperatorConfig
+    from spotpool.controller.reconciler import Outcome
+
+    class Stopped(asyncio.Event):  # kopf.DaemonStopped: false until the daemon is stopped
+        def __bool__(self) -> bool:
+            return self.is_set()
+
+    runtime = Runtime(OperatorConfig(first_passes_at_once=2, observe_interval=0.01, heartbeat_interval=0.01))
+    running: set[str] = set()
+    most = 0
+    passes: dict[str, int] = {}
+    release = asyncio.Event()
+
+    class Reconciler:
+        async def reconcile(self, body: dict, memory: object, lock: asyncio.Lock, **_: object) -> Outcome:
+            nonlocal most
+            uid = body["metadata"]["uid"]
+            passes[uid] = passes.get(uid, 0) + 1
+            first = passes[uid] == 1
+            if first:
+                running.add(uid)
+                most = max(most, len(running))
+            if first and uid != "uid-0":
+                await release.wait()  # the others' first passes hold on until the test lets them go
+            running.discard(uid)
+            return Outcome(progressing=False)
+
+    monkeypatch.setattr(Runtime, "parts", property(lambda self: SimpleNamespace(reconciler=Reconciler())))
+    monkeypatch.setattr(runtime, "leadership", Leadership(leading=True))
+    operator_memo = kopf.Memo(runtime=runtime)
+    stopped = Stopped()
+    daemons = []
+    for n in range(6):
+        meta = {"uid": f"uid-{n}", "namespace": "ns", "name": f"pool-{n}"}
+        daemons.append(asyncio.ensure_future(handlers.keep_pool(
+            body={"metadata": meta}, meta=meta, memo=copy.copy(operator_memo), stopped=stopped,
+            logger=SimpleNamespace(error=lambda *a: None), spot_pools={})))
+    # uid-0's first pass ends at once; two others then hold the gate and three wait for it, while
+    # uid-0 goes on with pass after pass.
+    while passes.get("uid-0", 0) < 5:
+        await asyncio.sleep(0.005)
+    assert len(running) == 2 and most == 2, f"first passes at once: {sorted(running)}, at most {most}"
+    assert len(passes) == 3, f"first passes begun: {sorted(passes)}"
+    release.set()
+    while len(passes) < 6:
+        await asyncio.sleep(0.005)
+    stopped.set()
+    await asyncio.wait_for(asyncio.gather(*daemons), timeout=5)
+    assert most == 2
