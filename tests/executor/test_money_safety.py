@@ -467,3 +467,26 @@ async def test_an_instance_reclaimed_before_any_sweep_listed_it_is_replaced_at_o
             await w.reconcile(NS, NAME)
             w.clock.advance(2)
         assert len(w.owned(uid)) == 3 and w.bought(uid) == 4
+
+
+async def test_a_pool_whose_status_was_lost_never_replays_an_old_launchs_token() -> None:
+    """The ClientToken of a new launch names the pool's launch sequence, kept in the status. A
+    status removed by hand (or restored without it) must not start the sequence again: the next
+    purchase would reuse the first launch's token, CVM would answer with that launch's instances,
+    long reclaimed, and the pool would count them as bought while it has none (found by
+    scale_bench's return-to-spot run: 500 pools stuck without instances, InstancesNotVisible)."""
+    async with world() as w:
+        uid = await checked(w, expectedCount=2)
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 2 and w.bought(uid) == 2
+        first = {i.instance_id for i in w.owned(uid)}
+        w.clock.advance(600)
+        await w.crash()
+        w.kube.objects[(NS, NAME)].pop("status")  # the status is gone; the instances stay
+        await w.settle(NS, NAME)  # adopted: nothing bought
+        assert w.bought(uid) == 2
+        w.sim.simulator.market.reclaim(sorted(first))
+        w.clock.advance(120)  # reclaimed, terminated and gone
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 2 and w.bought(uid) == 4, "the replacements were never bought"
+        assert not {i.instance_id for i in w.owned(uid)} & first

@@ -69,7 +69,7 @@ class PassContext:
     journal: tuple[InflightLaunch, ...]
     malformed: tuple[DroppedRecord, ...]
     backoff: dict[PoolKey, PoolBackoff]
-    sequence: int
+    sequence: int | None  # None: none recorded; purchasing starts a fresh one
     deleting: bool
     now: datetime
     fence: Fence  # raises once this replica may no longer act (leader election)

@@ -49,6 +49,7 @@ from spotpool.planner import (
 from spotpool.planner.disruption import fingerprint, terminate_at
 from spotpool.planner.formatting import format_time
 from spotpool.planner.persistence import inflight_to_status
+from spotpool.planner.tokens import first_sequence
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class Purchasing:
         """Record intents, then replay and buy concurrently. Raises `kube.Conflict` (nothing was
         bought) when the journal write loses its precondition. On-demand refusals back off in
         `on_demand_backoff` (the process's memory), never the spot pool's persisted backoff."""
-        result = PurchaseResult(list(plan.journal), dict(ctx.backoff), ctx.sequence,
+        sequence = ctx.sequence if ctx.sequence is not None else first_sequence(ctx.now)
+        result = PurchaseResult(list(plan.journal), dict(ctx.backoff), sequence,
                                 on_demand_backoff=dict(on_demand_backoff or {}))
         for dropped in (*ctx.malformed, *plan.dropped):
             self._reporting.record_dropped(ctx, dropped)

@@ -180,7 +180,7 @@ class PersistedStatus:
 
     journal: tuple[InflightLaunch, ...] = ()
     malformed: tuple[DroppedRecord, ...] = ()
-    sequence: int = 0
+    sequence: int | None = None  # None: none recorded (a new pool, or its status was lost)
     backoff: Mapping[PoolKey, PoolBackoff] = field(default_factory=dict)
     account: Mapping[str, str] | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
@@ -290,8 +290,10 @@ def _secret_name(credentials: Any) -> str | None:
     return name if isinstance(name, str) and len(name) <= 253 and _SECRET_NAME.fullmatch(name) else None
 
 
-def _sequence(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _sequence(value: Any) -> int | None:
+    """None when the status holds no usable sequence: the executor starts a fresh one
+    (`tokens.first_sequence`), never 0 again."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _spot_short_since(capacity: Any) -> datetime | None:

@@ -49,3 +49,21 @@ def test_invalid_inputs_are_refused() -> None:
 def test_tokens_are_short_ascii(uid: str, sequence: int, zone: str, itype: str, count: int) -> None:
     token = client_token(uid, sequence, zone, itype, count)
     assert token.isascii() and 1 <= len(token) <= 64
+
+
+def test_a_sequence_started_again_stays_above_every_earlier_one() -> None:
+    """A pool whose status was lost starts its launch sequence again from the clock: above where
+    an earlier start could have got by launching at RunInstances' limit (10 a second) ever since,
+    so no token of an earlier launch is made again."""
+    from datetime import UTC, datetime, timedelta
+
+    from spotpool.planner.persistence import read_status
+    from spotpool.planner.tokens import first_sequence
+
+    earlier = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+    for gap in (timedelta(milliseconds=1), timedelta(seconds=1), timedelta(days=30)):
+        launches_since = int(gap.total_seconds() * 10)
+        assert first_sequence(earlier + gap) > first_sequence(earlier) + launches_since
+    assert read_status({}).sequence is None  # none recorded: the executor starts one, never 0
+    assert read_status({"launchSequence": "7"}).sequence is None
+    assert read_status({"launchSequence": 7}).sequence == 7
