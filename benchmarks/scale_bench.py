@@ -108,6 +108,7 @@ OBSERVE_INTERVAL = 15.0  # the operator's defaults
 PROGRESS_INTERVAL = 2.0
 TARGET_READY = 1.3
 TARGET_SINGLE = 1.1
+RETURN_IN_FLIGHT = 0.25  # returnToSpot.maxInFlight's default
 TARGET_RECLAIM = 1.05  # a reclaim is bought back within 5% of the bound (the pass itself, its writes)
 TARGET_DESCRIBE = 1.1
 TARGET_RSS_MIB = {500: 256, 1000: 400}  # #22: in every phase (from zero, a restart, an adoption)
@@ -569,10 +570,10 @@ def return_phase(sim: SimulatorProcess, operator: OperatorProcess, api: kubernet
     """Every pool falls back to on-demand and returns to spot, in a fresh operator process (its peak
     RSS is this scenario's alone): spot sells out in every zone and every instance is reclaimed;
     once every pool runs on on-demand fallback instances, spot is restocked and the clock runs until
-    no on-demand instance is left and every pool runs its count on spot again (each pool returns in
-    rounds of its `returnToSpot.maxInFlight`, 10% by default: 2 of 20). The bound is the API's:
-    every spot instance bought and every on-demand one released, 100 per call at 10/s each (both
-    limits apart), plus a round trip."""
+    no on-demand instance is left and every pool runs its count on spot again. Each pool returns in
+    rounds of its `returnToSpot.maxInFlight` (25% by default: 5 of 20), one RunInstances per round,
+    so the bound is the API's: pools x rounds RunInstances at 10/s (the releases go beside them at
+    their own 10/s), plus a round trip."""
     operator.stop()
     if memray_dir is not None:
         operator.launcher = memray_launcher(memray_dir / f"{pools}-return.bin")
@@ -601,7 +602,7 @@ def return_phase(sim: SimulatorProcess, operator: OperatorProcess, api: kubernet
     done = wait_until(lambda: alive("POSTPAID_BY_HOUR") == 0 and alive("SPOTPAID") >= instances
                       and ready_in_metrics(operator) >= pools, timeout, "every pool back on spot")
     converge = time.time() - started if done else None
-    calls = math.ceil(size / PER_CALL) * pools
+    calls = math.ceil(size / math.ceil(size * RETURN_IN_FLIGHT)) * pools  # one RunInstances per round
     bound = (calls - 1) / RUN_RATE + latency  # RunInstances and TerminateInstances each at 10/s, in parallel
     phase = Phase("return to spot", converge, ready_in_metrics(operator), bound, Calls(sim.calls()),
                   (cpu_seconds(pid) - cpu0) / (time.time() - started),
