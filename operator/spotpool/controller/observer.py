@@ -200,8 +200,7 @@ class Observer:
                 await asyncio.shield(self.start_sweep())
             except Exception:  # logged by _finished; the next tick tries again
                 pass
-            assert self._last_start is not None
-            next_at = self._last_start + self._interval
+            next_at = (self._last_start or self._clock()) + self._interval
 
     async def close(self) -> None:
         if self._timer is not None:
