@@ -34,6 +34,17 @@ RUN_RATE = 10.0  # documented RunInstances limit, calls per second
 DESCRIBE_RATE = 40.0  # documented DescribeInstances limit, calls per second
 
 
+STS_ACTIONS = ("GetCallerIdentity", "AssumeRole", "AssumeRoleWithWebIdentity")
+
+
+def latency_faults(latency_ms: float) -> dict[str, dict[str, float]]:
+    """The simulator's faults for `latency_ms` on every action. `*` matches CVM's actions only
+    (the simulator never applies it to STS), but the real STS answers a round trip late too: the
+    account look-up of a new key pair is named, or a new pool's first pass would look one round
+    trip faster than it is."""
+    return {"*": {"latencyMs": latency_ms}, **{action: {"latencyMs": latency_ms} for action in STS_ACTIONS}}
+
+
 def lower_bound(count: int, latency: float, calls: int | None = None) -> float:
     """(RunInstances calls - 1) / 10 calls/s + one round trip; `calls` defaults to ceil(count/100)."""
     calls = math.ceil(count / PER_CALL) if calls is None else calls

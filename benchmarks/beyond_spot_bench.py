@@ -105,6 +105,7 @@ from benchlib import (  # first: it puts the repository on sys.path for tests.su
     delete_namespace,
     environment,
     install_crd,
+    latency_faults,
     lower_bound,
     ready,
 )
@@ -214,7 +215,7 @@ def stack(plane: ControlPlane, kubectl: Path, workdir: Path, settings: Settings,
     )
     watch = NamespaceWatch(custom, namespace, history=True)
     try:
-        sim.control("POST", "faults", {"*": {"latencyMs": settings.latency * 1000}})
+        sim.control("POST", "faults", latency_faults(settings.latency * 1000))
         operator.start()
         time.sleep(1.0)  # let kopf's watch of the namespace settle after /readyz
         watch.start()

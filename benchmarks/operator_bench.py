@@ -41,6 +41,7 @@ calls. --until current|ready extends the timeline past the last launch.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import tempfile
@@ -60,6 +61,7 @@ from benchlib import (  # first: it puts the repository on sys.path for tests.su
     create_namespace,
     environment,
     install_crd,
+    latency_faults,
     lower_bound,
     ready,
     status,
@@ -124,7 +126,17 @@ def _wrap_stream(owner, attr):
             yield item
     setattr(owner, attr, wrapper)
 
+_gc_started = [0.0]
+
+def _gc_mark(phase, info):
+    if phase == "start":
+        _gc_started[0] = time.time()
+    elif time.time() - _gc_started[0] > 0.002:
+        _mark("gc of generation %d took %.1f ms" % (info["generation"], (time.time() - _gc_started[0]) * 1000))
+
 try:
+    import gc
+    gc.callbacks.append(_gc_mark)
     from kopf._cogs.clients import watching
     from kopf._core.actions import invocation
     from kopf._core.reactor import processing
@@ -135,8 +147,17 @@ try:
     _wrap(invocation, "invoke",
           lambda a, k: "kopf handler " + getattr(a[0] if a else k.get("fn"), "__name__", "?"))
     _wrap(reconciler.Reconciler, "reconcile", lambda a, k: "reconcile")
-    _wrap(reconciler, "load_credentials", lambda a, k: "load_credentials (Secret read)")
-    _wrap(kube.KubeApi, "patch_status", _patch_label)
+    from spotpool.controller import context, purchasing, reporting, statusstore
+    import spotpool.planner as planner
+    _wrap(context, "load_credentials", lambda a, k: "load_credentials (Secret read)")
+    _wrap(context, "resolve", lambda a, k: "resolve")
+    _wrap(kube.ClusterKubeApi, "patch_status", _patch_label)
+    _wrap(purchasing.Purchasing, "execute", lambda a, k: "purchases")
+    _wrap(reporting.Reporting, "write", lambda a, k: "status report write")
+    _wrap_sync(reconciler, "build_status", "build_status")
+    _wrap_sync(reconciler, "plan", "plan")
+    _wrap_sync(reporting.Reporting, "observe", "Reporting.observe (metrics)")
+    _wrap_sync(reporting.Reporting, "notice_losses", "Reporting.notice_losses")
     _wrap(transport.Transport, "_attempt", lambda a, k: "CVM %s (client side)" % a[1])
     _wrap_sync(cloudaccess.CloudAccess, "client", "CloudAccess.client (a new CvmClient on first use)")
 except Exception as exc:  # profiling must never stop the operator
@@ -210,6 +231,33 @@ class RunResult:
     calls: Counter[str]
     errors: Counter[tuple[str, str]]
     timeline: list[str]
+    status_write: float  # the API server's time for one write of the final status (`write_floor`)
+
+
+STATUS_WRITES_TIMED = 5
+
+
+def write_floor(custom: kubernetes.client.CustomObjectsApi, namespace: str, name: str) -> float:
+    """Seconds the API server takes to write the pool's final status once (median of a few), timed
+    with the operator stopped: the status write that shows `currentCount` can be no faster. The
+    time grows with the object: about 60-90 ms for 1,000 instances on this machine, whatever the
+    patch holds (decoding, validating and storing the whole object), 4 ms for an empty one."""
+    final = custom.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name)
+    times = []
+    for n in range(STATUS_WRITES_TIMED):
+        status = {**final["status"], "lastReconcileTime": f"2026-01-01T00:00:{n:02d}Z"}
+        started = time.perf_counter()
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def current_bound(count: int, latency: float, status_write: float) -> float:
+    """The least time until a watch can show `currentCount` = `count` for a new pool: the launch
+    check's DryRun takes the first RunInstances slot (ceil(count/100) + 1 calls at 10/s), the last
+    purchase returns a round trip after it starts, then one write of the status that lists them.
+    The account look-up, the sweep and the market read fit in the DryRun's round trip."""
+    return lower_bound(count, latency, math.ceil(count / PER_CALL) + 1) + status_write
 
 
 def one_run(
@@ -237,7 +285,7 @@ def one_run(
     )
     watcher = Watcher(custom, namespace, "bench")
     try:
-        sim.control("POST", "faults", {"*": {"latencyMs": latency_ms}})
+        sim.control("POST", "faults", latency_faults(latency_ms))
         operator.start()
         time.sleep(1.0)  # let kopf's watch of the namespace settle after /readyz
         sim.control("DELETE", "calls")
@@ -252,6 +300,8 @@ def one_run(
             raise RuntimeError(f"watch failed: {watcher.error!r}")
         calls = sim.calls()
         marks = profile_marks(operator.logs(), create_sent) if profile else []
+        operator.stop()  # nothing else writes the object while its status write is timed
+        status_write = write_floor(custom, namespace, "bench")
     finally:
         watcher.stop()
         operator.stop()
@@ -279,6 +329,7 @@ def one_run(
         calls=Counter(c["action"] for c in calls),
         errors=Counter((c["action"], c["errorCode"]) for c in calls if c["errorCode"]),
         timeline=timeline(calls, watcher.events, marks, create_sent, create_returned, end),
+        status_write=status_write,
     )
 
 
@@ -378,6 +429,11 @@ def main() -> None:
           f"+ {latency:.3f} s round trip = {bound:.3f} s")
     print(f"  ratio: {ratio:.2f} (target <= {TARGET}); every run: "
           + ", ".join(f"{r.launches_returned / bound:.2f}" for r in results))
+    if median.current_reached is not None:
+        current = current_bound(args.count, latency, median.status_write)
+        print(f"  currentCount bound: (ceil({args.count}/{PER_CALL}) + 1 - 1) / {RUN_RATE:.0f} calls/s (the "
+              f"launch check's DryRun takes a slot) + {latency:.3f} s + one status write "
+              f"{median.status_write * 1000:.0f} ms = {current:.3f} s; ratio {median.current_reached / current:.2f}")
     print("  calls per action, creation to Ready (median run): "
           + ", ".join(f"{action} {n}" for action, n in sorted(median.calls.items())))
     if median.errors:

@@ -261,3 +261,19 @@ async def test_a_crash_at_any_point_neither_overbuys_nor_leaks(point: str, hit: 
         await passes_crashing_at(w, point, hit, passes=4)
         await w.settle(NS, NAME, step=20)
         assert len(w.owned(uid)) == 20 and w.bought(uid) == 150
+
+
+async def test_nothing_is_bought_while_the_secrets_finalizer_cannot_be_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finalizer goes on beside the account look-up and the first reads; a purchase waits for
+    it. An operator whose role lacks `patch` on Secrets buys nothing, and says what to grant."""
+    async def forbidden(*_: Any, **__: Any) -> bool:
+        raise PermissionError("secrets is forbidden: cannot patch")
+
+    async with world() as w:
+        monkeypatch.setattr(w.kube, "add_secret_finalizer", forbidden)
+        await start(w, expectedCount=3)
+        for _ in range(3):
+            await w.reconcile(NS, NAME)
+        assert run_instances_calls(w) == []
+        degraded = condition(w, "Degraded")
+        assert degraded["reason"] == "InvalidConfig" and "grant patch on secrets" in degraded["message"]

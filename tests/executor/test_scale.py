@@ -9,6 +9,7 @@ import asyncio
 from spotpool.cloud.ratelimit import RateLimiterRegistry
 from spotpool.controller.purchasing import CALLS_IN_FLIGHT
 from spotpool.simulator.config import DEMO_SECRET_ID, DEMO_SECRET_KEY
+from spotpool.simulator.faults import FaultSpec
 from tests.support.inprocess import pool_spec, world
 
 NS = "team"
@@ -68,3 +69,22 @@ async def test_a_purchase_counts_in_current_count_as_soon_as_it_answers() -> Non
         launched = [e for e in w.events if e.reason == "Launched"]
         assert len(launched) == 1, "one Event for the pass's purchases, not one per RunInstances call"
         assert launched[0].message.startswith("Bought 250 ") and "and 240 more" in launched[0].message
+
+
+async def test_a_new_key_pairs_first_pass_reads_everything_beside_the_account_look_up() -> None:
+    # GetCallerIdentity answers 300 ms late, every other action at once. The sweep, the market,
+    # the quota and the launch check's DryRun must all be answered before it (they went out
+    # beside it, not after it), each once, and nothing is bought before the account is known.
+    async with world(observe_interval=15.0) as w:
+        w.sim.simulator.faults.set("GetCallerIdentity", FaultSpec(latency_ms=300))
+        w.kube.put_secret(NS, "creds", DEMO_SECRET_ID, DEMO_SECRET_KEY)
+        w.kube.create(NS, "pool", pool_spec(w.sim, expectedCount=5, zones=["ap-guangzhou-3"],
+                                            instanceTypes=["S5.MEDIUM4"]))
+        await w.reconcile(NS, "pool")
+        calls = [(c.action, bool(c.params.get("DryRun"))) for c in w.sim.simulator.ledger.entries()]
+        looked_up = calls.index(("GetCallerIdentity", False))
+        first_reads = {("DescribeInstances", False), ("DescribeZoneInstanceConfigInfos", False),
+                       ("DescribeAccountQuota", False), ("RunInstances", True)}
+        assert set(calls[:looked_up]) == first_reads and len(calls[:looked_up]) == 4, calls
+        assert calls[looked_up + 1:] == [("RunInstances", False)], "joined, not asked again, then one purchase"
+        assert w.kube.objects[(NS, "pool")]["status"]["currentCount"] == 5

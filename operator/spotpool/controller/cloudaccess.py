@@ -118,11 +118,12 @@ class CloudAccess:
         self._acting = acting
         self._on_sweep = on_sweep
         self._on_closed = on_closed
-        self._observers: dict[ObserverKey, Observer] = {}
-        self._users: dict[str, ObserverKey] = {}  # pool uid -> the observer of its key pair
+        self._observers: dict[AccountKey, Observer] = {}  # one per key pair (see `observer.py`)
+        self._users: dict[str, AccountKey] = {}  # pool uid -> the key pair whose observer it uses
         self._clock = clock
         self._identities: dict[AccountKey, CallerIdentity] = {}
         self._identity_flights: dict[AccountKey, Flight[CallerIdentity]] = {}
+        self._refused: OrderedDict[AccountKey, None] = OrderedDict()  # key pairs whose look-up failed
         self._observer = observer
         self._offers_max_age = offers_max_age
         self._client_factory = client_factory
@@ -179,12 +180,21 @@ class CloudAccess:
         flight = self._identity_flights.setdefault(key, Flight())
         try:
             identity = await flight.join(lambda: self._ask_identity(key, credentials))
+        except Exception:
+            self._refused[key] = None
+            while len(self._refused) > MAX_IDENTITIES:
+                self._refused.popitem(last=False)
+            raise
         finally:
             if not flight.running:
                 self._identity_flights.pop(key, None)
+        self._refused.pop(key, None)
         if len(self._identities) >= MAX_IDENTITIES:
             self._identities.pop(next(iter(self._identities)))
         self._identities[key] = identity
+        observer = self._observers.get(key)
+        if observer is not None:  # its first sweep may have started beside this look-up
+            observer.identify(identity.account_id)
         return identity
 
     async def _ask_identity(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CallerIdentity:
@@ -256,14 +266,34 @@ class CloudAccess:
             if cache_key[0] == key:
                 flight.invalidate()
 
+    def new_key_pair(self, key: AccountKey) -> bool:
+        """Whether the key pair was never asked about: its look-up takes a round trip, which a
+        pass may fill with its first reads (`context.resolve`'s `early`). One whose look-up failed
+        is not new: its pools are blocked until it answers, and sweep nothing meanwhile."""
+        return key not in self._identities and key not in self._refused
+
     def observer(self, key: AccountKey, account_id: str, client: CvmClient, uid: str | None = None) -> Observer:
-        """The one observer of this key pair in this account and region (see `observer.Observer`),
-        made on first use. `uid`: the pool asking; an observer whose pools all moved to another
-        key pair, or were deleted (`forget_pool`), is closed with its client."""
-        where = ObserverKey(key.endpoint, key.region, account_id, key.secret_id, key.secret_digest)
-        observer = self._observers.get(where)
+        """The one observer of this key pair in this region (see `observer.Observer`), made on
+        first use. `uid`: the pool asking; an observer whose pools all moved to another key pair,
+        or were deleted (`forget_pool`), is closed with its client."""
+        observer = self._observer_of(key, client, uid)
+        observer.identify(account_id)
+        return observer
+
+    def start_first_sweep(self, key: AccountKey, client: CvmClient, uid: str) -> None:
+        """Start the key pair's first sweep now, before its account is known: a new key pair's
+        first pass then waits one round trip for the look-up and the sweep together, not one
+        after the other. Nothing is started once a sweep has answered (the pass reads that).
+        `uid`: the pool asking, a user of the observer as in `observer` (it goes with the pool)."""
+        observer = self._observer_of(key, client, uid)
+        if not observer.swept_once:
+            observer.start_sweep()
+
+    def _observer_of(self, key: AccountKey, client: CvmClient, uid: str | None) -> Observer:
+        observer = self._observers.get(key)
         if observer is None:
-            observer = self._observers[where] = Observer(
+            where = ObserverKey(key.endpoint, key.region, self._known_account(key), key.secret_id, key.secret_digest)
+            observer = self._observers[key] = Observer(
                 where, cluster_id=self.cluster_id, interval=self._observe_interval, clock=self._clock,
                 on_change=self._on_change, wait_for_fresh=self._wait_for_fresh, acting=self._acting,
                 on_sweep=self._on_sweep,
@@ -273,11 +303,15 @@ class CloudAccess:
         observer.use(client)
         if uid is not None:
             before = self._users.get(uid)
-            self._users[uid] = where
+            self._users[uid] = key
             observer.users.add(uid)
-            if before is not None and before != where:
+            if before is not None and before != key:
                 self._leave(uid, before)
         return observer
+
+    def _known_account(self, key: AccountKey) -> str:
+        identity = self._identities.get(key)
+        return identity.account_id if identity is not None else ""
 
     def forget_pool(self, uid: str) -> None:
         """The pool is gone: its key pair's observer and client go too once no pool uses them, so
@@ -286,20 +320,18 @@ class CloudAccess:
         if where is not None:
             self._leave(uid, where)
 
-    def _leave(self, uid: str, where: ObserverKey) -> None:
-        observer = self._observers.get(where)
+    def _leave(self, uid: str, key: AccountKey) -> None:
+        observer = self._observers.get(key)
         if observer is None:
             return
         observer.users.discard(uid)
         if observer.users:
             return
-        del self._observers[where]
+        del self._observers[key]
         self._background(observer.close())
         if self._on_closed is not None:
-            self._on_closed(where)
-        key = next((k for k in self._clients if (k.endpoint, k.region, k.secret_id, k.secret_digest)
-                    == (where.endpoint, where.region, where.secret_id, where.secret_digest)), None)
-        if key is not None and not any(o.key.secret_digest == where.secret_digest for o in self._observers.values()):
+            self._on_closed(observer.key)
+        if key in self._clients and not any(k.secret_digest == key.secret_digest for k in self._observers):
             self._background(self._clients.pop(key).close())
 
     def _background(self, closing: Awaitable[None]) -> None:

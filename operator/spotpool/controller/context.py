@@ -14,9 +14,10 @@ pool over a spend guard resolves, with `purchases_refused` set, so that the plan
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from spotpool.cloud.errors import CloudError
 from spotpool.cloud.models import Credentials
 from spotpool.controller.cloudaccess import AccountKey, CloudAccess
 from spotpool.controller.credentials import CredentialsError, SecretGuard, load_credentials
-from spotpool.controller.fencing import Fence
+from spotpool.controller.fencing import Fence, NotLeader
 from spotpool.controller.identity import IDENTITY_FLAG, Identities
 from spotpool.controller.kube import KubeApi
 from spotpool.controller.policy import Policy, PoolView
@@ -56,25 +57,36 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
-class PassContext:
-    """Everything a pass acts on. `persisted` is the status the pass plans from (`statusstore`)."""
+class Preflight:
+    """What a pass knows once its credentials are in hand, before it knows their account.
+
+    Enough to start the reads of a pass's first round trip (the sweep, the market, the quota, the
+    launch check's DryRun) beside the account look-up, which a new key pair's first pass would
+    otherwise wait for first (`resolve`'s `early`). None of them spends; nothing is planned or
+    bought before the account is known and checked (`PassContext`)."""
 
     ref: ObjectRef
-    body: Mapping[str, Any]
     spec: EnvironmentSpec
     key: AccountKey
     client: CvmClient
-    account: dict[str, str]  # {"id", "region", "endpoint"}: where this environment buys
     persisted: PersistedStatus
-    journal: tuple[InflightLaunch, ...]
-    malformed: tuple[DroppedRecord, ...]
-    backoff: dict[PoolKey, PoolBackoff]
-    sequence: int | None  # None: none recorded; purchasing starts a fresh one
     deleting: bool
     now: datetime
     fence: Fence  # raises once this replica may no longer act (leader election)
     # (reason, message) when a spend guard refuses purchases: the pass buys nothing, releases as usual
-    purchases_refused: tuple[str, str] | None = None
+    purchases_refused: tuple[str, str] | None
+
+
+@dataclass(frozen=True)
+class PassContext(Preflight):
+    """Everything a pass acts on. `persisted` is the status the pass plans from (`statusstore`)."""
+
+    body: Mapping[str, Any]
+    account: dict[str, str]  # {"id", "region", "endpoint"}: where this environment buys
+    journal: tuple[InflightLaunch, ...]
+    malformed: tuple[DroppedRecord, ...]
+    backoff: dict[PoolKey, PoolBackoff]
+    sequence: int | None  # None: none recorded; purchasing starts a fresh one
     held_ceiling: int | None = None  # the most the guards let the pool hold at once (SpendGuards.ceiling)
     on_demand_refused: str | None = None  # why the namespace may not buy on-demand (SpendGuards.on_demand_refusal)
     # status.credentials: the source and where it comes from (never a secret)
@@ -108,9 +120,14 @@ async def resolve(
     policy: Policy | None = None,
     pools: PoolView | None = None,
     identities: Identities | None = None,
+    early: Callable[[Preflight], None] | None = None,
 ) -> PassContext | Blocked:
     """`policy`: the administrator's (default: the safe `Policy()`); `pools`: every pool's claim,
-    for the namespace and installation totals."""
+    for the namespace and installation totals. `early`: told the `Preflight` when the account
+    look-up is about to take a round trip (a key pair this process has never asked about), to
+    start the pass's reads beside it. The Secret's finalizer goes on beside them too: none of them
+    spends (a DryRun buys nothing), and the plan, the journal write and every purchase come after
+    all three."""
     policy = policy or Policy()
     ref = ObjectRef.of(body)
     try:
@@ -143,57 +160,67 @@ async def resolve(
         except CredentialsError as exc:
             return Blocked(DegradedReason.INVALID_CONFIG, str(exc), spec)
         whose = f"Secret {ref.namespace}/{secret}"
-    if not deleting and secret is not None:
-        # Before anything can be bought with it: the Secret outlives every instance it bought.
-        fence()
-        try:
-            await guard.protect(ref.namespace, secret)
-        except Exception as exc:  # RBAC without `patch` on secrets, or the API server refusing
-            return Blocked(DegradedReason.INVALID_CONFIG,
-                           f"cannot add finalizer {SECRET_FINALIZER} to Secret {ref.namespace}/{secret} "
-                           f"({type(exc).__name__}{_status_of(exc)}); nothing is bought until it is there, so "
-                           f"that deleting the Secret cannot strand instances (grant patch on secrets)", spec)
     endpoint = (spec.endpoint or DEFAULT_ENDPOINT).rstrip("/")
     key = AccountKey.of(endpoint, spec.region, credentials)
     try:
-        identity = await cloud.identity(key, credentials)
         client = cloud.client(key, credentials)
-    except CloudError as exc:
-        return Blocked(REASON_BY_CATEGORY[exc.category], f"{exc.code}: {exc.message} (asking who the "
-                       f"credentials of {whose} belong to)", spec)
     except ValueError as exc:  # CvmClient's own checks of endpoint and region: never a crash per pass
-        return Blocked(DegradedReason.INVALID_CONFIG, f"cannot make a CVM client for spec.endpoint "
-                       f"{endpoint[:200]!r}, region {spec.region!r}: {str(exc)[:300]}", spec)
-    account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
-    recorded = persisted.account
-    if recorded is not None and dict(recorded) != account and persisted.may_own_instances:
-        return Blocked(*_moved(recorded, account, whose), spec)
+        return _unclientable(endpoint, spec, exc)
     created = _created(body)
     guarded = None if deleting else policy.guards.refusal(
         namespace=ref.namespace, uid=ref.uid, expected_count=spec.expected_count, max_price=spec.max_price,
         instance_types=spec.instance_types, pools=pools, created=created)
+    preflight = Preflight(ref=ref, spec=spec, key=key, client=client, persisted=persisted, deleting=deleting,
+                          now=now, fence=fence,
+                          purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None)
+    if early is not None and cloud.new_key_pair(key):
+        early(preflight)
+    looking_up = asyncio.ensure_future(cloud.identity(key, credentials))
+    if not deleting and secret is not None:
+        # Before anything can be bought with it: the Secret outlives every instance it bought.
+        # Beside the look-up and the early reads, which buy nothing (a DryRun neither).
+        try:
+            fence()
+            await guard.protect(ref.namespace, secret)
+        except Exception as exc:  # RBAC without `patch` on secrets, or the API server refusing
+            looking_up.cancel()  # only this wait: the look-up goes on in its shared flight
+            await asyncio.gather(looking_up, return_exceptions=True)
+            if isinstance(exc, NotLeader):
+                raise
+            return Blocked(DegradedReason.INVALID_CONFIG,
+                           f"cannot add finalizer {SECRET_FINALIZER} to Secret {ref.namespace}/{secret} "
+                           f"({type(exc).__name__}{_status_of(exc)}); nothing is bought until it is there, so "
+                           f"that deleting the Secret cannot strand instances (grant patch on secrets)", spec)
+    try:
+        identity = await looking_up
+    except CloudError as exc:
+        return Blocked(REASON_BY_CATEGORY[exc.category], f"{exc.code}: {exc.message} (asking who the "
+                       f"credentials of {whose} belong to)", spec)
+    except ValueError as exc:  # the same checks, of the STS client the look-up makes
+        return _unclientable(endpoint, spec, exc)
+    account = {"id": identity.account_id, "region": spec.region, "endpoint": endpoint}
+    recorded = persisted.account
+    if recorded is not None and dict(recorded) != account and persisted.may_own_instances:
+        return Blocked(*_moved(recorded, account, whose), spec)
     return PassContext(
-        ref=ref,
+        **{f.name: getattr(preflight, f.name) for f in fields(Preflight)},
         body=body,
-        spec=spec,
-        key=key,
-        client=client,
         account=account,
-        persisted=persisted,
         journal=persisted.journal,
         malformed=persisted.malformed,
         backoff=dict(persisted.backoff),
         sequence=persisted.sequence,
-        deleting=deleting,
-        now=now,
-        fence=fence,
-        purchases_refused=(DegradedReason.SPEND_GUARD, guarded) if guarded else None,
         held_ceiling=policy.guards.ceiling(namespace=ref.namespace, uid=ref.uid, pools=pools, created=created),
         on_demand_refused=policy.guards.on_demand_refusal(ref.namespace),
         credentials=_shown(spec, whose),
         credentials_error=_renewal_error(credentials, now),
         tagger=functools.partial(cloud.tagger, key, credentials),
     )
+
+
+def _unclientable(endpoint: str, spec: EnvironmentSpec, exc: ValueError) -> Blocked:
+    return Blocked(DegradedReason.INVALID_CONFIG, f"cannot make a CVM client for spec.endpoint "
+                   f"{endpoint[:200]!r}, region {spec.region!r}: {str(exc)[:300]}", spec)
 
 
 def _shown(spec: EnvironmentSpec, whose: str) -> dict[str, str | None]:

@@ -41,7 +41,7 @@ from spotpool.api.spec import RESERVED_TAG_PREFIX, EnvironmentSpec
 from spotpool.cloud.client import DryRunBought
 from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import SPOTPAID, RunInstancesRequest
-from spotpool.controller.context import PassContext
+from spotpool.controller.context import PassContext, Preflight
 from spotpool.planner import InflightLaunch
 from spotpool.planner.persistence import VALIDATED_LAUNCH_SPEC
 
@@ -64,7 +64,7 @@ _MAX_VALUE = 120
 CONFIG_ERRORS = frozenset({ErrorCategory.INVALID_REQUEST, ErrorCategory.NOT_FOUND})
 MARKET_ANSWERS = frozenset({ErrorCategory.CAPACITY, ErrorCategory.PRICE, ErrorCategory.QUOTA})
 
-BuildRequest = Callable[[PassContext, InflightLaunch], RunInstancesRequest]
+BuildRequest = Callable[[Preflight, InflightLaunch], RunInstancesRequest]
 
 
 def launch_digest(spec: EnvironmentSpec, account_id: str | None) -> str:
@@ -182,7 +182,7 @@ def describe_refusals(refused: Sequence[tuple[RunInstancesRequest, Refusal]]) ->
     return text
 
 
-def _shared_key(ctx: PassContext, request: RunInstancesRequest) -> str:
+def _shared_key(ctx: Preflight, request: RunInstancesRequest) -> str:
     """The check as every pool of the account would send it: no token, none of spotpool's tags."""
     tags = {k: v for k, v in sorted(request.tags.items()) if not k.startswith(RESERVED_TAG_PREFIX)}
     same = replace(request, client_token="", tags=tags, dry_run=True)
@@ -200,13 +200,10 @@ class LaunchChecker:
 
     async def check(self, ctx: PassContext) -> LaunchCheck | None:
         """None when no check is due: the spec was checked, or this pass cannot buy anyway."""
-        spec = ctx.spec
-        if ctx.deleting or spec.paused or spec.expected_count <= 0 or ctx.purchases_refused is not None:
+        digest = launch_digest(ctx.spec, ctx.account.get("id"))
+        if not _due(ctx, digest):
             return None
-        digest = launch_digest(spec, ctx.account.get("id"))
-        if ctx.persisted.validated_launch_spec == digest:
-            return None
-        requests = [self.request(ctx, zone, kind) for zone, kind in check_targets(spec.zones, spec.instance_types)]
+        requests = self._requests(ctx)
         turns = asyncio.Semaphore(CHECKS_IN_FLIGHT)
 
         async def in_turn(request: RunInstancesRequest) -> Answer:
@@ -223,12 +220,38 @@ class LaunchChecker:
                  "checked" if checked else "not yet checked (no answer)", len(requests))
         return LaunchCheck(digest, record=digest if checked else None, notes=notes)
 
-    def request(self, ctx: PassContext, zone: str, instance_type: str) -> RunInstancesRequest:
+    def start(self, early: Preflight) -> None:
+        """Send the pass's first checks now, before its account is known (`resolve`'s look-up of a
+        new key pair): `check` then finds them on the wire or answered. Whether they are due is
+        judged with the account the status records (a new pool records none, and is due); the
+        account only names the digest, which `check` computes once it is known. A status that
+        records a passed check but no account cannot be judged before the look-up: nothing is
+        started then. At most `CHECKS_IN_FLIGHT` are started; `check` sends any others."""
+        recorded = early.persisted.account
+        if recorded is None and early.persisted.validated_launch_spec is not None:
+            return
+        if not _due(early, launch_digest(early.spec, (recorded or {}).get("id"))):
+            return
+        for request in self._requests(early)[:CHECKS_IN_FLIGHT]:
+            self._running_answer(early, request)
+
+    def _requests(self, ctx: Preflight) -> list[RunInstancesRequest]:
+        return [self.request(ctx, zone, kind) for zone, kind in check_targets(ctx.spec.zones, ctx.spec.instance_types)]
+
+    def request(self, ctx: Preflight, zone: str, instance_type: str) -> RunInstancesRequest:
         """What a purchase of one instance of `instance_type` in `zone` would send, as a spot bid."""
         launch = InflightLaunch("dryrun", zone, instance_type, 1, ctx.now)
         return replace(self._build(ctx, launch), charge_type=SPOTPAID, max_price=ctx.spec.max_price)
 
-    async def _answer(self, ctx: PassContext, request: RunInstancesRequest) -> Answer:
+    async def _answer(self, ctx: Preflight, request: RunInstancesRequest) -> Answer:
+        answer = self._running_answer(ctx, request)
+        if isinstance(answer, Answer):
+            return answer
+        # Shielded: a pass that is cancelled must not cancel the check other pools wait on.
+        return await asyncio.shield(answer)
+
+    def _running_answer(self, ctx: Preflight, request: RunInstancesRequest) -> Answer | asyncio.Task[Answer]:
+        """The answer kept for this check, or the check on the wire (started if none is)."""
         key = _shared_key(ctx, request)
         now = ctx.now.timestamp()
         kept = self._answers.get(key)
@@ -239,10 +262,9 @@ class LaunchChecker:
             running = asyncio.get_running_loop().create_task(self._ask(ctx, request))
             self._running[key] = running
             running.add_done_callback(lambda task: self._done(key, task, now))
-        # Shielded: a pass that is cancelled must not cancel the check other pools wait on.
-        return await asyncio.shield(running)
+        return running
 
-    async def _ask(self, ctx: PassContext, request: RunInstancesRequest) -> Answer:
+    async def _ask(self, ctx: Preflight, request: RunInstancesRequest) -> Answer:
         ctx.fence()
         try:
             # Checked again right before each attempt is signed, after any wait in the rate limiter.
@@ -262,3 +284,12 @@ class LaunchChecker:
             self._answers.move_to_end(key)
             while len(self._answers) > MAX_REMEMBERED:
                 self._answers.popitem(last=False)
+
+
+def _due(ctx: Preflight, digest: str) -> bool:
+    """Whether the pass checks its launch spec: it may buy (not deleting, not paused, some count
+    expected, no spend guard) and the status records no passed check of this digest."""
+    spec = ctx.spec
+    if ctx.deleting or spec.paused or spec.expected_count <= 0 or ctx.purchases_refused is not None:
+        return False
+    return ctx.persisted.validated_launch_spec != digest

@@ -44,7 +44,9 @@ STALE_AFTER = 4
 @dataclass(frozen=True)
 class ObserverKey:
     """One key pair of one account in one region through one endpoint: what one sweep can see.
-    The key pair is named by its SecretId and a digest of its secret (never the secret)."""
+    The key pair is named by its SecretId and a digest of its secret (never the secret). A key
+    pair belongs to one account for life, so the account adds nothing to which sweep it is: it
+    is there to be named (the orphan collector's metric and Events), and is "" until known."""
 
     endpoint: str
     region: str
@@ -102,6 +104,19 @@ class Observer:
         """The client of the pool that last asked: a rotated key pair takes over the sweeps."""
         self._client = client
 
+    def identify(self, account_id: str) -> None:
+        """The account the key pair belongs to, once its look-up answered. A key pair's first sweep
+        starts beside that look-up (a new pool's first round trip): until it is known, sweeps
+        are not reported to `on_sweep` (the orphan collector names the account; it counts
+        orphans over two sweeps anyway)."""
+        if self.key.account_id != account_id:
+            self.key = replace(self.key, account_id=account_id)
+
+    @property
+    def swept_once(self) -> bool:
+        """Whether a snapshot exists (a pass can read its slice without waiting for a sweep)."""
+        return self._snapshot is not None
+
     async def slice(self, owner_uid: str) -> list[Instance]:
         """The owner's instances in the latest snapshot (starting a sweep when it is stale)."""
         snapshot = self._snapshot
@@ -127,7 +142,8 @@ class Observer:
             return
         self._failure = task.exception()
         if self._failure is not None:
-            log.warning("sweep of %s/%s failed: %s", self.key.region, self.key.account_id, self._failure)
+            log.warning("sweep of %s/%s failed: %s", self.key.region, self.key.account_id or "(account not known yet)",
+                        self._failure)
 
     def released(self, instance_ids: Iterable[str]) -> None:
         """TerminateInstances accepted these ids: they are TERMINATING from now on."""
@@ -165,7 +181,7 @@ class Observer:
             by_owner.setdefault(owner, {})[instance.instance_id] = instance
         self._released = {i: at for i, at in self._released.items() if at >= started}
         previous, self._snapshot = self._snapshot, _Snapshot(started, by_owner)
-        if self._on_sweep is not None:
+        if self._on_sweep is not None and self.key.account_id:
             self._on_sweep(self.key, by_owner, client, started)
         if self._on_change is not None and previous is not None:
             changed = {
@@ -193,7 +209,9 @@ class Observer:
             if last is not None and last + self._interval > self._clock():
                 next_at = last + self._interval  # a pass started a sweep meanwhile: count from it
                 continue
-            if self._client is None or not self._acting():
+            if self._client is None or not self._acting() or not self.key.account_id:
+                # Not leading, or a key pair whose account was never confirmed (its first pool is
+                # blocked on the look-up): no sweep on the timer, only at a pass's request.
                 next_at = self._clock() + self._interval
                 continue
             try:

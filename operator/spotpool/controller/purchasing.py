@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from spotpool.api.names import LAUNCH_SPEC_TAG, LAUNCH_TAG, environment_tags
 from spotpool.cloud.errors import CloudError, ErrorCategory
 from spotpool.cloud.models import RunInstancesRequest
-from spotpool.controller.context import PassContext
+from spotpool.controller.context import PassContext, Preflight
 from spotpool.controller.events import Reason
 from spotpool.controller.failpoints import failpoint
 from spotpool.controller.reporting import Reporting
@@ -102,7 +102,7 @@ class Purchasing:
                 "inflightLaunches": [inflight_to_status(i) for i in result.journal],
                 "launchSequence": result.sequence,
                 "account": ctx.account,
-            }, fence=ctx.fence, generation=ctx.ref.generation)
+            }, fence=ctx.fence, generation=ctx.ref.generation, latest=ctx.body)
         # A task group, not gather: if one call fails unexpectedly the others are cancelled with
         # it, as a crash would stop them; their records stay and the planner settles them.
         turns = asyncio.Semaphore(CALLS_IN_FLIGHT)
@@ -202,7 +202,7 @@ class Purchasing:
         # limiter and any retry's backoff), and bounds the attempt by the time the term has left.
         return await ctx.client.run_instances(self.request(ctx, launch), guard=ctx.fence)
 
-    def request(self, ctx: PassContext, launch: InflightLaunch) -> RunInstancesRequest:
+    def request(self, ctx: Preflight, launch: InflightLaunch) -> RunInstancesRequest:
         """The one RunInstances request a record stands for: a replay must repeat it exactly.
 
         Every instance carries the fingerprint of the launch spec it is bought with (drift is read

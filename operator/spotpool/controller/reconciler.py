@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ from spotpool.cloud.models import PENDING, TERMINATING, AccountQuota, Instance
 from spotpool.cloud.wire import MAX_TAG_RESOURCES, PAGE_LIMIT, instance_resource
 from spotpool.controller.cloudaccess import CloudAccess, Market
 from spotpool.controller.config import OperatorConfig
-from spotpool.controller.context import Blocked, ObjectRef, PassContext, resolve
+from spotpool.controller.context import Blocked, ObjectRef, PassContext, Preflight, resolve
 from spotpool.controller.credentials import SecretGuard
 from spotpool.controller.events import Reason
 from spotpool.controller.failpoints import failpoint
@@ -131,6 +131,7 @@ class Reconciler:
         self._purchasing = Purchasing(statuses=self._statuses, reporting=self._reporting,
                                       cluster_id=cloud.cluster_id, rng=rng or random.Random())
         self._launch_checks = LaunchChecker(self._purchasing.request)
+        self._reads: set[asyncio.Task[Any]] = set()  # `_start_reads`' tasks, kept until they end
 
     async def reconcile(self, body: Mapping[str, Any], memory: PoolMemory, lock: asyncio.Lock, *,
                         deleting: bool = False) -> Outcome:
@@ -166,14 +167,16 @@ class Reconciler:
         persisted = picture.persisted
         resolved = await resolve(body=body, persisted=persisted, kube=self._kube, cloud=self._cloud,
                                  guard=self._guard, deleting=deleting, now=now, fence=fence,
-                                 policy=self._policy, pools=self._pools, identities=self._identities)
+                                 policy=self._policy, pools=self._pools, identities=self._identities,
+                                 early=self._start_reads)
         if isinstance(resolved, Blocked):
             return await self._blocked(body, memory, persisted, resolved, now, deleting, fence)
         ctx = resolved
         # A new or changed launch spec is tried with RunInstances DryRun before anything is bought:
         # a refusal buys nothing this pass (releases go on, as under a spend guard) and names the
         # spec field. The check runs beside the observation, so it costs a pool's first purchase
-        # no round trip of its own; both end before the plan is made.
+        # no round trip of its own; both end before the plan is made. For a key pair whose account
+        # was just looked up, both were started beside the look-up (`_start_reads`) and are joined.
         checking, observing = await asyncio.gather(self._launch_checks.check(ctx), self._observe(ctx, memory),
                                                    return_exceptions=True)
         if isinstance(checking, BaseException):
@@ -247,15 +250,7 @@ class Reconciler:
         key may see. Every id the pool knew (status, journal, this process's memory) that the
         sweep does not show is looked up by id with the pool's own key before anything is
         bought for it or a deletion lets it go."""
-        # The market of the spec's pools, and of every pool the status last listed an instance in:
-        # an instance of a type or zone removed from the spec still bills, and the spend cap and
-        # status.hourlyCost must price it (unpriced, it counted at spec.maxPrice, no bound for
-        # on-demand, or at nothing).
-        held = ctx.persisted.instances
-        zones = [*ctx.spec.zones, *sorted({i.zone for i in held if i.zone.startswith(f"{ctx.spec.region}-")}
-                                          - set(ctx.spec.zones))[:MAX_EXTRA_POOLS]]
-        kinds = [*ctx.spec.instance_types, *sorted({i.instance_type for i in held if i.instance_type}
-                                                   - set(ctx.spec.instance_types))[:MAX_EXTRA_POOLS]]
+        zones, kinds = _priced_pools(ctx)
         listed, market, quota = await asyncio.gather(
             self._observer(ctx).slice(ctx.ref.uid),
             self._cloud.offers(ctx.key, ctx.client, zones, kinds),
@@ -301,6 +296,25 @@ class Reconciler:
             found += mine
             unbought |= tokens - {i.tags.get(LAUNCH_TAG) for i in mine}
         return found, frozenset(unbought)
+
+    def _start_reads(self, early: Preflight) -> None:
+        """The reads of a pass's first round trip, started while `resolve` looks up the account of
+        a key pair it has not asked about (a new team's first pool): the sweep, the market, the
+        quota and the launch check's DryRun go out together with GetCallerIdentity, and the pass
+        joins them (each is a shared flight) once the account is known and checked. Without this
+        a new pool's first purchase waited two round trips. None of these reads spends."""
+        self._cloud.start_first_sweep(early.key, early.client, early.ref.uid)
+        zones, kinds = _priced_pools(early)
+        self._background(self._cloud.offers(early.key, early.client, zones, kinds))
+        self._background(self._cloud.quota(early.key, early.client))
+        self._launch_checks.start(early)
+
+    def _background(self, read: Coroutine[Any, Any, Any]) -> None:
+        """A read whose answer lands in a shared flight, awaited by nobody here: its failure is
+        the pass's to see when it joins (or asks again), so it is only kept from being lost."""
+        task = asyncio.ensure_future(read)
+        self._reads.add(task)
+        task.add_done_callback(_finish_read(self._reads))
 
     def _observer(self, ctx: PassContext) -> Observer:
         return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client, ctx.ref.uid)
@@ -396,6 +410,27 @@ class Reconciler:
         await self._reporting.write(ref, body, memory, report, now, fence)
         self._reporting.observe_blocked(ref)
         return Outcome(progressing=False, problem=blocked.message)
+
+
+def _finish_read(reads: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def finished(task: asyncio.Task[Any]) -> None:
+        reads.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the pass that joins the flight sees it
+    return finished
+
+
+def _priced_pools(pass_: Preflight) -> tuple[list[str], list[str]]:
+    """The zones and the instance types whose market a pass reads: the spec's, and those the status
+    last listed an instance in. An instance of a type or zone removed from the spec still bills,
+    and the spend cap and status.hourlyCost must price it (unpriced, it counted at spec.maxPrice,
+    no bound for on-demand, or at nothing)."""
+    spec, held = pass_.spec, pass_.persisted.instances
+    zones = [*spec.zones, *sorted({i.zone for i in held if i.zone.startswith(f"{spec.region}-")}
+                                  - set(spec.zones))[:MAX_EXTRA_POOLS]]
+    kinds = [*spec.instance_types, *sorted({i.instance_type for i in held if i.instance_type}
+                                           - set(spec.instance_types))[:MAX_EXTRA_POOLS]]
+    return zones, kinds
 
 
 def _release_words(ctx: PassContext, reason: ReleaseReason) -> tuple[str, str]:

@@ -9,6 +9,7 @@ builds its own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -34,6 +35,20 @@ from spotpool.metrics import METRICS, Metrics
 log = logging.getLogger(__name__)
 
 _TAG_VALUE = re.compile(r"[^A-Za-z0-9._:/=+@-]")
+
+
+def settle_heap() -> None:
+    """Move everything alive after startup (kopf, the Kubernetes and CVM clients, pydantic's
+    models, the modules; the imports alone are 80,000 tracked objects) out of the garbage
+    collector's sight (`gc.freeze`).
+
+    None of it ever becomes garbage, yet every full collection walked it all: 53 ms in a started
+    operator, at a moment CPython picks by allocation counts, which was the middle of the pass that
+    had just parsed a purchase of 1,000 instances (their currentCount showed 53 ms late). After the
+    freeze a full collection walks only what the pools hold.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,7 @@ class Runtime:
             kube.watch_secrets(self._secret_index)
         log.info("spotpool operator started: cluster id %s, %s", cluster_id,
                  "all namespaces" if self.config.clusterwide else "namespaces " + ", ".join(self.config.namespaces))
+        settle_heap()
         self.ready.set()
 
     @property

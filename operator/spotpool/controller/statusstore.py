@@ -111,7 +111,8 @@ class StatusStore:
         return Picture(status, read_status(status), version, from_memory=False)
 
     async def write_journal(self, namespace: str, name: str, memory: StatusMemory, patch: dict[str, Any],
-                            fence: Fence | None = None, *, generation: int | None = None) -> str:
+                            fence: Fence | None = None, *, generation: int | None = None,
+                            latest: Mapping[str, Any] | None = None) -> str:
         """Write `patch` (the journal, before money is spent) only over what the pass planned
         from; `Conflict` (memory dropped) when anything it planned from changed since. `fence`:
         the pass's term (see `_write`).
@@ -121,8 +122,19 @@ class StatusStore:
         `metadata.generation` (the spec) and the deletion mark as they were; the journal is then
         written over the newer version at once, instead of the pass being thrown away (which cost
         every spec change, and every new pool, one progress interval). `generation`: the one the
-        pass planned from; without it every conflict gives up."""
+        pass planned from; without it every conflict gives up.
+
+        `latest`: the newest version the watch has delivered (kopf's live body). A new pool's first
+        pass always met such a write (kopf adds its finalizer and annotations while the pass reads
+        the cloud), and paid a refused write and a read for it before its first purchase. Judged by
+        the same rule, a `latest` that differs only in what no plan reads is written over at once;
+        one that lags the server still meets the conflict, as before."""
         planned = dict(memory.status or {})
+        if latest is not None and generation is not None and memory.status is not None:
+            version = ((latest.get("metadata") or {}).get("resourceVersion"))
+            if version is not None and version != memory.version and _unchanged(latest, planned, generation):
+                memory.lineage.clear()
+                memory.lineage.append(str(version))
         try:
             return await self._write(namespace, name, memory, patch, fence)
         except Conflict:
@@ -134,13 +146,11 @@ class StatusStore:
         except BaseException:
             memory.drop()
             raise
-        meta = (current or {}).get("metadata") or {}
-        if (current is None or dict(current.get("status") or {}) != planned or meta.get("generation") != generation
-                or meta.get("deletionTimestamp")):
+        if current is None or not _unchanged(current, planned, generation):
             memory.drop()
             raise Conflict(f"{namespace}/{name}: changed since the pass read it (status, spec or deletion)")
         memory.lineage.clear()
-        memory.lineage.append(str(meta["resourceVersion"]))
+        memory.lineage.append(str(current["metadata"]["resourceVersion"]))
         try:
             return await self._write(namespace, name, memory, patch, fence)
         except Conflict:
@@ -198,3 +208,12 @@ class StatusStore:
         memory.status = merge_patch(memory.status or {}, patch)
         memory.lineage.append(version)
         return version
+
+
+def _unchanged(obj: Mapping[str, Any], planned: Mapping[str, Any], generation: int) -> bool:
+    """Whether a newer version of the object holds what the pass planned from: the same status, the
+    same spec (`metadata.generation`), no deletion mark. What else changed (kopf's annotations and
+    finalizer, labels) no plan reads."""
+    meta = obj.get("metadata") or {}
+    return (dict(obj.get("status") or {}) == planned and meta.get("generation") == generation
+            and not meta.get("deletionTimestamp"))

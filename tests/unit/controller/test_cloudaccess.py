@@ -211,14 +211,16 @@ async def test_concurrent_first_passes_wait_on_one_sweep() -> None:
     assert len(client.listings) == 1
 
 
-async def test_accounts_and_regions_have_observers_of_their_own() -> None:
+async def test_key_pairs_and_regions_have_observers_of_their_own() -> None:
     cloud = access(Factory(), observe_interval=60)
     (gz, gz_client), (sh, sh_client) = observed(cloud, "ap-guangzhou"), observed(cloud, "ap-shanghai")
     gz_client.instances, sh_client.instances = [instance("ins-gz", "uid-a")], [instance("ins-sh", "uid-a")]
     assert [i.instance_id for i in await gz.slice("uid-a")] == ["ins-gz"]
     assert [i.instance_id for i in await sh.slice("uid-a")] == ["ins-sh"]
-    other_account, _ = observed(cloud, "ap-guangzhou", account="200")
+    other_key = AccountKey.of(ENDPOINT, "ap-guangzhou", TEAM_B)
+    other_account = cloud.observer(other_key, "200", cloud.client(other_key, TEAM_B))
     assert other_account is not gz and observed(cloud, "ap-guangzhou")[0] is gz
+    assert (gz.key.account_id, other_account.key.account_id) == ("100", "200")
 
 
 async def test_a_stale_snapshot_is_used_while_the_next_sweep_runs() -> None:
@@ -485,4 +487,68 @@ async def test_a_sweep_keeps_the_previous_object_of_an_unchanged_instance() -> N
     second = {i.instance_id: i for i in await observer.slice("uid-a")}
     assert second["ins-a"] is first["ins-a"]  # equal: the old object kept
     assert second["ins-b"] is not first["ins-b"] and second["ins-b"].state == "STOPPED"  # changed: the new one
+    await cloud.close()
+
+
+async def test_a_first_sweep_started_before_the_account_is_known_is_joined_and_reported_once_it_is() -> None:
+    swept: list[str] = []
+    cloud = access(Factory(), observe_interval=60, on_sweep=lambda key, *_: swept.append(key.account_id))
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    client.instances = [instance("ins-a1", "uid-a")]
+    cloud.start_first_sweep(key, client, "uid-a")  # beside the look-up: the account is not known
+    cloud.start_first_sweep(key, client, "uid-b")  # a second pool's, meanwhile: the same sweep
+    await cloud.observers()[0].start_sweep()  # the one in flight, until it has answered
+    assert client.listings == [(CLUSTER_TAG, "cluster-a")]
+    assert swept == [], "a sweep of an unknown account is not reported (the collector names it)"
+    assert cloud.new_key_pair(key) is True
+    await cloud.identity(key, CREDS)
+    assert cloud.new_key_pair(key) is False
+    observer = cloud.observer(key, "100000000001", client, "uid-a")
+    assert [i.instance_id for i in await observer.slice("uid-a")] == ["ins-a1"]
+    assert client.listings == [(CLUSTER_TAG, "cluster-a")], "the pass read the early sweep, no second one"
+    await observer.start_sweep()
+    assert swept == ["100000000001"]
+
+
+async def test_an_observer_started_early_goes_with_its_pool_even_if_the_look_up_never_answered() -> None:
+    cloud = access(Factory(), observe_interval=60)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    cloud.start_first_sweep(key, client, "uid-a")  # e.g. a key pair STS refuses: no pass gets further
+    assert len(cloud.observers()) == 1
+    cloud.forget_pool("uid-a")
+    await asyncio.sleep(0)
+    await asyncio.gather(*cloud._closing)
+    assert cloud.observers() == [] and client.closed, "nothing sweeps on with the key pair of a deleted pool"
+
+
+async def test_a_key_pair_whose_look_up_failed_is_not_swept_early_nor_on_the_timer() -> None:
+    """Bad keys block their pool at the look-up every pass: nothing else is asked with them, not
+    the first pass's early reads once the look-up has failed, not the timer's sweeps."""
+    asked = 0
+
+    def acting() -> bool:
+        nonlocal asked
+        asked += 1
+        return True
+
+    cloud = access(Factory(), observe_interval=0.01, sweep_on_timer=True, acting=acting)
+    key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
+    client = cloud.client(key, CREDS)
+    client.gate.clear()  # the early sweep waits on the wire while the look-up fails
+    cloud.start_first_sweep(key, client, "uid-a")
+
+    async def refused(*_: Any) -> CallerIdentity:
+        raise CloudError("AuthFailure.SecretIdNotFound", "no such key", action="GetCallerIdentity",
+                         category=ErrorCategory.AUTH)
+
+    cloud._ask_identity = refused  # type: ignore[method-assign]
+    with pytest.raises(CloudError):
+        await cloud.identity(key, CREDS)
+    assert cloud.new_key_pair(key) is False, "the next pass looks up first, and reads nothing early"
+    client.gate.set()
+    while asked < 3:
+        await asyncio.sleep(0.01)
+    assert len(client.listings) == 1, "the timer sweeps no key pair whose account was never confirmed"
     await cloud.close()

@@ -308,3 +308,28 @@ async def test_the_fence_goes_down_to_the_client_which_checks_it_before_signing(
     ctx = context(cvm)
     await checker().check(ctx)
     assert cvm.guards and all(guard is ctx.fence for guard in cvm.guards)
+
+
+async def test_checks_started_before_the_account_is_known_are_joined_by_the_pass() -> None:
+    cvm = FakeCvm()
+    launch_checks = checker()
+    ctx = context(cvm)  # a new pool: nothing recorded, every check is due whatever the account
+    launch_checks.start(ctx)  # what `resolve` hands over before the look-up: a Preflight
+    await asyncio.sleep(0)
+    assert len(cvm.checks) == len(check_targets(ctx.spec.zones, ctx.spec.instance_types))
+    result = await launch_checks.check(ctx)  # the account is known now
+    assert result is not None and result.record == launch_digest(ctx.spec, ACCOUNT)
+    assert len(cvm.checks) == len(check_targets(ctx.spec.zones, ctx.spec.instance_types)), "asked once"
+
+
+@pytest.mark.parametrize("status", [
+    {STATUS_FIELD: "0" * 32},  # a passed check and no account: cannot be judged before the look-up
+    {STATUS_FIELD: "checked", "account": {"id": ACCOUNT, "region": "ap-guangzhou", "endpoint": "x"}},
+])
+async def test_no_check_is_started_early_unless_it_is_due_whatever_the_account(status: dict[str, Any]) -> None:
+    cvm = FakeCvm()
+    if status[STATUS_FIELD] == "checked":
+        status = {**status, STATUS_FIELD: digest()}  # checked in the account the status records
+    checker().start(context(cvm, status=status))
+    await asyncio.sleep(0.01)
+    assert cvm.checks == []
