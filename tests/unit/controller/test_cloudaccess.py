@@ -420,25 +420,34 @@ async def test_a_pool_that_moves_to_another_key_pair_leaves_the_old_observer() -
     assert cloud.observers() == [new] and new is not old
 
 
+class Acting:
+    """The timers' `acting`: whether this replica leads, and how often a timer asked (each tick)."""
+
+    def __init__(self, leading: bool = True) -> None:
+        self.leading = leading
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.leading
+
+    async def ticks(self, count: int) -> None:
+        """Until the timers have ticked `count` times."""
+        while self.asked < count:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_standby_sweeps_nothing_on_its_timer() -> None:
     """Only the leader's timers call the cloud: a replica that stepped down keeps its observers
     (it may lead again) but their timers skip every tick while it does not lead."""
-    asked = 0
-    leading = False
-
-    def acting() -> bool:
-        nonlocal asked
-        asked += 1
-        return leading
-
+    acting = Acting(leading=False)
     cloud = access(Factory(), observe_interval=0.01, sweep_on_timer=True, acting=acting)
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
     cloud.observer(key, "100", client, "uid-a")
-    while asked < 3:
-        await asyncio.sleep(0.01)
+    await acting.ticks(3)
     assert client.listings == []
-    leading = True
+    acting.leading = True
     while not client.listings:
         await asyncio.sleep(0.01)
     await cloud.close()
@@ -526,13 +535,7 @@ async def test_an_observer_started_early_goes_with_its_pool_even_if_the_look_up_
 async def test_a_key_pair_whose_look_up_failed_is_not_swept_early_nor_on_the_timer() -> None:
     """Bad keys block their pool at the look-up every pass: nothing else is asked with them, not
     the first pass's early reads once the look-up has failed, not the timer's sweeps."""
-    asked = 0
-
-    def acting() -> bool:
-        nonlocal asked
-        asked += 1
-        return True
-
+    acting = Acting()
     cloud = access(Factory(), observe_interval=0.01, sweep_on_timer=True, acting=acting)
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
@@ -548,7 +551,6 @@ async def test_a_key_pair_whose_look_up_failed_is_not_swept_early_nor_on_the_tim
         await cloud.identity(key, CREDS)
     assert cloud.new_key_pair(key) is False, "the next pass looks up first, and reads nothing early"
     client.gate.set()
-    while asked < 3:
-        await asyncio.sleep(0.01)
+    await acting.ticks(3)
     assert len(client.listings) == 1, "the timer sweeps no key pair whose account was never confirmed"
     await cloud.close()
