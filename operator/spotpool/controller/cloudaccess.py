@@ -329,7 +329,7 @@ class CloudAccess:
             return
         del self._observers[key]
         self._background(observer.close())
-        if self._on_closed is not None:
+        if self._on_closed is not None and observer.key.account_id:  # else never reported to anyone
             self._on_closed(observer.key)
         if key in self._clients and not any(k.secret_digest == key.secret_digest for k in self._observers):
             self._background(self._clients.pop(key).close())

@@ -521,7 +521,8 @@ async def test_a_first_sweep_started_before_the_account_is_known_is_joined_and_r
 
 
 async def test_an_observer_started_early_goes_with_its_pool_even_if_the_look_up_never_answered() -> None:
-    cloud = access(Factory(), observe_interval=60)
+    closed: list[Any] = []
+    cloud = access(Factory(), observe_interval=60, on_closed=closed.append)
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
     cloud.start_first_sweep(key, client, "uid-a")  # e.g. a key pair STS refuses: no pass gets further
@@ -530,6 +531,7 @@ async def test_an_observer_started_early_goes_with_its_pool_even_if_the_look_up_
     await asyncio.sleep(0)
     await asyncio.gather(*cloud._closing)
     assert cloud.observers() == [] and client.closed, "nothing sweeps on with the key pair of a deleted pool"
+    assert closed == [], "no account was ever named for it: the collector has nothing to forget (no metric series)"
 
 
 async def test_a_key_pair_whose_look_up_failed_is_not_swept_early_nor_on_the_timer() -> None:
