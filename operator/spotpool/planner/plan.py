@@ -436,8 +436,9 @@ def _release(
     # A candidate is replaced when an up-to-date instance runs in its place: beyond the share of
     # expectedCount the candidates do not fill. Other surplus is a scale-in (candidates first).
     leaving_ids = {i.instance_id for i in leaving}
+    returning_ids = {i.instance_id for i in returns}
     current_running = sum(1 for i in census.alive if i.state == RUNNING and i.instance_id not in leaving_ids
-                          and i not in returns)
+                          and i.instance_id not in returning_ids)
     # Only candidates that fill expectedCount need replacing: beyond it they are surplus.
     inside = min(len(leaving), expected)
     in_place = max(0, current_running - (expected - inside))
