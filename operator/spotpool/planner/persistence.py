@@ -107,7 +107,8 @@ def _record(item: Mapping[str, Any]) -> InflightLaunch:
     # Of its own ids only; anything else reads as nothing seen, the safe side (a look-up's "not
     # found" then holds an id for NOT_VISIBLE_HOLD instead of proving it gone).
     shown = item.get("seenIds")
-    seen = [i for i in ids if i in shown] if isinstance(shown, list) else []
+    shown_ids = {i for i in shown if isinstance(i, str)} if isinstance(shown, list) else set()
+    seen = [i for i in ids if i in shown_ids]
     return InflightLaunch(
         client_token=token,
         zone=zone,
