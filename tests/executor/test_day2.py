@@ -354,3 +354,28 @@ async def test_a_deletion_mid_rollout_leaves_nothing_alive() -> None:
         assert (NS, NAME) not in w.kube.objects
         w.clock.advance(60)
         assert w.owned(uid) == [], "no instance of the pool alive anywhere once the deletion completed"
+
+
+async def test_an_instance_is_marked_draining_once_though_the_sweep_shows_the_mark_an_interval_later() -> None:
+    """Passes come every few seconds, the sweep every 15 s: a mark the sweep does not list yet is
+    the operator's own (TagResources answered), as a release is. Marked again each pass, the drain
+    grace started over each time, and every pass posted another Draining Event."""
+    async with world(observe_interval=15.0) as w:
+        uid = await start(w, expectedCount=2, disruption={"budgets": [{"instances": 1}], "drainGrace": "1m"})
+        await w.settle(NS, NAME)
+        old = {i.instance_id for i in w.owned(uid)}
+        w.kube.edit_spec(NS, NAME, {"imageId": NEW_IMAGE})
+        await w.mark_launch_checked(NS, NAME)
+        marks: dict[str, set[str]] = {i: set() for i in old}
+        for _ in range(200):
+            outcome = await w.reconcile(NS, NAME)
+            for instance in w.sim.simulator.market.all_instances_ever():
+                if instance.instance_id in old and DRAINING_TAG in instance.tags:
+                    marks[instance.instance_id].add(instance.tags[DRAINING_TAG])
+            if outcome is not None and not outcome.progressing and not (old & {i.instance_id for i in w.owned(uid)}):
+                break
+            w.clock.advance(3)
+        assert all(len(times) == 1 for times in marks.values()), f"marked more than once: {marks}"
+        assert len([e for e in w.events if e.reason == "Draining"]) == 2
+        tagging = w.sim.simulator.ledger.entries("TagResources")
+        assert len(tagging) == 2, f"{len(tagging)} TagResources calls for 2 instances marked one at a time"

@@ -94,6 +94,7 @@ class Observer:
         self._client: CvmClient | None = None
         self._snapshot: _Snapshot | None = None
         self._released: dict[str, float] = {}  # id -> clock when TerminateInstances answered
+        self._tagged: dict[str, tuple[float, dict[str, str]]] = {}  # id -> (clock when TagResources answered, tags)
         self._sweep: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -157,6 +158,21 @@ class Observer:
                 if instance_id in instances:
                     instances[instance_id] = replace(instances[instance_id], state=TERMINATING)
 
+    def tagged(self, instance_ids: Iterable[str], tags: dict[str, str]) -> None:
+        """TagResources accepted these tags on these ids: they carry them from now on (a drain
+        mark). The tag index the sweep reads by may lag, and a sweep that began before the call
+        cannot show them; without this a pass seconds later marked the instance again, starting
+        its drain grace over and telling the pool's author again, until a sweep listed the tag."""
+        now = self._clock()
+        snapshot = self._snapshot
+        for instance_id in instance_ids:
+            self._tagged[instance_id] = (now, tags)
+            if snapshot is None:
+                continue
+            for instances in snapshot.by_owner.values():
+                if instance_id in instances:
+                    instances[instance_id] = _with_tags(instances[instance_id], tags)
+
     async def _run_sweep(self) -> None:
         client = self._client
         if client is None:
@@ -172,6 +188,9 @@ class Observer:
                 continue
             if self._released.get(instance.instance_id, -1.0) >= started and instance.state != TERMINATING:
                 instance = replace(instance, state=TERMINATING)  # released after this sweep began
+            tagged = self._tagged.get(instance.instance_id)
+            if tagged is not None and tagged[0] >= started:
+                instance = _with_tags(instance, tagged[1])  # tagged after this sweep began
             known = before.get(owner, {}).get(instance.instance_id)
             if known == instance:
                 # The previous sweep's object, not this one's copy: then nothing made from this
@@ -180,6 +199,7 @@ class Observer:
                 instance = known
             by_owner.setdefault(owner, {})[instance.instance_id] = instance
         self._released = {i: at for i, at in self._released.items() if at >= started}
+        self._tagged = {i: mark for i, mark in self._tagged.items() if mark[0] >= started}
         previous, self._snapshot = self._snapshot, _Snapshot(started, by_owner)
         if self._on_sweep is not None and self.key.account_id:
             self._on_sweep(self.key, by_owner, client, started)
@@ -227,6 +247,12 @@ class Observer:
         if self._sweep is not None and not self._sweep.done():
             self._sweep.cancel()
             await asyncio.gather(self._sweep, return_exceptions=True)
+
+
+def _with_tags(instance: Instance, tags: dict[str, str]) -> Instance:
+    if all(instance.tags.get(k) == v for k, v in tags.items()):
+        return instance
+    return replace(instance, tags={**instance.tags, **tags})
 
 
 def _fingerprint(instances: dict[str, Instance] | None) -> frozenset[tuple[str, str]]:

@@ -381,6 +381,7 @@ class Reconciler:
                                       f"TagResources of {len(batch)} instances failed: {describe(exc)}; they are "
                                       f"released only once marked {DRAINING_TAG} for spec.disruption.drainGrace")
                 return ErrorRecord(exc.code, exc.message, exc.category, ctx.now)
+            self._observer(ctx).tagged(batch, {DRAINING_TAG: marked})
             self._reporting.draining(ctx, list(batch))
         return None
 

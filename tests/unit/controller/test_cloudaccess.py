@@ -264,6 +264,32 @@ async def test_a_release_stays_marked_against_a_sweep_that_began_before_it() -> 
     assert changes == [{"uid-a", "uid-b"}]  # the pools whose slice changed are woken, no others
 
 
+async def test_a_drain_mark_stays_against_a_sweep_that_began_before_it() -> None:
+    clock = Clock()
+    cloud = access(Factory(), observe_interval=15, clock=clock)
+    observer, client = observed(cloud)
+    client.instances = [instance("ins-a1", "uid-a"), instance("ins-a2", "uid-a")]
+    await observer.slice("uid-a")
+    clock.now += 15
+    client.gate.clear()
+    sweep = observer.start_sweep()  # begins before TagResources, answers after it
+    await asyncio.sleep(0)
+    clock.now += 1
+    mark = {"spotpool.io/draining": "2026-01-01T00:00:16Z"}
+    observer.tagged(["ins-a1"], mark)
+
+    async def draining() -> dict[str, str | None]:
+        return {i.instance_id: i.tags.get("spotpool.io/draining") for i in await observer.slice("uid-a")}
+
+    assert await draining() == {"ins-a1": "2026-01-01T00:00:16Z", "ins-a2": None}
+    client.gate.set()
+    await sweep
+    assert await draining() == {"ins-a1": "2026-01-01T00:00:16Z", "ins-a2": None}, "the older sweep keeps it"
+    clock.now += 15
+    await observer.start_sweep()  # begun after the call: the cloud's word (here, no tag: marked again)
+    assert await draining() == {"ins-a1": None, "ins-a2": None}
+
+
 async def test_failing_sweeps_stop_passes_acting_on_an_old_view() -> None:
     clock = Clock()
     cloud = access(Factory(), observe_interval=15, clock=clock)
