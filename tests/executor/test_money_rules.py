@@ -8,12 +8,14 @@ environment, gone ones included: the money spent.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from spotpool.api.names import SECRET_FINALIZER
 from spotpool.controller import failpoints
+from spotpool.controller.reconciler import Outcome
 from spotpool.controller.reporting import PoolMemory
 from spotpool.simulator.faults import FaultSpec
 from tests.support.inprocess import (
@@ -245,6 +247,70 @@ async def test_nothing_is_bought_when_the_journal_write_loses_its_precondition()
         assert outcome.problem is not None and w.bought(uid) == 0
         await w.settle(NS, NAME)
         assert w.bought(uid) == 1
+
+
+async def _pass_while_the_watch_delivers(w: World, monkeypatch: pytest.MonkeyPatch,
+                                         meanwhile: Callable[[], Awaitable[None]]) -> Outcome:
+    """One pass over a live body (kopf's: the watch updates it in place), and `meanwhile` done
+    while the pass reads the cloud, its result delivered to that body before the journal write."""
+    body = w.kube.body(NS, NAME)
+    assert body is not None
+    quota = w.cloud.quota
+
+    async def reading(*args: Any) -> Any:
+        await meanwhile()
+        body.clear()
+        body.update(w.kube.body(NS, NAME) or {})  # the watch event reaches the live body
+        return await quota(*args)
+
+    monkeypatch.setattr(w.cloud, "quota", reading)
+    try:
+        return await w.reconciler.reconcile(body, PoolMemory(), asyncio.Lock())
+    finally:
+        monkeypatch.setattr(w.cloud, "quota", quota)
+
+
+async def test_the_journal_write_goes_over_kopfs_writes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with world() as w:
+        uid = await start(w, expectedCount=3)
+        reads = 0
+        read_object = w.kube.read_object
+
+        async def counted(*args: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read_object(*args)
+
+        monkeypatch.setattr(w.kube, "read_object", counted)
+
+        async def kopf_annotates() -> None:
+            w.kube.annotate(NS, NAME, "kopf.zalando.org/last-handled-configuration", "{}")
+
+        outcome = await _pass_while_the_watch_delivers(w, monkeypatch, kopf_annotates)
+        assert outcome.problem is None and w.bought(uid) == 3
+        assert reads == 0, "written over the live body's version: no refused write, no read"
+
+
+async def test_the_journal_write_never_goes_over_another_writers_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica that still believes it leads plans from the body it read; meanwhile another
+    replica bought and recorded its journal, and the watch delivered that. The live body's
+    version is not written over (its status differs from the plan's): this pass buys nothing.
+    The other replica's purchase starts its launch sequence a second later, so its ClientToken
+    differs: had this pass bought, CVM would have sold it new instances, not answered with those."""
+    async with world() as w:
+        uid = await start(w, expectedCount=3)
+        other = World(w.sim, w.clock, kube=w.kube)
+
+        async def another_replica_buys() -> None:
+            w.clock.advance(1)
+            await other.reconcile(NS, NAME)
+            assert w.bought(uid) == 3
+
+        outcome = await _pass_while_the_watch_delivers(w, monkeypatch, another_replica_buys)
+        assert outcome.problem is not None and w.bought(uid) == 3
+        await w.settle(NS, NAME)
+        assert len(w.owned(uid)) == 3 and w.bought(uid) == 3
+        await other.cloud.close()
 
 
 # -- crash at every failpoint ---------------------------------------------------------------------------
