@@ -26,6 +26,7 @@ one `Instance` per instance of the account and region, plus the release marks of
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -58,6 +59,10 @@ class ObserverKey:
 Swept = Callable[["ObserverKey", dict[str, dict[str, Instance]], CvmClient, float], None]
 """Told after each sweep: the key, the instances by owner uid, the client that swept, and when the
 sweep began (the orphan collector, controller/collector.py)."""
+
+
+Change = Callable[[Instance], Instance]
+"""What the cloud accepted for one instance, as the snapshot shows it (`Observer._carry`)."""
 
 
 @dataclass
@@ -93,8 +98,9 @@ class Observer:
         self.users: set[str] = set()  # uids of the pools that use this key pair (CloudAccess keeps it)
         self._client: CvmClient | None = None
         self._snapshot: _Snapshot | None = None
-        self._released: dict[str, float] = {}  # id -> clock when TerminateInstances answered
-        self._tagged: dict[str, tuple[float, dict[str, str]]] = {}  # id -> (clock when TagResources answered, tags)
+        # id -> what this process did to it (TerminateInstances, TagResources) and when it answered:
+        # carried over every sweep that began before it (`_carry`).
+        self._done: dict[str, list[tuple[float, Change]]] = {}
         self._sweep: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -148,30 +154,27 @@ class Observer:
 
     def released(self, instance_ids: Iterable[str]) -> None:
         """TerminateInstances accepted these ids: they are TERMINATING from now on."""
-        now = self._clock()
-        snapshot = self._snapshot
-        for instance_id in instance_ids:
-            self._released[instance_id] = now
-            if snapshot is None:
-                continue
-            for instances in snapshot.by_owner.values():
-                if instance_id in instances:
-                    instances[instance_id] = replace(instances[instance_id], state=TERMINATING)
+        self._carry(instance_ids, _terminating)
 
     def tagged(self, instance_ids: Iterable[str], tags: dict[str, str]) -> None:
         """TagResources accepted these tags on these ids: they carry them from now on (a drain
         mark). The tag index the sweep reads by may lag, and a sweep that began before the call
         cannot show them; without this a pass seconds later marked the instance again, starting
         its drain grace over and telling the pool's author again, until a sweep listed the tag."""
+        self._carry(instance_ids, functools.partial(_with_tags, tags=tags))
+
+    def _carry(self, instance_ids: Iterable[str], change: Change) -> None:
+        """Apply what the cloud accepted to the snapshot now, and to every sweep that began before
+        it: such a sweep may list the instance as it was. A sweep begun after it is the cloud's word."""
         now = self._clock()
         snapshot = self._snapshot
         for instance_id in instance_ids:
-            self._tagged[instance_id] = (now, tags)
+            self._done.setdefault(instance_id, []).append((now, change))
             if snapshot is None:
                 continue
             for instances in snapshot.by_owner.values():
                 if instance_id in instances:
-                    instances[instance_id] = _with_tags(instances[instance_id], tags)
+                    instances[instance_id] = change(instances[instance_id])
 
     async def _run_sweep(self) -> None:
         client = self._client
@@ -186,11 +189,9 @@ class Observer:
             owner = instance.tags.get(OWNER_UID_TAG)
             if owner is None:
                 continue
-            if self._released.get(instance.instance_id, -1.0) >= started and instance.state != TERMINATING:
-                instance = replace(instance, state=TERMINATING)  # released after this sweep began
-            tagged = self._tagged.get(instance.instance_id)
-            if tagged is not None and tagged[0] >= started:
-                instance = _with_tags(instance, tagged[1])  # tagged after this sweep began
+            for at, change in self._done.get(instance.instance_id, ()):
+                if at >= started:  # done after this sweep began
+                    instance = change(instance)
             known = before.get(owner, {}).get(instance.instance_id)
             if known == instance:
                 # The previous sweep's object, not this one's copy: then nothing made from this
@@ -198,8 +199,8 @@ class Observer:
                 # (a copy kept per instance would pin every page's arenas: fragmentation).
                 instance = known
             by_owner.setdefault(owner, {})[instance.instance_id] = instance
-        self._released = {i: at for i, at in self._released.items() if at >= started}
-        self._tagged = {i: mark for i, mark in self._tagged.items() if mark[0] >= started}
+        self._done = {i: kept for i, changes in self._done.items()
+                      if (kept := [(at, change) for at, change in changes if at >= started])}
         previous, self._snapshot = self._snapshot, _Snapshot(started, by_owner)
         if self._on_sweep is not None and self.key.account_id:
             self._on_sweep(self.key, by_owner, client, started)
@@ -247,6 +248,10 @@ class Observer:
         if self._sweep is not None and not self._sweep.done():
             self._sweep.cancel()
             await asyncio.gather(self._sweep, return_exceptions=True)
+
+
+def _terminating(instance: Instance) -> Instance:
+    return instance if instance.state == TERMINATING else replace(instance, state=TERMINATING)
 
 
 def _with_tags(instance: Instance, tags: dict[str, str]) -> Instance:
