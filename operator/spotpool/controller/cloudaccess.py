@@ -135,7 +135,7 @@ class CloudAccess:
         self._offers: OrderedDict[tuple[AccountKey, frozenset[str], frozenset[str]],
                                   CachedFlight[list[Offer]]] = OrderedDict()
         self._quotas: OrderedDict[AccountKey, CachedFlight[AccountQuota | None]] = OrderedDict()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[object]] = set()  # `_background` work, until it ends
 
     def client(self, key: AccountKey, credentials: Credentials | CredentialProvider) -> CvmClient:
         client = self._clients.get(key)
@@ -280,14 +280,19 @@ class CloudAccess:
         observer.identify(account_id)
         return observer
 
-    def start_first_sweep(self, key: AccountKey, client: CvmClient, uid: str) -> None:
-        """Start the key pair's first sweep now, before its account is known: a new key pair's
-        first pass then waits one round trip for the look-up and the sweep together, not one
-        after the other. Nothing is started once a sweep has answered (the pass reads that).
-        `uid`: the pool asking, a user of the observer as in `observer` (it goes with the pool)."""
+    def start_first_reads(self, key: AccountKey, client: CvmClient, uid: str,
+                          zones: Sequence[str], instance_types: Sequence[str]) -> None:
+        """Start a pass's reads now, before the key pair's account is known: the first sweep, the
+        market of `zones` x `instance_types` and the quota. A new key pair's first pass then waits
+        one round trip for the look-up and these together, not one after the other, and joins
+        them (each is a shared flight). No sweep is started once one has answered (the pass reads
+        that). `uid`: the pool asking, a user of the observer as in `observer` (it goes with the pool).
+        """
         observer = self._observer_of(key, client, uid)
         if not observer.swept_once:
             observer.start_sweep()
+        self._background(self.offers(key, client, zones, instance_types))
+        self._background(self.quota(key, client))
 
     def _observer_of(self, key: AccountKey, client: CvmClient, uid: str | None) -> Observer:
         observer = self._observers.get(key)
@@ -334,10 +339,18 @@ class CloudAccess:
         if key in self._clients and not any(k.secret_digest == key.secret_digest for k in self._observers):
             self._background(self._clients.pop(key).close())
 
-    def _background(self, closing: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(closing)
+    def _background(self, work: Awaitable[object]) -> None:
+        """Run `work` with nobody awaiting it (a client closing, a read whose answer lands in a
+        shared flight): kept until it ends, its failure retrieved (the pass that joins the
+        flight sees it, or asks again)."""
+        task = asyncio.ensure_future(work)
         self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[object]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: asyncio would warn of a failure nobody awaited
 
     def observers(self) -> list[Observer]:
         return list(self._observers.values())
@@ -357,4 +370,3 @@ class CloudAccess:
         self._clients.clear()
         self._taggers.clear()
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-

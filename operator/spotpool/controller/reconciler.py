@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -131,7 +131,6 @@ class Reconciler:
         self._purchasing = Purchasing(statuses=self._statuses, reporting=self._reporting,
                                       cluster_id=cloud.cluster_id, rng=rng or random.Random())
         self._launch_checks = LaunchChecker(self._purchasing.request)
-        self._reads: set[asyncio.Task[Any]] = set()  # `_start_reads`' tasks, kept until they end
 
     async def reconcile(self, body: Mapping[str, Any], memory: PoolMemory, lock: asyncio.Lock, *,
                         deleting: bool = False) -> Outcome:
@@ -303,18 +302,8 @@ class Reconciler:
         quota and the launch check's DryRun go out together with GetCallerIdentity, and the pass
         joins them (each is a shared flight) once the account is known and checked. Without this
         a new pool's first purchase waited two round trips. None of these reads spends."""
-        self._cloud.start_first_sweep(early.key, early.client, early.ref.uid)
-        zones, kinds = _priced_pools(early)
-        self._background(self._cloud.offers(early.key, early.client, zones, kinds))
-        self._background(self._cloud.quota(early.key, early.client))
+        self._cloud.start_first_reads(early.key, early.client, early.ref.uid, *_priced_pools(early))
         self._launch_checks.start(early)
-
-    def _background(self, read: Coroutine[Any, Any, Any]) -> None:
-        """A read whose answer lands in a shared flight, awaited by nobody here: its failure is
-        the pass's to see when it joins (or asks again), so it is only kept from being lost."""
-        task = asyncio.ensure_future(read)
-        self._reads.add(task)
-        task.add_done_callback(_finish_read(self._reads))
 
     def _observer(self, ctx: PassContext) -> Observer:
         return self._cloud.observer(ctx.key, ctx.account["id"], ctx.client, ctx.ref.uid)
@@ -413,20 +402,12 @@ class Reconciler:
         return Outcome(progressing=False, problem=blocked.message)
 
 
-def _finish_read(reads: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    def finished(task: asyncio.Task[Any]) -> None:
-        reads.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the pass that joins the flight sees it
-    return finished
-
-
-def _priced_pools(pass_: Preflight) -> tuple[list[str], list[str]]:
+def _priced_pools(ctx: Preflight) -> tuple[list[str], list[str]]:
     """The zones and the instance types whose market a pass reads: the spec's, and those the status
     last listed an instance in. An instance of a type or zone removed from the spec still bills,
     and the spend cap and status.hourlyCost must price it (unpriced, it counted at spec.maxPrice,
     no bound for on-demand, or at nothing)."""
-    spec, held = pass_.spec, pass_.persisted.instances
+    spec, held = ctx.spec, ctx.persisted.instances
     zones = [*spec.zones, *sorted({i.zone for i in held if i.zone.startswith(f"{spec.region}-")}
                                   - set(spec.zones))[:MAX_EXTRA_POOLS]]
     kinds = [*spec.instance_types, *sorted({i.instance_type for i in held if i.instance_type}

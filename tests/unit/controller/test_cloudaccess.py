@@ -525,14 +525,14 @@ async def test_a_sweep_keeps_the_previous_object_of_an_unchanged_instance() -> N
     await cloud.close()
 
 
-async def test_a_first_sweep_started_before_the_account_is_known_is_joined_and_reported_once_it_is() -> None:
+async def test_first_reads_started_before_the_account_is_known_are_joined_and_reported_once_it_is() -> None:
     swept: list[str] = []
     cloud = access(Factory(), observe_interval=60, on_sweep=lambda key, *_: swept.append(key.account_id))
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
     client.instances = [instance("ins-a1", "uid-a")]
-    cloud.start_first_sweep(key, client, "uid-a")  # beside the look-up: the account is not known
-    cloud.start_first_sweep(key, client, "uid-b")  # a second pool's, meanwhile: the same sweep
+    cloud.start_first_reads(key, client, "uid-a", ["ap-guangzhou-3"], ["S5.MEDIUM4"])  # beside the look-up
+    cloud.start_first_reads(key, client, "uid-b", ["ap-guangzhou-3"], ["S5.MEDIUM4"])  # another pool's: the same
     await cloud.observers()[0].start_sweep()  # the one in flight, until it has answered
     assert client.listings == [(CLUSTER_TAG, "cluster-a")]
     assert swept == [], "a sweep of an unknown account is not reported (the collector names it)"
@@ -542,6 +542,9 @@ async def test_a_first_sweep_started_before_the_account_is_known_is_joined_and_r
     observer = cloud.observer(key, "100000000001", client, "uid-a")
     assert [i.instance_id for i in await observer.slice("uid-a")] == ["ins-a1"]
     assert client.listings == [(CLUSTER_TAG, "cluster-a")], "the pass read the early sweep, no second one"
+    await cloud.offers(key, client, ["ap-guangzhou-3"], ["S5.MEDIUM4"])
+    await cloud.quota(key, client)
+    assert (client.offer_reads, client.quota_reads) == (1, 1), "the market and the quota: read once, early"
     await observer.start_sweep()
     assert swept == ["100000000001"]
 
@@ -551,7 +554,7 @@ async def test_an_observer_started_early_goes_with_its_pool_even_if_the_look_up_
     cloud = access(Factory(), observe_interval=60, on_closed=closed.append)
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
-    cloud.start_first_sweep(key, client, "uid-a")  # e.g. a key pair STS refuses: no pass gets further
+    cloud.start_first_reads(key, client, "uid-a", [], [])  # e.g. a key pair STS refuses: no pass gets further
     assert len(cloud.observers()) == 1
     cloud.forget_pool("uid-a")
     await asyncio.sleep(0)
@@ -568,7 +571,7 @@ async def test_a_key_pair_whose_look_up_failed_is_not_swept_early_nor_on_the_tim
     key = AccountKey.of(ENDPOINT, "ap-guangzhou", CREDS)
     client = cloud.client(key, CREDS)
     client.gate.clear()  # the early sweep waits on the wire while the look-up fails
-    cloud.start_first_sweep(key, client, "uid-a")
+    cloud.start_first_reads(key, client, "uid-a", [], [])
 
     async def refused(*_: Any) -> CallerIdentity:
         raise CloudError("AuthFailure.SecretIdNotFound", "no such key", action="GetCallerIdentity",
